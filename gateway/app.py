@@ -1,0 +1,94 @@
+"""``create_app(config)``: app keys, cleanup contexts, middlewares and routes; no logic.
+
+Objects are built here without I/O; anything that connects (store, upstream session, Redis,
+workers) opens in a cleanup context and closes in reverse order at shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from functools import partial
+
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.http import appkeys, management
+from gateway.http.middlewares import (
+    add_request_id,
+    auth_middleware,
+    error_middleware,
+    request_context_middleware,
+)
+from gateway.http.openapi import Endpoint, add_endpoints
+from gateway.http.ops import add_ops_routes
+from gateway.observability.metrics import Metrics
+from gateway.store.db import create_engine, ensure_schema, ping
+from gateway.store.objects import Objects
+from gateway.store.tokens import Tokens
+from gateway.vault.crypto import Keyring
+
+
+def create_app(config: Config, *, keyring: Keyring, ops_on_main: bool | None = None) -> web.Application:
+    """The gateway app; ``ops_on_main`` serves health and metrics on the main listener (tests do)."""
+    metrics = Metrics(per_credential=config.metrics.per_credential)
+    engine = create_engine(config.store)
+    tokens = Tokens(engine)
+    app = web.Application(client_max_size=config.server.max_json_bytes)
+    app[appkeys.CONFIG] = config
+    app[appkeys.KEYRING] = keyring
+    app[appkeys.METRICS] = metrics
+    app[appkeys.ENGINE] = engine
+    app[appkeys.OBJECTS] = Objects(engine, keyring)
+    app[appkeys.TOKENS] = tokens
+    endpoints: list[Endpoint] = []
+    app[appkeys.ENDPOINTS] = endpoints
+    checks: dict[str, appkeys.ReadyCheck] = {"store": partial(ping, engine)}
+    app[appkeys.READY_CHECKS] = checks
+
+    add_endpoints(app, management.ENDPOINTS)
+    if ops_on_main is None:
+        ops_on_main = config.metrics.port == config.server.port and config.metrics.host == config.server.host
+    if ops_on_main:
+        add_ops_routes(app)
+    else:
+        app.cleanup_ctx.append(_metrics_listener)
+
+    scopes = {e.name: e.scope for e in app[appkeys.ENDPOINTS]}
+    app.middlewares.extend(
+        [request_context_middleware(metrics=metrics), error_middleware, auth_middleware(tokens=tokens, scopes=scopes)]
+    )
+    app.on_response_prepare.append(add_request_id)
+    app.cleanup_ctx.insert(0, _store)
+    return app
+
+
+def create_metrics_app(main: web.Application) -> web.Application:
+    """The metrics listener's app: health, readiness and /metrics over the main app's state."""
+    app = web.Application()
+    app[appkeys.METRICS] = main[appkeys.METRICS]
+    app[appkeys.READY_CHECKS] = main[appkeys.READY_CHECKS]
+    add_ops_routes(app)
+    return app
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    config, objects = app[appkeys.CONFIG], app[appkeys.OBJECTS]
+    await ensure_schema(app[appkeys.ENGINE], config.store)
+    for credential in config.credentials:
+        await objects.upsert_credential(credential)
+    for sync in config.syncs:
+        await objects.upsert_sync(sync)
+    for consumer in config.consumers:
+        await objects.upsert_consumer(consumer)
+    yield
+    await app[appkeys.ENGINE].dispose()
+
+
+async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
+    """Serve /healthz, /readyz, /metrics on their own port when configured so (the default)."""
+    config = app[appkeys.CONFIG]
+    runner = web.AppRunner(create_metrics_app(app), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, config.metrics.host, config.metrics.port).start()
+    yield
+    await runner.cleanup()

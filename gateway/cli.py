@@ -1,0 +1,163 @@
+"""The ``gateway`` command: argument parsing and the verbs; the work is done elsewhere.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage or invalid config (the message names the key).
+Verbs that mint a secret (``tokens create``, ``keys generate``) print it alone on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
+
+from gateway import __version__
+from gateway.config import Config, load_config, masked_config
+from gateway.errors import ConfigError, GatewayError
+from gateway.http.bodies import validate
+from gateway.models import CredentialIn
+from gateway.server import keyring_for, run_async, run_migrations, serve, stderr, store_session
+from gateway.store.tokens import parse_scopes
+from gateway.vault.crypto import generate_key
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="API gateway that holds credentials and paces calls")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help: str) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=help, description=help)
+        sub.add_argument("--config", help="TOML config file (default: $GATEWAY_CONFIG, else built-in defaults)")
+        return sub
+
+    serve_p = verb("serve", "run the gateway")
+    serve_p.add_argument(
+        "--demo",
+        action="store_true",
+        help="also start sandbox upstreams on loopback and seed demo objects (ephemeral key and store)",
+    )
+    verb("check-config", "validate the config and print the effective config with secrets masked")
+    verb("migrate", "create or upgrade the store's schema")
+
+    tokens = verbs.add_parser("tokens", help="manage API tokens").add_subparsers(dest="action", required=True)
+    create = tokens.add_parser("create", help="create a token and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scope", required=True, help="comma-separated: proxy,mutations,consumers,admin")
+    create.add_argument("--only", help="comma-separated sync/credential ids the token is limited to")
+    tokens_list = tokens.add_parser("list", help="list tokens (never their values)")
+    tokens_list.add_argument("--json", action="store_true")
+    revoke = tokens.add_parser("revoke", help="revoke a token by name")
+    revoke.add_argument("name")
+
+    creds = verbs.add_parser("credentials", help="manage credentials").add_subparsers(dest="action", required=True)
+    creds_list = creds.add_parser("list", help="list credentials (secrets masked)")
+    creds_list.add_argument("--json", action="store_true")
+    add = creds.add_parser("add", help="add a credential from a JSON body as the Management API takes it")
+    add.add_argument("--file", required=True, help="JSON file with the credential, or - for stdin")
+    remove = creds.add_parser("remove", help="remove a credential")
+    remove.add_argument("id")
+
+    keys = verbs.add_parser("keys", help="encryption keys").add_subparsers(dest="action", required=True)
+    generate = keys.add_parser("generate", help="print a new key-id:base64 key")
+    generate.add_argument("--id", default=None, help="key id (default: k<unix time>)")
+    keys.add_parser("rotate", help="re-encrypt every stored secret with the newest key")
+
+    for group in (tokens, creds, keys):
+        for sub in group.choices.values():
+            sub.add_argument("--config", help="TOML config file (default: $GATEWAY_CONFIG)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        stderr(f"gateway: {exc.message}")
+        return 2
+    except GatewayError as exc:
+        stderr(f"gateway: {exc.message}")
+        return 2 if exc.status in (400, 404, 409) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.verb == "keys" and args.action == "generate":
+        import time
+
+        print(generate_key(args.id or f"k{int(time.time())}"))
+        stderr("add it first in encryption.keys (GATEWAY_ENCRYPTION__KEYS), then run `gateway keys rotate`")
+        return 0
+    config = load_config(args.config)
+    if args.verb == "check-config":
+        keyring_for(config, allow_empty=True)
+        print(json.dumps(masked_config(config), indent=2))
+        return 0
+    if args.verb == "serve":
+        if args.demo:
+            from gateway.sandbox.demo import demo_config
+
+            config, keyring = demo_config(config)
+        else:
+            keyring = keyring_for(config)
+        serve(config, keyring, demo=args.demo)
+        return 0
+    if args.verb == "migrate":
+        run_async(lambda: run_migrations(config))
+        stderr("store schema is up to date")
+        return 0
+    return run_async(lambda: _store_verb(args, config))
+
+
+async def _store_verb(args: argparse.Namespace, config: Config) -> int:
+    keyring = keyring_for(config, allow_empty=args.verb == "tokens")
+    async with store_session(config, keyring) as (objects, tokens):
+        match (args.verb, args.action):
+            case ("tokens", "create"):
+                only = [i.strip() for i in args.only.split(",") if i.strip()] if args.only else None
+                token = await tokens.create(args.name, parse_scopes(args.scope), only)
+                print(token)
+                stderr("store this token now: it is not shown again")
+            case ("tokens", "list"):
+                _print_list(await tokens.list(), as_json=args.json, columns=("name", "scopes", "only"))
+            case ("tokens", "revoke"):
+                await tokens.revoke(args.name)
+                stderr(f"revoked {args.name}")
+            case ("credentials", "list"):
+                _print_list(await objects.list_credentials(), as_json=args.json, columns=("id", "provider", "base_url"))
+            case ("credentials", "add"):
+                text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")  # noqa: ASYNC240
+                try:
+                    data = json.loads(text)
+                except ValueError as exc:
+                    raise ConfigError(f"--file: not valid JSON: {exc}") from None
+                view = await objects.create_credential(validate(CredentialIn, data, what="credential"))
+                print(view.id)
+            case ("credentials", "remove"):
+                await objects.delete_credential(args.id)
+                stderr(f"removed {args.id}")
+            case ("keys", "rotate"):
+                count = await objects.rotate_keys()
+                stderr(f"re-encrypted {count} secret(s) with key {keyring.newest_id!r}")
+    return 0
+
+
+def _print_list(items: Sequence[BaseModel], *, as_json: bool, columns: tuple[str, ...]) -> None:
+    rows: list[dict[str, Any]] = [TypeAdapter(type(i)).dump_python(i, mode="json") for i in items]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        print("\t".join(_cell(row.get(c)) for c in columns))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return "-" if value is None else str(value)

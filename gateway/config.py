@@ -1,0 +1,197 @@
+"""Configuration: one TOML file, ``${VAR}`` expansion, ``GATEWAY_<SECTION>__<KEY>`` overrides.
+
+The models are frozen and forbid unknown keys, so a typo is an error that names the key instead of a
+setting silently ignored. ``load_config`` is the only entry point; it raises ``ConfigError`` whose
+message names the offending key, which the CLI prints before exiting with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from gateway.errors import ConfigError
+from gateway.models import (
+    ConsumerIn,
+    CredentialIn,
+    Provider,
+    RateLimitOverride,
+    Strict,
+    SyncIn,
+    TimeoutsOverride,
+    mask_dsn,
+)
+
+ENV_PREFIX = "GATEWAY_"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ServerConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=0, ge=0, description="proxy body limit; 0 = unlimited")
+    max_json_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="limit for JSON APIs")
+    shutdown_timeout: float = Field(default=30, ge=0)
+    public_url: str | None = Field(default=None, description="base URL printed in the demo banner")
+
+
+class MetricsConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9091, ge=0, le=65535, description="same as server.port = main listener")
+    per_credential: bool = False
+
+
+class StoreConfig(Strict):
+    url: str = "sqlite:///./gateway.db"
+    auto_migrate: bool | None = Field(default=None, description="default: true for SQLite only")
+    pool_size: int = Field(default=10, ge=1, le=200)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    @property
+    def migrates_itself(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+
+class PacingConfig(Strict):
+    backend: Literal["local", "redis"] = "local"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    on_backend_error: Literal["local", "reject"] = "local"
+    key_prefix: str = "gateway"
+
+
+class EncryptionConfig(Strict):
+    keys: str = Field(default="", description="comma-separated key-id:base64 keys, newest first")
+
+
+class LogConfig(Strict):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class StreamConfig(Strict):
+    retention: float = Field(default=7 * 86400, gt=0, description="seconds events are kept at least")
+
+
+class ProviderConfig(Strict):
+    rate_limit: RateLimitOverride | None = None
+    shared_rate_limit: RateLimitOverride | None = Field(
+        default=None, description="extra bucket shared by every credential of the provider"
+    )
+    timeouts: TimeoutsOverride | None = None
+
+
+class Config(Strict):
+    server: ServerConfig = ServerConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    store: StoreConfig = StoreConfig()
+    pacing: PacingConfig = PacingConfig()
+    encryption: EncryptionConfig = EncryptionConfig()
+    log: LogConfig = LogConfig()
+    stream: StreamConfig = StreamConfig()
+    providers: dict[Provider, ProviderConfig] = Field(default_factory=dict)
+    credentials: list[CredentialIn] = Field(default_factory=list)
+    syncs: list[SyncIn] = Field(default_factory=list)
+    consumers: list[ConsumerIn] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _declared_ids(self) -> Config:
+        for kind, objects in (("credentials", self.credentials), ("syncs", self.syncs)):
+            if any(obj.id is None for obj in objects):
+                raise ValueError(f"every [[{kind}]] entry needs an id so restarts update it in place")
+        if any(c.id is None for c in self.consumers):
+            raise ValueError("every [[consumers]] entry needs an id so restarts update it in place")
+        return self
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (or ``$GATEWAY_CONFIG``; none = defaults), expand and override, validate."""
+    env = os.environ if environ is None else environ
+    path = path or env.get("GATEWAY_CONFIG")
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    raw = _expand(raw, env)
+    _apply_env_overrides(raw, env)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, prefix="config")) from None
+
+
+def describe_validation_error(exc: ValidationError, *, prefix: str) -> str:
+    """One sentence per problem, naming the dotted key: ``pacing.backend: Input should be ...``."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        problems.append(f"{loc or prefix}: {err['msg']}")
+    return "invalid " + prefix + ": " + "; ".join(problems)
+
+
+def _expand(value: Any, env: Mapping[str, str]) -> Any:
+    """Replace ``${VAR}`` in every string; an unset variable is an error naming it."""
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in env:
+                raise ConfigError(f"environment variable {name} is referenced in the config but not set")
+            return env[name]
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, env) for v in value]
+    return value
+
+
+def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """``GATEWAY_PACING__BACKEND=redis`` sets ``raw["pacing"]["backend"]``; values may be JSON."""
+    for name, text in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            continue
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{name} overrides {'.'.join(path)} but {part} is not a table")
+            node = child
+        node[path[-1]] = _parse_env_value(text)
+
+
+def _parse_env_value(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, (bool, int, float, list, dict)) else text
+
+
+def masked_config(config: Config) -> dict[str, Any]:
+    """The effective config as JSON-able data with every secret replaced, for ``check-config``."""
+    data = config.model_dump(mode="json")
+    if config.encryption.keys:
+        data["encryption"]["keys"] = ",".join(
+            k.split(":", 1)[0] + ":***" for k in config.encryption.keys.split(",") if k.strip()
+        )
+    data["store"]["url"] = mask_dsn(config.store.url)
+    data["pacing"]["redis_url"] = mask_dsn(config.pacing.redis_url)
+    return data

@@ -1,0 +1,165 @@
+"""The one error tree of the gateway.
+
+Every error the gateway itself produces is a ``GatewayError`` leaf carrying its HTTP status and a
+stable ``code``; only ``http.middlewares.error_middleware`` turns one into the JSON body
+``{"error", "docs", "code", ...extra}`` promised by SPEC.md. Foreign exceptions (aiohttp, redis,
+SQLAlchemy, pydantic) are translated into a leaf in exactly one place each, with ``raise ... from``.
+
+    GatewayError
+    ├── InvalidRequest            400 invalid_request
+    │   └── InvalidPath           400 invalid_path
+    ├── UpstreamValidationError   400 upstream_validation_error
+    ├── Unauthorized              401 unauthorized
+    ├── Forbidden                 403 forbidden
+    ├── NotFound                  404 not_found
+    ├── MethodNotAllowed          405 method_not_allowed
+    ├── Conflict                  409 conflict
+    ├── PayloadTooLarge           413 payload_too_large
+    ├── RateLimited               429 rate_limited (Retry-After)
+    ├── ConsumerTimeout           500 consumer_timeout
+    ├── InternalError             500 internal_error
+    ├── UpstreamUnavailable       502 upstream_unavailable
+    ├── UpstreamAuthFailed        502 upstream_auth_failed
+    ├── BackendUnavailable        503 backend_unavailable
+    └── UpstreamTimeout           504 upstream_timeout
+
+Configuration and key problems outside a request (``ConfigError``, ``KeyNotFound``) are
+``GatewayError`` too, so the CLI can print the same sentence and exit with code 2 or 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+DOCS_BASE = "https://github.com/gateway/gateway/blob/main/docs"
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports to a client or an operator."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    doc: ClassVar[str] = "errors.md"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body of SPEC.md's error shape."""
+        return {
+            "error": self.message,
+            "docs": [f"{DOCS_BASE}/{self.doc}#{self.code}"],
+            "code": self.code,
+            **self.extra,
+        }
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    code = "invalid_request"
+
+
+class InvalidPath(InvalidRequest):
+    code = "invalid_path"
+
+
+class UpstreamValidationError(GatewayError):
+    status = 400
+    code = "upstream_validation_error"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="gateway"'}
+
+
+class Forbidden(GatewayError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class Conflict(GatewayError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "payload_too_large"
+
+
+class RateLimited(GatewayError):
+    """The pacing queue wait would exceed ``max_wait``; the caller may retry after ``retry_after``."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class ConsumerTimeout(GatewayError):
+    status = 500
+    code = "consumer_timeout"
+
+
+class InternalError(GatewayError):
+    status = 500
+    code = "internal_error"
+
+
+class UpstreamUnavailable(GatewayError):
+    status = 502
+    code = "upstream_unavailable"
+
+
+class UpstreamAuthFailed(GatewayError):
+    status = 502
+    code = "upstream_auth_failed"
+
+
+class BackendUnavailable(GatewayError):
+    status = 503
+    code = "backend_unavailable"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class ConfigError(GatewayError):
+    """Invalid configuration; the CLI exits 2 with this message (which names the key)."""
+
+    status = 500
+    code = "invalid_config"
+
+
+class KeyNotFound(GatewayError):
+    """A stored secret was encrypted with a key id no longer configured."""
+
+    status = 500
+    code = "encryption_key_missing"

@@ -1,0 +1,1 @@
+"""The HTTP edge: aiohttp views and middlewares; business logic lives below it."""

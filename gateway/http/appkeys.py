@@ -1,0 +1,31 @@
+"""Typed application state (``web.AppKey``): the one place the app's shared objects are named."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.config import Config
+from gateway.observability.metrics import Metrics
+from gateway.store.objects import Objects
+from gateway.store.tokens import Tokens
+from gateway.vault.crypto import Keyring
+
+if TYPE_CHECKING:
+    from gateway.http.openapi import Endpoint
+
+CONFIG = web.AppKey("config", Config)
+KEYRING = web.AppKey("keyring", Keyring)
+METRICS = web.AppKey("metrics", Metrics)
+ENGINE = web.AppKey("engine", AsyncEngine)
+OBJECTS = web.AppKey("objects", Objects)
+TOKENS = web.AppKey("tokens", Tokens)
+ENDPOINTS = web.AppKey("endpoints", list["Endpoint"])
+# Optional hooks other capabilities install: pacing state for GET /v1/credentials/{id}, readiness checks.
+PacingState = Callable[[str], Awaitable[dict[str, Any] | None]]
+ReadyCheck = Callable[[], Awaitable[bool]]
+PACING_STATE = web.AppKey[PacingState]("pacing_state")
+READY_CHECKS = web.AppKey("ready_checks", dict[str, ReadyCheck])

@@ -1,0 +1,148 @@
+"""Middlewares, outermost first: request context (id, log, metrics) -> errors -> auth.
+
+Every response, streamed ones included, gets ``x-request-id`` through the ``on_response_prepare``
+signal, so views never set it themselves.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp.typedefs import Middleware
+
+import structlog
+from aiohttp import web
+from aiohttp.web_exceptions import HTTPException
+
+from gateway.errors import (
+    Forbidden,
+    GatewayError,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+)
+from gateway.observability.metrics import ROUTES, Metrics, method_label
+from gateway.store.tokens import Principal, Tokens
+
+log = structlog.get_logger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID = web.RequestKey("request_id", str)
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+def route_label(request: web.Request) -> str:
+    """The bounded ``route`` label: the part of the route name before the first dot."""
+    name = request.match_info.route.name or ""
+    label = name.split(".", 1)[0]
+    return label if label in ROUTES else "other"
+
+
+def request_context_middleware(*, metrics: Metrics) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        sent = request.headers.get("x-request-id", "")
+        request_id = sent if _SANE_ID.match(sent) else uuid.uuid4().hex
+        request[REQUEST_ID] = request_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            duration = time.perf_counter() - started
+            route = route_label(request)
+            metrics.http_requests.labels(route, method_label(request.method), str(status)).inc()
+            metrics.http_duration.labels(route).observe(duration)
+            log.info(
+                "request",
+                route=route,
+                method=request.method,
+                status=status,
+                duration_ms=round(duration * 1000, 2),
+                upstream=request.get("upstream_provider"),
+                pacing_wait_ms=request.get("pacing_wait_ms"),
+            )
+
+    return middleware
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` signal: stamp every response, however it was produced."""
+    response.headers["x-request-id"] = request.get(REQUEST_ID) or uuid.uuid4().hex
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place where errors become the JSON bodies of SPEC.md; nothing else leaks."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return error_response(exc)
+    except HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(_from_http_exception(exc))
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        return error_response(InternalError("internal error; see the gateway log for this request id"))
+
+
+def error_response(exc: GatewayError) -> web.Response:
+    if exc.status >= 500:
+        log.warning("request_failed", code=exc.code, error=exc.message)
+    return web.json_response(exc.body(), status=exc.status, headers=exc.headers())
+
+
+def _from_http_exception(exc: HTTPException) -> GatewayError:
+    if exc.status == 404:
+        return NotFound("no such endpoint")
+    if exc.status == 405:
+        return MethodNotAllowed("method not allowed on this endpoint")
+    if exc.status == 413:
+        return PayloadTooLarge("request body is over the configured limit")
+    if exc.status == 401:
+        return Unauthorized(exc.reason)
+    if exc.status == 403:
+        return Forbidden(exc.reason)
+    return InvalidRequest(exc.reason or "bad request")
+
+
+def auth_middleware(*, tokens: Tokens, scopes: dict[str, str | None]) -> Middleware:
+    """Require a bearer token on ``/v1/``; ``scopes`` maps route names to the scope they need."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/v1/"):
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+        principal = await tokens.authenticate(token.strip())
+        if principal is None:
+            raise Unauthorized("invalid or revoked token")
+        needed = scopes.get(request.match_info.route.name or "")
+        if needed is not None and not principal.has_scope(needed):
+            raise Forbidden(f"this token lacks the {needed!r} scope")
+        request[PRINCIPAL] = principal
+        return await handler(request)
+
+    return middleware
+
+
+def require_access(request: web.Request, *object_ids: str) -> None:
+    """403 unless the caller's token may use every one of ``object_ids`` (its ``--only`` list)."""
+    principal = request[PRINCIPAL]
+    for object_id in object_ids:
+        if not principal.may_use(object_id):
+            raise Forbidden(f"this token is not allowed to use {object_id!r}")

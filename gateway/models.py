@@ -1,0 +1,310 @@
+"""API models: the objects users create (credentials, syncs, consumers), records and events.
+
+Every model that meets user input forbids unknown fields. Secret values are ``SecretStr`` so that
+``repr()`` and default dumps never reveal them; ``reveal`` unwraps them for the vault only, and
+``masked`` gives the ``"***"`` view SPEC.md promises on read.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_validator,
+)
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+ObjectId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Provider = Literal["salesforce", "hubspot", "stripe", "airtable", "rest"]
+PROVIDERS: tuple[Provider, ...] = ("salesforce", "hubspot", "stripe", "airtable", "rest")
+MASK = "***"
+# Auth fields that are not secret and read back as they are (SPEC.md "Object shapes").
+PUBLIC_AUTH_FIELDS = frozenset({"type", "name", "prefix", "token_url", "client_id"})
+
+
+class Strict(BaseModel):
+    """Base of every boundary model: unknown fields are refused, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL with a host")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query string or fragment")
+    if parts.username or parts.password:
+        raise ValueError("must not carry user info; put secrets in auth")
+    return value.rstrip("/")
+
+
+HttpUrlStr = Annotated[str, AfterValidator(_http_url)]
+
+
+def _collection(value: str) -> str:
+    provider, _, obj = value.partition(":")
+    if provider not in PROVIDERS or not obj:
+        raise ValueError("must look like '<provider>:<object>', e.g. 'salesforce:contact'")
+    return value
+
+
+CollectionId = Annotated[str, AfterValidator(_collection)]
+
+# --- auth -----------------------------------------------------------------------------------------
+
+
+class BearerAuth(Strict):
+    type: Literal["bearer"]
+    token: SecretStr
+
+
+class BasicAuth(Strict):
+    type: Literal["basic"]
+    username: SecretStr
+    password: SecretStr = SecretStr("")
+
+
+class HeaderAuth(Strict):
+    type: Literal["header"]
+    name: Annotated[str, StringConstraints(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
+    value: SecretStr
+    prefix: str | None = None
+
+
+class QueryAuth(Strict):
+    type: Literal["query"]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    value: SecretStr
+
+
+class OAuth2Auth(Strict):
+    type: Literal["oauth2"]
+    access_token: SecretStr
+    refresh_token: SecretStr
+    token_url: HttpUrlStr
+    client_id: str
+    client_secret: SecretStr
+    expires_at: datetime | None = None
+    scopes: list[str] | None = None
+
+
+Auth = Annotated[BearerAuth | BasicAuth | HeaderAuth | QueryAuth | OAuth2Auth, Field(discriminator="type")]
+
+
+def reveal(model: BaseModel) -> dict[str, Any]:
+    """The model as plain JSON-able data with secrets in clear: for the vault only."""
+    return {key: _unwrap(value) for key, value in model.model_dump(mode="python").items()}
+
+
+def _unwrap(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def masked_auth(auth: dict[str, Any]) -> dict[str, Any]:
+    """The read view of an auth object: every value but the public ones is ``"***"``."""
+    return {k: (v if k in PUBLIC_AUTH_FIELDS or v is None else MASK) for k, v in auth.items()}
+
+
+def mask_dsn(dsn: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = f"{parts.username}:{MASK}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# --- limits and timeouts --------------------------------------------------------------------------
+
+
+class RateLimitOverride(Strict):
+    """Per-credential or per-provider pacing override; absent fields keep the provider default."""
+
+    rate: float | None = Field(default=None, gt=0, description="requests per `per` seconds")
+    per: float | None = Field(default=None, gt=0, description="window length in seconds")
+    burst: int | None = Field(default=None, ge=1, description="tokens available at once")
+    max_wait: float | None = Field(default=None, ge=0, description="longest queue wait, seconds")
+    max_concurrency: int | None = Field(default=None, ge=1)
+
+
+class TimeoutsOverride(Strict):
+    connect: float | None = Field(default=None, gt=0)
+    total: float | None = Field(default=None, ge=0, description="0 means no total timeout")
+    read: float | None = Field(default=None, gt=0, description="longest gap between body chunks")
+
+
+# --- credentials, syncs, consumers -----------------------------------------------------------------
+
+
+class CredentialIn(Strict):
+    id: ObjectId | None = None
+    provider: Provider
+    base_url: HttpUrlStr
+    auth: Auth
+    rate_limit: RateLimitOverride | None = None
+    timeouts: TimeoutsOverride | None = None
+    ca_bundle: str | None = Field(default=None, description="path to a PEM CA bundle for private upstreams")
+
+
+class CredentialPatch(Strict):
+    base_url: HttpUrlStr | None = None
+    auth: Auth | None = None
+    rate_limit: RateLimitOverride | None = None
+    timeouts: TimeoutsOverride | None = None
+    ca_bundle: str | None = None
+
+
+class CredentialView(Strict):
+    id: str
+    provider: Provider
+    base_url: str
+    auth: dict[str, Any]
+    rate_limit: RateLimitOverride | None
+    timeouts: TimeoutsOverride | None
+    ca_bundle: str | None
+    created_at: datetime
+    updated_at: datetime
+    pacing: dict[str, Any] | None = None
+
+
+class SyncIn(Strict):
+    id: ObjectId | None = None
+    credential_id: ObjectId
+    collections: list[CollectionId] = Field(min_length=1)
+    options: dict[str, str] = Field(default_factory=dict)
+
+
+class SyncPatch(Strict):
+    credential_id: ObjectId | None = None
+    collections: list[CollectionId] | None = Field(default=None, min_length=1)
+    options: dict[str, str] | None = None
+
+
+class SyncView(Strict):
+    id: str
+    credential_id: str
+    collections: list[str]
+    options: dict[str, str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class _ConsumerBase(Strict):
+    id: ObjectId | None = None
+    sync_id: ObjectId | None = None
+    collections: list[CollectionId] | None = None
+
+
+class PullConsumerIn(_ConsumerBase):
+    kind: Literal["pull"]
+    visibility_timeout: float = Field(default=30, gt=0, le=43200)
+
+
+class WebhookConsumerIn(_ConsumerBase):
+    kind: Literal["webhook"]
+    url: HttpUrlStr
+    secret: SecretStr
+    batch_size: int = Field(default=10, ge=1, le=1000)
+    timeout: float = Field(default=10, gt=0, le=300)
+    max_retry_duration: float = Field(default=86400, gt=0, description="seconds before marked failing")
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr) -> SecretStr:
+        if not re.fullmatch(r"whsec_[A-Za-z0-9+/=]{16,}", value.get_secret_value()):
+            raise ValueError("must be 'whsec_' followed by base64 of at least 12 bytes")
+        return value
+
+
+class PostgresConsumerIn(_ConsumerBase):
+    kind: Literal["postgres"]
+    dsn: SecretStr
+    table_prefix: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,30}$")] = "gateway_"
+    batch_size: int = Field(default=100, ge=1, le=5000)
+
+    @field_validator("dsn")
+    @classmethod
+    def _postgres_dsn(cls, value: SecretStr) -> SecretStr:
+        if urlsplit(value.get_secret_value()).scheme not in ("postgres", "postgresql"):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+
+ConsumerIn = Annotated[PullConsumerIn | WebhookConsumerIn | PostgresConsumerIn, Field(discriminator="kind")]
+
+
+class ConsumerPatch(Strict):
+    """Fields a consumer may change after creation; ``kind`` never changes."""
+
+    sync_id: ObjectId | None = None
+    collections: list[CollectionId] | None = None
+    visibility_timeout: float | None = Field(default=None, gt=0, le=43200)
+    url: HttpUrlStr | None = None
+    secret: SecretStr | None = None
+    batch_size: int | None = Field(default=None, ge=1, le=5000)
+    timeout: float | None = Field(default=None, gt=0, le=300)
+    max_retry_duration: float | None = Field(default=None, gt=0)
+    dsn: SecretStr | None = None
+    table_prefix: str | None = None
+
+
+class ConsumerView(Strict):
+    id: str
+    kind: Literal["pull", "webhook", "postgres"]
+    sync_id: str | None
+    collections: list[str] | None
+    settings: dict[str, Any]
+    position: int = Field(description="last acknowledged stream seq (0 before the first)")
+    pending: int = Field(description="events waiting for this consumer")
+    status: Literal["active", "failing"] = "active"
+    created_at: datetime
+    updated_at: datetime
+
+
+# --- records and events ---------------------------------------------------------------------------
+
+
+class Record(BaseModel):
+    """A record as SPEC.md and the reference docs shape it."""
+
+    sync_id: str
+    collection_id: str
+    upstream_id: str
+    upstream_updated_at: datetime | None
+    data: dict[str, Any]
+    deleted: bool
+    inserted_at: datetime
+    updated_at: datetime
+
+
+class Event(BaseModel):
+    """One change appended to the stream."""
+
+    seq: int
+    id: str
+    action: Literal["insert", "update", "delete"]
+    record: Record
+    changes: dict[str, Any]
+    inserted_at: datetime
+
+
+class TokenView(BaseModel):
+    name: str
+    scopes: list[str]
+    only: list[str] | None
+    created_at: datetime
+    last_used_at: datetime | None = None

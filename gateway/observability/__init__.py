@@ -1,0 +1,1 @@
+"""Logs and metrics: declared once, redacted always, bounded labels only."""

@@ -1,0 +1,81 @@
+"""structlog set up once: JSON lines in production, console on a TTY, secrets always redacted.
+
+Redaction runs last before rendering, on every event: values of secret-looking keys are replaced,
+bearer/basic credentials and secret query parameters inside any string are masked, and values
+registered at runtime (tokens minted by the demo, decrypted credentials) are scrubbed wherever they
+appear. Nothing here can be turned off by configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal
+
+import structlog
+
+MASK = "***"
+_SECRET_KEYS = re.compile(
+    r"(authorization|cookie|token|secret|password|passwd|api[_-]?key|dsn|credential_value|private)",
+    re.IGNORECASE,
+)
+_IN_TEXT = [
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + MASK),
+    (re.compile(r"(?i)([?&](?:[a-z_]*(?:key|token|secret|signature|password|sig)[a-z_]*)=)[^&\s\"']+"), r"\1" + MASK),
+    (re.compile(r"(?i)(://[^:/@\s]+:)[^@\s]+@"), r"\1" + MASK + "@"),
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"), "whsec_" + MASK),
+    (re.compile(r"\bgw_[A-Za-z0-9_-]{20,}"), "gw_" + MASK),
+]
+_known_secrets: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Scrub this exact value from every future log line (ignored when too short to be safe)."""
+    if len(value) >= 8:
+        _known_secrets.add(value)
+
+
+def redact_text(text: str) -> str:
+    for pattern, replacement in _IN_TEXT:
+        text = pattern.sub(replacement, text)
+    for secret in _known_secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def _redact(value: Any, key: str = "") -> Any:
+    if key and _SECRET_KEYS.search(key) and value not in (None, "", MASK) and not key.endswith("_id"):
+        return MASK
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: _redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact(v) for v in value]
+    return value
+
+
+def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """structlog processor: the redaction every log line passes through."""
+    return {k: _redact(v, k if k != "event" else "") for k, v in event_dict.items()}
+
+
+def configure_logging(*, format: Literal["auto", "json", "console"] = "auto", level: str = "info") -> None:
+    as_json = format == "json" or (format == "auto" and not sys.stderr.isatty())
+    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_processor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )

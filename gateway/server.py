@@ -1,0 +1,108 @@
+"""Running the gateway: ``gateway serve`` and the one-off store commands behind the CLI verbs.
+
+``serve`` hands the app to aiohttp's ``run_app``, which on SIGTERM/SIGINT stops accepting, lets
+in-flight requests finish for up to ``server.shutdown_timeout`` seconds, runs the cleanup contexts
+(workers, sessions, store) and returns, so the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import structlog
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.config import Config
+from gateway.errors import ConfigError
+from gateway.store.db import create_engine, ensure_schema, migrate
+from gateway.store.objects import Objects
+from gateway.store.tokens import Tokens
+from gateway.vault.crypto import Keyring
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+def keyring_for(config: Config, *, allow_empty: bool = False) -> Keyring:
+    keyring = Keyring.parse(config.encryption.keys)
+    if not keyring.keys and not allow_empty:
+        raise ConfigError(
+            "encryption.keys: no encryption key configured; create one with `gateway keys generate` and "
+            "set GATEWAY_ENCRYPTION__KEYS (or run `gateway serve --demo` to try it out)"
+        )
+    return keyring
+
+
+def install_uvloop() -> None:
+    """Use uvloop when it is installed (the ``speed`` extra); asyncio's loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    uvloop.install()
+
+
+def serve(config: Config, keyring: Keyring, *, demo: bool = False) -> None:
+    install_uvloop()
+
+    async def build() -> web.Application:
+        app = create_app(config, keyring=keyring)
+        if demo:
+            from gateway.sandbox.demo import install_demo
+
+            install_demo(app)
+        return app
+
+    log.info(
+        "starting",
+        host=config.server.host,
+        port=config.server.port,
+        demo=demo,
+        store="sqlite" if config.store.is_sqlite else "postgresql",
+        pacing=config.pacing.backend,
+    )
+    web.run_app(
+        build(),
+        host=config.server.host,
+        port=config.server.port,
+        shutdown_timeout=config.server.shutdown_timeout,
+        access_log=None,
+        print=None,
+        handle_signals=True,
+    )
+    log.info("stopped")
+
+
+@asynccontextmanager
+async def store_session(config: Config, keyring: Keyring) -> AsyncIterator[tuple[Objects, Tokens]]:
+    """The store for a one-off CLI verb: migrated (or checked), then disposed."""
+    engine = create_engine(config.store)
+    try:
+        await ensure_schema(engine, config.store)
+        yield Objects(engine, keyring), Tokens(engine)
+    finally:
+        await engine.dispose()
+
+
+async def run_migrations(config: Config) -> None:
+    engine = create_engine(config.store)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+
+
+def run_async(factory: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await factory()
+
+    return asyncio.run(main())
+
+
+def stderr(message: str) -> None:
+    print(message, file=sys.stderr)

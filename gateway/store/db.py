@@ -1,0 +1,122 @@
+"""The store's engine: one async SQLAlchemy engine for SQLite (aiosqlite) or PostgreSQL (asyncpg).
+
+``open_store`` turns the user's URL (``sqlite:///./gateway.db``, ``postgresql://user@host/db``) into
+the async driver's URL, applies SQLite's pragmas (WAL, a busy timeout, foreign keys) and checks that
+the schema is at Alembic's head, migrating it when configured to.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from gateway.config import StoreConfig
+from gateway.errors import ConfigError, GatewayError
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class StoreNotMigrated(GatewayError):
+    code = "store_not_migrated"
+
+
+def async_url(url: str) -> str:
+    """``sqlite:///x`` -> ``sqlite+aiosqlite:///x``; ``postgresql://`` -> ``postgresql+asyncpg://``."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # sqlalchemy raises ArgumentError for garbage
+        raise ConfigError(f"store.url: not a database URL: {exc.__class__.__name__}") from None
+    driver = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}.get(
+        parsed.drivername.split("+")[0]
+    )
+    if driver is None:
+        raise ConfigError("store.url: only sqlite:// and postgresql:// URLs are supported")
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def create_engine(config: StoreConfig) -> AsyncEngine:
+    url = async_url(config.url)
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(url, pool_size=config.pool_size, max_overflow=config.pool_size, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _alembic_config(connection: Connection) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _upgrade(connection: Connection) -> None:
+    command.upgrade(_alembic_config(connection), "head")
+
+
+def _is_current(connection: Connection) -> bool:
+    head = ScriptDirectory.from_config(_alembic_config(connection)).get_current_head()
+    return MigrationContext.configure(connection).get_current_revision() == head
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Create or upgrade the schema to the newest migration; safe to run again."""
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade)
+
+
+async def ensure_schema(engine: AsyncEngine, config: StoreConfig) -> None:
+    """Migrate when configured to, else refuse to run on an outdated schema."""
+    if config.migrates_itself:
+        await migrate(engine)
+        return
+    try:
+        async with engine.connect() as conn:
+            current = await conn.run_sync(_is_current)
+    except (SQLAlchemyError, OSError) as exc:
+        raise StoreNotMigrated(f"cannot reach the store: {exc.__class__.__name__}") from None
+    if not current:
+        raise StoreNotMigrated(
+            "the store's schema is not up to date: run `gateway migrate` (or set store.auto_migrate = true)"
+        )
+
+
+async def ping(engine: AsyncEngine) -> bool:
+    from sqlalchemy import text
+
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except (SQLAlchemyError, OSError):
+        return False
+    return True
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)

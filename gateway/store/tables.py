@@ -1,0 +1,149 @@
+"""The store's schema as SQLAlchemy Core tables, the same on SQLite and PostgreSQL.
+
+Alembic migrations in ``migrations/versions`` create exactly these tables; a test compares the two.
+Times that are compared in queries (leases, visibility, expiry) are epoch seconds in floats so that
+both databases order them the same way; times shown to users are timezone-aware datetimes.
+Columns named ``*_secret`` hold vault ciphertext only, never plaintext.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+Json = JSON().with_variant(JSONB(), "postgresql")
+Seq = BigInteger().with_variant(Integer(), "sqlite")  # SQLite only autoincrements INTEGER keys
+
+
+def _timestamps() -> list[Column[Any]]:
+    return [
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+    ]
+
+
+credentials = Table(
+    "credentials",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("provider", String(32), nullable=False),
+    Column("base_url", Text, nullable=False),
+    Column("auth_type", String(16), nullable=False),
+    Column("auth_secret", Text, nullable=False),  # vault ciphertext of the whole auth object
+    Column("rate_limit", Json, nullable=True),
+    Column("timeouts", Json, nullable=True),
+    Column("ca_bundle", Text, nullable=True),
+    Column("version", Integer, nullable=False, default=1),  # bumped on every auth change (OAuth2 refresh)
+    *_timestamps(),
+)
+
+syncs = Table(
+    "syncs",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("credential_id", String(128), ForeignKey("credentials.id"), nullable=False, index=True),
+    Column("collections", Json, nullable=False),
+    Column("options", Json, nullable=False),
+    *_timestamps(),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("scopes", Json, nullable=False),
+    Column("only_ids", Json, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+)
+
+consumers = Table(
+    "consumers",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("sync_id", String(128), nullable=True),
+    Column("collections", Json, nullable=True),
+    Column("settings", Json, nullable=False),  # non-secret settings (url, batch_size, ...)
+    Column("settings_secret", Text, nullable=True),  # vault ciphertext of secret settings (secret, dsn)
+    Column("position", Seq, nullable=False, default=0),  # highest acknowledged seq
+    Column("status", String(16), nullable=False, default="active"),
+    Column("status_detail", Text, nullable=True),
+    *_timestamps(),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("sync_id", String(128), nullable=False),
+    Column("collection_id", String(256), nullable=False),
+    Column("upstream_id", String(256), nullable=False),
+    Column("action", String(8), nullable=False),
+    Column("record", Json, nullable=False),
+    Column("changes", Json, nullable=False),
+    Column("inserted_at", DateTime(timezone=True), nullable=False),
+)
+
+# One row per (consumer, event) still to be acknowledged: fan-out happens when the event is appended.
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("consumer_id", String(128), primary_key=True),
+    Column("seq", Seq, primary_key=True),
+    Column("ack_id", String(64), nullable=True, unique=True),
+    Column("visible_at", Float, nullable=False),  # epoch seconds; receivable when <= now
+    Column("attempts", Integer, nullable=False, default=0),
+    Index("ix_deliveries_visible", "consumer_id", "visible_at", "seq"),
+)
+
+records = Table(
+    "records",
+    metadata,
+    Column("sync_id", String(128), primary_key=True),
+    Column("collection_id", String(256), primary_key=True),
+    Column("upstream_id", String(256), primary_key=True),
+    Column("data", Json, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("upstream_updated_at", DateTime(timezone=True), nullable=True),
+    Column("inserted_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("key", String(300), primary_key=True),  # "<token name>:<client key>"
+    Column("request_hash", String(64), nullable=False),
+    Column("status", Integer, nullable=True),  # null while the first request is in progress
+    Column("response", Json, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(256), primary_key=True),
+    Column("owner", String(128), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)

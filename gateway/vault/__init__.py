@@ -1,0 +1,1 @@
+"""Secrets at rest: AES-GCM encryption with key ids (crypto) and credential access (credentials)."""

@@ -1,0 +1,199 @@
+"""Shared fixtures: real stores (SQLite and PostgreSQL), real Redis, a real gateway app.
+
+PostgreSQL and Redis are the machine's own (127.0.0.1:5432 database ``test``, 127.0.0.1:6379).
+Locally a missing service skips the tests that need it; with ``CI=true`` it fails them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient
+
+from gateway.app import create_app
+from gateway.config import Config
+from gateway.store.tables import metadata
+from gateway.vault.crypto import Keyring, generate_key
+
+PG_ADMIN_DSN = os.environ.get("GATEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def service_missing(what: str) -> None:
+    """Skip locally, fail in CI: CI must prove the PostgreSQL and Redis paths."""
+    if IN_CI:
+        pytest.fail(f"{what} is unreachable and CI=true requires it")
+    pytest.skip(f"{what} is unreachable")
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str | None]:
+    """A database of its own for this test run, migrated once; dropped at the end."""
+    name = f"gw_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+    async def create() -> bool:
+        try:
+            conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+        except (OSError, asyncpg.PostgresError):
+            return False
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        return True
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    if not asyncio.run(create()):
+        yield None
+        return
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    url = f"{base}/{name}"
+    asyncio.run(_migrate(url))
+    yield url
+    asyncio.run(drop())
+
+
+async def _migrate(url: str) -> None:
+    from gateway.config import StoreConfig
+    from gateway.store.db import create_engine, migrate
+
+    engine = create_engine(StoreConfig(url=url))
+    await migrate(engine)
+    await engine.dispose()
+
+
+async def truncate_pg(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+        await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path, pg_database: str | None) -> str:
+    """Every test that touches the store runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'gateway.db'}"
+    if pg_database is None:
+        service_missing("PostgreSQL at " + PG_ADMIN_DSN)
+    assert pg_database is not None
+    await truncate_pg(pg_database)
+    return pg_database
+
+
+@pytest.fixture
+async def pg_url(pg_database: str | None) -> str:
+    """PostgreSQL only (for features that exist only there), emptied before the test."""
+    if pg_database is None:
+        service_missing("PostgreSQL at " + PG_ADMIN_DSN)
+    assert pg_database is not None
+    await truncate_pg(pg_database)
+    return pg_database
+
+
+# --- Redis -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except (OSError, aioredis.ConnectionError):
+        service_missing("Redis at " + REDIS_URL)
+    finally:
+        await client.aclose()
+    yield REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of this test's own, so tests sharing the Redis never see each other's state."""
+    return f"gwtest-{uuid.uuid4().hex[:10]}"
+
+
+# --- the gateway -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    return Keyring.parse(generate_key("test"))
+
+
+def make_config(store_url: str, keyring: Keyring | None = None, **sections: Any) -> Config:
+    """A config for tests: the given store, local pacing, plus any section overrides."""
+    data: dict[str, Any] = {"store": {"url": store_url, "auto_migrate": True}, "log": {"format": "json"}}
+    if keyring is not None:
+        data["encryption"] = {"keys": ",".join(f"{kid}:{_b64(raw)}" for kid, raw in keyring.keys)}
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(name), dict):
+            data[name] = {**data[name], **value}
+        else:
+            data[name] = value
+    return Config.model_validate(data)
+
+
+def _b64(raw: bytes) -> str:
+    import base64
+
+    return base64.b64encode(raw).decode()
+
+
+@dataclass
+class Gateway:
+    """A running gateway app behind a real HTTP test server, with an admin token."""
+
+    client: TestClient[Any, Any]
+    admin_token: str
+
+    @property
+    def app(self) -> Any:
+        return self.client.app
+
+    def auth(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.admin_token}"}
+
+    async def token(self, name: str, scopes: list[str], only: list[str] | None = None) -> str:
+        from gateway.http import appkeys
+
+        return await self.app[appkeys.TOKENS].create(name, scopes, only)  # type: ignore[arg-type]
+
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+def make_gateway(aiohttp_client: Any, keyring: Keyring, store_url: str) -> GatewayFactory:
+    """Start a gateway on the parametrized store: ``await make_gateway(pacing={...})``."""
+
+    async def factory(**sections: Any) -> Gateway:
+        from gateway.http import appkeys
+
+        config = make_config(store_url, keyring, **sections)
+        app = create_app(config, keyring=keyring, ops_on_main=True)
+        client = await aiohttp_client(app)
+        token = await app[appkeys.TOKENS].create("admin", ["admin"])
+        return Gateway(client, token)
+
+    return factory

@@ -1,0 +1,148 @@
+"""Management API: CRUD of credentials, syncs and consumers; auth; secrets write-only; bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import GatewayFactory
+
+STRIPE = {
+    "id": "credential-stripe",
+    "provider": "stripe",
+    "base_url": "https://api.stripe.com",
+    "auth": {"type": "basic", "username": "sk_test_supersecret123", "password": ""},
+    "rate_limit": {"rate": 100, "per": 1},
+}
+
+
+async def test_credential_round_trip_masks_every_secret(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    resp = await gw.client.post("/v1/credentials", json=STRIPE, headers=gw.auth())
+    assert resp.status == 201, await resp.text()
+    body = await resp.json()
+    assert body["auth"] == {"type": "basic", "username": "***", "password": "***"}
+    listed = await (await gw.client.get("/v1/credentials", headers=gw.auth())).text()
+    assert "sk_test_supersecret123" not in listed
+    got = await (await gw.client.get("/v1/credentials/credential-stripe", headers=gw.auth())).json()
+    assert got["base_url"] == "https://api.stripe.com"
+    assert got["rate_limit"]["rate"] == 100 and got["rate_limit"]["per"] == 1
+
+
+async def test_generated_ids_follow_the_spec_shape(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    body = {k: v for k, v in STRIPE.items() if k != "id"}
+    created = await (await gw.client.post("/v1/credentials", json=body, headers=gw.auth())).json()
+    assert created["id"].startswith("credential-") and len(created["id"]) == len("credential-") + 12
+
+
+async def test_deleting_a_credential_used_by_a_sync_is_409(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    await gw.client.post("/v1/credentials", json=STRIPE, headers=gw.auth())
+    sync = {"id": "my-sync", "credential_id": "credential-stripe", "collections": ["stripe:customer"]}
+    assert (await gw.client.post("/v1/syncs", json=sync, headers=gw.auth())).status == 201
+    resp = await gw.client.delete("/v1/credentials/credential-stripe", headers=gw.auth())
+    assert resp.status == 409
+    assert (await resp.json())["code"] == "conflict"
+    assert (await gw.client.delete("/v1/syncs/my-sync", headers=gw.auth())).status == 204
+    assert (await gw.client.delete("/v1/credentials/credential-stripe", headers=gw.auth())).status == 204
+
+
+async def test_sync_collections_must_match_the_credential_provider(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    await gw.client.post("/v1/credentials", json=STRIPE, headers=gw.auth())
+    sync = {"id": "s1", "credential_id": "credential-stripe", "collections": ["salesforce:contact"]}
+    resp = await gw.client.post("/v1/syncs", json=sync, headers=gw.auth())
+    assert resp.status == 400
+    assert "collections" in (await resp.json())["error"]
+
+
+async def test_consumer_secrets_are_write_only(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    hook = {"id": "hooks", "kind": "webhook", "url": "https://example.com/hook",
+            "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
+    created = await (await gw.client.post("/v1/consumers", json=hook, headers=gw.auth())).json()
+    assert created["settings"]["secret"] == "***"
+    mirror = {"id": "mirror", "kind": "postgres", "dsn": "postgresql://app:hunter2hunter2@db/app"}
+    created = await (await gw.client.post("/v1/consumers", json=mirror, headers=gw.auth())).json()
+    assert created["settings"]["dsn"] == "postgresql://app:***@db/app"
+    patched = await gw.client.patch("/v1/consumers/hooks", json={"batch_size": 5}, headers=gw.auth())
+    assert patched.status == 200, await patched.text()
+    assert (await patched.json())["settings"]["batch_size"] == 5
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**STRIPE, "provider": "nope"}, "provider"),
+        ({**STRIPE, "base_url": "ftp://x"}, "base_url"),
+        ({**STRIPE, "auth": {"type": "bearer"}}, "auth.bearer.token"),
+        ({**STRIPE, "id": "bad id!"}, "id"),
+        ({**STRIPE, "surprise": 1}, "surprise"),
+        ({**STRIPE, "rate_limit": {"rate": 0}}, "rate_limit.rate"),
+        ({**STRIPE, "rate_limit": {"rate": 5, "burst": 0}}, "rate_limit.burst"),
+        ({**STRIPE, "rate_limit": {"max_wait": -1}}, "rate_limit.max_wait"),
+    ],
+)
+async def test_bad_credential_bodies_name_the_field(
+    make_gateway: GatewayFactory, body: dict[str, Any], field: str
+) -> None:
+    gw = await make_gateway()
+    resp = await gw.client.post("/v1/credentials", json=body, headers=gw.auth())
+    assert resp.status == 400
+    error = await resp.json()
+    assert error["code"] == "invalid_request"
+    assert field in error["error"]
+    assert "sk_test_supersecret123" not in await resp.text()
+
+
+async def test_malformed_json_and_empty_bodies_are_400(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    for data in (b"{not json", b"", b"[1,2"):
+        resp = await gw.client.post("/v1/credentials", data=data, headers=gw.auth())
+        assert resp.status == 400
+        assert (await resp.json())["code"] == "invalid_request"
+
+
+async def test_oversized_json_body_is_413(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(server={"max_json_bytes": 2048})
+    resp = await gw.client.post("/v1/credentials", data=b"{" + b" " * 5000 + b"}", headers=gw.auth())
+    assert resp.status == 413
+    assert (await resp.json())["code"] == "payload_too_large"
+
+
+async def test_unknown_ids_are_404_and_bad_ids_400(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    resp = await gw.client.get("/v1/syncs/nope", headers=gw.auth())
+    assert resp.status == 404 and (await resp.json())["code"] == "not_found"
+    resp = await gw.client.get("/v1/consumers/-bad", headers=gw.auth())
+    assert resp.status == 400
+
+
+async def test_tokens_need_the_admin_scope(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    proxy_only = await gw.token("p", ["proxy"])
+    assert (await gw.client.get("/v1/credentials")).status == 401
+    assert (await gw.client.get("/v1/credentials", headers=gw.auth("gw_wrong"))).status == 401
+    resp = await gw.client.get("/v1/credentials", headers=gw.auth(proxy_only))
+    assert resp.status == 403
+    assert (await resp.json())["code"] == "forbidden"
+
+
+async def test_every_response_carries_a_request_id(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    resp = await gw.client.get("/v1/credentials", headers={**gw.auth(), "x-request-id": "abc-123"})
+    assert resp.headers["x-request-id"] == "abc-123"
+    resp = await gw.client.get("/v1/nowhere", headers={**gw.auth(), "x-request-id": "bad id\u00e9"})
+    assert resp.status == 404
+    assert resp.headers["x-request-id"] != "bad id\u00e9" and len(resp.headers["x-request-id"]) == 32
+
+
+async def test_openapi_document_is_generated_from_models(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    doc = await (await gw.client.get("/v1/openapi.json", headers=gw.auth())).json()
+    assert doc["openapi"].startswith("3.1")
+    assert "/v1/credentials/{id}" in doc["paths"]
+    schema = doc["components"]["schemas"]["CredentialIn"]
+    assert "provider" in schema["required"]
