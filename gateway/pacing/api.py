@@ -1,0 +1,48 @@
+"""What the rest of the gateway needs from the pacer: the contract between pacing and upstream.
+
+The upstream client calls ``acquire`` before every send, ``Permit.release`` when the exchange is
+over (body fully relayed or failed), and ``observe`` with every upstream answer so 429s and
+rate-limit headers pause the bucket for every caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from gateway.store.objects import Credential
+
+
+class Permit(Protocol):
+    """A granted slot. ``waited`` is the time spent queued, in seconds."""
+
+    @property
+    def waited(self) -> float: ...
+
+    def release(self) -> None:
+        """Give back the ``max_concurrency`` permit, if any; safe to call more than once."""
+
+
+class Pacer(Protocol):
+    async def acquire(self, credential: Credential, path: str, *, max_wait: float | None = None) -> Permit:
+        """Wait for this call's turn in every bucket that applies to ``credential`` (and ``path``).
+
+        Raises ``RateLimited`` (with ``retry_after``) without queueing when the turn lies beyond
+        ``max_wait`` (the credential's, unless given), and ``BackendUnavailable`` when the shared
+        backend is down and the policy is ``reject``. Cancellation while waiting leaks nothing.
+        """
+        ...
+
+    async def observe(
+        self, credential: Credential, path: str, status: int, headers: Mapping[str, str]
+    ) -> float | None:
+        """Feed an upstream answer; returns the pause in seconds if it paused the bucket, else None."""
+        ...
+
+    async def describe(self, credential_id: str) -> dict[str, Any] | None:
+        """The bucket's state for ``GET /v1/credentials/{id}``: tokens, queue depth, paused until."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the backend is reachable (for ``/readyz``)."""
+        ...
