@@ -1,0 +1,122 @@
+"""The CLI, run as a real process: exit codes, scriptable output, every verb."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.vault.crypto import generate_key
+
+
+def gateway(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, env=env, input=stdin, timeout=60
+    )
+
+
+@pytest.fixture
+def env(store_url: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    return {**base, "GATEWAY_STORE__URL": store_url, "GATEWAY_STORE__AUTO_MIGRATE": "true",
+            "GATEWAY_ENCRYPTION__KEYS": generate_key("k1"), "GATEWAY_LOG__FORMAT": "json"}
+
+
+def test_keys_generate_prints_only_the_key(env: dict[str, str]) -> None:
+    """`KEY=$(gateway keys generate)` works: the key alone on stdout, notes on stderr."""
+    result = gateway("keys", "generate", "--id", "k2", env=env)
+    assert result.returncode == 0
+    assert result.stdout.count("\n") == 1 and result.stdout.startswith("k2:")
+    assert result.stderr
+
+
+def test_tokens_create_list_revoke(env: dict[str, str]) -> None:
+    """A token is printed once, listed without its value, and revoked by name."""
+    created = gateway("tokens", "create", "--name", "ci", "--scope", "proxy,mutations", "--only", "s1,s2", env=env)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("gw_") and len(token) > 40
+    listed = gateway("tokens", "list", "--json", env=env)
+    rows = json.loads(listed.stdout)
+    assert rows[0]["name"] == "ci" and rows[0]["scopes"] == ["proxy", "mutations"] and rows[0]["only"] == ["s1", "s2"]
+    assert token not in listed.stdout
+    assert gateway("tokens", "revoke", "ci", env=env).returncode == 0
+    assert gateway("tokens", "revoke", "ci", env=env).returncode == 2
+
+
+def test_bad_scope_is_usage_error(env: dict[str, str]) -> None:
+    """An unknown scope exits 2 naming the scope."""
+    result = gateway("tokens", "create", "--name", "x", "--scope", "root", env=env)
+    assert result.returncode == 2 and "root" in result.stderr
+
+
+def test_credentials_add_list_remove(env: dict[str, str], tmp_path: Path) -> None:
+    """credentials add takes the Management API body; list masks secrets; remove deletes."""
+    body = {"id": "c1", "provider": "rest", "base_url": "https://api.example.test",
+            "auth": {"type": "header", "name": "X-API-Key", "value": "s3cr3t-value"}}
+    added = gateway("credentials", "add", "--file", "-", env=env, stdin=json.dumps(body))
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.strip() == "c1"
+    listed = gateway("credentials", "list", "--json", env=env)
+    assert json.loads(listed.stdout)[0]["auth"] == {"type": "header", "name": "X-API-Key", "value": "***", "prefix": None}
+    assert "s3cr3t-value" not in listed.stdout + listed.stderr
+    bad = gateway("credentials", "add", "--file", "-", env=env, stdin='{"provider": "x"}')
+    assert bad.returncode == 2 and "provider" in bad.stderr
+    assert gateway("credentials", "remove", "c1", env=env).returncode == 0
+
+
+def test_keys_rotate_reencrypts_and_is_safe_to_rerun(env: dict[str, str]) -> None:
+    """After prepending a new key, rotate re-seals every secret; a second run changes nothing; the old key
+    can then be dropped."""
+    body = {"id": "c1", "provider": "rest", "base_url": "https://api.example.test",
+            "auth": {"type": "bearer", "token": "tok-123456"}}
+    assert gateway("credentials", "add", "--file", "-", env=env, stdin=json.dumps(body)).returncode == 0
+    old = env["GATEWAY_ENCRYPTION__KEYS"]
+    rotated_env = {**env, "GATEWAY_ENCRYPTION__KEYS": generate_key("k2") + "," + old}
+    first = gateway("keys", "rotate", env=rotated_env)
+    assert first.returncode == 0 and "re-encrypted 1" in first.stderr
+    assert "re-encrypted 0" in gateway("keys", "rotate", env=rotated_env).stderr
+    only_new = {**env, "GATEWAY_ENCRYPTION__KEYS": rotated_env["GATEWAY_ENCRYPTION__KEYS"].split(",")[0]}
+    assert gateway("credentials", "list", env=only_new).returncode == 0
+    gone = gateway("credentials", "list", env={**env, "GATEWAY_ENCRYPTION__KEYS": generate_key("k9")})
+    assert gone.returncode == 1 and "'k2'" in gone.stderr
+
+
+def test_check_config_masks_and_validates(env: dict[str, str], tmp_path: Path) -> None:
+    """check-config prints the effective config with secrets masked; a bad key exits 2 naming it."""
+    result = gateway("check-config", env=env)
+    assert result.returncode == 0
+    assert env["GATEWAY_ENCRYPTION__KEYS"].split(":")[1] not in result.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[pacing]\nbackend = "nope"\n')
+    result = gateway("check-config", "--config", str(bad), env=env)
+    assert result.returncode == 2 and "pacing.backend" in result.stderr
+
+
+def test_serve_refuses_to_start_without_a_key(env: dict[str, str]) -> None:
+    """With no encryption key, serve exits 2 and says how to make one."""
+    result = gateway("serve", env={**env, "GATEWAY_ENCRYPTION__KEYS": ""})
+    assert result.returncode == 2 and "gateway keys generate" in result.stderr
+
+
+def test_migrate_then_unmigrated_store_refusal(tmp_path: Path, env: dict[str, str]) -> None:
+    """Without auto_migrate an empty store is refused with a hint; `gateway migrate` fixes it."""
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    fresh = {**env, "GATEWAY_STORE__URL": url, "GATEWAY_STORE__AUTO_MIGRATE": "false"}
+    refused = gateway("tokens", "list", env=fresh)
+    assert refused.returncode != 0 and "gateway migrate" in refused.stderr
+    assert gateway("migrate", env=fresh).returncode == 0
+    assert gateway("tokens", "list", env=fresh).returncode == 0
+
+
+def test_every_verb_has_help() -> None:
+    """--help works on every verb and sub-verb."""
+    env = dict(os.environ)
+    for args in (["--help"], ["serve", "--help"], ["check-config", "--help"], ["migrate", "--help"],
+                 ["tokens", "create", "--help"], ["tokens", "list", "--help"], ["credentials", "add", "--help"],
+                 ["keys", "rotate", "--help"]):
+        assert gateway(*args, env=env).returncode == 0, args

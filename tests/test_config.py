@@ -1,0 +1,103 @@
+"""Configuration: TOML, ${VAR} expansion, GATEWAY_<SECTION>__<KEY> overrides, errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config, masked_config
+from gateway.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "gateway.example.toml"
+
+
+def test_defaults_run_a_single_node_without_any_file() -> None:
+    """No file at all gives SQLite and local pacing."""
+    config = load_config(None, environ={})
+    assert config.store.url.startswith("sqlite")
+    assert config.pacing.backend == "local"
+    assert config.store.migrates_itself
+
+
+def test_the_example_config_is_valid() -> None:
+    """config/gateway.example.toml documents every key and loads as it is."""
+    config = load_config(EXAMPLE, environ={"GATEWAY_ENCRYPTION_KEYS": "", "STRIPE_SECRET_KEY": "sk_test_x"})
+    assert config.server.port == 8080
+    assert config.providers["hubspot"].rate_limit is not None
+
+
+def test_env_overrides_and_variables(tmp_path: Path) -> None:
+    """GATEWAY_PACING__BACKEND overrides the file; ${VAR} is replaced from the environment."""
+    path = tmp_path / "g.toml"
+    path.write_text('[store]\nurl = "${DB_URL}"\n[pacing]\nbackend = "local"\n')
+    env = {"DB_URL": "postgresql://u@h/db", "GATEWAY_PACING__BACKEND": "redis", "GATEWAY_SERVER__PORT": "9000",
+           "GATEWAY_PROVIDERS__HUBSPOT__RATE_LIMIT__RATE": "50"}
+    config = load_config(path, environ=env)
+    assert config.store.url == "postgresql://u@h/db"
+    assert config.pacing.backend == "redis"
+    assert config.server.port == 9000
+    assert config.providers["hubspot"].rate_limit is not None
+    assert config.providers["hubspot"].rate_limit.rate == 50
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[pacing]\nbackend = "carrier-pigeon"\n', "pacing.backend"),
+        ("[server]\nport = 70000\n", "server.port"),
+        ("[server]\nprot = 1\n", "server.prot"),
+        ("[providers.hubspot.rate_limit]\nrate = 0\n", "providers.hubspot.rate_limit.rate"),
+        ("[providers.hubspot.rate_limit]\nburst = 0\n", "providers.hubspot.rate_limit.burst"),
+        ("[providers.hubspot.rate_limit]\nper = -1\n", "providers.hubspot.rate_limit.per"),
+        ("[providers.hubspot.rate_limit]\nmax_wait = -1\n", "providers.hubspot.rate_limit.max_wait"),
+        ("[providers.nope]\n", "providers.nope"),
+    ],
+)
+def test_invalid_config_names_the_key(tmp_path: Path, toml: str, key: str) -> None:
+    """Every validation failure names the dotted key."""
+    path = tmp_path / "g.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(path, environ={})
+
+
+def test_unset_variable_is_named(tmp_path: Path) -> None:
+    """A ${VAR} that is not set is an error naming the variable."""
+    path = tmp_path / "g.toml"
+    path.write_text('[encryption]\nkeys = "${NOT_SET_ANYWHERE}"\n')
+    with pytest.raises(ConfigError, match="NOT_SET_ANYWHERE"):
+        load_config(path, environ={})
+
+
+def test_bad_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:
+    """Syntax errors and missing files are reported, not raised raw."""
+    path = tmp_path / "g.toml"
+    path.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml", environ={})
+
+
+def test_declared_objects_need_ids(tmp_path: Path) -> None:
+    """[[credentials]] without an id cannot be upserted idempotently, so it is refused."""
+    path = tmp_path / "g.toml"
+    path.write_text('[[credentials]]\nprovider = "rest"\nbase_url = "https://x.test"\n'
+                    'auth = { type = "bearer", token = "t0ps3cret" }\n')
+    with pytest.raises(ConfigError, match="id"):
+        load_config(path, environ={})
+
+
+def test_masked_config_hides_secrets(tmp_path: Path) -> None:
+    """check-config's view never shows keys, passwords or credential secrets."""
+    path = tmp_path / "g.toml"
+    path.write_text(
+        '[store]\nurl = "postgresql://app:dbpass123@db/app"\n'
+        '[encryption]\nkeys = "k1:MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE="\n'
+        '[[credentials]]\nid = "c1"\nprovider = "rest"\nbase_url = "https://x.test"\n'
+        'auth = { type = "bearer", token = "t0ps3cret" }\n'
+    )
+    text = str(masked_config(load_config(path, environ={})))
+    for secret in ("dbpass123", "MDEyMzQ1Njc4", "t0ps3cret"):
+        assert secret not in text
