@@ -1,0 +1,54 @@
+"""The redaction processor: secrets never survive into a log line, whatever field they hide in."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import structlog
+
+from gateway.observability.logs import configure_logging, redact_processor, register_secret
+
+
+def redact(**event: object) -> dict[str, object]:
+    return dict(redact_processor(None, "info", {"event": "e", **event}))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "secret"),
+    [
+        ("authorization", "Bearer abc.def.ghi", "abc.def.ghi"),
+        ("headers", {"Authorization": "Basic c2tfbGl2ZTo=", "accept": "json"}, "c2tfbGl2ZTo="),
+        ("url", "https://api.test/x?api_key=k3y-value&limit=3", "k3y-value"),
+        ("message", "failed with Bearer tok_live_123456 at upstream", "tok_live_123456"),
+        ("dsn", "postgresql://app:hunter2@db/app", "hunter2"),
+        ("detail", "connect to postgresql://app:hunter2@db/app failed", "hunter2"),
+        ("secret", "whsec_abcdefABCDEF1234", "whsec_abcdefABCDEF1234"),
+        ("note", "token gw_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA minted", "AAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        ("cookie", "session=xyz", "session=xyz"),
+    ],
+)
+def test_secrets_are_masked(field: str, value: object, secret: str) -> None:
+    """Secret-named keys, auth schemes, secret query params, DSN passwords and token shapes are masked."""
+    assert secret not in json.dumps(redact(**{field: value}))
+
+
+def test_registered_values_are_scrubbed_anywhere() -> None:
+    """A value registered at runtime is removed from any string field."""
+    register_secret("very-specific-upstream-secret")
+    assert "very-specific-upstream-secret" not in json.dumps(redact(x="got very-specific-upstream-secret back"))
+
+
+def test_ids_and_ordinary_fields_survive() -> None:
+    """Redaction keeps what operators need: ids, routes, statuses."""
+    out = redact(credential_id="credential-abc", route="proxy_sync", status=200, token_name="ops")
+    assert out["credential_id"] == "credential-abc" and out["route"] == "proxy_sync" and out["status"] == 200
+
+
+def test_configured_logger_emits_redacted_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """With format=json every line is one JSON object, redacted."""
+    configure_logging(format="json", level="info")
+    structlog.get_logger("t").info("upstream_call", authorization="Bearer s3cr3t-token-value")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert json.loads(line)["event"] == "upstream_call"
+    assert "s3cr3t-token-value" not in line
