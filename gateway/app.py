@@ -12,7 +12,7 @@ from functools import partial
 from aiohttp import web
 
 from gateway.config import Config
-from gateway.http import appkeys, management
+from gateway.http import appkeys, consumers, management
 from gateway.http.middlewares import (
     add_request_id,
     auth_middleware,
@@ -25,6 +25,7 @@ from gateway.observability.metrics import Metrics
 from gateway.store.db import create_engine, ensure_schema, ping
 from gateway.store.objects import Objects
 from gateway.store.tokens import Tokens
+from gateway.stream.service import Stream
 from gateway.vault.crypto import Keyring
 
 
@@ -40,12 +41,14 @@ def create_app(config: Config, *, keyring: Keyring, ops_on_main: bool | None = N
     app[appkeys.ENGINE] = engine
     app[appkeys.OBJECTS] = Objects(engine, keyring)
     app[appkeys.TOKENS] = tokens
+    app[appkeys.STREAM] = stream = Stream(engine, metrics)
     endpoints: list[Endpoint] = []
     app[appkeys.ENDPOINTS] = endpoints
     checks: dict[str, appkeys.ReadyCheck] = {"store": partial(ping, engine)}
     app[appkeys.READY_CHECKS] = checks
 
     add_endpoints(app, management.ENDPOINTS)
+    add_endpoints(app, consumers.ENDPOINTS)
     if ops_on_main is None:
         ops_on_main = config.metrics.port == config.server.port and config.metrics.host == config.server.host
     if ops_on_main:
@@ -59,6 +62,7 @@ def create_app(config: Config, *, keyring: Keyring, ops_on_main: bool | None = N
     )
     app.on_response_prepare.append(add_request_id)
     app.cleanup_ctx.insert(0, _store)
+    app.cleanup_ctx.insert(1, lambda _app: stream.signals.listen())
     return app
 
 

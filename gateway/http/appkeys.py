@@ -12,6 +12,7 @@ from gateway.config import Config
 from gateway.observability.metrics import Metrics
 from gateway.store.objects import Objects
 from gateway.store.tokens import Tokens
+from gateway.stream.service import Stream
 from gateway.vault.crypto import Keyring
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ METRICS = web.AppKey("metrics", Metrics)
 ENGINE = web.AppKey("engine", AsyncEngine)
 OBJECTS = web.AppKey("objects", Objects)
 TOKENS = web.AppKey("tokens", Tokens)
+STREAM = web.AppKey("stream", Stream)
 ENDPOINTS = web.AppKey("endpoints", list["Endpoint"])
 # Optional hooks other capabilities install: pacing state for GET /v1/credentials/{id}, readiness checks.
 PacingState = Callable[[str], Awaitable[dict[str, Any] | None]]

@@ -1,0 +1,1 @@
+"""The record stream: events, their fan-out to consumers, and the waiting around them."""

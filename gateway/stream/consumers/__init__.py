@@ -1,0 +1,1 @@
+"""Consumer kinds: pull (HTTP receive/ack), webhook (signed POSTs), postgres (materialized tables)."""

@@ -1,0 +1,142 @@
+"""The delivery queue every consumer kind reads: claim, ack, nack over ``deliveries`` rows.
+
+A delivery row is one event a consumer still has to acknowledge. Claiming a batch gives each row a
+fresh ``ack_id`` and hides it until ``visible_at`` (now + visibility timeout); a row that is not
+acked by then is receivable again, so nothing is lost when a receiver dies. The claim is a single
+``UPDATE ... WHERE seq IN (SELECT ... LIMIT n) RETURNING``: on PostgreSQL the subquery takes
+``FOR UPDATE SKIP LOCKED`` so concurrent receivers on any replica never share a row; on SQLite
+(one node) the statement opens the write transaction before it reads, which serializes claimers.
+Pull consumers use it through the HTTP views, webhook and postgres workers directly.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import String, cast, delete, func, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.models import Event
+from gateway.observability.metrics import Metrics
+from gateway.store import tables as t
+from gateway.stream.events import event_from_row
+from gateway.stream.signals import Signals, mark
+
+RECHECK_SECONDS = 1.0  # fallback re-check: catches visibility timeouts expiring and missed signals
+
+
+@dataclass(frozen=True)
+class Delivery:
+    ack_id: str
+    event: Event
+
+
+class DeliveryQueue:
+    def __init__(self, engine: AsyncEngine, signals: Signals, metrics: Metrics) -> None:
+        self.engine = engine
+        self.signals = signals
+        self.metrics = metrics
+
+    async def receive(self, consumer_id: str, *, batch_size: int, visibility: float, wait: float) -> list[Delivery]:
+        """Claim up to ``batch_size`` events, waiting up to ``wait`` s for the first to arrive."""
+        deadline = time.monotonic() + wait
+        while True:
+            ticket = self.signals.appended.ticket()
+            batch = await self.claim(consumer_id, batch_size=batch_size, visibility=visibility)
+            remaining = deadline - time.monotonic()
+            if batch or remaining <= 0:
+                return batch
+            await self.signals.appended.wait(ticket, min(remaining, RECHECK_SECONDS))
+
+    async def claim(self, consumer_id: str, *, batch_size: int, visibility: float) -> list[Delivery]:
+        """Claim the lowest visible seqs now; empty when nothing is receivable."""
+        d = t.deliveries.c
+        now = time.time()
+        chosen = (
+            select(d.seq)
+            .where(d.consumer_id == consumer_id, d.visible_at <= now)
+            .order_by(d.seq)
+            .limit(batch_size)
+        )
+        if self.engine.dialect.name == "postgresql":
+            chosen = chosen.with_for_update(skip_locked=True)
+        token = uuid.uuid4().hex
+        claim = (
+            update(t.deliveries)
+            .where(d.consumer_id == consumer_id, d.seq.in_(chosen.scalar_subquery()))
+            .values(
+                ack_id=literal(token) + literal(".") + cast(d.seq, String),
+                visible_at=now + visibility,
+                attempts=d.attempts + 1,
+            )
+            .returning(d.seq, d.ack_id)
+        )
+        async with self.engine.begin() as conn:
+            acks = dict((await conn.execute(claim)).tuples().all())
+            if not acks:
+                return []
+            rows = (await conn.execute(select(t.events).where(t.events.c.seq.in_(list(acks))))).all()
+        events = sorted((event_from_row(row) for row in rows), key=lambda e: e.seq)
+        return [Delivery(acks[e.seq], e) for e in events]
+
+    async def ack(self, consumer_id: str, ack_ids: Sequence[str]) -> int:
+        """Acknowledge claimed rows whose claim still holds; advance the position; wake awaiters."""
+        if not ack_ids:
+            return 0
+        d = t.deliveries.c
+        async with self.engine.begin() as conn:
+            acked = (
+                (
+                    await conn.execute(
+                        delete(t.deliveries)
+                        .where(d.consumer_id == consumer_id, d.ack_id.in_(list(ack_ids)), d.visible_at > time.time())
+                        .returning(d.seq)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if acked:
+                await _advance_position(conn, consumer_id, max(acked))
+                await mark(conn, "ack")
+        await self.refresh_pending(consumer_id)
+        return len(acked)
+
+    async def nack(self, consumer_id: str, ack_ids: Sequence[str], *, delay: float) -> int:
+        """Make claimed rows receivable again after ``delay`` seconds (0: at once)."""
+        if not ack_ids:
+            return 0
+        d = t.deliveries.c
+        now = time.time()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(t.deliveries)
+                .where(d.consumer_id == consumer_id, d.ack_id.in_(list(ack_ids)), d.visible_at > now)
+                .values(ack_id=None, visible_at=now + delay)
+            )
+            if result.rowcount:
+                await mark(conn, "append")  # receivers waiting on this consumer may take them now
+        return int(result.rowcount or 0)
+
+    async def refresh_pending(self, consumer_id: str) -> int:
+        """Set ``gateway_consumer_pending_events{consumer}`` from the store and return it."""
+        query = select(func.count()).select_from(t.deliveries).where(t.deliveries.c.consumer_id == consumer_id)
+        async with self.engine.connect() as conn:
+            count = int((await conn.execute(query)).scalar_one())
+        self.metrics.consumer_pending.labels(consumer_id).set(count)
+        return count
+
+
+async def _advance_position(conn: AsyncConnection, consumer_id: str, highest_acked: int) -> None:
+    """Position = highest seq below which nothing is pending for this consumer; it never goes back."""
+    d, c = t.deliveries.c, t.consumers.c
+    lowest_pending = (
+        await conn.execute(select(func.min(d.seq)).where(d.consumer_id == consumer_id))
+    ).scalar_one_or_none()
+    position = highest_acked if lowest_pending is None else min(highest_acked, lowest_pending - 1)
+    await conn.execute(
+        update(t.consumers).where(c.id == consumer_id, c.position < position).values(position=position)
+    )

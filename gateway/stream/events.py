@@ -1,0 +1,183 @@
+"""Appending record changes to the stream, in the caller's transaction.
+
+The mutation service calls, inside the transaction that must make the change durable::
+
+    async def append_changes(conn: AsyncConnection, *, sync_id: str, collection_id: str,
+                             changes: Sequence[RecordChange], consumers: Sequence[Consumer]) -> list[Event]
+    async def last_known(conn: AsyncConnection, sync_id: str, collection_id: str,
+                         upstream_ids: Sequence[str]) -> dict[str, Record]
+
+``append_changes`` upserts each record's last known state in ``records``, appends one ``events`` row
+per change (``seq`` ascending in the order given), fans out one ``deliveries`` row per consumer whose
+filter wants the event (receivable at once) and returns the events. Pass every consumer
+(``Objects.all_consumers()``); filtering happens here. Waiters are woken after the caller commits.
+Because the fan-out is in the same transaction, an event is never visible without its deliveries.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import delete, exists, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.models import Event, Record
+from gateway.store import tables as t
+from gateway.store.db import as_utc, utcnow
+from gateway.store.objects import Consumer
+from gateway.stream.signals import mark
+
+Action = Literal["insert", "update", "delete"]
+
+
+@dataclass(frozen=True)
+class RecordChange:
+    """One change the upstream applied: ``data`` is the full current record (None: delete, unknown)."""
+
+    upstream_id: str
+    action: Action
+    data: dict[str, Any] | None
+    upstream_updated_at: datetime | None = None
+
+
+async def last_known(
+    conn: AsyncConnection, sync_id: str, collection_id: str, upstream_ids: Sequence[str]
+) -> dict[str, Record]:
+    """The stored state of those records (deleted ones included), by upstream id; unknown ids are absent."""
+    if not upstream_ids:
+        return {}
+    r = t.records.c
+    rows = (
+        await conn.execute(
+            select(t.records).where(
+                r.sync_id == sync_id, r.collection_id == collection_id, r.upstream_id.in_(list(upstream_ids))
+            )
+        )
+    ).all()
+    return {row.upstream_id: _record(row) for row in rows}
+
+
+async def append_changes(
+    conn: AsyncConnection,
+    *,
+    sync_id: str,
+    collection_id: str,
+    changes: Sequence[RecordChange],
+    consumers: Sequence[Consumer],
+) -> list[Event]:
+    """Record, log and fan out ``changes`` in ``conn``'s transaction; see the module docstring."""
+    if not changes:
+        return []
+    known = await last_known(conn, sync_id, collection_id, [c.upstream_id for c in changes])
+    wanted = [c.id for c in consumers if c.wants(sync_id, collection_id)]
+    appended: list[Event] = []
+    for change in changes:
+        previous = known.get(change.upstream_id)
+        record = await _save_record(conn, sync_id, collection_id, change, previous)
+        known[change.upstream_id] = record
+        event = await _insert_event(conn, change.action, record, _diff(previous, record, change.action))
+        if wanted:
+            await conn.execute(
+                insert(t.deliveries),
+                [{"consumer_id": cid, "seq": event.seq, "ack_id": None, "visible_at": 0.0, "attempts": 0}
+                 for cid in wanted],
+            )
+        appended.append(event)
+    await mark(conn, "append")
+    return appended
+
+
+async def _save_record(
+    conn: AsyncConnection, sync_id: str, collection_id: str, change: RecordChange, previous: Record | None
+) -> Record:
+    now = utcnow()
+    data = change.data if change.data is not None else (previous.data if previous else {})
+    record = Record(
+        sync_id=sync_id,
+        collection_id=collection_id,
+        upstream_id=change.upstream_id,
+        upstream_updated_at=change.upstream_updated_at or (previous.upstream_updated_at if previous else None),
+        data=data,
+        deleted=change.action == "delete",
+        inserted_at=previous.inserted_at if previous else now,
+        updated_at=now,
+    )
+    values = record.model_dump()
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(t.records).values(**values)
+    keep = ("sync_id", "collection_id", "upstream_id", "inserted_at")
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["sync_id", "collection_id", "upstream_id"],
+        set_={k: stmt.excluded[k] for k in values if k not in keep},
+    )
+    await conn.execute(stmt)
+    return record
+
+
+def _diff(previous: Record | None, record: Record, action: Action) -> dict[str, Any]:
+    """Previous values of the fields that changed; nothing is known on insert or for a first sighting."""
+    if previous is None or action == "insert" or action == "delete":
+        return {}
+    before, after = previous.data, record.data
+    return {key: before.get(key) for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
+
+
+async def _insert_event(conn: AsyncConnection, action: Action, record: Record, changes: dict[str, Any]) -> Event:
+    event_id = "evt_" + uuid.uuid4().hex
+    inserted_at = utcnow()
+    seq = (
+        await conn.execute(
+            insert(t.events)
+            .values(
+                id=event_id,
+                sync_id=record.sync_id,
+                collection_id=record.collection_id,
+                upstream_id=record.upstream_id,
+                action=action,
+                record=record.model_dump(mode="json"),
+                changes=changes,
+                inserted_at=inserted_at,
+            )
+            .returning(t.events.c.seq)
+        )
+    ).scalar_one()
+    return Event(seq=seq, id=event_id, action=action, record=record, changes=changes, inserted_at=inserted_at)
+
+
+def event_from_row(row: Row[Any]) -> Event:
+    """An ``events`` row as the API shows it."""
+    return Event(
+        seq=row.seq,
+        id=row.id,
+        action=row.action,
+        record=Record.model_validate(row.record),
+        changes=row.changes,
+        inserted_at=as_utc(row.inserted_at),
+    )
+
+
+async def purge_expired(conn: AsyncConnection, *, retention: float) -> int:
+    """Delete events older than ``retention`` seconds that no consumer still has to acknowledge."""
+    cutoff = utcnow() - timedelta(seconds=retention)
+    pending = exists().where(t.deliveries.c.seq == t.events.c.seq)
+    result = await conn.execute(delete(t.events).where(t.events.c.inserted_at < cutoff, ~pending))
+    return int(result.rowcount or 0)
+
+
+def _record(row: Row[Any]) -> Record:
+    return Record(
+        sync_id=row.sync_id,
+        collection_id=row.collection_id,
+        upstream_id=row.upstream_id,
+        upstream_updated_at=as_utc(row.upstream_updated_at),
+        data=row.data,
+        deleted=row.deleted,
+        inserted_at=as_utc(row.inserted_at),
+        updated_at=as_utc(row.updated_at),
+    )

@@ -1,0 +1,44 @@
+"""Read-your-writes: await_consumers returns when consumers acked, or names those still pending."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from gateway.http import appkeys
+from tests.conftest import GatewayFactory
+from tests.stream.helpers import ACCOUNTS, add_consumer, append, insert, seed_sync
+
+
+async def _ack_all_when_received(app: object, consumer_id: str) -> int:
+    """A real pull consumer: long-poll, then ack what arrived."""
+    queue = app[appkeys.STREAM].queue  # type: ignore[index]
+    batch = await queue.receive(consumer_id, batch_size=10, visibility=30, wait=10)
+    return int(await queue.ack(consumer_id, [d.ack_id for d in batch]))
+
+
+async def test_await_returns_once_a_consumer_acks_from_another_task(make_gateway: GatewayFactory) -> None:
+    """await_consumers returns [] soon after the consumer acknowledged the events."""
+    gw = await make_gateway()
+    await seed_sync(gw.app)
+    await add_consumer(gw.app, id="reader", kind="pull")
+    events = await append(gw.app, [insert("003A"), insert("003B")])
+    acker = asyncio.create_task(_ack_all_when_received(gw.app, "reader"))
+    started = time.monotonic()
+    pending = await gw.app[appkeys.STREAM].await_consumers(["reader"], [e.seq for e in events], 10)
+    assert pending == []
+    assert await acker == 2
+    assert time.monotonic() - started < 5
+
+
+async def test_await_times_out_naming_pending_consumers(make_gateway: GatewayFactory) -> None:
+    """A consumer that never acks is reported pending after the timeout; a filtered-out one is done."""
+    gw = await make_gateway()
+    await seed_sync(gw.app)
+    await add_consumer(gw.app, id="idle", kind="pull")
+    await add_consumer(gw.app, id="accounts-only", kind="pull", collections=[ACCOUNTS])
+    [event] = await append(gw.app, [insert("003C")])
+    started = time.monotonic()
+    pending = await gw.app[appkeys.STREAM].await_consumers(["accounts-only", "idle"], [event.seq], 0.3)
+    assert pending == ["idle"]
+    assert 0.25 < time.monotonic() - started < 3
