@@ -1,0 +1,177 @@
+"""Mutation translators: how each provider's own endpoints express create, update and delete.
+
+A translator is pure: it builds ``Call``s (method, path, JSON or form body, query, headers) for one
+chunk of records and reads the upstream's answers back into ``UpstreamRecord``s, without I/O, so the
+same code serves the service and plain-function tests. ``mutations.service`` sends the calls through
+the paced upstream client. Errors are sentences in the reference docs' form, built here once:
+``Error: <Provider> validation error: `<upstream message>```.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    UpstreamAuthFailed,
+    UpstreamUnavailable,
+    UpstreamValidationError,
+)
+
+Kind = Literal["create", "update", "delete"]
+Query = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One upstream request; exactly one of ``json``/``form`` carries the body, if any."""
+
+    method: str
+    path: str
+    json: Any = None
+    form: Query | None = None
+    query: Query | None = None
+    headers: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Item:
+    """One record of the request: ``index`` is its position, ``upstream_id`` is None for creates."""
+
+    index: int
+    upstream_id: str | None
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a mutation writes: the collection's object part, the sync's options, a per-request seed."""
+
+    obj: str
+    options: Mapping[str, str]
+    seed: str
+
+
+@dataclass(frozen=True)
+class UpstreamRecord:
+    upstream_id: str
+    data: dict[str, Any]
+    upstream_updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a write call did: ``ids`` applied (chunk order), full ``records`` when the answer has them.
+
+    ``failure`` is set when the upstream applied only part of the chunk (a 2xx with per-record
+    errors); the applied ones still reach the stream before the failure is reported.
+    """
+
+    ids: list[str]
+    records: list[UpstreamRecord] | None = None
+    failure: GatewayError | None = field(default=None)
+
+
+class Translator(ABC):
+    """The mutation contract of one provider; subclasses hold no state."""
+
+    name: ClassVar[str]  # display name used in error sentences
+    # Fields the upstream manages itself: dropped from writes so a record copied from the stream works.
+    read_only: ClassVar[frozenset[str]] = frozenset()
+
+    @abstractmethod
+    def chunk_size(self, kind: Kind) -> int:
+        """Most records one write call may carry."""
+
+    @abstractmethod
+    def write(self, kind: Kind, items: Sequence[Item], target: Target) -> Call:
+        """The call that applies ``kind`` to ``items`` (at most ``chunk_size``)."""
+
+    @abstractmethod
+    def written(self, kind: Kind, items: Sequence[Item], body: Any) -> Written:
+        """Read a 2xx answer of ``write``."""
+
+    def fetch(self, ids: Sequence[str], fields: Sequence[str], target: Target) -> Call | None:
+        """The call reading back full records after a write; None when the write answer has them."""
+        return None
+
+    def fetched(self, body: Any) -> list[UpstreamRecord]:
+        """Read a 2xx answer of ``fetch`` (records in any order; missing ones absent)."""
+        return []
+
+    @abstractmethod
+    def error_message(self, body: Any) -> str:
+        """The upstream's own message from an error body, as plain text."""
+
+    def is_not_found(self, status: int, body: Any) -> bool:
+        return status == 404
+
+    def writable(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in data.items() if k not in self.read_only}
+
+    # --- errors, in the reference docs' sentences ----------------------------------------------------
+
+    def validation_error(self, message: str, status: int | None = None) -> GatewayError:
+        extra = {"upstream_status": status} if status is not None else {}
+        return UpstreamValidationError(f"Error: {self.name} validation error: `{message}`", **extra)
+
+    def not_found(self, message: str) -> GatewayError:
+        return NotFound(f"Error: {self.name} record not found: `{message}`")
+
+    def error_for(self, status: int, headers: Mapping[str, str], body: Any) -> GatewayError:
+        """Map a non-2xx answer to the spec's error table."""
+        message = _clip(self.error_message(body) or f"HTTP {status}")
+        if status in (401, 403):
+            return UpstreamAuthFailed(
+                f"Error: {self.name} rejected the credential: `{message}`", upstream_status=status
+            )
+        if self.is_not_found(status, body):
+            return self.not_found(message)
+        if status == 429:
+            return RateLimited(f"Error: {self.name} rate limit exceeded", retry_after=_retry_after(headers))
+        if 400 <= status < 500:
+            return self.validation_error(message, status)
+        return UpstreamUnavailable(f"Error: {self.name} API error: `{message}`", upstream_status=status)
+
+
+def checked(value: str | None, pattern: str, *, field: str) -> str:
+    """``value`` if it fully matches ``pattern``; otherwise a 400 naming ``field``."""
+    if value is None or not re.fullmatch(pattern, value):
+        shown = "missing" if value is None else f"{value[:64]!r} is not valid"
+        raise InvalidRequest(f"{field}: {shown} (expected {pattern})", field=field)
+    return value
+
+
+def option(target: Target, name: str, pattern: str, default: str | None = None) -> str:
+    """A sync option (``options.base_id``, ``options.api_version``) checked against ``pattern``."""
+    return checked(target.options.get(name, default), pattern, field=f"sync options.{name}")
+
+
+def parse_time(value: Any) -> datetime | None:
+    """ISO 8601 (``...Z``, ``+00:00`` or Salesforce's ``+0000``) to an aware UTC datetime, else None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _clip(message: str) -> str:
+    return " ".join(message.split())[:500]
+
+
+def _retry_after(headers: Mapping[str, str]) -> float:
+    try:
+        return max(1.0, float(headers.get("Retry-After", "1")))
+    except ValueError:
+        return 1.0
