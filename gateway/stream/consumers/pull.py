@@ -53,20 +53,23 @@ class DeliveryQueue:
 
     async def claim(self, consumer_id: str, *, batch_size: int, visibility: float) -> list[Delivery]:
         """Claim the lowest visible seqs now; empty when nothing is receivable."""
-        d = t.deliveries.c
+        d, inner = t.deliveries.c, t.deliveries.alias("receivable").c  # the alias stops auto-correlation
         now = time.time()
         chosen = (
-            select(d.seq)
-            .where(d.consumer_id == consumer_id, d.visible_at <= now)
-            .order_by(d.seq)
+            select(inner.seq)
+            .where(inner.consumer_id == consumer_id, inner.visible_at <= now)
+            .order_by(inner.seq)
             .limit(batch_size)
         )
         if self.engine.dialect.name == "postgresql":
             chosen = chosen.with_for_update(skip_locked=True)
+        # A CTE, because PostgreSQL evaluates a locking CTE exactly once; an IN (subquery) may be
+        # re-run per row, and after our own update it would pick further rows past the LIMIT.
+        picked = chosen.cte("picked")
         token = uuid.uuid4().hex
         claim = (
             update(t.deliveries)
-            .where(d.consumer_id == consumer_id, d.seq.in_(chosen.scalar_subquery()))
+            .where(d.consumer_id == consumer_id, d.seq.in_(select(picked.c.seq)))
             .values(
                 ack_id=literal(token) + literal(".") + cast(d.seq, String),
                 visible_at=now + visibility,
