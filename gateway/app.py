@@ -12,7 +12,7 @@ from functools import partial
 from aiohttp import web
 
 from gateway.config import Config
-from gateway.http import appkeys, consumers, management
+from gateway.http import appkeys, consumers, management, proxy
 from gateway.http.middlewares import (
     add_request_id,
     auth_middleware,
@@ -22,10 +22,12 @@ from gateway.http.middlewares import (
 from gateway.http.openapi import Endpoint, add_endpoints
 from gateway.http.ops import add_ops_routes
 from gateway.observability.metrics import Metrics
+from gateway.pacing.pacer import GatewayPacer
 from gateway.store.db import create_engine, ensure_schema, ping
 from gateway.store.objects import Objects
 from gateway.store.tokens import Tokens
 from gateway.stream.service import Stream
+from gateway.upstream.client import UpstreamClient
 from gateway.vault.crypto import Keyring
 
 
@@ -44,10 +46,14 @@ def create_app(config: Config, *, keyring: Keyring, ops_on_main: bool | None = N
     app[appkeys.STREAM] = stream = Stream(engine, metrics)
     endpoints: list[Endpoint] = []
     app[appkeys.ENDPOINTS] = endpoints
-    checks: dict[str, appkeys.ReadyCheck] = {"store": partial(ping, engine)}
+    app[appkeys.PACER] = pacer = GatewayPacer(config, metrics)
+    app[appkeys.PACING_STATE] = pacer.describe
+    checks: dict[str, appkeys.ReadyCheck] = {"store": partial(ping, engine), "pacing": pacer.ping}
     app[appkeys.READY_CHECKS] = checks
 
+    app[appkeys.UPSTREAM] = UpstreamClient(config, metrics, app[appkeys.OBJECTS], app[appkeys.PACER])
     add_endpoints(app, management.ENDPOINTS)
+    add_endpoints(app, proxy.ENDPOINTS)
     add_endpoints(app, consumers.ENDPOINTS)
     if ops_on_main is None:
         ops_on_main = config.metrics.port == config.server.port and config.metrics.host == config.server.host
@@ -63,6 +69,8 @@ def create_app(config: Config, *, keyring: Keyring, ops_on_main: bool | None = N
     app.on_response_prepare.append(add_request_id)
     app.cleanup_ctx.insert(0, _store)
     app.cleanup_ctx.insert(1, lambda _app: stream.signals.listen())
+    app.cleanup_ctx.append(lambda _app: _pacing(pacer))
+    app.cleanup_ctx.append(_upstream)
     return app
 
 
@@ -86,6 +94,21 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
         await objects.upsert_consumer(consumer)
     yield
     await app[appkeys.ENGINE].dispose()
+
+
+async def _pacing(pacer: GatewayPacer) -> AsyncIterator[None]:
+    """Connect the pacing backend (Redis, if configured) and close it at shutdown."""
+    await pacer.start()
+    yield
+    await pacer.close()
+
+
+async def _upstream(app: web.Application) -> AsyncIterator[None]:
+    """The process's one upstream ClientSession (pooled keep-alive), opened after pacing."""
+    client = app[appkeys.UPSTREAM]
+    await client.start()
+    yield
+    await client.close()
 
 
 async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:

@@ -10,9 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import Config
 from gateway.observability.metrics import Metrics
+from gateway.pacing.api import Pacer
 from gateway.store.objects import Objects
 from gateway.store.tokens import Tokens
 from gateway.stream.service import Stream
+from gateway.upstream.client import UpstreamClient
 from gateway.vault.crypto import Keyring
 
 if TYPE_CHECKING:
@@ -26,6 +28,8 @@ OBJECTS = web.AppKey("objects", Objects)
 TOKENS = web.AppKey("tokens", Tokens)
 STREAM = web.AppKey("stream", Stream)
 ENDPOINTS = web.AppKey("endpoints", list["Endpoint"])
+UPSTREAM = web.AppKey("upstream", UpstreamClient)  # the one upstream client (opened in a cleanup context)
+PACER = web.AppKey("pacer", Pacer)
 # Optional hooks other capabilities install: pacing state for GET /v1/credentials/{id}, readiness checks.
 PacingState = Callable[[str], Awaitable[dict[str, Any] | None]]
 ReadyCheck = Callable[[], Awaitable[bool]]

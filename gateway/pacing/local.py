@@ -1,0 +1,69 @@
+"""In-process buckets: the default backend for one replica, and the fallback when Redis is down.
+
+Everything here runs without awaiting, so reservations are made in exactly the order callers arrive
+(the event loop cannot interleave two of them) and the FIFO order of ``bucket.py`` holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gateway.pacing import bucket
+from gateway.pacing.backend import Refused, Reservation
+from gateway.pacing.registry import BucketSpec
+
+
+class LocalBackend:
+    """Bucket states in a dict; the clock is the running event loop's unless one is injected."""
+
+    name = "local"
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._clock = clock or (lambda: asyncio.get_running_loop().time())
+        self._states: dict[str, bucket.BucketState] = {}
+
+    def _now(self) -> int:
+        return int(self._clock() * bucket.US)
+
+    def _state(self, key: str) -> bucket.BucketState:
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = bucket.BucketState()
+        return state
+
+    async def reserve(self, buckets: Sequence[BucketSpec], max_wait: float) -> Reservation | Refused:
+        now = self._now()
+        pairs = [(self._state(b.key), b.limit.schedule()) for b in buckets]
+        outcome = bucket.reserve(pairs, now, int(max_wait * bucket.US))
+        if isinstance(outcome, bucket.Refusal):
+            return Refused(retry_after=outcome.retry_after / bucket.US)
+        return Reservation(tuple(buckets), outcome.charges, deadline=outcome.slot / bucket.US)
+
+    async def release(self, reservation: Reservation) -> None:
+        now = self._now()
+        for spec, charge in zip(reservation.buckets, reservation.charges, strict=True):
+            bucket.release(self._state(spec.key), spec.limit.schedule(), charge, now)
+
+    async def pause(self, spec: BucketSpec, seconds: float) -> None:
+        bucket.pause(self._state(spec.key), spec.limit.schedule(), self._now() + int(seconds * bucket.US))
+
+    def overtaken(self, reservation: Reservation) -> bool:
+        return any(
+            self._state(spec.key).paused_until > charge.slot
+            for spec, charge in zip(reservation.buckets, reservation.charges, strict=True)
+        )
+
+    async def describe(self, spec: BucketSpec) -> dict[str, Any]:
+        now = self._now()
+        state = self._state(spec.key)
+        paused = state.paused_until if state.paused_until > now else None
+        return {
+            "tokens": round(bucket.tokens(state, spec.limit.schedule(), now), 3),
+            "paused_until": None if paused is None else time.time() + (paused - now) / bucket.US,
+        }
+
+    async def ping(self) -> bool:
+        return True

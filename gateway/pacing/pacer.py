@@ -1,0 +1,239 @@
+"""``GatewayPacer``: the ``Pacer`` every upstream call goes through.
+
+``acquire`` resolves the buckets of the call (registry.py), waits for a ``max_concurrency`` permit if
+the credential has one, reserves a slot in every bucket at once (backend), and sleeps until that
+instant with one timer: no polling, FIFO by arrival. Beyond ``max_wait`` it refuses before queueing.
+
+Backends: ``local`` (in-process), or ``redis`` shared by every replica. When Redis fails, the policy
+``pacing.on_backend_error`` decides: ``local`` switches to in-process buckets (logged once per outage,
+``gateway_pacing_backend_fallbacks_total``) until a probe sees Redis again; ``reject`` raises
+``BackendUnavailable`` (503) for the calls that needed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import Any, TypeVar
+
+import structlog
+
+from gateway.config import Config
+from gateway.errors import BackendUnavailable, RateLimited
+from gateway.observability.metrics import Metrics
+from gateway.pacing import adaptive
+from gateway.pacing.backend import Backend, BackendError, Refused, Reservation
+from gateway.pacing.local import LocalBackend
+from gateway.pacing.registry import Route, route
+from gateway.store.objects import Credential
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+PROBE_INTERVAL = 1.0
+
+
+class GrantedPermit:
+    """A slot that was granted; ``release`` gives back the concurrency permit (idempotent)."""
+
+    def __init__(self, waited: float, semaphore: asyncio.Semaphore | None) -> None:
+        self._waited = waited
+        self._semaphore = semaphore
+
+    @property
+    def waited(self) -> float:
+        return self._waited
+
+    def release(self) -> None:
+        semaphore, self._semaphore = self._semaphore, None
+        if semaphore is not None:
+            semaphore.release()
+
+
+class GatewayPacer:
+    """Implements ``gateway.pacing.api.Pacer`` over a local or Redis backend."""
+
+    def __init__(self, config: Config, metrics: Metrics, *, redis: Backend | None = None) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._local = LocalBackend()
+        self._shared = redis
+        self._degraded = False
+        self._probe: asyncio.Task[None] | None = None
+        self._routes: dict[str, Route] = {}
+        self._queued: Counter[str] = Counter()
+        self._semaphores: dict[str, tuple[int, asyncio.Semaphore]] = {}
+
+    async def start(self) -> None:
+        """Connect the shared backend if configured; an unreachable Redis applies the policy now."""
+        if self._config.pacing.backend == "redis" and self._shared is None:
+            from gateway.pacing.redis import RedisBackend
+
+            self._shared = RedisBackend(self._config.pacing)
+        if self._shared is not None and not await self._shared.ping():
+            self._degrade("unreachable at start")
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        closer = getattr(self._shared, "close", None)
+        if closer is not None:
+            await closer()
+
+    # --- the Pacer protocol -------------------------------------------------------------------------
+
+    async def acquire(self, credential: Credential, path: str, *, max_wait: float | None = None) -> GrantedPermit:
+        call = route(self._config, credential, path)
+        self._routes[credential.id] = call
+        budget = call.limit.max_wait if max_wait is None else max_wait
+        started = time.monotonic()
+        semaphore = await self._concurrency(credential.id, call, budget)
+        try:
+            await self._wait_turn(call, started + budget)
+        except BaseException:
+            if semaphore is not None:
+                semaphore.release()
+            raise
+        waited = time.monotonic() - started
+        self._metrics.pacing_wait.labels(call.provider).observe(waited)
+        return GrantedPermit(waited, semaphore)
+
+    async def observe(self, credential: Credential, path: str, status: int, headers: Mapping[str, str]) -> float | None:
+        if status in (429, 503):
+            self._metrics.upstream_throttled.labels(credential.provider).inc()
+        seconds = adaptive.pause_for(credential.provider, status, headers, time.time())
+        if not seconds:
+            return None
+        call = route(self._config, credential, path)
+        await self._with_backend(lambda backend: backend.pause(call.home, seconds))
+        log.info("pacing_paused", provider=credential.provider, status=status, seconds=round(seconds, 3))
+        return seconds
+
+    async def describe(self, credential_id: str) -> dict[str, Any] | None:
+        call = self._routes.get(credential_id)
+        if call is None:
+            return None
+        state = await self._with_backend(lambda backend: backend.describe(call.home))
+        limit = call.limit
+        return {
+            "backend": self._active().name,
+            "rate": limit.rate,
+            "per": limit.per,
+            "burst": limit.burst,
+            "max_wait": limit.max_wait,
+            "max_concurrency": limit.max_concurrency,
+            "queue_depth": self._queued[call.home.key],
+            **state,
+        }
+
+    async def ping(self) -> bool:
+        return True if self._shared is None else await self._shared.ping()
+
+    # --- waiting ------------------------------------------------------------------------------------
+
+    async def _concurrency(self, credential_id: str, call: Route, budget: float) -> asyncio.Semaphore | None:
+        limit = call.limit.max_concurrency
+        if limit is None:
+            return None
+        known = self._semaphores.get(credential_id)
+        if known is None or known[0] != limit:
+            known = self._semaphores[credential_id] = (limit, asyncio.Semaphore(limit))
+        semaphore = known[1]
+        try:
+            await asyncio.wait_for(semaphore.acquire(), timeout=budget)
+        except TimeoutError:
+            self._metrics.pacing_rejections.labels(call.provider).inc()
+            raise RateLimited("too many concurrent upstream calls for this credential", retry_after=1) from None
+        return semaphore
+
+    async def _wait_turn(self, call: Route, give_up_at: float) -> None:
+        """Reserve, sleep until the slot; reserve again if a pause overtook the slot meanwhile."""
+        while True:
+            budget = max(0.0, give_up_at - time.monotonic())
+            backend, outcome = await self._with_backend(partial(_reserve_on, call=call, budget=budget))
+            if isinstance(outcome, Refused):
+                self._metrics.pacing_rejections.labels(call.provider).inc()
+                raise RateLimited("the pacing queue wait would exceed max_wait", retry_after=outcome.retry_after)
+            await self._sleep(call, backend, outcome)
+            if not backend.overtaken(outcome):
+                return
+
+    async def _sleep(self, call: Route, backend: Backend, reservation: Reservation) -> None:
+        loop = asyncio.get_running_loop()
+        if reservation.deadline <= loop.time():
+            return
+        gauge = self._metrics.pacing_queue_depth.labels(call.provider)
+        gauge.inc()
+        self._queued[call.home.key] += 1
+        woken: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_at(reservation.deadline, _wake, woken)
+        try:
+            await woken
+        except asyncio.CancelledError:
+            # The caller went away: give the slot back so the next caller can use it.
+            await asyncio.shield(self._release(backend, reservation))
+            raise
+        finally:
+            timer.cancel()
+            gauge.dec()
+            self._queued[call.home.key] -= 1
+            if not self._queued[call.home.key]:
+                del self._queued[call.home.key]
+
+    async def _release(self, backend: Backend, reservation: Reservation) -> None:
+        with contextlib.suppress(BackendError):
+            await backend.release(reservation)
+
+    # --- backend choice and failover -----------------------------------------------------------------
+
+    def _active(self) -> Backend:
+        if self._shared is None:
+            return self._local
+        if self._degraded and self._config.pacing.on_backend_error == "local":
+            return self._local
+        return self._shared
+
+    async def _with_backend(self, operation: Callable[[Backend], Awaitable[T]]) -> T:
+        backend = self._active()
+        try:
+            return await operation(backend)
+        except BackendError as exc:
+            if backend is self._local:
+                raise
+            self._degrade(str(exc))
+            if self._config.pacing.on_backend_error == "reject":
+                raise BackendUnavailable("the shared pacing backend (Redis) is unavailable") from None
+            return await operation(self._local)
+
+    def _degrade(self, reason: str) -> None:
+        if not self._degraded:
+            self._degraded = True
+            self._metrics.pacing_backend_fallbacks.inc()
+            log.warning("pacing_backend_unavailable", reason=reason, policy=self._config.pacing.on_backend_error)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Ping Redis every second while degraded; switch back as soon as it answers."""
+        assert self._shared is not None
+        while True:
+            if await self._shared.ping():
+                break
+            await asyncio.sleep(PROBE_INTERVAL)
+        self._degraded = False
+        log.info("pacing_backend_recovered")
+
+
+async def _reserve_on(backend: Backend, call: Route, budget: float) -> tuple[Backend, Reservation | Refused]:
+    """Reserve on ``backend`` and say which backend holds the reservation (failover may change it)."""
+    return backend, await backend.reserve(call.buckets, budget)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

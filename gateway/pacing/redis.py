@@ -1,0 +1,169 @@
+"""Buckets shared by every replica, in Redis: one Lua script (pacing.lua) per batch of reservations.
+
+- Atomic and clock-safe: the script reads the Redis server's ``TIME`` and applies bucket.py's math
+  in one step, so replicas never race and their clocks never matter. The slot comes back as an
+  offset from the server's now, which this replica adds to its own loop time.
+- One round trip per event-loop tick, not per call: every reservation requested during one tick is
+  queued and sent in a single script call (grouped by cluster hash tag), in arrival order.
+- ``NOSCRIPT`` (Redis restarted or failed over) is the only error retried: the script did not run.
+  A timed-out call is never retried, since it may have reserved already and would count twice;
+  it raises ``BackendError`` and the pacer applies ``on_backend_error``.
+- Keys: ``<prefix>:{<tag>}:<bucket>`` (hash) and ``...:holes`` (sorted set); the ``{tag}`` puts all
+  keys of one reservation in one cluster hash slot. Keys expire a minute after they stop mattering.
+- Pauses another replica set are learned from every reservation's answer (``overtaken``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+
+from gateway.config import PacingConfig
+from gateway.pacing import bucket
+from gateway.pacing.backend import BackendError, Refused, Reservation
+from gateway.pacing.bucket import MAX_HOLES, US, Charge
+from gateway.pacing.registry import BucketSpec
+
+SCRIPT = resources.files("gateway.pacing").joinpath("pacing.lua").read_text(encoding="utf-8")
+TIMEOUT = 1.0
+
+
+@dataclass
+class _Batch:
+    """Reservations of one hash tag requested during one event-loop tick."""
+
+    calls: list[tuple[Sequence[BucketSpec], float, asyncio.Future[Reservation | Refused]]] = field(default_factory=list)
+
+
+class RedisBackend:
+    name = "redis"
+
+    def __init__(self, config: PacingConfig, *, client: aioredis.Redis | None = None) -> None:
+        self._prefix = config.key_prefix
+        self._client = client or aioredis.from_url(
+            config.redis_url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, retry=Retry(NoBackoff(), 0)
+        )
+        self._script = self._client.register_script(SCRIPT)
+        self._batches: dict[str, _Batch] = {}
+        self._paused: dict[str, int] = {}  # bucket key -> paused-until (server µs), as last seen
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _keys(self, spec: BucketSpec) -> list[str]:
+        base = f"{self._prefix}:{{{spec.tag}}}:{spec.key}"
+        return [base, base + ":holes"]
+
+    async def _run(self, keys: list[str], args: list[Any]) -> Any:
+        """One script call; foreign errors become ``BackendError`` here and nowhere else."""
+        try:
+            return await self._script(keys=keys, args=[args[0], MAX_HOLES, *args[1:]])
+        except NoScriptError:  # Script.__call__ already reloaded once after NOSCRIPT; it vanished again
+            raise BackendError("the pacing script vanished twice") from None
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"redis: {type(exc).__name__}") from None
+
+    async def reserve(self, buckets: Sequence[BucketSpec], max_wait: float) -> Reservation | Refused:
+        tag = buckets[0].tag
+        batch = self._batches.get(tag)
+        if batch is None:
+            batch = self._batches[tag] = _Batch()
+            asyncio.get_running_loop().call_soon(self._flush, tag)
+        future: asyncio.Future[Reservation | Refused] = asyncio.get_running_loop().create_future()
+        batch.calls.append((buckets, max_wait, future))
+        return await future
+
+    def _flush(self, tag: str) -> None:
+        batch = self._batches.pop(tag)
+        self._spawn(self._send(batch))
+
+    async def _send(self, batch: _Batch) -> None:
+        keys: list[str] = []
+        index: dict[str, int] = {}
+        args: list[Any] = ["reserve", len(batch.calls)]
+        for buckets, max_wait, _ in batch.calls:
+            args += [int(max_wait * US), len(buckets)]
+            for spec in buckets:
+                if spec.key not in index:
+                    index[spec.key] = len(keys) + 1
+                    keys += self._keys(spec)
+                limit = spec.limit.schedule()
+                args += [index[spec.key], limit.interval, limit.tolerance]
+        try:
+            reply = await self._run(keys, args)
+        except BackendError as exc:
+            for *_, future in batch.calls:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        arrived = asyncio.get_running_loop().time()
+        server_now = int(reply[0])
+        for (buckets, _, future), answer in zip(batch.calls, reply[1:], strict=True):
+            outcome = self._outcome(buckets, answer, server_now, arrived)
+            if not future.done():
+                future.set_result(outcome)
+            elif isinstance(outcome, Reservation):  # the caller left while the answer was on its way
+                self._spawn(self.release(outcome))
+
+    def _outcome(
+        self, buckets: Sequence[BucketSpec], answer: list[int], server_now: int, arrived: float
+    ) -> Reservation | Refused:
+        if int(answer[0]) == 0:
+            return Refused(retry_after=int(answer[1]) / US)
+        slot, n = int(answer[1]), len(buckets)
+        for spec, paused in zip(buckets, answer[2 + n :], strict=True):
+            self._paused[spec.key] = max(self._paused.get(spec.key, 0), int(paused))
+        charges = tuple(Charge(slot=slot, key=int(key)) for key in answer[2 : 2 + n])
+        return Reservation(tuple(buckets), charges, deadline=arrived + (slot - server_now) / US)
+
+    async def release(self, reservation: Reservation) -> None:
+        keys: list[str] = []
+        args: list[Any] = ["release", len(reservation.buckets)]
+        for spec, charge in zip(reservation.buckets, reservation.charges, strict=True):
+            keys += self._keys(spec)
+            args += [len(keys) - 1, spec.limit.schedule().interval, charge.slot, charge.key]
+        await self._run(keys, args)
+
+    async def pause(self, spec: BucketSpec, seconds: float) -> None:
+        args = ["pause", 1, spec.limit.schedule().tolerance, int(seconds * US)]
+        _, paused = await self._run(self._keys(spec), args)
+        self._paused[spec.key] = max(self._paused.get(spec.key, 0), int(paused))
+
+    def overtaken(self, reservation: Reservation) -> bool:
+        return any(
+            self._paused.get(spec.key, 0) > charge.slot
+            for spec, charge in zip(reservation.buckets, reservation.charges, strict=True)
+        )
+
+    async def describe(self, spec: BucketSpec) -> dict[str, Any]:
+        now, tat, paused = (int(v) for v in await self._run(self._keys(spec), ["state", 1]))
+        state = bucket.BucketState(tat=tat, paused_until=paused)
+        return {
+            "tokens": round(bucket.tokens(state, spec.limit.schedule(), now), 3),
+            "paused_until": time.time() + (paused - now) / US if paused > now else None,
+        }
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self._client.ping(), TIMEOUT))
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            with contextlib.suppress(Exception):
+                await task
+        await self._client.aclose()
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
