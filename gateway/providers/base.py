@@ -114,6 +114,9 @@ class Translator(ABC):
     def is_not_found(self, status: int, body: Any) -> bool:
         return status == 404
 
+    def is_throttled(self, status: int, body: Any) -> bool:
+        return status == 429
+
     def writable(self, data: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in data.items() if k not in self.read_only}
 
@@ -129,14 +132,16 @@ class Translator(ABC):
     def error_for(self, status: int, headers: Mapping[str, str], body: Any) -> GatewayError:
         """Map a non-2xx answer to the spec's error table."""
         message = _clip(self.error_message(body) or f"HTTP {status}")
+        if self.is_throttled(status, body):
+            return RateLimited(
+                f"Error: {self.name} rate limit exceeded: `{message}`", retry_after=_retry_after(headers)
+            )
         if status in (401, 403):
             return UpstreamAuthFailed(
                 f"Error: {self.name} rejected the credential: `{message}`", upstream_status=status
             )
         if self.is_not_found(status, body):
             return self.not_found(message)
-        if status == 429:
-            return RateLimited(f"Error: {self.name} rate limit exceeded", retry_after=_retry_after(headers))
         if 400 <= status < 500:
             return self.validation_error(message, status)
         return UpstreamUnavailable(f"Error: {self.name} API error: `{message}`", upstream_status=status)

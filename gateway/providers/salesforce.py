@@ -27,7 +27,8 @@ from gateway.providers.base import (
 
 DEFAULT_API_VERSION = "v59.0"
 _ROLLED_BACK = "ALL_OR_NONE_OPERATION_ROLLED_BACK"
-_NOT_FOUND_CODES = frozenset({"NOT_FOUND", "ENTITY_IS_DELETED", "INVALID_ID_FIELD"})
+_NOT_FOUND_CODES = frozenset({"NOT_FOUND", "ENTITY_IS_DELETED"})
+_MISSING_ID = "INVALID_CROSS_REFERENCE_KEY"  # a missing record when no field is named, else a bad lookup value
 _ALWAYS_READ = ("Id", "LastModifiedDate")
 
 
@@ -91,7 +92,7 @@ class Salesforce(Translator):
         real = [e for e in errors if isinstance(e, dict) and e.get("statusCode") != _ROLLED_BACK] or errors
         first = real[0] if real else (failed[0] if isinstance(failed[0], dict) else {})
         message = str(first.get("message") or first.get("statusCode") or "refused")
-        if first.get("statusCode") in _NOT_FOUND_CODES:
+        if _names_missing_record(first):
             return self.not_found(message)
         return self.validation_error(message)
 
@@ -120,6 +121,17 @@ class Salesforce(Translator):
         return body if isinstance(body, str) else ""
 
     def is_not_found(self, status: int, body: Any) -> bool:
-        entries = body if isinstance(body, list) else [body]
-        codes = {e.get("errorCode") for e in entries if isinstance(e, dict)}
-        return status == 404 or bool(codes & _NOT_FOUND_CODES)
+        return status == 404 or bool(_codes(body) & _NOT_FOUND_CODES)
+
+    def is_throttled(self, status: int, body: Any) -> bool:
+        return status == 429 or (status == 403 and "REQUEST_LIMIT_EXCEEDED" in _codes(body))
+
+
+def _codes(body: Any) -> set[Any]:
+    entries = body if isinstance(body, list) else [body]
+    return {e.get("errorCode") for e in entries if isinstance(e, dict)}
+
+
+def _names_missing_record(error: dict[str, Any]) -> bool:
+    code = error.get("statusCode")
+    return code in _NOT_FOUND_CODES or (code == _MISSING_ID and not error.get("fields"))

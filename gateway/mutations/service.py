@@ -1,0 +1,290 @@
+"""Running a mutation: validate -> translate -> paced upstream calls -> stream -> await consumers.
+
+Records go upstream in the translator's chunks, one chunk at a time, through the same upstream client
+as proxied calls (so they are paced and authenticated alike). After each chunk the applied records are
+appended to the stream, in one transaction with their last known state, before the next chunk is sent.
+A failure stops the run and its error carries the ``records`` already applied (they are in the stream
+too); where the upstream offers all-or-none (Salesforce's ``allOrNone``) a refused chunk applied
+nothing. ``execute`` wraps a run in Idempotency-Key handling.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from multidict import MultiDict
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.errors import ConsumerTimeout, GatewayError, InvalidRequest, NotFound
+from gateway.models import Event, Record
+from gateway.mutations.idempotency import IdempotencyKeys
+from gateway.mutations.models import DeleteMutation, Mutation, MutationResponse, UpdateMutation
+from gateway.observability.metrics import Metrics
+from gateway.providers import translator as translator_for
+from gateway.providers.base import Call, Item, Query, Target, Translator, UpstreamRecord, Written
+from gateway.store.objects import Consumer, Credential, Objects
+from gateway.stream.events import RecordChange, append_changes, last_known
+
+_ACTIONS: dict[str, Literal["insert", "update", "delete"]] = {
+    "create": "insert",
+    "update": "update",
+    "delete": "delete",
+}
+
+
+class UpstreamAnswer(Protocol):
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def body_json(self) -> Any: ...
+
+
+class UpstreamClient(Protocol):
+    """The part of ``upstream.client`` mutations use: one paced, authenticated JSON exchange."""
+
+    async def request_json(
+        self,
+        credential: Credential,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        form: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> UpstreamAnswer: ...
+
+
+class ConsumerAwaiter(Protocol):
+    async def await_consumers(self, consumer_ids: Sequence[str], seqs: Sequence[int], timeout: float) -> list[str]: ...  # noqa: ASYNC109
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A mutation with everything it needs resolved; built before anything is written."""
+
+    mutation: Mutation
+    credential: Credential
+    translator: Translator
+    provider: str
+    obj: str
+    options: Mapping[str, str]
+    consumers: tuple[Consumer, ...]
+
+    def items(self) -> list[Item]:
+        m = self.mutation
+        if isinstance(m, DeleteMutation):
+            return [Item(i, upstream_id, {}) for i, upstream_id in enumerate(m.upstream_ids)]
+        if isinstance(m, UpdateMutation):
+            return [Item(i, r.upstream_id, r.data) for i, r in enumerate(m.records)]
+        return [Item(i, None, r.data) for i, r in enumerate(m.records)]
+
+
+@dataclass
+class _Run:
+    """One run's progress: what reached the stream, and whether anything was sent upstream yet."""
+
+    plan: Plan
+    target: Target
+    records: list[Record] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
+    sent: bool = False
+
+    def add(self, events: Sequence[Event]) -> None:
+        self.records.extend(e.record for e in events)
+        self.seqs.extend(e.seq for e in events)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+class MutationService:
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        objects: Objects,
+        client: UpstreamClient,
+        stream: ConsumerAwaiter,
+        metrics: Metrics,
+        keys: IdempotencyKeys,
+    ) -> None:
+        self.engine = engine
+        self.objects = objects
+        self.client = client
+        self.stream = stream
+        self.metrics = metrics
+        self.keys = keys
+
+    async def execute(self, mutation: Mutation, *, key: str | None, fingerprint: str) -> Outcome:
+        """Run ``mutation``, or replay the answer stored under ``key`` (already scoped to the token)."""
+        plan = await self.prepare(mutation)
+        if key is None:
+            return Outcome(200, await self.run(_Run(plan, self._target(plan, uuid.uuid4().hex))))
+        stored = await self.keys.claim(key, fingerprint)
+        if stored is not None:
+            return Outcome(stored.status, stored.body, replayed=True)
+        run = _Run(plan, self._target(plan, key))
+        try:
+            body = await self.run(run)
+        except GatewayError as exc:
+            if not run.sent or (exc.status in (429, 503) and not run.records):
+                await self.keys.release(key)  # nothing was written upstream: a retry may run it
+            else:
+                await self.keys.complete(key, exc.status, exc.body())
+            raise
+        except BaseException:
+            await self.keys.release(key)
+            raise
+        await self.keys.complete(key, 200, body)
+        return Outcome(200, body)
+
+    async def prepare(self, mutation: Mutation) -> Plan:
+        """Resolve the sync, collection, credential and awaited consumers; 404/400 before any write."""
+        sync = await self.objects.sync(mutation.sync_id)
+        collection = mutation.collection_id
+        if collection not in sync.collections:
+            raise NotFound(f"collection {collection!r} is not part of sync {sync.id!r}", field="collection_id")
+        provider, _, obj = collection.partition(":")
+        translator = translator_for(provider)
+        if translator is None:
+            raise InvalidRequest(f"collection_id: {provider!r} collections cannot be mutated", field="collection_id")
+        credential = await self.objects.credential(sync.credential_id)
+        consumers = tuple(await self.objects.all_consumers())
+        unknown = sorted(set(mutation.await_consumer_ids) - {c.id for c in consumers})
+        if unknown:
+            names = ", ".join(repr(c) for c in unknown)
+            raise NotFound(f"consumer {names} not found", field="await_consumer_ids")
+        return Plan(mutation, credential, translator, provider, obj, sync.options, consumers)
+
+    def _target(self, plan: Plan, seed: str) -> Target:
+        return Target(obj=plan.obj, options=plan.options, seed=seed)
+
+    async def run(self, run: _Run) -> dict[str, Any]:
+        """Apply every chunk, then await consumers; the answer body in request order."""
+        kind, provider = run.plan.mutation.kind, run.plan.provider
+        outcome = "internal_error"
+        try:
+            for chunk in _chunks(run.plan.items(), run.plan.translator.chunk_size(kind)):
+                await self._apply(run, chunk)
+            await self._await_consumers(run)
+            outcome = "ok"
+        except GatewayError as exc:
+            outcome = exc.code
+            if run.records:
+                exc.extra["records"] = [r.model_dump(mode="json") for r in run.records]
+            raise
+        finally:
+            self.metrics.mutations.labels(kind, provider, outcome).inc()
+            if run.records:
+                self.metrics.mutation_records.labels(kind, provider).inc(len(run.records))
+        return MutationResponse(records=run.records).model_dump(mode="json")
+
+    async def _apply(self, run: _Run, chunk: list[Item]) -> None:
+        """One write call, its read-back, one stream transaction; raises the chunk's failure after."""
+        plan, kind = run.plan, run.plan.mutation.kind
+        call = plan.translator.write(kind, chunk, run.target)
+        run.sent = True
+        written = plan.translator.written(kind, chunk, (await self._send(plan, call)).body_json)
+        failure = written.failure
+        if written.ids:
+            changes, read_failure = await self._changes(run, chunk, written)
+            async with self.engine.begin() as conn:
+                events = await append_changes(
+                    conn,
+                    sync_id=plan.mutation.sync_id,
+                    collection_id=plan.mutation.collection_id,
+                    changes=changes,
+                    consumers=plan.consumers,
+                )
+            run.add(events)
+            failure = failure or read_failure
+        if failure is not None:
+            raise failure
+
+    async def _changes(
+        self, run: _Run, chunk: list[Item], written: Written
+    ) -> tuple[list[RecordChange], GatewayError | None]:
+        """The stream changes of a written chunk: full records read back, merged over the last known.
+
+        If the read-back fails the write still happened, so the change is recorded with what is known
+        (last known data with the written fields on top) and the read-back's error is reported.
+        """
+        plan, kind = run.plan, run.plan.mutation.kind
+        action = _ACTIONS[kind]
+        if kind == "delete":
+            return [RecordChange(upstream_id=i, action=action, data=None) for i in written.ids], None
+        sent = _sent_data(chunk, written.ids)
+        known: dict[str, dict[str, Any]] = {}
+        if kind == "update":
+            async with self.engine.connect() as conn:
+                stored = await last_known(conn, plan.mutation.sync_id, plan.mutation.collection_id, written.ids)
+            known = {upstream_id: dict(record.data) for upstream_id, record in stored.items()}
+        fetched, failure = written.records, None
+        if fetched is None:
+            fields = sorted({f for data in [*sent.values(), *known.values()] for f in data})
+            call = plan.translator.fetch(written.ids, fields, run.target)
+            if call is not None:
+                try:
+                    fetched = plan.translator.fetched((await self._send(plan, call)).body_json)
+                except GatewayError as exc:
+                    failure = exc
+        rows: dict[str, UpstreamRecord] = {r.upstream_id: r for r in fetched or []}
+        changes = []
+        for upstream_id in written.ids:
+            row = rows.get(upstream_id)
+            data = {**known.get(upstream_id, {}), **(row.data if row else sent.get(upstream_id, {}))}
+            updated_at = row.upstream_updated_at if row else None
+            changes.append(
+                RecordChange(upstream_id=upstream_id, action=action, data=data, upstream_updated_at=updated_at)
+            )
+        return changes, failure
+
+    async def _send(self, plan: Plan, call: Call) -> UpstreamAnswer:
+        answer = await self.client.request_json(
+            plan.credential,
+            call.method,
+            call.path.lstrip("/"),
+            json=call.json,
+            form=_multi(call.form),
+            query=_multi(call.query),
+            headers=call.headers,
+        )
+        if not 200 <= answer.status < 300:
+            raise plan.translator.error_for(answer.status, answer.headers, answer.body_json)
+        return answer
+
+    async def _await_consumers(self, run: _Run) -> None:
+        consumer_ids = run.plan.mutation.await_consumer_ids
+        if not consumer_ids:
+            return
+        timeout = run.plan.mutation.await_consumers_timeout / 1000
+        pending = await self.stream.await_consumers(consumer_ids, run.seqs, timeout)
+        if pending:
+            raise ConsumerTimeout("Error: Timed out waiting for consumers: " + ", ".join(pending), pending=pending)
+
+
+def _multi(pairs: Query | None) -> MultiDict[str] | None:
+    """Pairs as a mapping that keeps repeated names (Airtable's ``records[]``) when urlencoded."""
+    return None if pairs is None else MultiDict(pairs)
+
+
+def _chunks(items: list[Item], size: int) -> Iterator[list[Item]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _sent_data(chunk: list[Item], ids: list[str]) -> dict[str, Mapping[str, Any]]:
+    """What was written for each id: by position for creates (new ids), by id for updates."""
+    if chunk and chunk[0].upstream_id is None:
+        return {upstream_id: item.data for upstream_id, item in zip(ids, chunk, strict=False)}
+    return {str(item.upstream_id): item.data for item in chunk}
