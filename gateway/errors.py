@@ -13,6 +13,7 @@ SQLAlchemy, pydantic) are translated into a leaf in exactly one place each, with
     ├── Forbidden                 403 forbidden
     ├── NotFound                  404 not_found
     ├── MethodNotAllowed          405 method_not_allowed
+    ├── RequestTimeout            408 request_timeout
     ├── Conflict                  409 conflict
     ├── PayloadTooLarge           413 payload_too_large
     ├── RateLimited               429 rate_limited (Retry-After)
@@ -95,6 +96,13 @@ class NotFound(GatewayError):
 class MethodNotAllowed(GatewayError):
     status = 405
     code = "method_not_allowed"
+
+
+class RequestTimeout(GatewayError):
+    """The client sent its request body slower than the read timeout allows."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class Conflict(GatewayError):

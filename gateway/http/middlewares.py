@@ -11,10 +11,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from aiohttp.typedefs import Middleware
-
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from aiohttp.web_exceptions import HTTPException
 
 from gateway.errors import (
@@ -35,6 +34,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 REQUEST_ID = web.RequestKey("request_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)
+# Set by the proxy and mutation views so the request log line names the upstream and the pacing wait.
+UPSTREAM_PROVIDER = web.RequestKey("upstream_provider", str)
+PACING_WAIT_MS = web.RequestKey("pacing_wait_ms", float)
 
 
 def route_label(request: web.Request) -> str:
@@ -69,8 +71,8 @@ def request_context_middleware(*, metrics: Metrics) -> Middleware:
                 method=request.method,
                 status=status,
                 duration_ms=round(duration * 1000, 2),
-                upstream=request.get("upstream_provider"),
-                pacing_wait_ms=request.get("pacing_wait_ms"),
+                upstream=request.get(UPSTREAM_PROVIDER),
+                pacing_wait_ms=request.get(PACING_WAIT_MS),
             )
 
     return middleware

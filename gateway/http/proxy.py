@@ -1,0 +1,164 @@
+"""``/v1/proxy/sync/{sync_id}/{path}`` and ``/v1/proxy/credential/{credential_id}/{path}`` (scope ``proxy``).
+
+The view resolves the id (403 for a token not allowed to use it, 404 for an unknown one, both before
+any upstream traffic), takes the path exactly as the client sent it (aiohttp's router has already
+percent-decoded ``match_info``, which would hide ``%2e%2e`` from the checks), prepares the body, and
+hands everything to ``UpstreamClient.stream``. The answer is relayed chunk by chunk: ``write`` waits
+for the client to drain, which stops reads from the upstream meanwhile (back-pressure).
+
+Once the first byte went out, a failure can no longer become a JSON error: the client connection is
+closed instead, so the client sees a truncated body, never a hang or a body that looks complete.
+Cookies pass through both ways like any end-to-end header (SPEC.md: everything but hop-by-hop,
+``Authorization`` and ``Host``); the gateway itself never uses cookies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.errors import GatewayError, InvalidPath, PayloadTooLarge
+from gateway.http import appkeys
+from gateway.http.middlewares import PACING_WAIT_MS, REQUEST_ID, UPSTREAM_PROVIDER, require_access
+from gateway.http.openapi import Endpoint
+from gateway.store.objects import Credential
+from gateway.upstream.body import REPLAYABLE_BYTES, StreamedBody, read_small
+from gateway.upstream.client import UpstreamResponse
+from gateway.upstream.headers import end_to_end
+
+log = structlog.get_logger(__name__)
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+# Set by this layer (Content-Length re-added when known; Expect is answered by the gateway itself).
+# The tail matches anything, newlines included, so that a hostile path gets its 400, not a 404.
+_ANY = r"[\s\S]*"
+_NOT_FORWARDED = ("Host", "Authorization", "Content-Length", "Expect")
+
+
+async def proxy_sync(request: web.Request) -> web.StreamResponse:
+    sync_id = _checked_id(request, "sync_id")
+    require_access(request, sync_id)
+    objects = request.app[appkeys.OBJECTS]
+    sync = await objects.sync(sync_id)
+    return await forward(request, await objects.credential(sync.credential_id))
+
+
+async def proxy_credential(request: web.Request) -> web.StreamResponse:
+    credential_id = _checked_id(request, "credential_id")
+    require_access(request, credential_id)
+    return await forward(request, await request.app[appkeys.OBJECTS].credential(credential_id))
+
+
+def _checked_id(request: web.Request, name: str) -> str:
+    """The id as routed, refused when the raw segment decodes differently (``a%2Fb`` routes as ``a``)."""
+    object_id = request.match_info[name]
+    if unquote(_raw_parts(request)[4]) != object_id:
+        raise InvalidPath(f"{name}: encoded slashes are not allowed in ids", field=name)
+    return object_id
+
+
+def _raw_parts(request: web.Request) -> list[str]:
+    """``['', 'v1', 'proxy', kind, id, path]`` from the undecoded request target."""
+    parts = request.rel_url.raw_path.split("/", 5)
+    return parts + [""] * (6 - len(parts))
+
+
+async def forward(request: web.Request, credential: Credential) -> web.StreamResponse:
+    """Relay ``request`` to ``credential``'s upstream and stream the answer back."""
+    client = request.app[appkeys.UPSTREAM]
+    request[UPSTREAM_PROVIDER] = credential.provider
+    headers = _upstream_headers(request)
+    body = await _body(request, headers, read_timeout=client.timeouts(credential)["read"])
+    async with client.stream(
+        credential,
+        request.method,
+        _raw_parts(request)[5],
+        query=request.rel_url.raw_query_string,
+        headers=headers,
+        body=body,
+    ) as upstream:
+        request[PACING_WAIT_MS] = round(upstream.pacing_wait * 1000, 1)
+        return await _relay(request, upstream)
+
+
+def _upstream_headers(request: web.Request) -> CIMultiDict[str]:
+    headers = end_to_end(request.headers, drop=_NOT_FORWARDED)
+    peer = request.remote or "unknown"
+    seen = request.headers.get("X-Forwarded-For")
+    headers["X-Forwarded-For"] = f"{seen}, {peer}" if seen else peer
+    headers["X-Forwarded-Proto"] = request.scheme
+    headers["X-Request-Id"] = request[REQUEST_ID]
+    return headers
+
+
+async def _body(request: web.Request, headers: CIMultiDict[str], *, read_timeout: float) -> bytes | StreamedBody | None:
+    """No body, the whole body (small, so a 429 can be retried), or the body as it arrives."""
+    limit = request.app[appkeys.CONFIG].server.max_body_bytes
+    length = request.content_length
+    if limit and length is not None and length > limit:
+        raise PayloadTooLarge(f"request body is over the limit of {limit} bytes", limit=limit)
+    if not request.body_exists:
+        return None
+    if length is not None and length <= REPLAYABLE_BYTES:
+        return await read_small(request.content, length=length, read_timeout=read_timeout)
+    if length is not None:
+        headers["Content-Length"] = str(length)  # the upstream gets the framing the client chose
+    return StreamedBody(request.content, limit=limit, read_timeout=read_timeout)
+
+
+async def _relay(request: web.Request, upstream: UpstreamResponse) -> web.StreamResponse:
+    response = web.StreamResponse(status=upstream.status, headers=end_to_end(upstream.headers))
+    response.headers["x-gateway-pacing-wait-ms"] = str(request[PACING_WAIT_MS])
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.chunks():
+            await response.write(chunk)
+    except (GatewayError, ConnectionError) as exc:
+        # Upstream died mid-body (truncate, never pretend the body completed) or the client left
+        # (leaving the ``stream`` block then drops the upstream connection, cancelling its request).
+        log.warning("proxy_body_interrupted", reason=getattr(exc, "code", exc.__class__.__name__))
+        _close(request)
+        return response
+    await response.write_eof()
+    return response
+
+
+def _close(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.close()
+
+
+def _endpoints() -> list[Endpoint]:
+    endpoints = []
+    for kind, handler, key in (("sync", proxy_sync, "sync_id"), ("credential", proxy_credential, "credential_id")):
+        for method in METHODS:
+            endpoints.append(
+                Endpoint(
+                    method,
+                    f"/v1/proxy/{kind}/{{{key}}}/{{path:{_ANY}}}",
+                    handler,
+                    name=f"proxy_{kind}.{method.lower()}",
+                    summary=f"Proxy {method} to the upstream of a {kind}, with its auth injected",
+                    scope="proxy",
+                    raw_body=True,
+                    statuses=_STATUSES,
+                )
+            )
+    return endpoints
+
+
+_STATUSES: dict[int, Any] = {
+    400: "invalid path",
+    401: "missing or bad token",
+    403: "token lacks the scope or the id",
+    404: "unknown id",
+    408: "request body too slow",
+    413: "request body too large",
+    429: "pacing queue full",
+    502: "upstream unavailable or credential rejected",
+    504: "upstream timed out",
+}
+ENDPOINTS = _endpoints()

@@ -1,0 +1,333 @@
+"""The one way out of the gateway: every upstream call, proxied or made by a mutation, goes through here.
+
+One call is a short pipeline, each step a small method:
+
+    stream()       retries: after a pacing pause (replayable bodies, at most 3 times, within max_wait)
+                   and once after an OAuth2 401 (replayable bodies; otherwise the 401 is returned)
+    _paced_send()  pacer.acquire -> _send -> pacer.observe
+    _send()        safe URL join -> auth injection -> aiohttp request; foreign errors mapped ONCE here
+
+API (others depend on it)::
+
+    client = app[appkeys.UPSTREAM]
+    async with client.stream(credential, "GET", "v1/customers", query="limit=3", headers={...},
+                             body=None | bytes | StreamedBody) as resp:
+        resp.status, resp.headers, resp.pacing_wait        # headers: CIMultiDictProxy, hop-by-hop kept
+        async for chunk in resp.chunks(): ...               # raises UpstreamTimeout/UpstreamUnavailable
+    result = await client.request_json(credential, "POST", "services/data/v59.0/composite/sobjects",
+                                       json={...} | None, form={...} | None, query={...} | None,
+                                       headers={...} | None)
+    result.status, result.headers, result.body_json, result.pacing_wait
+
+``path`` is relative to the credential's base URL, percent-encoded as it should go on the wire; it is
+checked by ``paths.join`` (``InvalidPath`` before anything is sent). ``bytes``/``None`` bodies are
+replayable; a ``StreamedBody`` is not. Errors: ``InvalidPath`` 400, ``RateLimited`` 429 (pacer),
+``UpstreamUnavailable`` 502, ``UpstreamAuthFailed`` 502, ``UpstreamTimeout`` 504, plus the body's own
+``PayloadTooLarge``/``RequestTimeout``. Upstream 4xx/5xx are answers, not errors.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import ssl
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.config import Config
+from gateway.errors import GatewayError, UpstreamAuthFailed, UpstreamTimeout, UpstreamUnavailable
+from gateway.models import OAuth2Auth
+from gateway.observability.metrics import Metrics
+from gateway.pacing.api import Pacer, Permit
+from gateway.store.objects import Credential, Objects
+from gateway.upstream import auth, paths
+from gateway.upstream.body import StreamedBody
+from gateway.vault.credentials import OAuth2Refresher, access_token
+
+DISPLAY_NAMES = {"salesforce": "Salesforce", "hubspot": "HubSpot", "stripe": "Stripe", "airtable": "Airtable"}
+DEFAULT_TIMEOUTS = {"connect": 10.0, "total": 60.0, "read": 60.0}
+DEFAULT_MAX_WAIT = 30.0
+MAX_PACING_RETRIES = 3
+RESULT_LIMIT = 64 * 1024 * 1024  # request_json bodies are parsed whole; bigger ones are not JSON APIs
+CHUNK = 256 * 1024
+Body = bytes | StreamedBody | None
+
+
+@dataclass
+class UpstreamResult:
+    status: int
+    headers: Mapping[str, str]
+    body_json: Any
+    pacing_wait: float = 0.0
+
+
+class UpstreamResponse:
+    """An upstream answer whose body is still on the wire; ``chunks()`` relays it as it arrives."""
+
+    def __init__(self, raw: aiohttp.ClientResponse, *, provider: str, pacing_wait: float) -> None:
+        self._raw = raw
+        self._provider = provider
+        self.status = raw.status
+        self.headers: CIMultiDictProxy[str] = raw.headers
+        self.pacing_wait = pacing_wait
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._raw.content.iter_chunked(CHUNK):
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise mapped(exc, self._provider) from exc
+
+    async def read(self, *, limit: int = RESULT_LIMIT) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.chunks():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamUnavailable(f"Error: {display_name(self._provider)} API answered over {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+def display_name(provider: str) -> str:
+    return DISPLAY_NAMES.get(provider, "REST")
+
+
+def mapped(exc: BaseException, provider: str) -> GatewayError:
+    """The one translation of aiohttp/socket failures into the gateway's error tree."""
+    name = display_name(provider)
+    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError/ConnectionTimeoutError are TimeoutErrors
+        return UpstreamTimeout(f"Error: {name} API timed out")
+    reason = "TLS handshake failed" if isinstance(exc, aiohttp.ClientSSLError) else exc.__class__.__name__
+    return UpstreamUnavailable(f"Error: {name} API is unreachable ({reason})")
+
+
+class UpstreamClient:
+    """Owns the process's one ``ClientSession``; open with ``start()``, close with ``close()``."""
+
+    def __init__(self, config: Config, metrics: Metrics, objects: Objects, pacer: Pacer) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._pacer = pacer
+        self._session: aiohttp.ClientSession | None = None
+        self._ssl: dict[str, ssl.SSLContext] = {}
+        self.oauth2 = OAuth2Refresher(objects, metrics, self._post_token_form)
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=1024, limit_per_host=256, ttl_dns_cache=300, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,  # bodies pass through exactly as the upstream encoded them
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            trust_env=False,
+            read_bufsize=CHUNK,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("UpstreamClient.start() was not awaited")
+        return self._session
+
+    def timeouts(self, credential: Credential) -> dict[str, float]:
+        """connect/total/read seconds: credential override, else provider config, else defaults."""
+        values = dict(DEFAULT_TIMEOUTS)
+        provider = self._config.providers.get(credential.provider)
+        for override in (provider.timeouts if provider else None, credential.timeouts):
+            if override is not None:
+                values.update(override.model_dump(exclude_none=True))
+        return values
+
+    def _max_wait(self, credential: Credential) -> float:
+        provider = self._config.providers.get(credential.provider)
+        for limits in (credential.rate_limit, provider.rate_limit if provider else None):
+            if limits is not None and limits.max_wait is not None:
+                return limits.max_wait
+        return DEFAULT_MAX_WAIT
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        credential: Credential,
+        method: str,
+        path: str,
+        *,
+        query: str | Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | CIMultiDict[str] | None = None,
+        body: Body = None,
+    ) -> AsyncIterator[UpstreamResponse]:
+        """Send one request (with the retries above) and yield the answer with its body unread."""
+        raw_query = query if isinstance(query, str) else urlencode(query or {})
+        outgoing = CIMultiDict(headers or {})
+        paths.join(credential.base_url, path, raw_query)  # refuse a bad path before pacing or refreshing
+        credential = await self.oauth2.current(credential)
+        raw, permit, waited = await self._send_with_retries(credential, method, path, raw_query, outgoing, body)
+        try:
+            yield UpstreamResponse(raw, provider=credential.provider, pacing_wait=waited)
+        finally:
+            raw.release()  # back to the pool when fully read, else the connection is closed
+            permit.release()
+
+    async def _send_with_retries(
+        self, credential: Credential, method: str, path: str, query: str, headers: CIMultiDict[str], body: Body
+    ) -> tuple[aiohttp.ClientResponse, Permit, float]:
+        replayable = not isinstance(body, StreamedBody)
+        waited, pacing_retries, refreshed = 0.0, 0, False
+        while True:
+            raw, permit, pause = await self._paced_send(credential, method, path, query, headers, body)
+            waited += permit.waited
+            if self._retry_after_pause(credential, pause, waited, replayable=replayable, retries=pacing_retries):
+                pacing_retries += 1
+                raw.release()
+                permit.release()
+                continue
+            if raw.status != 401 or not isinstance(credential.auth, OAuth2Auth):
+                return raw, permit, waited
+            if refreshed:
+                raw.release()
+                permit.release()
+                raise UpstreamAuthFailed(
+                    f"Error: {display_name(credential.provider)} rejected the credential even after a token refresh",
+                    upstream_status=401,
+                )
+            credential = await self._refresh_after_401(credential, raw, permit)
+            refreshed = True
+            if not replayable:
+                return raw, permit, waited  # the body is gone: the client gets the 401, the next call the new token
+            raw.release()
+            permit.release()
+
+    def _retry_after_pause(
+        self, credential: Credential, pause: float | None, waited: float, *, replayable: bool, retries: int
+    ) -> bool:
+        """Resend after the pacer paused the bucket only if the body is still held and max_wait allows."""
+        if pause is None or not replayable or retries >= MAX_PACING_RETRIES:
+            return False
+        return waited + pause <= self._max_wait(credential)
+
+    async def _refresh_after_401(
+        self, credential: Credential, raw: aiohttp.ClientResponse, permit: Permit
+    ) -> Credential:
+        try:
+            return await self.oauth2.refresh(credential, stale_token=access_token(credential) or "")
+        except BaseException:
+            raw.release()
+            permit.release()
+            raise
+
+    async def _paced_send(
+        self, credential: Credential, method: str, path: str, query: str, headers: CIMultiDict[str], body: Body
+    ) -> tuple[aiohttp.ClientResponse, Permit, float | None]:
+        permit = await self._pacer.acquire(credential, path)
+        try:
+            raw = await self._send(credential, method, path, query, headers, body)
+        except BaseException:
+            permit.release()
+            raise
+        try:
+            pause = await self._pacer.observe(credential, path, raw.status, raw.headers)
+        except BaseException:
+            raw.release()
+            permit.release()
+            raise
+        return raw, permit, pause
+
+    async def _send(
+        self, credential: Credential, method: str, path: str, query: str, headers: CIMultiDict[str], body: Body
+    ) -> aiohttp.ClientResponse:
+        injection = auth.inject(credential.auth)
+        url = paths.join(credential.base_url, path, query, injection.query)
+        outgoing = CIMultiDict(headers)
+        for name in ("Authorization", "Host"):  # security: the caller's credentials never go upstream
+            outgoing.popall(name, None)
+        outgoing.update(injection.headers)
+        limits = self.timeouts(credential)
+        timeout = aiohttp.ClientTimeout(
+            total=limits["total"] or None, sock_connect=limits["connect"], sock_read=limits["read"]
+        )
+        started = time.perf_counter()
+        try:
+            raw = await self.session.request(
+                method,
+                url,
+                headers=outgoing,
+                data=body,
+                timeout=timeout,
+                ssl=self._ssl_context(credential),
+                allow_redirects=False,
+            )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._metrics.upstream_requests.labels(credential.provider, "error").inc()
+            if isinstance(body, StreamedBody) and body.failure is not None:
+                raise body.failure from exc
+            raise mapped(exc, credential.provider) from exc
+        self._metrics.upstream_duration.labels(credential.provider).observe(time.perf_counter() - started)
+        self._metrics.upstream_requests.labels(credential.provider, str(raw.status)).inc()
+        return raw
+
+    def _ssl_context(self, credential: Credential) -> ssl.SSLContext | bool:
+        """TLS is always verified; a credential may name its own CA bundle (cached per path)."""
+        path = credential.ca_bundle
+        if not path:
+            return True
+        context = self._ssl.get(path)
+        if context is None:
+            try:
+                context = ssl.create_default_context(cafile=path)
+            except (OSError, ssl.SSLError) as exc:
+                raise UpstreamUnavailable(f"Error: the CA bundle of {credential.id!r} cannot be loaded") from exc
+            self._ssl[path] = context
+        return context
+
+    async def request_json(
+        self,
+        credential: Credential,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        form: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> UpstreamResult:
+        """One JSON exchange (for mutations): same pacing, auth, timeouts, retries and errors as the proxy."""
+        outgoing = CIMultiDict({"Accept": "application/json", **(headers or {})})
+        body: bytes | None = None
+        if json is not None:
+            body = jsonlib.dumps(json).encode()
+            outgoing["Content-Type"] = "application/json"
+        elif form is not None:
+            body = urlencode(form).encode()
+            outgoing["Content-Type"] = "application/x-www-form-urlencoded"
+        async with self.stream(credential, method, path, query=query, headers=outgoing, body=body) as resp:
+            raw = await resp.read()
+        try:
+            parsed = jsonlib.loads(raw) if raw.strip() else None
+        except ValueError:
+            parsed = None  # an HTML error page from a load balancer, say: the status still tells the story
+        return UpstreamResult(resp.status, dict(resp.headers), parsed, resp.pacing_wait)
+
+    async def _post_token_form(self, url: str, form: dict[str, str]) -> tuple[int, Any]:
+        """The OAuth2 token endpoint call (unpaced: it is not the API the bucket protects)."""
+        timeout = aiohttp.ClientTimeout(total=30, sock_connect=DEFAULT_TIMEOUTS["connect"])
+        headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
+        try:
+            async with self.session.post(url, data=urlencode(form), headers=headers, timeout=timeout) as resp:
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise mapped(exc, "rest") from exc
+        try:
+            return resp.status, jsonlib.loads(text)
+        except ValueError:
+            return resp.status, None
+

@@ -1,0 +1,34 @@
+"""Hop-by-hop header filtering (RFC 9110 section 7.6.1), applied to requests and responses alike.
+
+Hop-by-hop headers describe one connection, not the message, so a proxy must not forward them:
+the fixed set below plus every header the ``Connection`` header names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+
+def end_to_end(
+    headers: CIMultiDict[str] | CIMultiDictProxy[str], *, drop: Iterable[str] = ()
+) -> CIMultiDict[str]:
+    """A copy of ``headers`` without hop-by-hop ones, those ``Connection`` names, and ``drop``."""
+    named = {token.strip().lower() for value in headers.getall("Connection", []) for token in value.split(",")}
+    unwanted = HOP_BY_HOP | named | {name.lower() for name in drop}
+    return CIMultiDict((name, value) for name, value in headers.items() if name.lower() not in unwanted)

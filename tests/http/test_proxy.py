@@ -1,0 +1,200 @@
+"""Proxy routing, access control, path safety and header handling against a real upstream."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import GatewayFactory
+from tests.upstream.helpers import Upstream, add_credential, add_sync, raw_request, start_upstream
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> Upstream:
+    return await start_upstream(aiohttp_server)
+
+
+async def test_sync_route_reaches_the_credentials_base_url(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """A sync id resolves to its credential and the path and query are appended to the base URL."""
+    gw = await make_gateway()
+    await add_sync(gw, await add_credential(gw, upstream.url + "/echo/base"))
+    resp = await gw.client.get("/v1/proxy/sync/sync-1/v1/items?b=2&a=%20x", headers=gw.auth())
+    assert resp.status == 200, await resp.text()
+    echo = await resp.json()
+    assert echo["path"] == "/echo/base/v1/items"
+    assert echo["query"] == "b=2&a=%20x"
+    assert resp.headers["x-gateway-pacing-wait-ms"] == "0.0" or float(resp.headers["x-gateway-pacing-wait-ms"]) >= 0
+    assert resp.headers["x-request-id"]
+
+
+async def test_unknown_ids_are_404_without_upstream_traffic(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """Unknown sync and credential ids answer 404 not_found and the upstream sees nothing."""
+    gw = await make_gateway()
+    for path in ("/v1/proxy/sync/nope/x", "/v1/proxy/credential/nope/x"):
+        resp = await gw.client.get(path, headers=gw.auth())
+        assert resp.status == 404
+        assert (await resp.json())["code"] == "not_found"
+    assert upstream.state.requests == 0
+
+
+async def test_token_limited_to_other_ids_is_403(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """A token restricted with --only to another id may not proxy through this one."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/echo")
+    allowed = await gw.token("limited", ["proxy"], only=["other"])
+    resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth(allowed))
+    assert resp.status == 403
+    assert upstream.state.requests == 0
+    ok = await gw.token("ok", ["proxy"], only=["cred-1"])
+    assert (await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth(ok))).status == 200
+
+
+async def test_token_without_proxy_scope_is_403(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """The proxy routes require the proxy scope."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/echo")
+    token = await gw.token("consumer-only", ["consumers"])
+    resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth(token))
+    assert resp.status == 403
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../secret",
+        "a/../../secret",
+        "%2e%2e/secret",
+        "%2E%2e/secret",
+        ".%2E/secret",
+        "%252e%252e/secret",
+        "a%2F..%2F..%2Fsecret",
+        "a%5c..%5c..%5csecret",
+        "/evil.example/x",
+        "%2fevil.example/x",
+        "a/%00b",
+        "a/%0d%0aX-Injected:%201",
+        "%25252525252e",
+    ],
+)
+async def test_hostile_paths_are_400_and_never_sent(
+    make_gateway: GatewayFactory, upstream: Upstream, path: str
+) -> None:
+    """Every class of escaping path answers 400 invalid_path before any upstream traffic."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/echo/base")
+    status, body = await raw_request(gw, f"GET /v1/proxy/credential/cred-1/{path} HTTP/1.1")
+    assert status == 400, body
+    assert json.loads(body)["code"] == "invalid_path"
+    assert upstream.state.requests == 0
+
+
+async def test_dot_segments_below_the_base_are_resolved(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """``a/./b/../c`` stays below the base, so it is sent as ``a/c``."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/echo/base")
+    status, body = await raw_request(gw, "GET /v1/proxy/credential/cred-1/a/./b/../c HTTP/1.1")
+    assert status == 200 and json.loads(body)["path"] == "/echo/base/a/c"
+
+
+async def test_headers_are_filtered_replaced_and_added(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """Hop-by-hop and Connection-named headers are dropped, Authorization replaced, X-Forwarded-* added."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/echo")
+    headers = {
+        **gw.auth(),
+        "Connection": "keep-alive, X-Hop",
+        "X-Hop": "drop me",
+        "Keep-Alive": "timeout=5",
+        "TE": "trailers",
+        "Proxy-Authorization": "Basic Zm9vOmJhcg==",
+        "X-Custom": "kept",
+        "Cookie": "a=1",
+        "Accept": "application/json",
+    }
+    resp = await gw.client.get("/v1/proxy/credential/cred-1/h", headers=headers)
+    seen = (await resp.json())["headers"]
+    for dropped in ("x-hop", "keep-alive", "te", "proxy-authorization"):
+        assert dropped not in seen
+    assert seen["authorization"] == ["Bearer upstream-secret-token"]
+    assert seen["x-custom"] == ["kept"] and seen["cookie"] == ["a=1"] and seen["accept"] == ["application/json"]
+    assert seen["x-forwarded-for"] == ["127.0.0.1"] and seen["x-forwarded-proto"] == ["http"]
+    assert seen["host"][0] == upstream.url.split("://", 1)[1]
+    assert resp.headers["X-RateLimit-Remaining"] == "99" and "session=abc" in resp.headers["Set-Cookie"]
+
+
+async def test_redirects_are_passed_back_not_followed(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """An upstream 302 reaches the client with its Location header."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url)
+    resp = await gw.client.get("/v1/proxy/credential/cred-1/redirect", headers=gw.auth(), allow_redirects=False)
+    assert resp.status == 302
+    assert resp.headers["Location"] == "/echo/redirected"
+    assert upstream.state.paths == ["/redirect"]
+
+
+async def test_compressed_bodies_pass_through_untouched(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """A gzip body is relayed byte for byte with its Content-Encoding, not decompressed."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url)
+    resp = await gw.client.get("/v1/proxy/credential/cred-1/gzip", headers=gw.auth(), auto_decompress=False)
+    assert resp.headers["Content-Encoding"] == "gzip"
+    assert (await resp.read())[:2] == b"\x1f\x8b"
+
+
+@pytest.mark.parametrize(
+    ("auth", "header", "value", "query"),
+    [
+        ({"type": "bearer", "token": "tok-123"}, "authorization", "Bearer tok-123", ""),
+        (
+            {"type": "basic", "username": "sk_test_abc", "password": ""},
+            "authorization",
+            "Basic " + base64.b64encode(b"sk_test_abc:").decode(),
+            "",
+        ),
+        ({"type": "header", "name": "X-API-Key", "value": "k-1"}, "x-api-key", "k-1", ""),
+        ({"type": "header", "name": "X-Token", "value": "k-2", "prefix": "Token "}, "x-token", "Token k-2", ""),
+        ({"type": "query", "name": "api_key", "value": "q-1"}, None, None, "x=1&api_key=q-1"),
+    ],
+)
+async def test_auth_is_injected_per_type(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    auth: dict[str, Any],
+    header: str | None,
+    value: str | None,
+    query: str,
+) -> None:
+    """Each static auth type reaches the upstream as SPEC.md describes, and the client's never does."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/echo", auth)
+    resp = await gw.client.get("/v1/proxy/credential/cred-1/a?x=1&api_key=client-tries", headers=gw.auth())
+    echo = await resp.json()
+    if header is not None:
+        assert echo["headers"][header] == [value]
+    if query:
+        assert echo["query"] == query
+    assert gw.admin_token not in str(echo)
+
+
+async def test_unknown_method_is_405_json(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """A method outside the proxy's list answers the JSON 405, not a traceback."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/echo")
+    resp = await gw.client.request("PROPFIND", "/v1/proxy/credential/cred-1/x", headers=gw.auth())
+    assert resp.status == 405
+    assert (await resp.json())["code"] == "method_not_allowed"
+    assert upstream.state.requests == 0
+
+
+async def test_every_listed_method_is_relayed(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """GET, POST, PUT, PATCH, DELETE, HEAD and OPTIONS all reach the upstream with their method."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/echo")
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        resp = await gw.client.request(method, "/v1/proxy/credential/cred-1/m", headers=gw.auth(), data=b"{}")
+        assert (await resp.json())["method"] == method
+    head = await gw.client.head("/v1/proxy/credential/cred-1/m", headers=gw.auth())
+    assert head.status == 200 and int(head.headers["Content-Length"]) > 0
