@@ -12,7 +12,7 @@ from functools import partial
 from aiohttp import web
 
 from gateway.config import Config
-from gateway.http import appkeys, consumers, management, proxy
+from gateway.http import appkeys, consumers, management, mutations, proxy
 from gateway.http.middlewares import (
     add_request_id,
     auth_middleware,
@@ -26,6 +26,7 @@ from gateway.pacing.pacer import GatewayPacer
 from gateway.store.db import create_engine, ensure_schema, ping
 from gateway.store.objects import Objects
 from gateway.store.tokens import Tokens
+from gateway.stream.consumers.workers import Workers
 from gateway.stream.service import Stream
 from gateway.upstream.client import UpstreamClient
 from gateway.vault.crypto import Keyring
@@ -55,6 +56,7 @@ def create_app(config: Config, *, keyring: Keyring, ops_on_main: bool | None = N
     add_endpoints(app, management.ENDPOINTS)
     add_endpoints(app, proxy.ENDPOINTS)
     add_endpoints(app, consumers.ENDPOINTS)
+    add_endpoints(app, mutations.ENDPOINTS)
     if ops_on_main is None:
         ops_on_main = config.metrics.port == config.server.port and config.metrics.host == config.server.host
     if ops_on_main:
@@ -68,7 +70,14 @@ def create_app(config: Config, *, keyring: Keyring, ops_on_main: bool | None = N
     )
     app.on_response_prepare.append(add_request_id)
     app.cleanup_ctx.insert(0, _store)
-    app.cleanup_ctx.insert(1, lambda _app: stream.signals.listen())
+    app.cleanup_ctx.insert(1, stream.signals.context)
+    workers = Workers(
+        objects=app[appkeys.OBJECTS],
+        stream=stream,
+        retention=config.stream.retention,
+        shutdown_timeout=config.server.shutdown_timeout,
+    )
+    app.cleanup_ctx.insert(2, workers.context)
     app.cleanup_ctx.append(lambda _app: _pacing(pacer))
     app.cleanup_ctx.append(_upstream)
     return app

@@ -87,7 +87,7 @@ class Signals:
     def close(self) -> None:
         event.remove(self.engine.sync_engine, "checkin", self._on_checkin)
 
-    async def listen(self) -> AsyncIterator[None]:
+    async def context(self, _app: object) -> AsyncIterator[None]:
         """Cleanup context: on PostgreSQL keep one LISTEN connection open (reconnecting) while the app runs."""
         task = None
         if self.engine.dialect.name == "postgresql":

@@ -26,6 +26,7 @@ from gateway.stream.events import event_from_row
 from gateway.stream.signals import Signals, mark
 
 RECHECK_SECONDS = 1.0  # fallback re-check: catches visibility timeouts expiring and missed signals
+_NO_SEQ = 2**62
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,14 @@ class DeliveryQueue:
                 return batch
             await self.signals.appended.wait(ticket, min(remaining, RECHECK_SECONDS))
 
-    async def claim(self, consumer_id: str, *, batch_size: int, visibility: float) -> list[Delivery]:
-        """Claim the lowest visible seqs now; empty when nothing is receivable."""
+    async def claim(
+        self, consumer_id: str, *, batch_size: int, visibility: float, ordered: bool = False
+    ) -> list[Delivery]:
+        """Claim the lowest visible seqs now; empty when nothing is receivable.
+
+        ``ordered`` (workers) claims only rows below the first one still held by a claim, so after a
+        crash or takeover the held batch is redelivered before anything newer: order per record holds.
+        """
         d, inner = t.deliveries.c, t.deliveries.alias("receivable").c  # the alias stops auto-correlation
         now = time.time()
         chosen = (
@@ -61,6 +68,10 @@ class DeliveryQueue:
             .order_by(inner.seq)
             .limit(batch_size)
         )
+        if ordered:
+            held = t.deliveries.alias("held").c
+            first_held = select(func.min(held.seq)).where(held.consumer_id == consumer_id, held.visible_at > now)
+            chosen = chosen.where(inner.seq < func.coalesce(first_held.scalar_subquery(), _NO_SEQ))
         if self.engine.dialect.name == "postgresql":
             chosen = chosen.with_for_update(skip_locked=True)
         # A CTE, because PostgreSQL evaluates a locking CTE exactly once; an IN (subquery) may be
@@ -123,6 +134,16 @@ class DeliveryQueue:
             if result.rowcount:
                 await mark(conn, "append")  # receivers waiting on this consumer may take them now
         return int(result.rowcount or 0)
+
+    async def extend(self, consumer_id: str, ack_ids: Sequence[str], *, visibility: float) -> None:
+        """Keep claimed rows hidden for ``visibility`` more seconds (a worker retrying a batch)."""
+        d = t.deliveries.c
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(t.deliveries)
+                .where(d.consumer_id == consumer_id, d.ack_id.in_(list(ack_ids)))
+                .values(visible_at=time.time() + visibility)
+            )
 
     async def refresh_pending(self, consumer_id: str) -> int:
         """Set ``gateway_consumer_pending_events{consumer}`` from the store and return it."""

@@ -1,0 +1,236 @@
+"""Delivery workers for webhook and postgres consumers, run inside ``gateway serve``.
+
+A supervisor on every replica ticks every ``lease_ttl / 3`` seconds: for each webhook/postgres
+consumer it takes or renews the lease ``consumer:<id>`` and runs one ``ConsumerWorker`` while it
+holds it (a lease it loses or a consumer that is deleted stops its worker after the batch in
+hand). The durable queue is the ``deliveries`` table, so a worker that takes over after a crash
+resumes at the first unacknowledged event. It also refreshes the pending gauges and purges events
+past ``stream.retention``.
+
+A worker has one batch in flight: claim the lowest pending events (``ordered``), hand them to its
+sink until the sink accepts them, then ack. Failures are retried with exponential backoff and
+jitter; after ``max_retry_duration`` the consumer is marked ``failing`` and retries continue at the
+longest backoff, keeping its position (nothing is dropped); the first success marks it active again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import aiohttp
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.errors import NotFound
+from gateway.models import Event
+from gateway.store.objects import Consumer, Objects
+from gateway.stream.consumers.postgres import PostgresSink
+from gateway.stream.consumers.pull import RECHECK_SECONDS, Delivery
+from gateway.stream.consumers.webhook import DeliveryFailed, WebhookSink
+from gateway.stream.events import purge_expired
+from gateway.stream.leases import Leases
+from gateway.stream.service import Stream
+
+log = structlog.get_logger(__name__)
+KINDS = ("webhook", "postgres")
+PURGE_EVERY = 600.0
+MIN_TICK = 1.0
+HOLD_MARGIN = 30.0  # a claimed batch stays hidden this long past the sink's own timeout
+
+
+class Sink(Protocol):
+    async def deliver(self, consumer: Consumer, events: Sequence[Event]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Retry delays: ``base * 2**attempt`` with jitter, capped at a tenth of max_retry_duration (1..cap s)."""
+
+    base: float = 0.5
+    cap: float = 300.0
+
+    def delay(self, attempt: int, max_retry_duration: float) -> float:
+        ceiling = min(self.cap, max(1.0, max_retry_duration / 10))
+        return float(min(ceiling, self.base * 2 ** min(attempt, 30)) * random.uniform(0.5, 1.0))
+
+
+async def _first(events: Sequence[asyncio.Event], seconds: float) -> None:
+    """Return when any of ``events`` is set or after ``seconds``."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+class ConsumerWorker:
+    """Delivers one consumer's events, one batch in flight, until ``stop`` is set."""
+
+    def __init__(self, consumer_id: str, *, objects: Objects, stream: Stream, sink: Sink, backoff: Backoff) -> None:
+        self.consumer_id = consumer_id
+        self.objects, self.stream, self.sink, self.backoff = objects, stream, sink, backoff
+        self.stop = asyncio.Event()
+
+    async def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                try:
+                    await self._step()
+                except NotFound:
+                    return  # the consumer was deleted
+                except (SQLAlchemyError, OSError) as exc:
+                    log.warning("consumer_worker_store_error", consumer=self.consumer_id, error=exc.__class__.__name__)
+                    await _first([self.stop], RECHECK_SECONDS)
+        finally:
+            await self.sink.close()
+
+    async def _step(self) -> None:
+        """Claim the next batch and see it through, or wait for events to arrive."""
+        consumer = await self.objects.consumer(self.consumer_id)
+        ticket = self.stream.signals.appended.ticket()
+        batch = await self.stream.queue.claim(
+            consumer.id, batch_size=int(consumer.settings.get("batch_size", 10)), visibility=_hold(consumer),
+            ordered=True,
+        )
+        if not batch:
+            await _first([ticket, self.stop], RECHECK_SECONDS)
+        elif await self._deliver(consumer, batch):
+            await self.stream.queue.ack(consumer.id, [d.ack_id for d in batch])
+
+    async def _deliver(self, consumer: Consumer, batch: Sequence[Delivery]) -> bool:
+        """Retry until the sink accepts the batch (True) or the worker is stopped (False)."""
+        events, ack_ids = [d.event for d in batch], [d.ack_id for d in batch]
+        max_retry = float(consumer.settings.get("max_retry_duration", 86400))
+        first_failure, attempt = time.monotonic(), 0
+        while not self.stop.is_set():
+            try:
+                await self.sink.deliver(consumer, events)
+            except DeliveryFailed as exc:
+                attempt += 1
+                log.warning("consumer_delivery_failed", consumer=consumer.id, attempt=attempt, error=str(exc))
+                if time.monotonic() - first_failure >= max_retry and consumer.status != "failing":
+                    await self.objects.set_consumer_status(consumer.id, "failing", f"delivery failing: {exc}")
+                    consumer = replace(consumer, status="failing")
+                delay = self.backoff.delay(attempt - 1, max_retry)
+                await self.stream.queue.extend(consumer.id, ack_ids, visibility=delay + _hold(consumer))
+                await _first([self.stop], delay)
+                continue
+            if consumer.status == "failing":
+                await self.objects.set_consumer_status(consumer.id, "active", None)
+            return True
+        return False
+
+
+def _hold(consumer: Consumer) -> float:
+    return float(consumer.settings.get("timeout", 30)) + HOLD_MARGIN
+
+
+class Workers:
+    """The supervisor: leases, one worker per held consumer, gauges, retention; an aiohttp cleanup context."""
+
+    def __init__(
+        self,
+        *,
+        objects: Objects,
+        stream: Stream,
+        retention: float,
+        shutdown_timeout: float,
+        lease_ttl: float = 15.0,
+        owner: str | None = None,
+        backoff: Backoff = Backoff(),
+    ) -> None:
+        self.objects, self.stream, self.backoff = objects, stream, backoff
+        self.retention, self.shutdown_timeout, self.lease_ttl = retention, shutdown_timeout, lease_ttl
+        self.leases = Leases(objects.engine, owner or "replica-" + uuid.uuid4().hex[:12], ttl=lease_ttl)
+        self.running: dict[str, tuple[ConsumerWorker, asyncio.Task[None]]] = {}
+        self._stop = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._last_purge = -PURGE_EVERY
+
+    async def context(self, _app: object) -> AsyncIterator[None]:
+        supervisor = asyncio.create_task(self._supervise(), name="stream-workers")
+        try:
+            yield
+        finally:
+            self._stop.set()
+            await supervisor
+            await self.close()
+
+    async def _supervise(self) -> None:
+        """Tick every lease_ttl/3, and soon after appends (a new consumer's first events), at most 1/s."""
+        while not self._stop.is_set():
+            ticket = self.stream.signals.appended.ticket()
+            try:
+                await self.tick()
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("stream_workers_tick_failed", error=exc.__class__.__name__)
+            await _first([self._stop], MIN_TICK)
+            await _first([self._stop, ticket], max(0.0, self.lease_ttl / 3 - MIN_TICK))
+
+    async def tick(self) -> None:
+        """One supervision round: take or renew leases, start and stop workers, gauges, retention."""
+        consumers = [c for c in await self.objects.all_consumers() if c.kind in KINDS]
+        for consumer in consumers:
+            if await self.leases.acquire(f"consumer:{consumer.id}"):
+                self._ensure_running(consumer)
+            else:
+                self._stop_worker(consumer.id)
+            await self.stream.queue.refresh_pending(consumer.id)
+        for gone in set(self.running) - {c.id for c in consumers}:
+            self._stop_worker(gone)
+        if time.monotonic() - self._last_purge >= PURGE_EVERY:
+            self._last_purge = time.monotonic()
+            async with self.objects.engine.begin() as conn:
+                purged = await purge_expired(conn, retention=self.retention)
+            if purged:
+                log.info("stream_events_purged", count=purged)
+
+    def _ensure_running(self, consumer: Consumer) -> None:
+        current = self.running.get(consumer.id)
+        if current is not None and not current[1].done():
+            return
+        sink: Sink = PostgresSink() if consumer.kind == "postgres" else WebhookSink(self._client())
+        worker = ConsumerWorker(consumer.id, objects=self.objects, stream=self.stream, sink=sink, backoff=self.backoff)
+        self.running[consumer.id] = (worker, asyncio.create_task(worker.run(), name=f"consumer-{consumer.id}"))
+
+    def _stop_worker(self, consumer_id: str) -> None:
+        current = self.running.pop(consumer_id, None)
+        if current is not None:
+            current[0].stop.set()
+
+    async def _stop_all(self) -> None:
+        """Let in-flight batches finish (up to shutdown_timeout), then cancel; release our leases."""
+        for worker, _task in self.running.values():
+            worker.stop.set()
+        tasks = [task for _worker, task in self.running.values()]
+        self.running.clear()
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.shutdown_timeout or None)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(SQLAlchemyError, OSError):
+            await self.leases.release_all()
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The webhook sinks' shared session, opened on first use (inside the running loop)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        """Stop every worker (finishing in-flight batches), release leases, close the session."""
+        await self._stop_all()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
