@@ -1,0 +1,143 @@
+"""Stripe sandbox handlers: ``/v1/customers`` create, list, retrieve, update, delete."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from gateway.sandbox.common import Reject
+from gateway.sandbox.stripe import STRIPE, StripeState, apply_params, check_customer, parse_form, stripe_error
+
+View = Callable[[web.Request], Awaitable[web.Response]]
+
+
+async def _params(request: web.Request) -> dict[str, Any]:
+    text = (await request.read()).decode("utf-8", errors="replace")
+    if request.method in ("GET", "DELETE"):
+        return parse_form(list(request.query.items()))
+    return parse_form(parse_qsl(text, keep_blank_values=True))
+
+
+def idempotent(view: View) -> View:
+    """Stripe's ``Idempotency-Key``: replay a stored success, refuse the key with other parameters.
+
+    Only answers of requests that executed are stored (as Stripe documents: a request refused by
+    validation stores nothing, so the client may fix it and retry with the same key).
+    """
+
+    @wraps(view)
+    async def wrapper(request: web.Request) -> web.Response:
+        key = request.headers.get("Idempotency-Key")
+        if not key:
+            return await view(request)
+        state = request.app[STRIPE]
+        endpoint, params = f"{request.method} {request.path}", await _params(request)
+        stored = state.idempotency.get(key)
+        if stored is not None:
+            if (stored[0], stored[1]) != (endpoint, params):
+                raise Reject(
+                    stripe_error(
+                        400,
+                        "Keys for idempotent requests can only be used with the same "
+                        f"parameters they were first used with. Try using a key other than "
+                        f"'{key}' if you meant to execute a different request.",
+                        kind="idempotency_error",
+                    )
+                )
+            replay = web.Response(status=stored[2], body=stored[3], content_type="application/json")
+            replay.headers["Idempotent-Replayed"] = "true"
+            return replay
+        response = await view(request)
+        if response.status < 400 and isinstance(response.body, bytes):
+            state.idempotency[key] = (endpoint, params, response.status, response.body)
+        return response
+
+    return wrapper
+
+
+def _customer(state: StripeState, customer_id: str, *, allow_deleted: bool = False) -> dict[str, Any]:
+    customer = state.table("customers").get(customer_id)
+    if customer is None or (customer.get("deleted") and not allow_deleted):
+        raise Reject(stripe_error(404, f"No such customer: '{customer_id}'", code="resource_missing", param="id"))
+    return customer
+
+
+@idempotent
+async def create_customer(request: web.Request) -> web.Response:
+    state = request.app[STRIPE]
+    params = await _params(request)
+    check_customer(state, params)
+    return web.json_response(state.insert(params))
+
+
+@idempotent
+async def update_customer(request: web.Request) -> web.Response:
+    state = request.app[STRIPE]
+    customer = _customer(state, request.match_info["id"])
+    params = await _params(request)
+    check_customer(state, params)
+    apply_params(customer, params)
+    return web.json_response(customer)
+
+
+async def get_customer(request: web.Request) -> web.Response:
+    """A deleted customer still answers, as the ``{id, object, deleted: true}`` stub."""
+    return web.json_response(_customer(request.app[STRIPE], request.match_info["id"], allow_deleted=True))
+
+
+async def delete_customer(request: web.Request) -> web.Response:
+    state = request.app[STRIPE]
+    customer = _customer(state, request.match_info["id"])
+    stub = {"id": customer["id"], "object": "customer", "deleted": True}
+    state.table("customers")[customer["id"]] = stub
+    return web.json_response(stub)
+
+
+def _limit(raw: str) -> int:
+    if not raw.isdigit():
+        raise Reject(stripe_error(400, f"Invalid integer: {raw}", code="parameter_invalid_integer", param="limit"))
+    limit = int(raw)
+    if not 1 <= limit <= 100:
+        raise Reject(
+            stripe_error(400, "This value must be between 1 and 100.", code="parameter_invalid_integer", param="limit")
+        )
+    return limit
+
+
+async def list_customers(request: web.Request) -> web.Response:
+    """Newest first; ``starting_after``/``ending_before`` cursors are customer ids."""
+    state = request.app[STRIPE]
+    query = request.query
+    limit = _limit(query.get("limit", "10"))
+    rows = [c for c in reversed(state.table("customers").values()) if not c.get("deleted")]
+    if "email" in query:
+        rows = [c for c in rows if c.get("email") == query["email"]]
+    ids = [c["id"] for c in rows]
+    for param in ("starting_after", "ending_before"):
+        cursor = query.get(param)
+        if cursor is not None and cursor not in ids:
+            raise Reject(stripe_error(400, f"No such customer: '{cursor}'", code="resource_missing", param=param))
+    if "starting_after" in query:
+        rows = rows[ids.index(query["starting_after"]) + 1 :]
+        page = rows[:limit]
+    elif "ending_before" in query:
+        rows = rows[: ids.index(query["ending_before"])]
+        page = rows[-limit:]
+    else:
+        page = rows[:limit]
+    body = {"object": "list", "data": page, "has_more": len(rows) > len(page), "url": "/v1/customers"}
+    return web.Response(text=json.dumps(body), content_type="application/json")
+
+
+ROUTES = [
+    web.post("/v1/customers", create_customer),
+    web.get("/v1/customers", list_customers),
+    web.get("/v1/customers/{id}", get_customer),
+    web.post("/v1/customers/{id}", update_customer),
+    web.delete("/v1/customers/{id}", delete_customer),
+]
