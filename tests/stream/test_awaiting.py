@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
+from gateway.app import create_app
 from gateway.http import appkeys
-from tests.conftest import GatewayFactory
+from gateway.vault.crypto import Keyring
+from tests.conftest import GatewayFactory, make_config
 from tests.stream.helpers import ACCOUNTS, add_consumer, append, insert, seed_sync
 
 
@@ -23,6 +26,7 @@ async def test_await_returns_once_a_consumer_acks_from_another_task(make_gateway
     await seed_sync(gw.app)
     await add_consumer(gw.app, id="reader", kind="pull")
     events = await append(gw.app, [insert("003A"), insert("003B")])
+    gw.app[appkeys.STREAM].awaiter.recheck = 60  # only the post-commit signal can end the wait in time
     acker = asyncio.create_task(_ack_all_when_received(gw.app, "reader"))
     started = time.monotonic()
     pending = await gw.app[appkeys.STREAM].await_consumers(["reader"], [e.seq for e in events], 10)
@@ -42,3 +46,25 @@ async def test_await_times_out_naming_pending_consumers(make_gateway: GatewayFac
     pending = await gw.app[appkeys.STREAM].await_consumers(["accounts-only", "idle"], [event.seq], 0.3)
     assert pending == ["idle"]
     assert 0.25 < time.monotonic() - started < 3
+
+
+async def test_an_ack_on_another_replica_wakes_the_waiter_through_notify(
+    aiohttp_client: Any, keyring: Keyring, pg_url: str
+) -> None:
+    """On PostgreSQL, an ack on replica A wakes a waiter on replica B without its fallback re-check."""
+    first, second = [
+        await aiohttp_client(create_app(make_config(pg_url, keyring), keyring=keyring, ops_on_main=True))
+        for _ in range(2)
+    ]
+    await seed_sync(first.app)
+    await add_consumer(first.app, id="reader", kind="pull")
+    [event] = await append(first.app, [insert("003A")])
+    waiter = second.app[appkeys.STREAM]
+    waiter.awaiter.recheck = 60  # only a notification can end the wait early
+    waiting = asyncio.create_task(waiter.await_consumers(["reader"], [event.seq], 30))
+    queue = first.app[appkeys.STREAM].queue
+    started = time.monotonic()
+    [delivery] = await queue.receive("reader", batch_size=1, visibility=30, wait=5)
+    assert await queue.ack("reader", [delivery.ack_id]) == 1
+    assert await asyncio.wait_for(waiting, 10) == []
+    assert time.monotonic() - started < 10

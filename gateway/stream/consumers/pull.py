@@ -145,6 +145,15 @@ class DeliveryQueue:
                 .values(visible_at=time.time() + visibility)
             )
 
+    async def refresh_all_pending(self, consumer_ids: Sequence[str]) -> None:
+        """Set the pending gauge of every consumer in one query (the workers' periodic refresh)."""
+        d = t.deliveries.c
+        query = select(d.consumer_id, func.count()).group_by(d.consumer_id)
+        async with self.engine.connect() as conn:
+            counts = dict((await conn.execute(query)).tuples().all())
+        for consumer_id in consumer_ids:
+            self.metrics.consumer_pending.labels(consumer_id).set(counts.get(consumer_id, 0))
+
     async def refresh_pending(self, consumer_id: str) -> int:
         """Set ``gateway_consumer_pending_events{consumer}`` from the store and return it."""
         query = select(func.count()).select_from(t.deliveries).where(t.deliveries.c.consumer_id == consumer_id)

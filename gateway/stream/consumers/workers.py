@@ -174,18 +174,21 @@ class Workers:
                 await self.tick()
             except (SQLAlchemyError, OSError) as exc:
                 log.warning("stream_workers_tick_failed", error=exc.__class__.__name__)
+            except Exception:  # a bug must not stop deliveries for good: log it and tick again later
+                log.exception("stream_workers_tick_crashed")
             await _first([self._stop], MIN_TICK)
             await _first([self._stop, ticket], max(0.0, self.lease_ttl / 3 - MIN_TICK))
 
     async def tick(self) -> None:
         """One supervision round: take or renew leases, start and stop workers, gauges, retention."""
-        consumers = [c for c in await self.objects.all_consumers() if c.kind in KINDS]
+        everyone = await self.objects.all_consumers()
+        await self.stream.queue.refresh_all_pending([c.id for c in everyone])
+        consumers = [c for c in everyone if c.kind in KINDS]
         for consumer in consumers:
             if await self.leases.acquire(f"consumer:{consumer.id}"):
                 self._ensure_running(consumer)
             else:
                 self._stop_worker(consumer.id)
-            await self.stream.queue.refresh_pending(consumer.id)
         for gone in set(self.running) - {c.id for c in consumers}:
             self._stop_worker(gone)
         if time.monotonic() - self._last_purge >= PURGE_EVERY:
