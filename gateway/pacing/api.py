@@ -33,9 +33,7 @@ class Pacer(Protocol):
         """
         ...
 
-    async def observe(
-        self, credential: Credential, path: str, status: int, headers: Mapping[str, str]
-    ) -> float | None:
+    async def observe(self, credential: Credential, path: str, status: int, headers: Mapping[str, str]) -> float | None:
         """Feed an upstream answer; returns the pause in seconds if it paused the bucket, else None."""
         ...
 

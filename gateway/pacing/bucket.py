@@ -163,3 +163,20 @@ def tokens(state: BucketState, limit: Limit, now: int) -> float:
         return 0.0
     capacity = (limit.tolerance + limit.interval) / limit.interval
     return max(0.0, min(capacity, (now - state.tat + limit.tolerance + limit.interval) / limit.interval))
+
+
+def worst_excess(times: Sequence[float], *, rate: float, per: float, burst: int, slack: float = 0.0) -> float:
+    """The guarantee as a check: max over every interval [t_i, t_j] of calls - (burst + rate*T/per).
+
+    ``times`` are the instants (seconds) the upstream saw the calls; a result <= 0 means the bound
+    held in every window. ``slack`` widens every window by that many seconds, for measurements
+    whose own timing is noisy. O(n): with ``u_k = k - t_k*rate/per`` the excess of [t_i, t_j] is
+    ``u_j - u_i + 1 - burst``, so a running minimum of ``u_i`` suffices.
+    """
+    ordered = sorted(times)
+    worst, lowest = -float(burst), math.inf
+    for k, t in enumerate(ordered):
+        u = k - t * rate / per
+        lowest = min(lowest, u)
+        worst = max(worst, u - lowest + 1 - burst)
+    return worst - slack * rate / per

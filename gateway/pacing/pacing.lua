@@ -4,15 +4,19 @@
 -- matter. Each bucket has two keys, in one cluster hash slot (the caller adds a {tag}):
 --   KEYS[i]     hash  tat, paused   (theoretical arrival time, paused-until)
 --   KEYS[i+1]   zset  holes: member = the freed reservation's tat-after (zero-padded), score = slot
--- ARGV[1] is the operation, ARGV[2] the cap on holes per bucket; the rest depends on the operation:
+-- ARGV[1] is the operation, ARGV[2] the cap on holes per bucket, ARGV[3] a fixed now for tests ('' in
+-- production: TIME); the rest (from ARGV[4]) depends on the operation:
 --   reserve  n, then per call: max_wait, nb, then per bucket: key index, interval, tolerance
 --            -> {now, {0, retry_after} | {1, slot, key_1..key_nb, paused_1..paused_nb}, ...}
 --   release  nb, then per bucket: key index, interval, slot, key        -> {now}
 --   pause    key index, tolerance, seconds_us                           -> {now, paused}
 --   state    key index                                                  -> {now, tat, paused}
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = tonumber(ARGV[3])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local op = ARGV[1]
 local max_holes = tonumber(ARGV[2])
 local KEEP_MS = 60000
@@ -87,16 +91,16 @@ local function reserve_one(pos)
 end
 
 if op == 'reserve' then
-  local out, pos = {now}, 4
-  for _ = 1, tonumber(ARGV[3]) do
+  local out, pos = {now}, 5
+  for _ = 1, tonumber(ARGV[4]) do
     local one
     one, pos = reserve_one(pos)
     out[#out + 1] = one
   end
   return out
 elseif op == 'release' then
-  local pos = 4
-  for _ = 1, tonumber(ARGV[3]) do
+  local pos = 5
+  for _ = 1, tonumber(ARGV[4]) do
     local i, iv, slot, key = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
     pos = pos + 4
     local tat, paused = load(i)
@@ -114,7 +118,7 @@ elseif op == 'release' then
   end
   return {now}
 elseif op == 'pause' then
-  local i, tol, span = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+  local i, tol, span = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
   local tat, paused = load(i)
   paused = math.max(paused, now + span)
   tat = math.max(tat, now + span + tol)
@@ -122,7 +126,7 @@ elseif op == 'pause' then
   touch(i, tat, paused)
   return {now, paused}
 elseif op == 'state' then
-  local tat, paused = load(tonumber(ARGV[3]))
+  local tat, paused = load(tonumber(ARGV[4]))
   return {now, tat, paused}
 end
 return redis.error_reply('unknown pacing operation')

@@ -1,0 +1,101 @@
+"""Pacing fixtures: a counting upstream (records when each call arrives) and credentials to pace."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.models import BearerAuth, Provider, RateLimitOverride
+from gateway.observability.metrics import Metrics
+from gateway.pacing.pacer import GatewayPacer
+from gateway.store.objects import Credential
+
+
+def make_credential(cid: str = "cred1", provider: Provider = "rest", **limit: Any) -> Credential:
+    return Credential(
+        id=cid,
+        provider=provider,
+        base_url="http://127.0.0.1",
+        auth=BearerAuth(type="bearer", token="secret-token"),
+        rate_limit=RateLimitOverride(**limit) if limit else None,
+        timeouts=None,
+        ca_bundle=None,
+        version=1,
+    )
+
+
+@dataclass
+class CountingUpstream:
+    """A loopback server that records the arrival time (``time.time()``) of every call."""
+
+    url: str
+    arrivals: list[float] = field(default_factory=list)
+
+
+@pytest.fixture
+async def counting_upstream() -> AsyncIterator[CountingUpstream]:
+    upstream = CountingUpstream(url="")
+
+    async def handle(request: web.Request) -> web.Response:
+        upstream.arrivals.append(time.time())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    upstream.url = f"http://127.0.0.1:{port}/hit"
+    yield upstream
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
+        yield client
+
+
+@pytest.fixture
+async def make_pacer() -> AsyncIterator[Callable[..., Any]]:
+    """Started pacers from config sections (``pacing={...}``, ``providers={...}``), closed at the end."""
+    pacers: list[GatewayPacer] = []
+
+    async def factory(**sections: Any) -> GatewayPacer:
+        pacer = GatewayPacer(Config.model_validate(sections), Metrics())
+        await pacer.start()
+        pacers.append(pacer)
+        return pacer
+
+    yield factory
+    for pacer in pacers:
+        await pacer.close()
+
+
+async def paced_calls(
+    pacer: GatewayPacer, credential: Credential, session: aiohttp.ClientSession, url: str, n: int
+) -> list[int]:
+    """Start ``n`` calls in order; each is paced, then sent. Returns the indices in grant order."""
+    granted: list[int] = []
+
+    async def call(i: int) -> None:
+        permit = await pacer.acquire(credential, "/hit")
+        granted.append(i)
+        try:
+            async with session.get(url) as response:
+                await response.read()
+        finally:
+            permit.release()
+
+    await asyncio.gather(*(call(i) for i in range(n)))
+    return granted

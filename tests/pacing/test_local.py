@@ -1,0 +1,99 @@
+"""The local pacer with real time: bound, rate, FIFO, max_wait, cancellation, concurrency, pauses."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.errors import RateLimited
+from gateway.pacing.bucket import worst_excess
+from tests.pacing.conftest import CountingUpstream, make_credential, paced_calls
+
+pytestmark = pytest.mark.slow
+JITTER = 0.02  # measurement slack: the counting upstream shares a busy 2-core machine with the pacer
+
+
+async def test_upstream_never_sees_more_than_the_bound_and_gets_the_rate(
+    make_pacer: Any, counting_upstream: CountingUpstream, session: aiohttp.ClientSession
+) -> None:
+    """300 calls at once on 100/s burst 10: every window within the bound, >= 98% of the rate, FIFO."""
+    pacer = await make_pacer()
+    granted = await paced_calls(pacer, make_credential(rate=100, burst=10), session, counting_upstream.url, 300)
+    arrivals = counting_upstream.arrivals
+    assert worst_excess(arrivals, rate=100, per=1, burst=10, slack=JITTER) <= 0
+    achieved = (len(arrivals) - 10) / (max(arrivals) - min(arrivals))
+    assert achieved >= 0.98 * 100
+    assert granted == list(range(300))
+
+
+async def test_a_call_whose_wait_exceeds_max_wait_is_refused(make_pacer: Any) -> None:
+    """With 10/s burst 1 and max_wait 0.35 s, the fifth call is refused with its would-be wait."""
+    pacer = await make_pacer()
+    credential = make_credential(rate=10, burst=1, max_wait=0.35)
+    outcomes = await asyncio.gather(*(pacer.acquire(credential, "/") for _ in range(5)), return_exceptions=True)
+    assert [type(o).__name__ for o in outcomes] == ["GrantedPermit"] * 4 + ["RateLimited"]
+    refused = outcomes[4]
+    assert isinstance(refused, RateLimited) and 0.35 < refused.retry_after <= 0.45
+    assert pacer._metrics.pacing_rejections.labels("rest")._value.get() == 1
+
+
+async def test_cancelled_waiters_give_their_slots_back(make_pacer: Any) -> None:
+    """After 20 queued callers go away, the next caller is served at once instead of after 2 s."""
+    pacer = await make_pacer()
+    credential = make_credential(rate=10, burst=2)
+    await pacer.acquire(credential, "/")
+    waiters = [asyncio.ensure_future(pacer.acquire(credential, "/")) for _ in range(20)]
+    await asyncio.sleep(0)
+    for waiter in reversed(waiters[::2]):
+        waiter.cancel()
+    for waiter in waiters[1::2]:
+        waiter.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    started = time.monotonic()
+    await pacer.acquire(credential, "/")
+    assert time.monotonic() - started < 0.15
+    assert (await pacer.describe("cred1"))["queue_depth"] == 0
+
+
+async def test_max_concurrency_holds_callers_until_a_permit_is_released(make_pacer: Any) -> None:
+    """With max_concurrency 2 the third call waits for a release; a cancelled waiter leaks no permit."""
+    pacer = await make_pacer()
+    credential = make_credential(rate=1000, max_concurrency=2)
+    first, second = await pacer.acquire(credential, "/"), await pacer.acquire(credential, "/")
+    third = asyncio.ensure_future(pacer.acquire(credential, "/"))
+    abandoned = asyncio.ensure_future(pacer.acquire(credential, "/"))
+    await asyncio.sleep(0.05)
+    assert not third.done()
+    abandoned.cancel()
+    first.release()
+    first.release()  # idempotent
+    (await asyncio.wait_for(third, 1)).release()
+    second.release()
+    permits = [await asyncio.wait_for(pacer.acquire(credential, "/"), 1) for _ in range(2)]
+    assert len(permits) == 2
+
+
+async def test_an_upstream_429_pauses_the_bucket_for_every_caller(make_pacer: Any) -> None:
+    """observe(429, Retry-After: 1) returns the pause and the next call waits about a second."""
+    pacer = await make_pacer()
+    credential = make_credential(rate=100)
+    assert await pacer.observe(credential, "/", 429, {"Retry-After": "1"}) == 1
+    state = await pacer.describe("cred1")
+    assert state is None or state["paused_until"] is not None
+    permit = await pacer.acquire(credential, "/")
+    assert 0.9 <= permit.waited <= 1.5
+    assert pacer._metrics.upstream_throttled.labels("rest")._value.get() == 1
+
+
+async def test_waiters_sleep_without_burning_cpu(make_pacer: Any) -> None:
+    """2,000 callers queued for a second use well under a tenth of a core while they wait."""
+    pacer = await make_pacer()
+    credential = make_credential(rate=2000, burst=1)
+    cpu, wall = time.process_time(), time.monotonic()
+    await asyncio.gather(*(pacer.acquire(credential, "/") for _ in range(2000)))
+    assert time.monotonic() - wall >= 0.9
+    assert (time.process_time() - cpu) / (time.monotonic() - wall) < 0.5

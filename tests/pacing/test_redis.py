@@ -1,0 +1,140 @@
+"""The Redis backend: same math as bucket.py, one shared bound across replicas, failure policies."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.config import PacingConfig
+from gateway.errors import BackendUnavailable
+from gateway.pacing import bucket
+from gateway.pacing.backend import Refused, Reservation
+from gateway.pacing.bucket import worst_excess
+from gateway.pacing.limits import EffectiveLimit
+from gateway.pacing.redis import RedisBackend
+from gateway.pacing.registry import BucketSpec
+from tests.pacing.conftest import CountingUpstream, make_credential, paced_calls
+
+JITTER = 0.02  # measurement slack: the counting upstream shares a busy 2-core machine with the pacers
+ROOT = Path(__file__).resolve().parents[2]
+DEAD_REDIS = "redis://127.0.0.1:1/0"
+
+
+async def test_the_lua_script_computes_what_bucket_py_computes(redis_url: str, redis_prefix: str) -> None:
+    """500 random reserve/release/pause steps on a fake clock give identical slots in Redis and Python."""
+    now = [10**12]
+    backend = RedisBackend(PacingConfig(redis_url=redis_url, key_prefix=redis_prefix), clock=lambda: now[0])
+    specs = [
+        BucketSpec("own", EffectiveLimit(rate=20, per=1, burst=4), "t"),
+        BucketSpec("shared", EffectiveLimit(rate=30, per=1, burst=1), "t"),
+    ]
+    states = {spec.key: bucket.BucketState() for spec in specs}
+    rng, held = random.Random(11), []
+    try:
+        for _ in range(500):
+            now[0] += rng.choice([0, 0, 1_000, 30_000, 200_000])
+            step = rng.random()
+            if step < 0.6:
+                chosen = specs[:1] if rng.random() < 0.7 else specs
+                pairs = [(states[s.key], s.limit.schedule()) for s in chosen]
+                expected = bucket.reserve(pairs, now[0], 2 * bucket.US)
+                got = await backend.reserve(chosen, 2.0)
+                if isinstance(expected, bucket.Refusal):
+                    assert isinstance(got, Refused) and got.retry_after == expected.retry_after / bucket.US
+                else:
+                    assert isinstance(got, Reservation) and got.charges == expected.charges
+                    held.append(got)
+            elif step < 0.95 and held:
+                gone = held.pop(rng.randrange(len(held)))
+                for spec, charge in zip(gone.buckets, gone.charges, strict=True):
+                    bucket.release(states[spec.key], spec.limit.schedule(), charge, now[0])
+                await backend.release(gone)
+            else:
+                bucket.pause(states["own"], specs[0].limit.schedule(), now[0] + 300_000)
+                await backend.pause(specs[0], 0.3)
+    finally:
+        await backend.close()
+
+
+async def test_three_pacers_share_one_bound(
+    make_pacer: Any, redis_url: str, redis_prefix: str, counting_upstream: CountingUpstream
+) -> None:
+    """Three pacers, each with its own Redis pool, together stay within the bound, each in FIFO order."""
+    pacing = {"backend": "redis", "redis_url": redis_url, "key_prefix": redis_prefix}
+    pacers = [await make_pacer(pacing=pacing) for _ in range(3)]
+    credential = make_credential(rate=100, burst=10)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        orders = await asyncio.gather(
+            *(paced_calls(p, credential, session, counting_upstream.url, 100) for p in pacers)
+        )
+    arrivals = counting_upstream.arrivals
+    assert len(arrivals) == 300
+    assert worst_excess(arrivals, rate=100, per=1, burst=10, slack=JITTER) <= 0
+    assert (len(arrivals) - 10) / (max(arrivals) - min(arrivals)) >= 98
+    assert all(order == list(range(100)) for order in orders)
+
+
+@pytest.mark.slow
+async def test_three_processes_share_one_bound(
+    redis_url: str, redis_prefix: str, counting_upstream: CountingUpstream
+) -> None:
+    """Three replica processes sharing the real Redis send at most the bound, together, at the full rate."""
+    start_at = time.time() + 3
+    args = [redis_url, redis_prefix, counting_upstream.url, "100", "100", "10", str(start_at)]
+    processes = [
+        await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.pacing.replica", *args, cwd=ROOT)
+        for _ in range(3)
+    ]
+    codes = await asyncio.wait_for(asyncio.gather(*(p.wait() for p in processes)), timeout=30)
+    assert codes == [0, 0, 0]
+    arrivals = counting_upstream.arrivals
+    assert len(arrivals) == 300
+    assert worst_excess(arrivals, rate=100, per=1, burst=10, slack=JITTER) <= 0
+    assert (len(arrivals) - 10) / (max(arrivals) - min(arrivals)) >= 98
+
+
+async def test_a_pause_seen_by_one_replica_holds_back_the_others(
+    make_pacer: Any, redis_url: str, redis_prefix: str
+) -> None:
+    """A 429 observed by one pacer pauses the shared bucket for another pacer too."""
+    pacing = {"backend": "redis", "redis_url": redis_url, "key_prefix": redis_prefix}
+    first, second = await make_pacer(pacing=pacing), await make_pacer(pacing=pacing)
+    credential = make_credential(rate=100)
+    assert await first.observe(credential, "/", 429, {"Retry-After": "1"}) == 1
+    permit = await second.acquire(credential, "/")
+    assert 0.85 <= permit.waited <= 1.5
+
+
+async def test_a_vanished_script_is_loaded_again(make_pacer: Any, redis_url: str, redis_prefix: str) -> None:
+    """After NOSCRIPT (Redis restarted) the reservation is retried once with the script reloaded."""
+    pacer = await make_pacer(pacing={"backend": "redis", "redis_url": redis_url, "key_prefix": redis_prefix})
+    pacer._shared._script.sha = "0" * 40
+    permit = await pacer.acquire(make_credential(), "/")
+    assert permit.waited < 0.5
+    assert pacer._metrics.pacing_backend_fallbacks._value.get() == 0
+
+
+async def test_unreachable_redis_falls_back_to_local_buckets(make_pacer: Any) -> None:
+    """Policy local: not ready, calls still paced (in-process), one fallback counted."""
+    pacer = await make_pacer(pacing={"backend": "redis", "redis_url": DEAD_REDIS, "on_backend_error": "local"})
+    assert await pacer.ping() is False
+    credential = make_credential(rate=10, burst=2, max_wait=0.05)
+    await pacer.acquire(credential, "/")
+    with pytest.raises(Exception, match="max_wait"):
+        await pacer.acquire(credential, "/")
+    assert pacer._metrics.pacing_backend_fallbacks._value.get() == 1
+    assert (await pacer.describe("cred1"))["backend"] == "local"
+
+
+async def test_unreachable_redis_rejects_calls_under_the_reject_policy(make_pacer: Any) -> None:
+    """Policy reject: a call that needs the shared backend gets BackendUnavailable (503)."""
+    pacer = await make_pacer(pacing={"backend": "redis", "redis_url": DEAD_REDIS, "on_backend_error": "reject"})
+    with pytest.raises(BackendUnavailable):
+        await pacer.acquire(make_credential(), "/")
