@@ -12,7 +12,7 @@ from functools import partial
 from aiohttp import web
 
 from gateway.config import Config
-from gateway.http import appkeys, consumers, management, proxy
+from gateway.http import appkeys, consumers, management, mutations, proxy
 from gateway.http.middlewares import (
     add_request_id,
     auth_middleware,
@@ -56,6 +56,7 @@ def create_app(config: Config, *, keyring: Keyring, ops_on_main: bool | None = N
     add_endpoints(app, management.ENDPOINTS)
     add_endpoints(app, proxy.ENDPOINTS)
     add_endpoints(app, consumers.ENDPOINTS)
+    add_endpoints(app, mutations.ENDPOINTS)
     if ops_on_main is None:
         ops_on_main = config.metrics.port == config.server.port and config.metrics.host == config.server.host
     if ops_on_main:

@@ -85,13 +85,22 @@ class IdempotencyKeys:
             delay = min(delay * 2, _MAX_POLL)
 
     async def _insert_or_read(self, key: str, fingerprint: str) -> tuple[str, int | None, Any] | None:
-        """Insert the claim row; None if it was ours to insert, else the existing row's fields."""
-        now = self.clock()
+        """Insert the claim row; None if it was ours to insert, else the live row's fields.
+
+        Reading first keeps pollers out of write transactions (SQLite has one writer at a time); the
+        insert runs in a transaction of its own so a lost race is a plain IntegrityError.
+        """
         k = t.idempotency_keys.c
-        async with self.engine.begin() as conn:
-            await conn.execute(delete(t.idempotency_keys).where(k.key == key, k.expires_at <= now))
+        while True:
+            now = self.clock()
+            async with self.engine.connect() as conn:
+                query = select(k.request_hash, k.status, k.response).where(k.key == key, k.expires_at > now)
+                row = (await conn.execute(query)).first()
+            if row is not None:
+                return str(row[0]), row[1], row[2]
             try:
-                async with conn.begin_nested():
+                async with self.engine.begin() as conn:
+                    await conn.execute(delete(t.idempotency_keys).where(k.key == key, k.expires_at <= now))
                     await conn.execute(
                         insert(t.idempotency_keys).values(
                             key=key,
@@ -104,10 +113,7 @@ class IdempotencyKeys:
                     )
                 return None
             except IntegrityError:
-                row = (await conn.execute(select(k.request_hash, k.status, k.response).where(k.key == key))).first()
-        if row is None:  # released between our insert and read: claim again
-            return await self._insert_or_read(key, fingerprint)
-        return str(row[0]), row[1], row[2]
+                continue  # another request claimed it first: read its row
 
     async def complete(self, key: str, status: int, body: dict[str, Any]) -> None:
         """Store the answer of the request that claimed ``key``."""

@@ -1,0 +1,85 @@
+"""``POST /v1/mutations/run`` (scope ``mutations``): parse, check access, hand to the mutation service."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from gateway.errors import InvalidRequest
+from gateway.http import appkeys
+from gateway.http.bodies import read_json, validate
+from gateway.http.middlewares import PRINCIPAL, require_access
+from gateway.http.openapi import Endpoint
+from gateway.mutations.idempotency import KEY_PATTERN, IdempotencyKeys, request_hash
+from gateway.mutations.models import BY_KIND, Mutation, MutationRequest, MutationResponse
+from gateway.mutations.service import MutationService
+
+
+def parse_mutation(body: Any) -> Mutation:
+    """Pick the model by ``kind`` first, so errors name fields as the client wrote them."""
+    kind = body.get("kind") if isinstance(body, dict) else None
+    model = BY_KIND.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise InvalidRequest("kind: must be one of 'create', 'update', 'delete'", field="kind")
+    mutation: Mutation = validate(model, body)
+    return mutation
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The ``Idempotency-Key`` header scoped to the calling token's name, or None."""
+    value = request.headers.get("Idempotency-Key")
+    if value is None:
+        return None
+    if not re.fullmatch(KEY_PATTERN, value):
+        raise InvalidRequest("Idempotency-Key: must be 1 to 160 printable ASCII characters", field="Idempotency-Key")
+    return f"{request[PRINCIPAL].name}:{value}"
+
+
+def service(app: web.Application) -> MutationService:
+    return MutationService(
+        engine=app[appkeys.ENGINE],
+        objects=app[appkeys.OBJECTS],
+        client=app[appkeys.UPSTREAM],
+        stream=app[appkeys.STREAM],
+        metrics=app[appkeys.METRICS],
+        keys=IdempotencyKeys(app[appkeys.ENGINE]),
+    )
+
+
+async def run_mutation(request: web.Request) -> web.Response:
+    body = await read_json(request, limit=request.app[appkeys.CONFIG].server.max_json_bytes)
+    mutation = parse_mutation(body)
+    require_access(request, mutation.sync_id)
+    key = idempotency_key(request)
+    outcome = await service(request.app).execute(mutation, key=key, fingerprint=request_hash(body))
+    response = web.json_response(outcome.body, status=outcome.status)
+    if outcome.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+ENDPOINTS = [
+    Endpoint(
+        "POST",
+        "/v1/mutations/run",
+        run_mutation,
+        "mutations.run",
+        "Create, update or delete records of a collection through the upstream API",
+        scope="mutations",
+        request=MutationRequest,
+        response=MutationResponse,
+        statuses={
+            400: "invalid request, or the upstream refused the records (upstream_validation_error)",
+            401: "missing or bad token",
+            403: "token lacks the scope or the sync",
+            404: "unknown sync, collection, consumer or upstream record",
+            409: "Idempotency-Key reused with another body, or still in progress",
+            429: "pacing queue full (rate_limited)",
+            500: "awaited consumers did not finish in time (consumer_timeout)",
+            502: "upstream unavailable or credential rejected",
+            504: "upstream timed out",
+        },
+    )
+]
