@@ -75,30 +75,34 @@ async def append_changes(
     if not changes:
         return []
     known = await last_known(conn, sync_id, collection_id, [c.upstream_id for c in changes])
-    wanted = [c.id for c in consumers if c.wants(sync_id, collection_id)]
-    appended: list[Event] = []
-    for change in changes:
-        previous = known.get(change.upstream_id)
-        record = await _save_record(conn, sync_id, collection_id, change, previous)
-        known[change.upstream_id] = record
-        event = await _insert_event(conn, change.action, record, _diff(previous, record, change.action))
-        if wanted:
-            await conn.execute(
-                insert(t.deliveries),
-                [{"consumer_id": cid, "seq": event.seq, "ack_id": None, "visible_at": 0.0, "attempts": 0}
-                 for cid in wanted],
-            )
-        appended.append(event)
-    await mark(conn, "append")
-    return appended
-
-
-async def _save_record(
-    conn: AsyncConnection, sync_id: str, collection_id: str, change: RecordChange, previous: Record | None
-) -> Record:
     now = utcnow()
+    planned: list[tuple[Action, Record, dict[str, Any]]] = []
+    for change in changes:  # in order: a record changed twice diffs against its first change
+        previous = known.get(change.upstream_id)
+        record = _next_state(sync_id, collection_id, change, previous, now)
+        planned.append((change.action, record, _diff(previous, record, change.action)))
+        known[change.upstream_id] = record
+    await _save_records(conn, list({r.upstream_id: r for _, r, _ in planned}.values()))
+    events = await _insert_events(conn, planned)
+    wanted = [c.id for c in consumers if c.wants(sync_id, collection_id)]
+    if wanted:
+        await conn.execute(
+            insert(t.deliveries),
+            [
+                {"consumer_id": cid, "seq": e.seq, "ack_id": None, "visible_at": 0.0, "attempts": 0}
+                for e in events
+                for cid in wanted
+            ],
+        )
+    await mark(conn, "append")
+    return events
+
+
+def _next_state(
+    sync_id: str, collection_id: str, change: RecordChange, previous: Record | None, now: datetime
+) -> Record:
     data = change.data if change.data is not None else (previous.data if previous else {})
-    record = Record(
+    return Record(
         sync_id=sync_id,
         collection_id=collection_id,
         upstream_id=change.upstream_id,
@@ -108,16 +112,18 @@ async def _save_record(
         inserted_at=previous.inserted_at if previous else now,
         updated_at=now,
     )
-    values = record.model_dump()
+
+
+async def _save_records(conn: AsyncConnection, records: Sequence[Record]) -> None:
+    """One multi-row upsert (each record once: PostgreSQL refuses to update a row twice in a statement)."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(t.records).values(**values)
+    stmt = dialect.insert(t.records)
     keep = ("sync_id", "collection_id", "upstream_id", "inserted_at")
     stmt = stmt.on_conflict_do_update(
         index_elements=["sync_id", "collection_id", "upstream_id"],
-        set_={k: stmt.excluded[k] for k in values if k not in keep},
+        set_={c.name: stmt.excluded[c.name] for c in t.records.columns if c.name not in keep},
     )
-    await conn.execute(stmt)
-    return record
+    await conn.execute(stmt, [r.model_dump() for r in records])
 
 
 def _diff(previous: Record | None, record: Record, action: Action) -> dict[str, Any]:
@@ -128,26 +134,30 @@ def _diff(previous: Record | None, record: Record, action: Action) -> dict[str, 
     return {key: before.get(key) for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
 
 
-async def _insert_event(conn: AsyncConnection, action: Action, record: Record, changes: dict[str, Any]) -> Event:
-    event_id = "evt_" + uuid.uuid4().hex
+async def _insert_events(
+    conn: AsyncConnection, planned: Sequence[tuple[Action, Record, dict[str, Any]]]
+) -> list[Event]:
+    """One multi-row insert; RETURNING in parameter order gives each event its seq."""
     inserted_at = utcnow()
-    seq = (
-        await conn.execute(
-            insert(t.events)
-            .values(
-                id=event_id,
-                sync_id=record.sync_id,
-                collection_id=record.collection_id,
-                upstream_id=record.upstream_id,
-                action=action,
-                record=record.model_dump(mode="json"),
-                changes=changes,
-                inserted_at=inserted_at,
-            )
-            .returning(t.events.c.seq)
-        )
-    ).scalar_one()
-    return Event(seq=seq, id=event_id, action=action, record=record, changes=changes, inserted_at=inserted_at)
+    rows = [
+        {
+            "id": "evt_" + uuid.uuid4().hex,
+            "sync_id": record.sync_id,
+            "collection_id": record.collection_id,
+            "upstream_id": record.upstream_id,
+            "action": action,
+            "record": record.model_dump(mode="json"),
+            "changes": changes,
+            "inserted_at": inserted_at,
+        }
+        for action, record, changes in planned
+    ]
+    stmt = insert(t.events).returning(t.events.c.seq, sort_by_parameter_order=True)
+    seqs = (await conn.execute(stmt, rows)).scalars().all()
+    return [
+        Event(seq=seq, id=row["id"], action=action, record=record, changes=changes, inserted_at=inserted_at)
+        for seq, row, (action, record, changes) in zip(seqs, rows, planned, strict=True)
+    ]
 
 
 def event_from_row(row: Row[Any]) -> Event:

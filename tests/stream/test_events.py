@@ -73,3 +73,15 @@ async def test_retention_purges_only_old_events_nobody_still_needs(make_gateway:
         left = (await conn.execute(select(t.events.c.seq).order_by(t.events.c.seq))).scalars().all()
         assert list(left) == [old_pending.seq, recent.seq]
         assert (await conn.execute(select(func.count()).select_from(t.records))).scalar_one() == 3
+
+
+async def test_a_record_changed_twice_in_one_append_keeps_both_events(make_gateway: GatewayFactory) -> None:
+    """Two changes of one record in one call: two events in order, the second diffed against the first."""
+    gw = await make_gateway()
+    await seed_sync(gw.app)
+    first, second = await append(
+        gw.app, [insert("003G", Name="v1"), RecordChange("003G", "update", {"Id": "003G", "Name": "v2"})]
+    )
+    assert first.seq < second.seq and second.changes == {"Name": "v1"}
+    async with gw.app[appkeys.ENGINE].connect() as conn:
+        assert (await last_known(conn, "sync-a", CONTACTS, ["003G"]))["003G"].data["Name"] == "v2"

@@ -101,3 +101,30 @@ async def test_an_expired_lease_is_taken_over(replica: dict[Any, Any], aiohttp_s
         await workers.close()
     async with engine.connect() as conn:
         assert (await conn.execute(select(t.leases))).all() == []  # released at shutdown
+
+
+async def test_shutdown_finishes_the_batch_in_flight(replica: dict[Any, Any], aiohttp_server: Any) -> None:
+    """Closing the workers while a POST is in flight waits for its answer and acknowledges the batch."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_hook(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.Response(status=200)
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", slow_hook)
+    server = await aiohttp_server(receiver, host="127.0.0.1")
+    await seed_sync(replica)
+    await add_consumer(replica, id="hooks", kind="webhook", url=str(server.make_url("/hook")), secret=SECRET)
+    await append(replica, [record_insert("003A")])
+    workers = Workers(objects=replica[appkeys.OBJECTS], stream=replica[appkeys.STREAM], retention=86400,
+                      shutdown_timeout=10)
+    await workers.tick()
+    await asyncio.wait_for(arrived.wait(), 10)
+    closing = asyncio.create_task(workers.close())
+    await asyncio.sleep(0)  # let close() start waiting on the worker
+    assert not closing.done()
+    release.set()
+    await asyncio.wait_for(closing, 10)
+    assert (await replica[appkeys.OBJECTS].consumer_view("hooks")).pending == 0
