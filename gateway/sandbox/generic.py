@@ -39,6 +39,7 @@ class GenericState:
     refreshes: int = 0
     token_status: int = 200  # set to 400 to make every refresh fail
     token_delay: float = 0.0
+    reject_all: bool = False  # /protected answers 401 whatever the token
     throttle: int = 0
     retry_after: int = 1
     received: int = 0
@@ -106,10 +107,12 @@ async def download(request: web.Request) -> web.StreamResponse:
             block = _BLOCK[: min(_CHUNK, size - sent)]
             await response.write(block)
             sent += len(block)
+        await response.write_eof()
     except ConnectionError:
-        request.app[GENERIC].aborted_downloads += 1
-        return response
-    await response.write_eof()
+        pass  # counted below: the reader went away
+    finally:  # also runs when aiohttp cancels the handler because the connection was lost
+        if sent < size:
+            request.app[GENERIC].aborted_downloads += 1
     return response
 
 
@@ -158,7 +161,7 @@ async def gzipped(_request: web.Request) -> web.Response:
 
 async def protected(request: web.Request) -> web.Response:
     state = request.app[GENERIC]
-    if request.headers.get("Authorization") != f"Bearer {state.valid_token}":
+    if state.reject_all or request.headers.get("Authorization") != f"Bearer {state.valid_token}":
         return web.json_response({"error": "invalid_token"}, status=401)
     return await echo(request)
 

@@ -30,6 +30,7 @@ async def add_credential(
         "provider": extra.pop("provider", "rest"),
         "base_url": base_url,
         "auth": auth or {"type": "bearer", "token": "upstream-secret-token"},
+        "rate_limit": {"rate": 10000, "per": 1, "burst": 10000},  # pacing is not what these tests check
         **extra,
     }
     resp = await gw.client.post("/v1/credentials", json=body, headers=gw.auth())

@@ -1,0 +1,159 @@
+"""Bodies stream both ways through the proxy: sizes, framing, limits, slow and vanishing peers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import GatewayFactory
+from tests.upstream.helpers import Upstream, add_credential, raw_request, start_upstream
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> Upstream:
+    return await start_upstream(aiohttp_server)
+
+
+async def _chunks(total: int, size: int = 64 * 1024) -> AsyncIterator[bytes]:
+    sent = 0
+    while sent < total:
+        block = b"y" * min(size, total - sent)
+        sent += len(block)
+        yield block
+
+
+async def _poll(condition: Any, *, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("with_length", [False, True])
+async def test_download_streams_every_byte(
+    make_gateway: GatewayFactory, upstream: Upstream, with_length: bool
+) -> None:
+    """A chunked or Content-Length download of 16 MiB arrives whole, with the upstream's framing."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url)
+    query = "?length=1" if with_length else ""
+    resp = await gw.client.get(f"/v1/proxy/credential/cred-1/bytes/{16 * MIB}{query}", headers=gw.auth())
+    received = 0
+    async for chunk in resp.content.iter_any():
+        received += len(chunk)
+    assert received == 16 * MIB
+    assert (resp.headers.get("Content-Length") == str(16 * MIB)) is with_length
+
+
+async def test_upload_with_content_length_streams_to_the_upstream(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    """A 12 MiB Content-Length upload reaches the upstream intact."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url)
+    body = b"z" * (12 * MIB)
+    resp = await gw.client.post("/v1/proxy/credential/cred-1/upload", data=body, headers=gw.auth())
+    answer = await resp.json()
+    assert answer == {"received": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+
+async def test_chunked_upload_streams_to_the_upstream(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """A chunked upload of unknown length reaches the upstream intact."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url)
+    resp = await gw.client.post("/v1/proxy/credential/cred-1/upload", data=_chunks(5 * MIB), headers=gw.auth())
+    assert (await resp.json())["received"] == 5 * MIB
+
+
+async def test_small_body_is_relayed(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """A small JSON body and its content type reach the upstream unchanged."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/echo")
+    resp = await gw.client.post("/v1/proxy/credential/cred-1/x", json={"a": 1}, headers=gw.auth())
+    echo = await resp.json()
+    assert json.loads(echo["body"]) == {"a": 1}
+    assert echo["headers"]["content-type"] == ["application/json"]
+
+
+async def test_declared_oversized_body_is_413_before_sending(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """A Content-Length over server.max_body_bytes answers 413 without contacting the upstream."""
+    gw = await make_gateway(server={"max_body_bytes": 1000})
+    await add_credential(gw, upstream.url)
+    resp = await gw.client.post("/v1/proxy/credential/cred-1/upload", data=b"a" * 1001, headers=gw.auth())
+    assert resp.status == 413
+    assert (await resp.json())["code"] == "payload_too_large"
+    assert upstream.state.requests == 0
+
+
+async def test_chunked_body_over_the_limit_is_413(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """A chunked body that grows past the limit while streaming answers 413."""
+    gw = await make_gateway(server={"max_body_bytes": 2 * MIB})
+    await add_credential(gw, upstream.url)
+    resp = await gw.client.post("/v1/proxy/credential/cred-1/upload", data=_chunks(4 * MIB), headers=gw.auth())
+    assert resp.status == 413
+    assert (await resp.json())["code"] == "payload_too_large"
+    assert upstream.state.received < 4 * MIB
+
+
+async def test_client_slower_than_the_read_timeout_gets_408(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """A client that stops sending its body for longer than the read timeout answers 408."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url, timeouts={"read": 0.3})
+    server = gw.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    head = (
+        "POST /v1/proxy/credential/cred-1/upload HTTP/1.1\r\n"
+        f"Host: x\r\nAuthorization: Bearer {gw.admin_token}\r\nContent-Length: {2 * MIB}\r\n\r\n"
+    )
+    writer.write(head.encode() + b"a" * 1000)
+    answer = await asyncio.wait_for(reader.readuntil(b'"}'), 10)
+    writer.close()
+    await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b"request_timeout" in answer
+
+
+async def test_client_leaving_mid_download_cancels_the_upstream(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    """When the client disconnects mid-response, the upstream's connection is dropped too."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url)
+    async with aiohttp.ClientSession() as session:
+        url = gw.client.make_url(f"/v1/proxy/credential/cred-1/bytes/{1024 * MIB}")
+        resp = await session.get(url, headers=gw.auth())
+        assert len(await resp.content.readexactly(MIB)) == MIB
+        resp.close()
+    await _poll(lambda: upstream.state.aborted_downloads == 1)
+
+
+async def test_upstream_dying_mid_body_ends_the_client_response(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    """An upstream that drops the connection mid-body truncates the client's response, without a hang."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url)
+    resp = await gw.client.get("/v1/proxy/credential/cred-1/die?after=5000", headers=gw.auth())
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await asyncio.wait_for(resp.read(), 10)
+
+
+async def test_invalid_header_value_is_refused_without_upstream_traffic(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    """A header value with a bare control character is rejected with 400 and never forwarded."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/echo")
+    status, _ = await raw_request(gw, "GET /v1/proxy/credential/cred-1/x HTTP/1.1", {"X-Bad": "a\x01b"})
+    assert status == 400
+    assert upstream.state.requests == 0

@@ -1,0 +1,120 @@
+"""OAuth2 refresh through the proxy: before expiry, after a 401, single-flight, failures."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from gateway.app import create_app
+from gateway.http import appkeys
+from gateway.store import tables as t
+from gateway.vault.crypto import Keyring
+from tests.conftest import Gateway, GatewayFactory, make_config
+from tests.upstream.helpers import Upstream, add_credential, oauth2_auth, start_upstream
+
+PAST = "2020-01-01T00:00:00Z"
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> Upstream:
+    return await start_upstream(aiohttp_server)
+
+
+async def _stored_token(gw: Gateway) -> str:
+    credential = await gw.app[appkeys.OBJECTS].credential("cred-1")
+    return str(credential.auth.access_token.get_secret_value())
+
+
+async def test_expired_token_is_refreshed_before_the_call(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """A token past its expiry is refreshed first; the new one is used and stored encrypted."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/protected", oauth2_auth(upstream, access_token="old", expires_at=PAST))
+    resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth())
+    assert resp.status == 200, await resp.text()
+    assert upstream.state.refreshes == 1
+    assert await _stored_token(gw) == "token-1"
+    async with gw.app[appkeys.ENGINE].connect() as conn:
+        sealed = (await conn.execute(select(t.credentials.c.auth_secret))).scalar_one()
+    assert "token-1" not in sealed and "refresh-1" not in sealed
+
+
+async def test_401_refreshes_once_and_retries(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """A 401 for a held request triggers one refresh and one transparent retry."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/protected", oauth2_auth(upstream, access_token="revoked"))
+    resp = await gw.client.post("/v1/proxy/credential/cred-1/x", json={"a": 1}, headers=gw.auth())
+    assert resp.status == 200
+    assert (await resp.json())["headers"]["authorization"] == ["Bearer token-1"]
+    assert upstream.state.refreshes == 1
+    metrics = await (await gw.client.get("/metrics")).text()
+    assert 'gateway_oauth_refreshes_total{outcome="success",provider="rest"} 1.0' in metrics
+
+
+async def test_concurrent_401s_share_one_refresh(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """100 concurrent requests that all meet a 401 cause exactly one refresh and all succeed."""
+    gw = await make_gateway()
+    upstream.state.token_delay = 0.2
+    await add_credential(gw, upstream.url + "/protected", oauth2_auth(upstream, access_token="revoked"))
+    responses = await asyncio.gather(
+        *(gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth()) for _ in range(100))
+    )
+    assert [r.status for r in responses] == [200] * 100
+    assert upstream.state.refreshes == 1
+
+
+async def test_replicas_share_one_refresh(
+    make_gateway: GatewayFactory, upstream: Upstream, aiohttp_client: Any, keyring: Keyring, store_url: str
+) -> None:
+    """Two gateways on one store refresh an expired token once between them (lease + re-read)."""
+    first = await make_gateway()
+    second = await aiohttp_client(create_app(make_config(store_url, keyring), keyring=keyring, ops_on_main=True))
+    upstream.state.token_delay = 0.2
+    await add_credential(first, upstream.url + "/protected", oauth2_auth(upstream, access_token="old", expires_at=PAST))
+    clients = (first.client, second) * 20
+    calls = [client.get("/v1/proxy/credential/cred-1/x", headers=first.auth()) for client in clients]
+    responses = await asyncio.gather(*calls)
+    assert [r.status for r in responses] == [200] * 40
+    assert upstream.state.refreshes == 1
+
+
+async def test_streamed_body_gets_the_401_and_the_next_call_the_new_token(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    """A 401 on a streamed body is returned as is, after refreshing for the calls that follow."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/protected", oauth2_auth(upstream, access_token="revoked"))
+
+    async def body() -> Any:
+        yield b"streamed"
+
+    resp = await gw.client.post("/v1/proxy/credential/cred-1/x", data=body(), headers=gw.auth())
+    assert resp.status == 401
+    assert upstream.state.refreshes == 1
+    assert (await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth())).status == 200
+
+
+async def test_refresh_failure_is_502_upstream_auth_failed(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """A token endpoint that refuses the refresh answers 502 upstream_auth_failed, without secrets."""
+    gw = await make_gateway()
+    upstream.state.token_status = 400
+    await add_credential(gw, upstream.url + "/protected", oauth2_auth(upstream, access_token="old", expires_at=PAST))
+    resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth())
+    assert resp.status == 502
+    text = await resp.text()
+    assert '"upstream_auth_failed"' in text and upstream.state.client_secret not in text
+    metrics = await (await gw.client.get("/metrics")).text()
+    assert 'gateway_oauth_refreshes_total{outcome="failure",provider="rest"} 1.0' in metrics
+
+
+async def test_rejected_after_refresh_is_502(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """An upstream that still answers 401 with the fresh token gives 502 upstream_auth_failed."""
+    gw = await make_gateway()
+    upstream.state.reject_all = True
+    await add_credential(gw, upstream.url + "/protected", oauth2_auth(upstream, access_token="revoked"))
+    resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth())
+    assert resp.status == 502
+    assert (await resp.json())["code"] == "upstream_auth_failed"
+    assert upstream.state.refreshes == 1
