@@ -33,6 +33,8 @@ CUSTOMER_PARAMS = frozenset(
         "shipping",
         "invoice_prefix",
         "tax_exempt",
+        "invoice_settings",
+        "next_invoice_sequence",
         "expand",
     }
 )
@@ -170,18 +172,17 @@ def check_customer(state: StripeState, params: dict[str, Any]) -> None:
     if email not in (None, "") and not is_email(email):
         raise Reject(stripe_error(400, f"Invalid email address: {email}", code="email_invalid", param="email"))
     metadata = params.get("metadata", {})
-    if not isinstance(metadata, dict) or len(metadata) > 50:
+    if metadata != "" and (not isinstance(metadata, dict) or len(metadata) > 50):
         raise Reject(
             stripe_error(
                 400, "Invalid metadata: must be a hash of at most 50 keys", code="parameter_invalid", param="metadata"
             )
         )
-    if "balance" in params and not re.fullmatch(r"-?\d+", str(params["balance"])):
-        raise Reject(
-            stripe_error(
-                400, f"Invalid integer: {params['balance']}", code="parameter_invalid_integer", param="balance"
+    for name in ("balance", "next_invoice_sequence"):
+        if name in params and not re.fullmatch(r"-?\d+", str(params[name])):
+            raise Reject(
+                stripe_error(400, f"Invalid integer: {params[name]}", code="parameter_invalid_integer", param=name)
             )
-        )
 
 
 def apply_params(customer: dict[str, Any], params: dict[str, Any]) -> None:
@@ -189,14 +190,18 @@ def apply_params(customer: dict[str, Any], params: dict[str, Any]) -> None:
     for name, value in params.items():
         if name == "expand":
             continue
-        if name == "metadata":
+        if name == "metadata" and value == "":
+            customer["metadata"] = {}  # metadata="" unsets every key
+        elif name == "metadata":
             for key, item in value.items():
                 if item == "":
                     customer["metadata"].pop(key, None)
                 else:
                     customer["metadata"][key] = item
-        elif name == "balance":
-            customer["balance"] = int(value)
+        elif name == "invoice_settings" and isinstance(value, dict):
+            customer["invoice_settings"].update(value)
+        elif name in ("balance", "next_invoice_sequence"):
+            customer[name] = int(value)
         else:
             customer[name] = None if value == "" else value
 

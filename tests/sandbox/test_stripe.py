@@ -57,6 +57,16 @@ async def test_update_get_delete_and_missing(st: Running) -> None:
     assert error["code"] == "resource_missing" and error["param"] == "id"
 
 
+async def test_empty_metadata_unsets_every_key_and_bad_integers_are_refused(st: Running) -> None:
+    """``metadata=""`` clears the metadata; a non-integer balance is parameter_invalid_integer."""
+    customer = stripe_state(st).insert({"metadata": {"a": "1"}})
+    async with st.request("POST", f"{CUSTOMERS}/{customer['id']}", data={"metadata": ""}) as resp:
+        assert (await resp.json())["metadata"] == {}
+    async with st.request("POST", CUSTOMERS, data={"balance": "ten"}) as resp:
+        error = (await resp.json())["error"]
+    assert (error["code"], error["param"]) == ("parameter_invalid_integer", "balance")
+
+
 async def test_idempotency_key_replays_and_refuses_other_params(st: Running) -> None:
     """The same key and params replays the answer; the same key with other params is an idempotency_error."""
     headers = {"Idempotency-Key": "k-1"}
