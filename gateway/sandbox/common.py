@@ -92,7 +92,8 @@ def _mask_header(name: str, value: str) -> str:
     if not _SECRET_HEADERS.search(name):
         return value
     scheme, _, rest = value.partition(" ")
-    return f"{scheme} {MASK}" if rest else MASK
+    keep_scheme = name.lower() in ("authorization", "proxy-authorization") and rest
+    return f"{scheme} {MASK}" if keep_scheme else MASK
 
 
 def _mask_body(content_type: str, body: bytes) -> str:

@@ -21,11 +21,12 @@ async def hs(sandbox: Start) -> Running:
 
 async def test_requests_are_recorded_with_secrets_masked(hs: Running) -> None:
     """Every request is recorded with method, path, query, body and a masked Authorization header."""
-    async with hs.request("POST", CONTACTS + "?x=1", json={"properties": {"email": "a@b.co"}}) as resp:
+    cookie = {"Cookie": "session=s3cr3t; other=x"}
+    async with hs.request("POST", CONTACTS + "?x=1", json={"properties": {"email": "a@b.co"}}, headers=cookie) as resp:
         assert resp.status == 201
     [seen] = hs.state.requests
     assert (seen.method, seen.path, seen.query) == ("POST", CONTACTS, [("x", "1")])
-    assert seen.headers["Authorization"] == "Bearer ***"
+    assert seen.headers["Authorization"] == "Bearer ***" and seen.headers["Cookie"] == "***"
     assert seen.json() == {"properties": {"email": "a@b.co"}}
     assert seen.at <= asyncio.get_running_loop().time()
 
