@@ -20,6 +20,7 @@ from gateway.config import Config, load_config, masked_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.http.bodies import validate
 from gateway.models import CredentialIn
+from gateway.observability.logs import configure_logging
 from gateway.server import keyring_for, run_async, run_migrations, serve, stderr, store_session
 from gateway.store.tokens import parse_scopes
 from gateway.vault.crypto import generate_key
@@ -95,6 +96,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         stderr("add it first in encryption.keys (GATEWAY_ENCRYPTION__KEYS), then run `gateway keys rotate`")
         return 0
     config = load_config(args.config)
+    configure_logging(format=config.log.format, level=config.log.level)
     if args.verb == "check-config":
         keyring_for(config, allow_empty=True)
         print(json.dumps(masked_config(config), indent=2))

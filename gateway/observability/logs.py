@@ -63,6 +63,11 @@ def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str,
     return {k: _redact(v, k if k != "event" else "") for k, v in event_dict.items()}
 
 
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    """Resolve ``sys.stderr`` per logger, so a replaced stream (tests, daemons) is always honoured."""
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure_logging(*, format: Literal["auto", "json", "console"] = "auto", level: str = "info") -> None:
     as_json = format == "json" or (format == "auto" and not sys.stderr.isatty())
     renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
@@ -76,6 +81,6 @@ def configure_logging(*, format: Literal["auto", "json", "console"] = "auto", le
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )

@@ -48,7 +48,10 @@ def test_ids_and_ordinary_fields_survive() -> None:
 def test_configured_logger_emits_redacted_json(capsys: pytest.CaptureFixture[str]) -> None:
     """With format=json every line is one JSON object, redacted."""
     configure_logging(format="json", level="info")
-    structlog.get_logger("t").info("upstream_call", authorization="Bearer s3cr3t-token-value")
+    try:
+        structlog.get_logger("t").info("upstream_call", authorization="Bearer s3cr3t-token-value")
+    finally:
+        structlog.reset_defaults()
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert json.loads(line)["event"] == "upstream_call"
     assert "s3cr3t-token-value" not in line
