@@ -56,17 +56,21 @@ async def test_bad_values_and_typecast(at: Running) -> None:
         assert (await resp.json())["error"]["type"] == "UNKNOWN_FIELD_NAME"
 
 
-async def test_patch_merges_and_delete_by_query(at: Running) -> None:
-    """PATCH {records:[{id, fields}]} merges fields; DELETE ?records[]= answers {records:[{id, deleted}]}."""
+async def test_patch_merges_fields(at: Running) -> None:
+    """PATCH {records: [{id, fields}]} keeps the fields it does not name."""
     one = state(at).insert(DEFAULT_BASE, "Contacts", {"Name": "A", "Email": "a@b.co"})
-    two = state(at).insert(DEFAULT_BASE, "Contacts", {"Name": "B"})
     async with at.request("PATCH", TABLE, json={"records": [{"id": one["id"], "fields": {"Name": "A2"}}]}) as resp:
         [updated] = (await resp.json())["records"]
     assert updated["fields"] == {"Name": "A2", "Email": "a@b.co"}
+
+
+async def test_delete_by_query_then_get_is_404(at: Running) -> None:
+    """DELETE ?records[]= answers {records: [{id, deleted}]}; the record is then 404 NOT_FOUND."""
+    one = state(at).insert(DEFAULT_BASE, "Contacts", {"Name": "A"})
+    two = state(at).insert(DEFAULT_BASE, "Contacts", {"Name": "B"})
     async with at.request("DELETE", TABLE, params=[("records[]", one["id"]), ("records[]", two["id"])]) as resp:
-        assert await resp.json() == {
-            "records": [{"id": one["id"], "deleted": True}, {"id": two["id"], "deleted": True}]
-        }
+        deleted = await resp.json()
+    assert deleted == {"records": [{"id": one["id"], "deleted": True}, {"id": two["id"], "deleted": True}]}
     async with at.request("GET", f"{TABLE}/{one['id']}") as resp:
         assert resp.status == 404 and (await resp.json())["error"]["type"] == "NOT_FOUND"
 
@@ -81,10 +85,15 @@ async def test_list_pages_with_offset(at: Running) -> None:
     assert len(first["records"]) == 2 and len(second["records"]) == 1 and "offset" not in second
 
 
-async def test_unknown_base_and_bad_token(at: Running) -> None:
-    """An unknown base is 403 INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND; a wrong token is 401."""
+async def test_unknown_base_is_403(at: Running) -> None:
+    """An unknown base is 403 INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND."""
     async with at.request("GET", "/v0/appNope0000000000/Contacts") as resp:
         assert resp.status == 403
+        assert (await resp.json())["error"]["type"] == "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND"
+
+
+async def test_bad_token_is_401(at: Running) -> None:
+    """A wrong personal access token is 401 AUTHENTICATION_REQUIRED."""
     async with at.http.get(at.url + TABLE, headers={"Authorization": "Bearer pat-wrong"}) as resp:
         assert resp.status == 401 and (await resp.json())["error"]["type"] == "AUTHENTICATION_REQUIRED"
 

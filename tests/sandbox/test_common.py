@@ -31,22 +31,34 @@ async def test_requests_are_recorded_with_secrets_masked(hs: Running) -> None:
     assert seen.at <= asyncio.get_running_loop().time()
 
 
-async def test_admin_routes_show_requests_set_knobs_and_reset(hs: Running) -> None:
-    """/_sandbox/requests lists requests, /_sandbox/knobs validates and applies, /_sandbox/reset clears."""
+async def test_admin_requests_route_lists_masked_requests(hs: Running) -> None:
+    """GET /_sandbox/requests lists what the upstream received, without the token."""
     async with hs.request("GET", CONTACTS):
         pass
     async with hs.request("GET", "/_sandbox/requests") as resp:
         body = await resp.json()
     assert [r["path"] for r in body["requests"]] == [CONTACTS]
-    assert "pat-na1" not in str(body)
+    assert hubspot.DEFAULT_TOKEN not in str(body)
+
+
+async def test_admin_knobs_route_validates_and_applies(hs: Running) -> None:
+    """POST /_sandbox/knobs applies valid knobs and refuses an unknown value with 400."""
     async with hs.request("POST", "/_sandbox/knobs", json={"latency": 0.01, "fault": "5xx"}) as resp:
         assert (await resp.json())["fault"] == "5xx"
     assert hs.state.knobs.latency == 0.01
     async with hs.request("POST", "/_sandbox/knobs", json={"fault": "explode"}) as resp:
         assert resp.status == 400
+    assert hs.state.knobs.fault == "5xx"
+
+
+async def test_admin_reset_route_restores_a_fresh_sandbox(hs: Running) -> None:
+    """POST /_sandbox/reset clears requests, records and knobs."""
+    assert isinstance(hs.state, hubspot.HubSpotState)
+    hubspot.seed(hs.state)
+    hs.state.set_knobs(fault="5xx")
     async with hs.request("POST", "/_sandbox/reset") as resp:
         assert resp.status == 204
-    assert hs.state.requests == [] and hs.state.knobs.fault is None
+    assert hs.state.requests == [] and hs.state.objects == {} and hs.state.knobs.fault is None
 
 
 async def test_5xx_fault_answers_in_the_provider_shape_for_the_given_count(hs: Running) -> None:

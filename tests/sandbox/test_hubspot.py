@@ -53,24 +53,41 @@ async def test_batch_create_is_refused_whole_when_one_input_is_invalid(hs: Runni
     assert state(hs).table("contacts") == {}
 
 
-async def test_batch_create_update_read_archive(hs: Running) -> None:
-    """Batch create answers 201 COMPLETE; update and read answer 207 naming missing ids; archive 204."""
+async def test_batch_create_answers_201_complete(hs: Running) -> None:
+    """batch/create answers 201 {status: COMPLETE, results} and stores every input."""
     inputs = [{"properties": {"email": f"p{i}@b.co"}} for i in range(3)]
     async with hs.request("POST", CONTACTS + "/batch/create", json={"inputs": inputs}) as resp:
         assert resp.status == 201
         created = await resp.json()
     assert created["status"] == "COMPLETE" and len(created["results"]) == 3
-    ids = [r["id"] for r in created["results"]]
-    update = [{"id": ids[0], "properties": {"firstname": "Z"}}, {"id": "999999", "properties": {}}]
+    assert {r["id"] for r in created["results"]} == set(state(hs).table("contacts"))
+
+
+async def test_batch_update_with_an_unknown_id_answers_207(hs: Running) -> None:
+    """batch/update applies the known ids and answers 207 with OBJECT_NOT_FOUND naming the unknown ones."""
+    known = state(hs).insert("contacts", {"email": "a@b.co"})["id"]
+    update = [{"id": known, "properties": {"firstname": "Z"}}, {"id": "999999", "properties": {}}]
     async with hs.request("POST", CONTACTS + "/batch/update", json={"inputs": update}) as resp:
         assert resp.status == 207
         body = await resp.json()
     assert body["results"][0]["properties"]["firstname"] == "Z"
     assert body["errors"][0]["category"] == "OBJECT_NOT_FOUND" and body["errors"][0]["context"]["ids"] == ["999999"]
-    read = {"inputs": [{"id": i} for i in ids], "properties": ["firstname"]}
+
+
+async def test_batch_read_returns_the_asked_properties(hs: Running) -> None:
+    """batch/read answers 200 with each object's requested properties."""
+    known = state(hs).insert("contacts", {"email": "a@b.co", "firstname": "Ada"})["id"]
+    read = {"inputs": [{"id": known}], "properties": ["firstname"]}
     async with hs.request("POST", CONTACTS + "/batch/read", json=read) as resp:
-        assert resp.status == 200 and len((await resp.json())["results"]) == 3
-    async with hs.request("POST", CONTACTS + "/batch/archive", json={"inputs": [{"id": i} for i in ids]}) as resp:
+        assert resp.status == 200
+        [obj] = (await resp.json())["results"]
+    assert obj["properties"]["firstname"] == "Ada" and "email" not in obj["properties"]
+
+
+async def test_batch_archive_answers_204_and_removes(hs: Running) -> None:
+    """batch/archive answers 204 and the objects are gone."""
+    known = state(hs).insert("contacts", {"email": "a@b.co"})["id"]
+    async with hs.request("POST", CONTACTS + "/batch/archive", json={"inputs": [{"id": known}]}) as resp:
         assert resp.status == 204
     assert state(hs).table("contacts") == {}
 

@@ -84,22 +84,33 @@ async def test_collection_create_without_all_or_none_keeps_the_valid_records(sf:
     assert {e["statusCode"] for e in failed["errors"]} == {"REQUIRED_FIELD_MISSING", "INVALID_EMAIL_ADDRESS"}
 
 
-async def test_collection_update_retrieve_and_delete(sf: Running) -> None:
-    """PATCH updates by id, GET ?ids=&fields= returns the rows (null if missing), DELETE ?ids= removes them."""
+async def test_collection_update_then_retrieve_with_fields(sf: Running) -> None:
+    """PATCH updates by id and moves LastModifiedDate; GET ?ids=&fields= returns rows in order, null if missing."""
     row = state(sf).insert("Contact", {"LastName": "Old"})
-    before = row["LastModifiedDate"]
-    await asyncio.sleep(0.002)  # the timestamp has millisecond precision
+    row["LastModifiedDate"] = "2000-01-01T00:00:00.000+0000"
     async with sf.request("PATCH", COLLECTION, json={"records": [contact(id=row["Id"], LastName="New")]}) as resp:
         assert await resp.json() == [{"id": row["Id"], "success": True, "errors": []}]
     missing = salesforce_id("003", 1)
     url = f"{COLLECTION}/Contact?ids={row['Id']},{missing}&fields=LastName,LastModifiedDate"
     async with sf.request("GET", url) as resp:
         fetched, absent = await resp.json()
-    assert fetched["LastName"] == "New" and fetched["LastModifiedDate"] > before and absent is None
-    async with sf.request("DELETE", f"{COLLECTION}?ids={row['Id']},{missing}&allOrNone=true") as resp:
-        results = await resp.json()
-    assert results[0]["errors"] == [salesforce.ROLLED_BACK]
-    assert results[1]["errors"][0]["statusCode"] == "INVALID_CROSS_REFERENCE_KEY"
+    assert fetched["LastName"] == "New" and fetched["LastModifiedDate"] > "2000" and absent is None
+    assert set(fetched) == {"attributes", "Id", "LastName", "LastModifiedDate"}
+
+
+async def test_collection_delete_all_or_none_keeps_everything_on_a_bad_id(sf: Running) -> None:
+    """DELETE ?ids=&allOrNone=true with an unknown id deletes nothing and reports the valid one rolled back."""
+    row = state(sf).insert("Contact", {"LastName": "Keep"})
+    async with sf.request("DELETE", f"{COLLECTION}?ids={row['Id']},{salesforce_id('003', 1)}&allOrNone=true") as r:
+        kept, unknown = await r.json()
+    assert kept == {"id": row["Id"], "success": False, "errors": [salesforce.ROLLED_BACK]}
+    assert unknown["errors"][0]["statusCode"] == "INVALID_CROSS_REFERENCE_KEY"
+    assert row["Id"] in state(sf).table("Contact")
+
+
+async def test_deleting_twice_reports_entity_is_deleted(sf: Running) -> None:
+    """A second delete of the same id answers ENTITY_IS_DELETED."""
+    row = state(sf).insert("Contact", {"LastName": "Gone"})
     async with sf.request("DELETE", f"{COLLECTION}?ids={row['Id']}") as resp:
         assert (await resp.json())[0]["success"] is True
     async with sf.request("DELETE", f"{COLLECTION}?ids={row['Id']}") as resp:

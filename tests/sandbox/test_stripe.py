@@ -40,13 +40,20 @@ async def test_invalid_email_and_unknown_parameter_errors(st: Running) -> None:
         assert (await resp.json())["error"]["code"] == "parameter_unknown"
 
 
-async def test_update_get_delete_and_missing(st: Running) -> None:
-    """Update merges metadata (empty unsets), delete answers {deleted: true}, unknown ids are resource_missing."""
+async def test_update_merges_metadata_and_empty_unsets_a_key(st: Running) -> None:
+    """An update merges metadata keys, ``metadata[k]=`` unsets one, and plain fields are set."""
     customer = stripe_state(st).insert({"email": "a@b.co", "metadata": {"a": "1", "b": "2"}})
-    path = f"{CUSTOMERS}/{customer['id']}"
-    async with st.request("POST", path, data={"metadata[a]": "", "metadata[c]": "3", "name": "N"}) as resp:
+    async with st.request(
+        "POST", f"{CUSTOMERS}/{customer['id']}", data={"metadata[a]": "", "metadata[c]": "3", "name": "N"}
+    ) as resp:
         updated = await resp.json()
     assert updated["metadata"] == {"b": "2", "c": "3"} and updated["name"] == "N"
+
+
+async def test_delete_leaves_a_stub_that_cannot_be_updated(st: Running) -> None:
+    """DELETE answers {id, object, deleted: true}; GET returns that stub; an update is 404 resource_missing."""
+    customer = stripe_state(st).insert({"email": "a@b.co"})
+    path = f"{CUSTOMERS}/{customer['id']}"
     async with st.request("DELETE", path) as resp:
         assert await resp.json() == {"id": customer["id"], "object": "customer", "deleted": True}
     async with st.request("GET", path) as resp:
@@ -54,7 +61,7 @@ async def test_update_get_delete_and_missing(st: Running) -> None:
     async with st.request("POST", path, data={"name": "again"}) as resp:
         assert resp.status == 404
         error = (await resp.json())["error"]
-    assert error["code"] == "resource_missing" and error["param"] == "id"
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "resource_missing", "id")
 
 
 async def test_empty_metadata_unsets_every_key_and_bad_integers_are_refused(st: Running) -> None:
@@ -92,10 +99,14 @@ async def test_list_pages_newest_first(st: Running) -> None:
     assert [c["name"] for c in rest["data"]] == ["Ada Lovelace"] and rest["has_more"] is False
 
 
-async def test_wrong_key_and_rate_limit(st: Running) -> None:
-    """A wrong key is 401; over the limit the answer is 429 with code rate_limit."""
+async def test_wrong_key_is_401(st: Running) -> None:
+    """A wrong secret key gets 401 invalid_request_error."""
     async with st.http.get(st.url + CUSTOMERS, headers={"Authorization": "Bearer sk_test_wrong"}) as resp:
         assert resp.status == 401 and (await resp.json())["error"]["type"] == "invalid_request_error"
+
+
+async def test_over_the_limit_is_429_rate_limit(st: Running) -> None:
+    """Past the rate limit the answer is 429 with code rate_limit."""
     st.state.set_knobs(rate_limit=1, rate_window=10)
     async with st.request("GET", CUSTOMERS):
         pass
