@@ -15,6 +15,8 @@ from gateway.pacing import bucket
 from gateway.pacing.backend import Refused, Reservation
 from gateway.pacing.registry import BucketSpec
 
+SWEEP_FROM = 1024
+
 
 class LocalBackend:
     """Bucket states in a dict; the clock is the running event loop's unless one is injected."""
@@ -24,6 +26,7 @@ class LocalBackend:
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self._states: dict[str, bucket.BucketState] = {}
+        self._sweep_at = SWEEP_FROM
 
     def _now(self) -> int:
         return int(self._clock() * bucket.US)
@@ -31,8 +34,19 @@ class LocalBackend:
     def _state(self, key: str) -> bucket.BucketState:
         state = self._states.get(key)
         if state is None:
+            if len(self._states) >= self._sweep_at:
+                self._sweep()
             state = self._states[key] = bucket.BucketState()
         return state
+
+    def _sweep(self) -> None:
+        """Forget idle buckets: a bucket whose ``tat`` and pause have passed behaves like a new one,
+        so this loses nothing, and it bounds memory when keys are many (one per Airtable base)."""
+        now = self._now()
+        idle = [k for k, s in self._states.items() if s.tat <= now and s.paused_until <= now and not s.holes]
+        for key in idle:
+            del self._states[key]
+        self._sweep_at = max(SWEEP_FROM, 2 * len(self._states))
 
     async def reserve(self, buckets: Sequence[BucketSpec], max_wait: float) -> Reservation | Refused:
         now = self._now()

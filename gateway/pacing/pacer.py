@@ -110,7 +110,12 @@ class GatewayPacer:
         if not seconds:
             return None
         call = route(self._config, credential, path)
-        await self._with_backend(lambda backend: backend.pause(call.home, seconds))
+        try:
+            await self._with_backend(lambda backend: backend.pause(call.home, seconds))
+        except BackendUnavailable:
+            # The answer itself was fine; the next acquire reports the backend to its caller.
+            log.warning("pacing_pause_not_shared", provider=credential.provider)
+            return seconds
         log.info("pacing_paused", provider=credential.provider, status=status, seconds=round(seconds, 3))
         return seconds
 
@@ -118,7 +123,10 @@ class GatewayPacer:
         call = self._routes.get(credential_id)
         if call is None:
             return None
-        state = await self._with_backend(lambda backend: backend.describe(call.home))
+        try:
+            state = await self._with_backend(lambda backend: backend.describe(call.home))
+        except BackendUnavailable:
+            state = {"tokens": None, "paused_until": None, "error": "the shared pacing backend is unavailable"}
         limit = call.limit
         return {
             "backend": self._active().name,

@@ -3,8 +3,9 @@
 - Atomic and clock-safe: the script reads the Redis server's ``TIME`` and applies bucket.py's math
   in one step, so replicas never race and their clocks never matter. The slot comes back as an
   offset from the server's now, which this replica adds to its own loop time.
-- One round trip per event-loop tick, not per call: every reservation requested during one tick is
-  queued and sent in a single script call (grouped by cluster hash tag), in arrival order.
+- One round trip per batch, not per call: reservations queue per cluster hash tag; one sender per
+  tag sends everything queued (up to ``MAX_BATCH``) in one script call and, while that call is in
+  flight, the next batch gathers. Arrival order is kept because only one call per tag is in flight.
 - ``NOSCRIPT`` (Redis restarted or failed over) is the only error retried: the script did not run.
   A timed-out call is never retried, since it may have reserved already and would count twice;
   it raises ``BackendError`` and the pacer applies ``on_backend_error``.
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -36,13 +37,32 @@ from gateway.pacing.registry import BucketSpec
 
 SCRIPT = resources.files("gateway.pacing").joinpath("pacing.lua").read_text(encoding="utf-8")
 TIMEOUT = 1.0
+MAX_BATCH = 256  # reservations per script call: keeps each call short, since Redis runs scripts one at a time
 
 
-@dataclass
-class _Batch:
-    """Reservations of one hash tag requested during one event-loop tick."""
+_Call = tuple[Sequence[BucketSpec], float, "asyncio.Future[Reservation | Refused]"]
 
-    calls: list[tuple[Sequence[BucketSpec], float, asyncio.Future[Reservation | Refused]]] = field(default_factory=list)
+
+class ClockOffset:
+    """Loop time minus Redis time, as the smallest difference seen over the last one or two windows.
+
+    A reply handled late (the process was descheduled, the loop was busy) shows a larger difference;
+    taking that one would send every call of the batch late and squeeze the gap to other replicas'
+    calls. The minimum is the least delayed sample; windows let it follow clock drift.
+    """
+
+    WINDOW = 30.0
+
+    def __init__(self) -> None:
+        self._current = self._previous = math.inf
+        self._window_ends = -math.inf
+
+    def observe(self, local: float, server: float) -> float:
+        if local >= self._window_ends:
+            self._previous, self._current = self._current, math.inf
+            self._window_ends = local + self.WINDOW
+        self._current = min(self._current, local - server)
+        return min(self._current, self._previous)
 
 
 class RedisBackend:
@@ -58,7 +78,9 @@ class RedisBackend:
             config.redis_url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, retry=Retry(NoBackoff(), 0)
         )
         self._script = self._client.register_script(SCRIPT)
-        self._batches: dict[str, _Batch] = {}
+        self._queues: dict[str, list[_Call]] = {}
+        self._senders: dict[str, asyncio.Task[None]] = {}
+        self._clock_offset = ClockOffset()
         self._paused: dict[str, int] = {}  # bucket key -> paused-until (server µs), as last seen
         self._background: set[asyncio.Task[None]] = set()
 
@@ -78,23 +100,31 @@ class RedisBackend:
 
     async def reserve(self, buckets: Sequence[BucketSpec], max_wait: float) -> Reservation | Refused:
         tag = buckets[0].tag
-        batch = self._batches.get(tag)
-        if batch is None:
-            batch = self._batches[tag] = _Batch()
-            asyncio.get_running_loop().call_soon(self._flush, tag)
         future: asyncio.Future[Reservation | Refused] = asyncio.get_running_loop().create_future()
-        batch.calls.append((buckets, max_wait, future))
+        self._queues.setdefault(tag, []).append((buckets, max_wait, future))
+        if tag not in self._senders:
+            self._senders[tag] = asyncio.get_running_loop().create_task(self._sender(tag))
         return await future
 
-    def _flush(self, tag: str) -> None:
-        batch = self._batches.pop(tag)
-        self._spawn(self._send(batch))
+    async def _sender(self, tag: str) -> None:
+        """Send the queued reservations of ``tag``, one script call at a time, oldest first.
 
-    async def _send(self, batch: _Batch) -> None:
+        One call in flight per tag keeps arrival order in Redis (two connections could reorder two
+        batches), and everything that queues meanwhile rides in the next call (group commit).
+        """
+        try:
+            while queue := self._queues.get(tag):
+                batch, self._queues[tag] = queue[:MAX_BATCH], queue[MAX_BATCH:]
+                await self._send(batch)
+        finally:
+            self._queues.pop(tag, None)
+            del self._senders[tag]
+
+    async def _send(self, batch: list[_Call]) -> None:
         keys: list[str] = []
         index: dict[str, int] = {}
-        args: list[Any] = ["reserve", len(batch.calls)]
-        for buckets, max_wait, _ in batch.calls:
+        args: list[Any] = ["reserve", len(batch)]
+        for buckets, max_wait, _ in batch:
             args += [int(max_wait * US), len(buckets)]
             for spec in buckets:
                 if spec.key not in index:
@@ -105,29 +135,26 @@ class RedisBackend:
         try:
             reply = await self._run(keys, args)
         except BackendError as exc:
-            for *_, future in batch.calls:
+            for *_, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        arrived = asyncio.get_running_loop().time()
-        server_now = int(reply[0])
-        for (buckets, _, future), answer in zip(batch.calls, reply[1:], strict=True):
-            outcome = self._outcome(buckets, answer, server_now, arrived)
+        offset = self._clock_offset.observe(asyncio.get_running_loop().time(), int(reply[0]) / US)
+        for (buckets, _, future), answer in zip(batch, reply[1:], strict=True):
+            outcome = self._outcome(buckets, answer, offset)
             if not future.done():
                 future.set_result(outcome)
             elif isinstance(outcome, Reservation):  # the caller left while the answer was on its way
                 self._spawn(self.release(outcome))
 
-    def _outcome(
-        self, buckets: Sequence[BucketSpec], answer: list[int], server_now: int, arrived: float
-    ) -> Reservation | Refused:
+    def _outcome(self, buckets: Sequence[BucketSpec], answer: list[int], offset: float) -> Reservation | Refused:
         if int(answer[0]) == 0:
             return Refused(retry_after=int(answer[1]) / US)
         slot, n = int(answer[1]), len(buckets)
         for spec, paused in zip(buckets, answer[2 + n :], strict=True):
             self._paused[spec.key] = max(self._paused.get(spec.key, 0), int(paused))
         charges = tuple(Charge(slot=slot, key=int(key)) for key in answer[2 : 2 + n])
-        return Reservation(tuple(buckets), charges, deadline=arrived + (slot - server_now) / US)
+        return Reservation(tuple(buckets), charges, deadline=slot / US + offset)
 
     async def release(self, reservation: Reservation) -> None:
         keys: list[str] = []
@@ -163,7 +190,7 @@ class RedisBackend:
             return False
 
     async def close(self) -> None:
-        for task in list(self._background):
+        for task in [*self._senders.values(), *self._background]:
             with contextlib.suppress(Exception):
                 await task
         await self._client.aclose()

@@ -34,7 +34,7 @@ def make_credential(cid: str = "cred1", provider: Provider = "rest", **limit: An
 
 @dataclass
 class CountingUpstream:
-    """A loopback server that records the arrival time (``time.time()``) of every call."""
+    """A loopback server that records the arrival time (``time.time()``) of every call to ``/hit``."""
 
     url: str
     arrivals: list[float] = field(default_factory=list)
@@ -45,7 +45,8 @@ async def counting_upstream() -> AsyncIterator[CountingUpstream]:
     upstream = CountingUpstream(url="")
 
     async def handle(request: web.Request) -> web.Response:
-        upstream.arrivals.append(time.time())
+        if request.path == "/hit":
+            upstream.arrivals.append(time.time())
         return web.Response(text="ok")
 
     app = web.Application()
@@ -80,6 +81,16 @@ async def make_pacer() -> AsyncIterator[Callable[..., Any]]:
     yield factory
     for pacer in pacers:
         await pacer.close()
+
+
+async def warm_up(session: aiohttp.ClientSession, url: str, connections: int) -> None:
+    """Open ``connections`` pooled connections first (uncounted path), as a running gateway has them."""
+
+    async def one() -> None:
+        async with session.get(url.replace("/hit", "/warm")) as response:
+            await response.read()
+
+    await asyncio.gather(*(one() for _ in range(connections)))
 
 
 async def paced_calls(

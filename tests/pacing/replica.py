@@ -15,7 +15,7 @@ import aiohttp
 from gateway.config import Config
 from gateway.observability.metrics import Metrics
 from gateway.pacing.pacer import GatewayPacer
-from tests.pacing.conftest import make_credential, paced_calls
+from tests.pacing.conftest import make_credential, paced_calls, warm_up
 
 
 async def main(redis_url: str, prefix: str, url: str, calls: int, rate: float, burst: int, start_at: float) -> None:
@@ -26,6 +26,7 @@ async def main(redis_url: str, prefix: str, url: str, calls: int, rate: float, b
     await pacer.start()
     credential = make_credential(rate=rate, burst=burst)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        await warm_up(session, url, burst)
         await asyncio.sleep(max(0.0, start_at - time.time()))
         await paced_calls(pacer, credential, session, url, calls)
     await pacer.close()

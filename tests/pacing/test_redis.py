@@ -20,7 +20,7 @@ from gateway.pacing.bucket import worst_excess
 from gateway.pacing.limits import EffectiveLimit
 from gateway.pacing.redis import RedisBackend
 from gateway.pacing.registry import BucketSpec
-from tests.pacing.conftest import CountingUpstream, make_credential, paced_calls
+from tests.pacing.conftest import CountingUpstream, make_credential, paced_calls, warm_up
 
 JITTER = 0.02  # measurement slack: the counting upstream shares a busy 2-core machine with the pacers
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,6 +71,7 @@ async def test_three_pacers_share_one_bound(
     pacers = [await make_pacer(pacing=pacing) for _ in range(3)]
     credential = make_credential(rate=100, burst=10)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        await warm_up(session, counting_upstream.url, 10)
         orders = await asyncio.gather(
             *(paced_calls(p, credential, session, counting_upstream.url, 100) for p in pacers)
         )
@@ -138,3 +139,64 @@ async def test_unreachable_redis_rejects_calls_under_the_reject_policy(make_pace
     pacer = await make_pacer(pacing={"backend": "redis", "redis_url": DEAD_REDIS, "on_backend_error": "reject"})
     with pytest.raises(BackendUnavailable):
         await pacer.acquire(make_credential(), "/")
+
+
+class FlakyLink:
+    """A loopback TCP relay to the real Redis that the test can cut and restore (an outage on demand)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def up(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def down(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers |= {writer, up_writer}
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+                self._writers.discard(dst)
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+
+async def test_the_pacer_returns_to_redis_when_it_comes_back(
+    make_pacer: Any, redis_url: str, redis_prefix: str
+) -> None:
+    """An outage switches to local buckets (counted once); when Redis answers again, Redis is used again."""
+    link = FlakyLink(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    await link.up()
+    pacing = {"backend": "redis", "redis_url": f"redis://127.0.0.1:{link.port}/0", "key_prefix": redis_prefix}
+    pacer = await make_pacer(pacing=pacing)
+    credential = make_credential(rate=1000)
+    await pacer.acquire(credential, "/")
+    await link.down()
+    await pacer.acquire(credential, "/")
+    assert (await pacer.describe("cred1"))["backend"] == "local"
+    await link.up()
+    deadline = time.monotonic() + 10
+    while (await pacer.describe("cred1"))["backend"] != "redis":
+        assert time.monotonic() < deadline, "the pacer never went back to Redis"
+        await asyncio.sleep(0.05)
+    await pacer.acquire(credential, "/")
+    assert pacer._metrics.pacing_backend_fallbacks._value.get() == 1
+    await link.down()
