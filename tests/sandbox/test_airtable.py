@@ -122,3 +122,12 @@ async def test_rate_limit_is_per_base_with_a_penalty(sandbox: Start) -> None:
         assert loop.time() < deadline, "penalty never ended"
         await asyncio.sleep(0.05)
     assert loop.time() - breach >= 0.4
+
+
+async def test_injected_validation_error_is_a_422(at: Running) -> None:
+    """The one-shot validation knob refuses the next write with 422 and then clears itself."""
+    at.state.set_knobs(validation_errors=1)
+    async with at.request("POST", TABLE, json={"fields": {"Name": "A"}}) as resp:
+        assert resp.status == 422 and (await resp.json())["error"]["type"] == "INVALID_VALUE_FOR_COLUMN"
+    async with at.request("POST", TABLE, json={"fields": {"Name": "A"}}) as resp:
+        assert resp.status == 200

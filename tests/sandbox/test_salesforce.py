@@ -178,3 +178,16 @@ async def test_oauth_refresh_issues_tokens_that_expire(sandbox: Start) -> None:
         assert asyncio.get_running_loop().time() < deadline, "token never expired"
         await asyncio.sleep(0.05)
     assert app[SALESFORCE].oauth.refreshes == 1
+
+
+async def test_single_row_patch_and_delete_answer_204(sf: Running) -> None:
+    """PATCH and DELETE of one row answer 204; a GET afterwards is 404 NOT_FOUND."""
+    row = state(sf).insert("Contact", {"LastName": "Old"})
+    path = f"{DATA}/sobjects/Contact/{row['Id']}"
+    async with sf.request("PATCH", path, json={"Title": "Rear Admiral"}) as resp:
+        assert resp.status == 204
+    assert state(sf).table("Contact")[row["Id"]]["Title"] == "Rear Admiral"
+    async with sf.request("DELETE", path) as resp:
+        assert resp.status == 204
+    async with sf.request("GET", path) as resp:
+        assert resp.status == 404 and (await resp.json())[0]["errorCode"] == "NOT_FOUND"

@@ -117,3 +117,12 @@ async def test_over_the_limit_is_429_rate_limit(st: Running) -> None:
 def stripe_state(running: Running) -> stripe.StripeState:
     assert isinstance(running.state, stripe.StripeState)
     return running.state
+
+
+async def test_list_parameters_in_brackets_become_lists(st: Running) -> None:
+    """``preferred_locales[]=`` and ``preferred_locales[0]=`` both build a list, as Stripe reads them."""
+    form = [("preferred_locales[]", "fr"), ("preferred_locales[]", "en")]
+    async with st.request("POST", CUSTOMERS, data=form) as resp:
+        assert (await resp.json())["preferred_locales"] == ["fr", "en"]
+    async with st.request("POST", CUSTOMERS, data={"preferred_locales[0]": "de"}) as resp:
+        assert (await resp.json())["preferred_locales"] == ["de"]
