@@ -41,15 +41,13 @@ _NOT_FORWARDED = ("Host", "Authorization", "Content-Length", "Expect")
 async def proxy_sync(request: web.Request) -> web.StreamResponse:
     sync_id = _checked_id(request, "sync_id")
     require_access(request, sync_id)
-    objects = request.app[appkeys.OBJECTS]
-    sync = await objects.sync(sync_id)
-    return await forward(request, await objects.credential(sync.credential_id))
+    return await forward(request, await request.app[appkeys.UPSTREAM].credentials.for_sync(sync_id))
 
 
 async def proxy_credential(request: web.Request) -> web.StreamResponse:
     credential_id = _checked_id(request, "credential_id")
     require_access(request, credential_id)
-    return await forward(request, await request.app[appkeys.OBJECTS].credential(credential_id))
+    return await forward(request, await request.app[appkeys.UPSTREAM].credentials.credential(credential_id))
 
 
 def _checked_id(request: web.Request, name: str) -> str:

@@ -48,6 +48,7 @@ from gateway.pacing.api import Pacer, Permit
 from gateway.store.objects import Credential, Objects
 from gateway.upstream import auth, paths
 from gateway.upstream.body import StreamedBody
+from gateway.upstream.cache import CredentialCache
 from gateway.vault.credentials import OAuth2Refresher, access_token
 
 DISPLAY_NAMES = {"salesforce": "Salesforce", "hubspot": "HubSpot", "stripe": "Stripe", "airtable": "Airtable"}
@@ -118,6 +119,7 @@ class UpstreamClient:
         self._session: aiohttp.ClientSession | None = None
         self._ssl: dict[str, ssl.SSLContext] = {}
         self.oauth2 = OAuth2Refresher(objects, metrics, self._post_token_form)
+        self.credentials = CredentialCache(objects)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=1024, limit_per_host=256, ttl_dns_cache=300, keepalive_timeout=30)
@@ -171,6 +173,7 @@ class UpstreamClient:
         outgoing = CIMultiDict(headers or {})
         paths.join(credential.base_url, path, raw_query)  # refuse a bad path before pacing or refreshing
         credential = await self.oauth2.current(credential)
+        self.credentials.put(credential)
         raw, permit, waited = await self._send_with_retries(credential, method, path, raw_query, outgoing, body)
         try:
             yield UpstreamResponse(raw, provider=credential.provider, pacing_wait=waited)
@@ -219,7 +222,9 @@ class UpstreamClient:
         self, credential: Credential, raw: aiohttp.ClientResponse, permit: Permit
     ) -> Credential:
         try:
-            return await self.oauth2.refresh(credential, stale_token=access_token(credential) or "")
+            fresh = await self.oauth2.refresh(credential, stale_token=access_token(credential) or "")
+            self.credentials.put(fresh)
+            return fresh
         except BaseException:
             raw.release()
             permit.release()
