@@ -22,8 +22,13 @@ def gateway(*args: str, env: dict[str, str], stdin: str | None = None) -> subpro
 @pytest.fixture
 def env(store_url: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    return {**base, "GATEWAY_STORE__URL": store_url, "GATEWAY_STORE__AUTO_MIGRATE": "true",
-            "GATEWAY_ENCRYPTION__KEYS": generate_key("k1"), "GATEWAY_LOG__FORMAT": "json"}
+    return {
+        **base,
+        "GATEWAY_STORE__URL": store_url,
+        "GATEWAY_STORE__AUTO_MIGRATE": "true",
+        "GATEWAY_ENCRYPTION__KEYS": generate_key("k1"),
+        "GATEWAY_LOG__FORMAT": "json",
+    }
 
 
 def test_keys_generate_prints_only_the_key(env: dict[str, str]) -> None:
@@ -56,13 +61,22 @@ def test_bad_scope_is_usage_error(env: dict[str, str]) -> None:
 
 def test_credentials_add_list_remove(env: dict[str, str], tmp_path: Path) -> None:
     """credentials add takes the Management API body; list masks secrets; remove deletes."""
-    body = {"id": "c1", "provider": "rest", "base_url": "https://api.example.test",
-            "auth": {"type": "header", "name": "X-API-Key", "value": "s3cr3t-value"}}
+    body = {
+        "id": "c1",
+        "provider": "rest",
+        "base_url": "https://api.example.test",
+        "auth": {"type": "header", "name": "X-API-Key", "value": "s3cr3t-value"},
+    }
     added = gateway("credentials", "add", "--file", "-", env=env, stdin=json.dumps(body))
     assert added.returncode == 0, added.stderr
     assert added.stdout.strip() == "c1"
     listed = gateway("credentials", "list", "--json", env=env)
-    assert json.loads(listed.stdout)[0]["auth"] == {"type": "header", "name": "X-API-Key", "value": "***", "prefix": None}
+    assert json.loads(listed.stdout)[0]["auth"] == {
+        "type": "header",
+        "name": "X-API-Key",
+        "value": "***",
+        "prefix": None,
+    }
     assert "s3cr3t-value" not in listed.stdout + listed.stderr
     bad = gateway("credentials", "add", "--file", "-", env=env, stdin='{"provider": "x"}')
     assert bad.returncode == 2 and "provider" in bad.stderr
@@ -72,8 +86,12 @@ def test_credentials_add_list_remove(env: dict[str, str], tmp_path: Path) -> Non
 def test_keys_rotate_reencrypts_and_is_safe_to_rerun(env: dict[str, str]) -> None:
     """After prepending a new key, rotate re-seals every secret; a second run changes nothing; the old key
     can then be dropped."""
-    body = {"id": "c1", "provider": "rest", "base_url": "https://api.example.test",
-            "auth": {"type": "bearer", "token": "tok-123456"}}
+    body = {
+        "id": "c1",
+        "provider": "rest",
+        "base_url": "https://api.example.test",
+        "auth": {"type": "bearer", "token": "tok-123456"},
+    }
     assert gateway("credentials", "add", "--file", "-", env=env, stdin=json.dumps(body)).returncode == 0
     old = env["GATEWAY_ENCRYPTION__KEYS"]
     rotated_env = {**env, "GATEWAY_ENCRYPTION__KEYS": generate_key("k2") + "," + old}
@@ -116,7 +134,14 @@ def test_migrate_then_unmigrated_store_refusal(tmp_path: Path, env: dict[str, st
 def test_every_verb_has_help() -> None:
     """--help works on every verb and sub-verb."""
     env = dict(os.environ)
-    for args in (["--help"], ["serve", "--help"], ["check-config", "--help"], ["migrate", "--help"],
-                 ["tokens", "create", "--help"], ["tokens", "list", "--help"], ["credentials", "add", "--help"],
-                 ["keys", "rotate", "--help"]):
+    for args in (
+        ["--help"],
+        ["serve", "--help"],
+        ["check-config", "--help"],
+        ["migrate", "--help"],
+        ["tokens", "create", "--help"],
+        ["tokens", "list", "--help"],
+        ["credentials", "add", "--help"],
+        ["keys", "rotate", "--help"],
+    ):
         assert gateway(*args, env=env).returncode == 0, args

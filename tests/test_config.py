@@ -31,8 +31,12 @@ def test_env_overrides_and_variables(tmp_path: Path) -> None:
     """GATEWAY_PACING__BACKEND overrides the file; ${VAR} is replaced from the environment."""
     path = tmp_path / "g.toml"
     path.write_text('[store]\nurl = "${DB_URL}"\n[pacing]\nbackend = "local"\n')
-    env = {"DB_URL": "postgresql://u@h/db", "GATEWAY_PACING__BACKEND": "redis", "GATEWAY_SERVER__PORT": "9000",
-           "GATEWAY_PROVIDERS__HUBSPOT__RATE_LIMIT__RATE": "50"}
+    env = {
+        "DB_URL": "postgresql://u@h/db",
+        "GATEWAY_PACING__BACKEND": "redis",
+        "GATEWAY_SERVER__PORT": "9000",
+        "GATEWAY_PROVIDERS__HUBSPOT__RATE_LIMIT__RATE": "50",
+    }
     config = load_config(path, environ=env)
     assert config.store.url == "postgresql://u@h/db"
     assert config.pacing.backend == "redis"
@@ -83,8 +87,10 @@ def test_bad_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:
 def test_declared_objects_need_ids(tmp_path: Path) -> None:
     """[[credentials]] without an id cannot be upserted idempotently, so it is refused."""
     path = tmp_path / "g.toml"
-    path.write_text('[[credentials]]\nprovider = "rest"\nbase_url = "https://x.test"\n'
-                    'auth = { type = "bearer", token = "t0ps3cret" }\n')
+    path.write_text(
+        '[[credentials]]\nprovider = "rest"\nbase_url = "https://x.test"\n'
+        'auth = { type = "bearer", token = "t0ps3cret" }\n'
+    )
     with pytest.raises(ConfigError, match="id"):
         load_config(path, environ={})
 

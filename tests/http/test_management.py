@@ -60,8 +60,12 @@ async def test_sync_collections_must_match_the_credential_provider(make_gateway:
 
 async def test_consumer_secrets_are_write_only(make_gateway: GatewayFactory) -> None:
     gw = await make_gateway()
-    hook = {"id": "hooks", "kind": "webhook", "url": "https://example.com/hook",
-            "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
+    hook = {
+        "id": "hooks",
+        "kind": "webhook",
+        "url": "https://example.com/hook",
+        "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    }
     created = await (await gw.client.post("/v1/consumers", json=hook, headers=gw.auth())).json()
     assert created["settings"]["secret"] == "***"
     mirror = {"id": "mirror", "kind": "postgres", "dsn": "postgresql://app:hunter2hunter2@db/app"}

@@ -12,14 +12,22 @@ from gateway.vault.crypto import Keyring
 from tests.conftest import make_config
 
 DECLARED: dict[str, Any] = {
-    "credentials": [{"id": "cred-rest", "provider": "rest", "base_url": "https://api.example.test",
-                     "auth": {"type": "bearer", "token": "declared-token-1"}}],
+    "credentials": [
+        {
+            "id": "cred-rest",
+            "provider": "rest",
+            "base_url": "https://api.example.test",
+            "auth": {"type": "bearer", "token": "declared-token-1"},
+        }
+    ],
     "syncs": [{"id": "sync-rest", "credential_id": "cred-rest", "collections": ["rest:things"]}],
     "consumers": [{"id": "pull-1", "kind": "pull", "sync_id": "sync-rest"}],
 }
 
 
-async def _start(aiohttp_client: Any, store_url: str, keyring: Keyring, declared: dict[str, Any]) -> TestClient[Any, Any]:
+async def _start(
+    aiohttp_client: Any, store_url: str, keyring: Keyring, declared: dict[str, Any]
+) -> TestClient[Any, Any]:
     app = create_app(make_config(store_url, keyring, **declared), keyring=keyring, ops_on_main=True)
     return await aiohttp_client(app)  # type: ignore[no-any-return]
 
@@ -33,8 +41,11 @@ async def test_declared_objects_exist_after_start_and_restarts_are_idempotent(
     assert [c.id for c in await objects.list_credentials()] == ["cred-rest"]
     await first.close()
 
-    changed = {**DECLARED, "syncs": [{**DECLARED["syncs"][0], "collections": ["rest:things", "rest:others"]}],
-               "credentials": [{**DECLARED["credentials"][0], "base_url": "https://v2.example.test"}]}
+    changed = {
+        **DECLARED,
+        "syncs": [{**DECLARED["syncs"][0], "collections": ["rest:things", "rest:others"]}],
+        "credentials": [{**DECLARED["credentials"][0], "base_url": "https://v2.example.test"}],
+    }
     second = await _start(aiohttp_client, store_url, keyring, changed)
     objects = second.app[appkeys.OBJECTS]
     assert [s.collections for s in await objects.list_syncs()] == [["rest:things", "rest:others"]]
