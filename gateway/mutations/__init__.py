@@ -1,0 +1,1 @@
+"""Record mutations: validate, translate to provider calls, pace, append to the stream, await."""
