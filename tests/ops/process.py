@@ -125,7 +125,7 @@ class GatewayProcess:
 
 @asynccontextmanager
 async def start_gateway(
-    deployment: Deployment, tmp_path: Path, *, name: str = "gateway", ready: bool = True
+    deployment: Deployment, tmp_path: Path, *, name: str = "gateway"
 ) -> AsyncIterator[GatewayProcess]:
     """``gateway serve`` on free ports (API and metrics); killed on exit if it still runs."""
     port, ops_port = free_port(), free_port()
@@ -138,8 +138,7 @@ async def start_gateway(
         )  # fmt: skip
         gateway = GatewayProcess(proc, port, ops_port, log_path)
         try:
-            if ready:
-                await gateway.wait_ready()
+            await gateway.wait_ready()
             yield gateway
         finally:
             if proc.returncode is None:
