@@ -15,9 +15,10 @@ slots and is charged in every one at that same instant, atomically, so it never 
 token while waiting on another.
 
 Headroom: a call is sent a little after its slot (event-loop and network jitter), and a late send
-squeezes the gap to the next one. ``Limit.of`` therefore schedules with one token less than the
-configured burst (when burst >= 2, which costs nothing in steady-state rate and absorbs up to one
-interval of jitter) and, for ``burst == 1``, with an interval 0.5% longer.
+squeezes the gap to the next one. ``Limit.of`` therefore schedules with fewer tokens than the
+configured burst: enough to absorb ``JITTER`` seconds of lateness (at least one token, leaving at
+least one), which costs nothing in steady-state rate; for ``burst == 1`` it stretches the interval
+by 0.5% instead.
 
 Cancellation: a waiter that leaves before its slot gives it back. If it was the last reservation of
 the bucket, ``tat`` is rewound (absorbing earlier cancelled slots that become the tail); otherwise
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 US = 1_000_000
 MAX_HOLES = 10_000  # a bound on memory if many waiters cancel out of order; excess holes are dropped
 BURST1_PADDING = 1.005
+JITTER = 0.010  # seconds of send lateness the headroom absorbs
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,8 @@ class Limit:
         """``rate`` calls per ``per`` seconds with ``burst``, with the jitter headroom described above."""
         interval = per / rate * US
         if burst >= 2:
-            return cls(interval=math.ceil(interval), tolerance=math.ceil(interval) * (burst - 2))
+            headroom = min(burst - 1, max(1, math.ceil(JITTER * US / interval)))
+            return cls(interval=math.ceil(interval), tolerance=math.ceil(interval) * (burst - 1 - headroom))
         return cls(interval=math.ceil(interval * BURST1_PADDING), tolerance=0)
 
 

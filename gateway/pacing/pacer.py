@@ -34,6 +34,7 @@ from gateway.store.objects import Credential
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 PROBE_INTERVAL = 1.0
+GUARD_HORIZON = 3600.0
 
 
 class GrantedPermit:
@@ -60,6 +61,7 @@ class GatewayPacer:
         self._config = config
         self._metrics = metrics
         self._local = LocalBackend()
+        self._guard = LocalBackend()
         self._shared = redis
         self._degraded = False
         self._probe: asyncio.Task[None] | None = None
@@ -169,7 +171,20 @@ class GatewayPacer:
                 raise RateLimited("the pacing queue wait would exceed max_wait", retry_after=outcome.retry_after)
             await self._sleep(call, backend, outcome)
             if not backend.overtaken(outcome):
-                return
+                break
+        await self._guard_release(call)
+
+    async def _guard_release(self, call: Route) -> None:
+        """Hold back a burst that a stall of this process would send: the same buckets on real time.
+
+        If the process stalls (GC, CPU contention), every waiter whose slot passed meanwhile wakes at
+        once, and the calls after them keep their slots, squeezing the gap. Re-pacing each wake-up
+        through in-process copies of the buckets keeps this replica's actual sends within the bound;
+        without a stall it never delays anything. Wake-ups come in slot order, so FIFO holds.
+        """
+        outcome = await self._guard.reserve(call.buckets, GUARD_HORIZON)
+        if isinstance(outcome, Reservation):  # a refusal would take a stall of an hour; then just go
+            await self._sleep(call, self._guard, outcome)
 
     async def _sleep(self, call: Route, backend: Backend, reservation: Reservation) -> None:
         loop = asyncio.get_running_loop()

@@ -27,8 +27,10 @@ def max_in_window(times: list[int], window: int) -> int:
 
 
 def test_headroom_schedules_one_token_less_than_the_burst() -> None:
-    """burst >= 2 keeps one token as jitter headroom; burst 1 stretches the interval by 0.5%."""
+    """burst >= 2 keeps 10 ms worth of tokens (at least one) as jitter headroom; burst 1 stretches the interval."""
     assert Limit.of(rate=10, per=1, burst=5) == Limit(interval=100_000, tolerance=300_000)
+    assert Limit.of(rate=400, per=1, burst=20) == Limit(interval=2_500, tolerance=15 * 2_500)
+    assert Limit.of(rate=1000, per=1, burst=3) == Limit(interval=1_000, tolerance=0)
     assert Limit.of(rate=10, per=1, burst=1) == Limit(interval=100_500, tolerance=0)
 
 

@@ -98,3 +98,20 @@ async def test_waiters_sleep_without_burning_cpu(make_pacer: Any) -> None:
     await asyncio.gather(*(pacer.acquire(credential, "/") for _ in range(2000)))
     assert time.monotonic() - wall >= 0.9
     assert (time.process_time() - cpu) / (time.monotonic() - wall) < 0.5
+
+
+async def test_a_stalled_process_does_not_release_a_burst(make_pacer: Any) -> None:
+    """After the event loop is blocked for 0.3 s, the overdue callers are let go within the bound."""
+    pacer = await make_pacer()
+    credential = make_credential(rate=100, burst=5)
+    granted: list[float] = []
+
+    async def call() -> None:
+        await pacer.acquire(credential, "/")
+        granted.append(time.monotonic())
+
+    calls = [asyncio.ensure_future(call()) for _ in range(80)]
+    await asyncio.sleep(0.1)
+    time.sleep(0.3)  # a stall (GC, CPU contention): 30 slots pass while the loop cannot run
+    await asyncio.gather(*calls)
+    assert worst_excess(granted, rate=100, per=1, burst=5) <= 0
