@@ -128,9 +128,7 @@ async def start_traffic(gw: Gateway, aiohttp_server: Any) -> Traffic:
     return Traffic(gw, upstream, stripe, await gw.token("proxy", ["proxy"]))
 
 
-async def test_metric_series_stay_bounded_and_match_the_spec(
-    make_gateway: GatewayFactory, aiohttp_server: Any
-) -> None:
+async def test_metric_series_stay_bounded_and_match_the_spec(make_gateway: GatewayFactory, aiohttp_server: Any) -> None:
     """After traffic over 1,000 paths and many record ids, spec metrics keep their labels and no series is added."""
     gw = await make_gateway()
     traffic = await start_traffic(gw, aiohttp_server)
