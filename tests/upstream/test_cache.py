@@ -1,0 +1,43 @@
+"""The credential cache serves reads for its TTL, then sees changes; misses are never cached."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.errors import NotFound
+from gateway.http import appkeys
+from gateway.upstream.cache import CredentialCache
+from tests.conftest import GatewayFactory
+from tests.upstream.helpers import add_credential, add_sync
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_changes_are_seen_once_the_ttl_passes(make_gateway: GatewayFactory) -> None:
+    """A patched credential is served from the cache until the TTL passes, then re-read."""
+    gw = await make_gateway()
+    await add_sync(gw, await add_credential(gw, "http://127.0.0.1:1/old"))
+    clock = FakeClock()
+    cache = CredentialCache(gw.app[appkeys.OBJECTS], ttl=1.0, clock=clock)
+    assert (await cache.for_sync("sync-1")).base_url == "http://127.0.0.1:1/old"
+    patch = {"base_url": "http://127.0.0.1:1/new"}
+    assert (await gw.client.patch("/v1/credentials/cred-1", json=patch, headers=gw.auth())).status == 200
+    assert (await cache.credential("cred-1")).base_url == "http://127.0.0.1:1/old"
+    clock.now += 1.5
+    assert (await cache.for_sync("sync-1")).base_url == "http://127.0.0.1:1/new"
+
+
+async def test_unknown_ids_are_not_cached(make_gateway: GatewayFactory) -> None:
+    """A credential created right after a miss is found at once."""
+    gw = await make_gateway()
+    cache = CredentialCache(gw.app[appkeys.OBJECTS], clock=FakeClock())
+    with pytest.raises(NotFound):
+        await cache.credential("cred-1")
+    await add_credential(gw, "http://127.0.0.1:1")
+    assert (await cache.credential("cred-1")).id == "cred-1"
