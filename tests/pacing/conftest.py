@@ -95,13 +95,13 @@ async def warm_up(session: aiohttp.ClientSession, url: str, connections: int) ->
 
 async def paced_calls(
     pacer: GatewayPacer, credential: Credential, session: aiohttp.ClientSession, url: str, n: int
-) -> list[int]:
-    """Start ``n`` calls in order; each is paced, then sent. Returns the indices in grant order."""
-    granted: list[int] = []
+) -> list[tuple[int, float]]:
+    """Start ``n`` calls in order; each is paced, then sent. Returns (index, grant time) in grant order."""
+    granted: list[tuple[int, float]] = []
 
     async def call(i: int) -> None:
         permit = await pacer.acquire(credential, "/hit")
-        granted.append(i)
+        granted.append((i, time.time()))
         try:
             async with session.get(url) as response:
                 await response.read()

@@ -14,7 +14,10 @@ from gateway.pacing.bucket import worst_excess
 from tests.pacing.conftest import CountingUpstream, make_credential, paced_calls, warm_up
 
 pytestmark = pytest.mark.slow
-JITTER = 0.02  # measurement slack: the counting upstream shares a busy 2-core machine with the pacer
+# Measurement slack at the upstream only: the counting server shares a busy 2-core machine (and here
+# the event loop) with the pacer, so a pause of the recorder makes on-time calls look bunched. The
+# grant times, taken where the pacer lets calls go, are checked with no slack at all.
+JITTER = 0.05
 
 
 async def test_upstream_never_sees_more_than_the_bound_and_gets_the_rate(
@@ -25,10 +28,11 @@ async def test_upstream_never_sees_more_than_the_bound_and_gets_the_rate(
     await warm_up(session, counting_upstream.url, 10)
     granted = await paced_calls(pacer, make_credential(rate=100, burst=10), session, counting_upstream.url, 300)
     arrivals = counting_upstream.arrivals
+    assert worst_excess([t for _, t in granted], rate=100, per=1, burst=10) <= 0
     assert worst_excess(arrivals, rate=100, per=1, burst=10, slack=JITTER) <= 0
     achieved = (len(arrivals) - 10) / (max(arrivals) - min(arrivals))
     assert achieved >= 0.98 * 100
-    assert granted == list(range(300))
+    assert [i for i, _ in granted] == list(range(300))
 
 
 async def test_a_call_whose_wait_exceeds_max_wait_is_refused(make_pacer: Any) -> None:

@@ -22,7 +22,7 @@ from gateway.pacing.redis import RedisBackend
 from gateway.pacing.registry import BucketSpec
 from tests.pacing.conftest import CountingUpstream, make_credential, paced_calls, warm_up
 
-JITTER = 0.02  # measurement slack: the counting upstream shares a busy 2-core machine with the pacers
+JITTER = 0.05  # slack at the upstream only (see test_local.py); grant times are checked without it
 ROOT = Path(__file__).resolve().parents[2]
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 
@@ -79,7 +79,7 @@ async def test_three_pacers_share_one_bound(
     assert len(arrivals) == 300
     assert worst_excess(arrivals, rate=100, per=1, burst=10, slack=JITTER) <= 0
     assert (len(arrivals) - 10) / (max(arrivals) - min(arrivals)) >= 98
-    assert all(order == list(range(100)) for order in orders)
+    assert all([i for i, _ in order] == list(range(100)) for order in orders)
 
 
 @pytest.mark.slow
