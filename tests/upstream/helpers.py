@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,8 +62,6 @@ def oauth2_auth(upstream: Upstream, *, access_token: str = "token-0", expires_at
 
 async def raw_request(gw: Gateway, request_line: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """Send ``request_line`` byte for byte (no client-side URL normalization); status and body back."""
-    import asyncio
-
     server = gw.client.server
     reader, writer = await asyncio.open_connection(server.host, server.port)
     lines = [request_line, f"Host: {server.host}:{server.port}", "Connection: close"]
