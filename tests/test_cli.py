@@ -127,6 +127,8 @@ def test_migrate_then_unmigrated_store_refusal(tmp_path: Path, env: dict[str, st
     fresh = {**env, "GATEWAY_STORE__URL": url, "GATEWAY_STORE__AUTO_MIGRATE": "false"}
     refused = gateway("tokens", "list", env=fresh)
     assert refused.returncode != 0 and "gateway migrate" in refused.stderr
+    refused = gateway("serve", env=fresh)
+    assert refused.returncode == 1 and "gateway migrate" in refused.stderr
     assert gateway("migrate", env=fresh).returncode == 0
     assert gateway("tokens", "list", env=fresh).returncode == 0
 
