@@ -11,7 +11,10 @@ callers on one bucket to measure what waiting costs. Reported per scenario:
 - excess: the worst window of the upstream's arrivals over ``burst + rate*T/per`` (must be <= 0);
 - extra wait p50/p99: upstream arrival minus the ideal FIFO GCRA schedule of the same calls (the
   pacer's one-token jitter headroom, event-loop lag and the loopback hop are all in it);
-- waiting: CPU (% of one core) and memory (RSS) of a pacer process while 10,000 callers wait.
+- waiting: CPU (% of one core) and memory (RSS) of a pacer process while 10,000 callers wait
+  (on a 10/s bucket, so the measured seconds are mostly waiting, with 10 grants/s);
+- overhead: the time one ``acquire`` takes when nothing has to wait (Redis: one round trip, shared
+  by every call queued in the same tick).
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ async def waiters_role(args: argparse.Namespace) -> None:
     """Park 10,000 callers on one slow bucket; measure CPU while they wait and RSS per waiter."""
     pacer = pacer_for(args.backend, args.redis_url, args.prefix)
     await pacer.start()
-    cred = credential(rate=100, per=PER, burst=1, max_wait=600)
+    cred = credential(rate=10, per=PER, burst=1, max_wait=1200)
     gc.collect()
     before = _rss()
     tasks = [asyncio.ensure_future(pacer.acquire(cred, "/")) for _ in range(WAITERS)]
@@ -214,6 +217,22 @@ async def waiting_cost(backend: str, opts: argparse.Namespace) -> dict[str, Any]
     return {"backend": backend, **json.loads(out.decode().strip().splitlines()[-1])}
 
 
+async def overhead(backend: str, opts: argparse.Namespace) -> dict[str, Any]:
+    """Cost of one acquire when nothing has to wait: one at a time, and 5,000 at once."""
+    pacer = pacer_for(backend, opts.redis_url, f"bench-{uuid.uuid4().hex[:8]}")
+    await pacer.start()
+    cred, n = credential(rate=1e9, burst=10**6), 5_000
+    began = time.perf_counter()
+    for _ in range(n):
+        (await pacer.acquire(cred, "/")).release()
+    sequential = (time.perf_counter() - began) / n
+    began = time.perf_counter()
+    await asyncio.gather(*(pacer.acquire(cred, "/") for _ in range(n)))
+    concurrent = (time.perf_counter() - began) / n
+    await pacer.close()
+    return {"backend": backend, "sequential_us": 1e6 * sequential, "concurrent_us": 1e6 * concurrent}
+
+
 async def main(opts: argparse.Namespace) -> None:
     upstream = await _spawn("upstream")
     assert upstream.stdout is not None
@@ -221,15 +240,19 @@ async def main(opts: argparse.Namespace) -> None:
     try:
         runs = [await scenario(b, n, url, opts) for b, n in (("local", 1), ("redis", 1), ("redis", 3))]
         waits = [await waiting_cost(b, opts) for b in ("local", "redis")]
+        costs = [await overhead(b, opts) for b in ("local", "redis")]
     finally:
         upstream.terminate()
         await upstream.wait()
-    print_table(runs, waits, opts)
+    print_table(runs, waits, costs, opts)
     if opts.json:
-        Path(opts.json).write_text(json.dumps({"limit": [RATE, PER, BURST], "runs": runs, "waiting": waits}, indent=2))
+        result = {"limit": [RATE, PER, BURST], "runs": runs, "waiting": waits, "overhead": costs}
+        Path(opts.json).write_text(json.dumps(result, indent=2))
 
 
-def print_table(runs: list[dict[str, Any]], waits: list[dict[str, Any]], opts: argparse.Namespace) -> None:
+def print_table(
+    runs: list[dict[str, Any]], waits: list[dict[str, Any]], costs: list[dict[str, Any]], opts: argparse.Namespace
+) -> None:
     print(f"limit {RATE:g}/{PER:g}s burst {BURST}, offered 2x for {opts.duration:g}s (open loop)\n")
     print("| backend | replicas | calls | offered/s | achieved % | worst excess at upstream / at grant ", end="")
     print("| extra wait p50 / p99 |")
@@ -244,6 +267,10 @@ def print_table(runs: list[dict[str, Any]], waits: list[dict[str, Any]], opts: a
     print("|---|---|---|---|")
     for w in waits:
         print(f"| {w['backend']} | {w['cpu_pct']:.2f} | {w['mib']:.1f} MiB | {w['kib_per_waiter']:.2f} KiB |")
+    print("\n| backend | acquire without waiting: one at a time | 5,000 at once (per call) |")
+    print("|---|---|---|")
+    for c in costs:
+        print(f"| {c['backend']} | {c['sequential_us']:.0f} µs | {c['concurrent_us']:.0f} µs |")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

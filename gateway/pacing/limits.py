@@ -18,6 +18,7 @@ conservative value where the published limit depends on the customer's plan:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from gateway.config import Config
 from gateway.models import Provider, RateLimitOverride
@@ -36,7 +37,9 @@ class EffectiveLimit:
     max_wait: float = DEFAULT_MAX_WAIT
     max_concurrency: int | None = None
 
+    @cached_property
     def schedule(self) -> Limit:
+        """The bucket's scheduling parameters (computed once: it is on every call's path)."""
         return Limit.of(rate=self.rate, per=self.per, burst=self.burst)
 
     def merged(self, override: RateLimitOverride | None) -> EffectiveLimit:

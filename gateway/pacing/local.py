@@ -50,7 +50,7 @@ class LocalBackend:
 
     async def reserve(self, buckets: Sequence[BucketSpec], max_wait: float) -> Reservation | Refused:
         now = self._now()
-        pairs = [(self._state(b.key), b.limit.schedule()) for b in buckets]
+        pairs = [(self._state(b.key), b.limit.schedule) for b in buckets]
         outcome = bucket.reserve(pairs, now, int(max_wait * bucket.US))
         if isinstance(outcome, bucket.Refusal):
             return Refused(retry_after=outcome.retry_after / bucket.US)
@@ -59,10 +59,10 @@ class LocalBackend:
     async def release(self, reservation: Reservation) -> None:
         now = self._now()
         for spec, charge in zip(reservation.buckets, reservation.charges, strict=True):
-            bucket.release(self._state(spec.key), spec.limit.schedule(), charge, now)
+            bucket.release(self._state(spec.key), spec.limit.schedule, charge, now)
 
     async def pause(self, spec: BucketSpec, seconds: float) -> None:
-        bucket.pause(self._state(spec.key), spec.limit.schedule(), self._now() + int(seconds * bucket.US))
+        bucket.pause(self._state(spec.key), spec.limit.schedule, self._now() + int(seconds * bucket.US))
 
     def overtaken(self, reservation: Reservation) -> bool:
         return any(
@@ -75,7 +75,7 @@ class LocalBackend:
         state = self._state(spec.key)
         paused = state.paused_until if state.paused_until > now else None
         return {
-            "tokens": round(bucket.tokens(state, spec.limit.schedule(), now), 3),
+            "tokens": round(bucket.tokens(state, spec.limit.schedule, now), 3),
             "paused_until": None if paused is None else time.time() + (paused - now) / bucket.US,
         }
 

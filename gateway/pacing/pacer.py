@@ -24,17 +24,19 @@ import structlog
 
 from gateway.config import Config
 from gateway.errors import BackendUnavailable, RateLimited
+from gateway.models import RateLimitOverride
 from gateway.observability.metrics import Metrics
 from gateway.pacing import adaptive
 from gateway.pacing.backend import Backend, BackendError, Refused, Reservation
 from gateway.pacing.local import LocalBackend
-from gateway.pacing.registry import Route, route
+from gateway.pacing.registry import Route, airtable_base, route
 from gateway.store.objects import Credential
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 PROBE_INTERVAL = 1.0
 GUARD_HORIZON = 3600.0
+ROUTE_CACHE_SIZE = 4096
 
 
 class GrantedPermit:
@@ -66,6 +68,7 @@ class GatewayPacer:
         self._degraded = False
         self._probe: asyncio.Task[None] | None = None
         self._routes: dict[str, Route] = {}
+        self._route_cache: dict[tuple[str, str, RateLimitOverride | None, str | None], Route] = {}
         self._queued: Counter[str] = Counter()
         self._semaphores: dict[str, tuple[int, asyncio.Semaphore]] = {}
 
@@ -90,7 +93,7 @@ class GatewayPacer:
     # --- the Pacer protocol -------------------------------------------------------------------------
 
     async def acquire(self, credential: Credential, path: str, *, max_wait: float | None = None) -> GrantedPermit:
-        call = route(self._config, credential, path)
+        call = self._route(credential, path)
         self._routes[credential.id] = call
         budget = call.limit.max_wait if max_wait is None else max_wait
         started = time.monotonic()
@@ -111,7 +114,7 @@ class GatewayPacer:
         seconds = adaptive.pause_for(credential.provider, status, headers, time.time())
         if not seconds:
             return None
-        call = route(self._config, credential, path)
+        call = self._route(credential, path)
         try:
             await self._with_backend(lambda backend: backend.pause(call.home, seconds))
         except BackendUnavailable:
@@ -143,6 +146,17 @@ class GatewayPacer:
 
     async def ping(self) -> bool:
         return True if self._shared is None else await self._shared.ping()
+
+    def _route(self, credential: Credential, path: str) -> Route:
+        """``registry.route``, remembered per credential limits (and Airtable base): it is on every call."""
+        base = airtable_base(credential.base_url, path) if credential.provider == "airtable" else None
+        key = (credential.id, credential.provider, credential.rate_limit, base)
+        call = self._route_cache.get(key)
+        if call is None:
+            if len(self._route_cache) >= ROUTE_CACHE_SIZE:
+                self._route_cache.clear()
+            call = self._route_cache[key] = route(self._config, credential, path)
+        return call
 
     # --- waiting ------------------------------------------------------------------------------------
 

@@ -130,7 +130,7 @@ class RedisBackend:
                 if spec.key not in index:
                     index[spec.key] = len(keys) + 1
                     keys += self._keys(spec)
-                limit = spec.limit.schedule()
+                limit = spec.limit.schedule
                 args += [index[spec.key], limit.interval, limit.tolerance]
         try:
             reply = await self._run(keys, args)
@@ -161,11 +161,11 @@ class RedisBackend:
         args: list[Any] = ["release", len(reservation.buckets)]
         for spec, charge in zip(reservation.buckets, reservation.charges, strict=True):
             keys += self._keys(spec)
-            args += [len(keys) - 1, spec.limit.schedule().interval, charge.slot, charge.key]
+            args += [len(keys) - 1, spec.limit.schedule.interval, charge.slot, charge.key]
         await self._run(keys, args)
 
     async def pause(self, spec: BucketSpec, seconds: float) -> None:
-        args = ["pause", 1, spec.limit.schedule().tolerance, int(seconds * US)]
+        args = ["pause", 1, spec.limit.schedule.tolerance, int(seconds * US)]
         _, paused = await self._run(self._keys(spec), args)
         self._paused[spec.key] = max(self._paused.get(spec.key, 0), int(paused))
 
@@ -179,7 +179,7 @@ class RedisBackend:
         now, tat, paused = (int(v) for v in await self._run(self._keys(spec), ["state", 1]))
         state = bucket.BucketState(tat=tat, paused_until=paused)
         return {
-            "tokens": round(bucket.tokens(state, spec.limit.schedule(), now), 3),
+            "tokens": round(bucket.tokens(state, spec.limit.schedule, now), 3),
             "paused_until": time.time() + (paused - now) / US if paused > now else None,
         }
 

@@ -43,7 +43,7 @@ async def test_the_lua_script_computes_what_bucket_py_computes(redis_url: str, r
             step = rng.random()
             if step < 0.6:
                 chosen = specs[:1] if rng.random() < 0.7 else specs
-                pairs = [(states[s.key], s.limit.schedule()) for s in chosen]
+                pairs = [(states[s.key], s.limit.schedule) for s in chosen]
                 expected = bucket.reserve(pairs, now[0], 2 * bucket.US)
                 got = await backend.reserve(chosen, 2.0)
                 if isinstance(expected, bucket.Refusal):
@@ -54,10 +54,10 @@ async def test_the_lua_script_computes_what_bucket_py_computes(redis_url: str, r
             elif step < 0.95 and held:
                 gone = held.pop(rng.randrange(len(held)))
                 for spec, charge in zip(gone.buckets, gone.charges, strict=True):
-                    bucket.release(states[spec.key], spec.limit.schedule(), charge, now[0])
+                    bucket.release(states[spec.key], spec.limit.schedule, charge, now[0])
                 await backend.release(gone)
             else:
-                bucket.pause(states["own"], specs[0].limit.schedule(), now[0] + 300_000)
+                bucket.pause(states["own"], specs[0].limit.schedule, now[0] + 300_000)
                 await backend.pause(specs[0], 0.3)
     finally:
         await backend.close()
