@@ -36,7 +36,7 @@ def create_app(config: Config, *, keyring: Keyring, ops_on_main: bool | None = N
     """The gateway app; ``ops_on_main`` serves health and metrics on the main listener (tests do)."""
     metrics = Metrics(per_credential=config.metrics.per_credential)
     engine = create_engine(config.store)
-    tokens = Tokens(engine)
+    tokens = Tokens(engine, cache_ttl=config.server.token_cache_ttl)
     app = web.Application(client_max_size=config.server.max_json_bytes)
     app[appkeys.CONFIG] = config
     app[appkeys.KEYRING] = keyring

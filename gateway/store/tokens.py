@@ -2,6 +2,13 @@
 
 A token carries 32 random bytes, so a fast hash is enough (no password stretching is needed
 against brute force); lookups go by hash and the final comparison uses ``hmac.compare_digest``.
+
+Authentication runs on every request, and a store round trip for it cost more than the rest of a
+proxied call, so positive lookups are cached in-process by the token's hash for ``cache_ttl`` seconds
+(``server.token_cache_ttl``). The trade-off: a token revoked elsewhere (the CLI, another replica)
+keeps working here for up to that TTL; a revocation through this object drops its entries at once.
+Negative answers are cached for at most ``NEGATIVE_TTL`` and both caches are bounded, so a flood of
+bad tokens neither grows memory nor keeps a token created a moment later from working for long.
 """
 
 from __future__ import annotations
@@ -10,6 +17,9 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,6 +35,8 @@ from gateway.store.db import as_utc, utcnow
 Scope = Literal["proxy", "mutations", "consumers", "admin"]
 SCOPES: tuple[Scope, ...] = ("proxy", "mutations", "consumers", "admin")
 TOKEN_PREFIX = "gw_"
+NEGATIVE_TTL = 0.25  # seconds: enough to absorb a burst of one bad token, too short to matter
+CACHE_SIZE = 10_000  # entries per cache (positive, negative); beyond it expired then oldest go
 
 
 @dataclass(frozen=True)
@@ -54,9 +66,51 @@ def parse_scopes(text: str) -> list[Scope]:
     return [s for s in SCOPES if s in scopes]
 
 
+class _TTLCache:
+    """A bounded map of ``key -> (expires_at, value)`` kept in expiry order (one TTL per cache), so
+    expired and excess entries are always at the front and evicting them is O(1) each."""
+
+    def __init__(self, *, size: int, clock: Callable[[], float]) -> None:
+        self._entries: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
+        self._size = size
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> tuple[float, Principal | None] | None:
+        hit = self._entries.get(key)
+        return hit if hit is not None and hit[0] > self._clock() else None
+
+    def put(self, key: str, value: Principal | None, ttl: float) -> None:
+        now = self._clock()
+        self._entries.pop(key, None)
+        while self._entries:
+            oldest = next(iter(self._entries.values()))
+            if oldest[0] > now and len(self._entries) < self._size:
+                break
+            self._entries.popitem(last=False)
+        self._entries[key] = (now + ttl, value)
+
+    def drop(self, name: str) -> None:
+        for key in [k for k, (_, p) in self._entries.items() if p is not None and p.name == name]:
+            del self._entries[key]
+
+
 class Tokens:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        cache_ttl: float = 0.0,
+        cache_size: int = CACHE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``cache_ttl`` seconds of positive caching (0 = every lookup asks the store)."""
         self.engine = engine
+        self._ttl = cache_ttl
+        self._known = _TTLCache(size=cache_size, clock=clock)
+        self._unknown = _TTLCache(size=cache_size, clock=clock)
 
     async def create(self, name: str, scopes: list[Scope], only: list[str] | None = None) -> str:
         """Store a new token and return it; this is the only time it is ever visible."""
@@ -78,7 +132,21 @@ class Tokens:
         return token
 
     async def authenticate(self, token: str) -> Principal | None:
+        """The token's principal, or None when unknown or revoked (cached as the module says)."""
         digest = hash_token(token)
+        if self._ttl > 0:
+            hit = self._known.get(digest) or self._unknown.get(digest)
+            if hit is not None:
+                return hit[1]
+        principal = await self._lookup(digest)
+        if self._ttl > 0:
+            if principal is None:
+                self._unknown.put(digest, None, min(self._ttl, NEGATIVE_TTL))
+            else:
+                self._known.put(digest, principal, self._ttl)
+        return principal
+
+    async def _lookup(self, digest: str) -> Principal | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(t.api_tokens).where(t.api_tokens.c.token_hash == digest))).first()
         if row is None or not hmac.compare_digest(row.token_hash, digest):
@@ -103,5 +171,6 @@ class Tokens:
     async def revoke(self, name: str) -> None:
         async with self.engine.begin() as conn:
             result = await conn.execute(delete(t.api_tokens).where(t.api_tokens.c.name == name))
+        self._known.drop(name)
         if not result.rowcount:
             raise NotFound(f"token {name!r} not found")
