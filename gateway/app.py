@@ -71,6 +71,7 @@ def create_app(config: Config, *, keyring: Keyring, ops_on_main: bool | None = N
     app.on_response_prepare.append(add_request_id)
     app.cleanup_ctx.insert(0, _store)
     app.cleanup_ctx.insert(1, stream.signals.context)
+    app.on_shutdown.append(stream.signals.on_shutdown)
     workers = Workers(
         objects=app[appkeys.OBJECTS],
         stream=stream,

@@ -2,7 +2,8 @@
 
 ``serve`` hands the app to aiohttp's ``run_app``, which on SIGTERM/SIGINT stops accepting, lets
 in-flight requests finish for up to ``server.shutdown_timeout`` seconds, runs the cleanup contexts
-(workers, sessions, store) and returns, so the process exits 0.
+(workers, sessions, store) and returns, so the process exits 0. Requests still running when that
+budget is spent are cancelled by ``_cut_late_requests``: aiohttp alone would wait as long again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.config import Config
 from gateway.errors import ConfigError
+from gateway.http.middlewares import Handler
 from gateway.store.db import create_engine, ensure_schema, migrate
 from gateway.store.objects import Objects
 from gateway.store.tokens import Tokens
@@ -52,6 +54,7 @@ def serve(config: Config, keyring: Keyring, *, demo: bool = False) -> None:
 
     async def build() -> web.Application:
         app = create_app(config, keyring=keyring)
+        _cut_late_requests(app, config.server.shutdown_timeout)
         if demo:
             from gateway.sandbox.demo import install_demo
 
@@ -76,6 +79,37 @@ def serve(config: Config, keyring: Keyring, *, demo: bool = False) -> None:
         handle_signals=True,
     )
     log.info("stopped")
+
+
+def _cut_late_requests(app: web.Application, timeout: float) -> None:
+    """Cancel the requests still in flight ``timeout`` s after shutdown began, so the exit is on time.
+
+    aiohttp waits ``shutdown_timeout`` for in-flight handlers and then, having "cancelled" them by
+    failing their request body reads only, waits as long again: a handler awaiting its upstream or a
+    consumer would hold the process for twice the budget, past the orchestrator's grace period.
+    """
+    in_flight: set[asyncio.Task[object]] = set()
+
+    @web.middleware
+    async def track(request: web.Request, handler: Handler) -> web.StreamResponse:
+        task = asyncio.current_task()
+        if task is None:
+            return await handler(request)
+        in_flight.add(task)
+        try:
+            return await handler(request)
+        finally:
+            in_flight.discard(task)
+
+    async def start_clock(_app: web.Application) -> None:
+        def cut() -> None:
+            for task in list(in_flight):
+                task.cancel()
+
+        asyncio.get_running_loop().call_later(timeout, cut)
+
+    app.middlewares.insert(0, track)
+    app.on_shutdown.append(start_clock)
 
 
 @asynccontextmanager

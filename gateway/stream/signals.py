@@ -72,7 +72,13 @@ class Signals:
         self.engine = engine
         self.appended = Signal()
         self.acked = Signal()
+        self.draining = False
         event.listen(engine.sync_engine, "checkin", self._on_checkin)
+
+    async def on_shutdown(self, _app: object) -> None:
+        """App ``on_shutdown``: long-polls answer now with what they have instead of holding the drain."""
+        self.draining = True
+        self.appended.fire()
 
     def fire(self, kind: str) -> None:
         if kind == "append":

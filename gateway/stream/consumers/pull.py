@@ -42,13 +42,17 @@ class DeliveryQueue:
         self.metrics = metrics
 
     async def receive(self, consumer_id: str, *, batch_size: int, visibility: float, wait: float) -> list[Delivery]:
-        """Claim up to ``batch_size`` events, waiting up to ``wait`` s for the first to arrive."""
+        """Claim up to ``batch_size`` events, waiting up to ``wait`` s for the first to arrive.
+
+        Once shutdown began (``signals.draining``) it answers at once, maybe empty: a long-poll must
+        not hold the process's drain for its whole ``wait``.
+        """
         deadline = time.monotonic() + wait
         while True:
             ticket = self.signals.appended.ticket()
             batch = await self.claim(consumer_id, batch_size=batch_size, visibility=visibility)
             remaining = deadline - time.monotonic()
-            if batch or remaining <= 0:
+            if batch or remaining <= 0 or self.signals.draining:
                 return batch
             await self.signals.appended.wait(ticket, min(remaining, RECHECK_SECONDS))
 
