@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import structlog
 
 from gateway.config import Config
-from gateway.errors import BackendUnavailable, RateLimited
+from gateway.errors import BackendUnavailable, ConfigError, RateLimited
 from gateway.models import RateLimitOverride
 from gateway.observability.metrics import Metrics
 from gateway.pacing import adaptive
@@ -77,7 +77,10 @@ class GatewayPacer:
         if self._config.pacing.backend == "redis" and self._shared is None:
             from gateway.pacing.redis import RedisBackend
 
-            self._shared = RedisBackend(self._config.pacing)
+            try:
+                self._shared = RedisBackend(self._config.pacing)
+            except ValueError as exc:  # redis-py's message names the problem, never the URL's secrets
+                raise ConfigError(f"pacing.redis_url: {exc}") from None
         if self._shared is not None and not await self._shared.ping():
             self._degrade("unreachable at start")
 

@@ -115,7 +115,13 @@ class RedisBackend:
         try:
             while queue := self._queues.get(tag):
                 batch, self._queues[tag] = queue[:MAX_BATCH], queue[MAX_BATCH:]
-                await self._send(batch)
+                try:
+                    await self._send(batch)
+                except Exception as exc:  # whatever went wrong, no caller of this batch may wait forever
+                    failure = exc if isinstance(exc, BackendError) else BackendError(f"redis: {type(exc).__name__}")
+                    for *_, future in batch:
+                        if not future.done():
+                            future.set_exception(failure)
         finally:
             self._queues.pop(tag, None)
             del self._senders[tag]
@@ -132,13 +138,7 @@ class RedisBackend:
                     keys += self._keys(spec)
                 limit = spec.limit.schedule
                 args += [index[spec.key], limit.interval, limit.tolerance]
-        try:
-            reply = await self._run(keys, args)
-        except BackendError as exc:
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
+        reply = await self._run(keys, args)
         offset = self._clock_offset.observe(asyncio.get_running_loop().time(), int(reply[0]) / US)
         for (buckets, _, future), answer in zip(batch, reply[1:], strict=True):
             outcome = self._outcome(buckets, answer, offset)

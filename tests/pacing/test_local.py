@@ -119,3 +119,19 @@ async def test_a_stalled_process_does_not_release_a_burst(make_pacer: Any) -> No
     time.sleep(0.3)  # a stall (GC, CPU contention): 30 slots pass while the loop cannot run
     await asyncio.gather(*calls)
     assert worst_excess(granted, rate=100, per=1, burst=5) <= 0
+
+
+async def test_airtable_bases_are_paced_separately(make_pacer: Any) -> None:
+    """Two Airtable bases of one credential each have their own 5/s bucket; the same base waits."""
+    pacer = await make_pacer(providers={"airtable": {"rate_limit": {"burst": 1}}})
+    credential = make_credential(provider="airtable")
+    await pacer.acquire(credential, "/v0/appAAA/t")
+    assert (await pacer.acquire(credential, "/v0/appBBB/t")).waited < 0.1
+    assert (await pacer.acquire(credential, "/v0/appAAA/t")).waited > 0.15
+
+
+async def test_a_provider_wide_bucket_is_shared_by_its_credentials(make_pacer: Any) -> None:
+    """With shared_rate_limit 10/s burst 1, a second credential of the provider waits for the first."""
+    pacer = await make_pacer(providers={"stripe": {"shared_rate_limit": {"rate": 10, "burst": 1}}})
+    await pacer.acquire(make_credential("one", "stripe"), "/")
+    assert (await pacer.acquire(make_credential("two", "stripe"), "/")).waited > 0.07

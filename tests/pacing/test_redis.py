@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from gateway.config import PacingConfig
-from gateway.errors import BackendUnavailable
+from gateway.errors import BackendUnavailable, ConfigError
 from gateway.pacing import bucket
 from gateway.pacing.backend import Refused, Reservation
 from gateway.pacing.bucket import worst_excess
@@ -200,3 +200,9 @@ async def test_the_pacer_returns_to_redis_when_it_comes_back(
     await pacer.acquire(credential, "/")
     assert pacer._metrics.pacing_backend_fallbacks._value.get() == 1
     await link.down()
+
+
+async def test_a_malformed_redis_url_is_a_config_error(make_pacer: Any) -> None:
+    """pacing.redis_url that is not a Redis URL stops the start with the key named."""
+    with pytest.raises(ConfigError, match=r"pacing\.redis_url"):
+        await make_pacer(pacing={"backend": "redis", "redis_url": "http://127.0.0.1:6379"})
