@@ -29,6 +29,7 @@ from gateway.observability.metrics import Metrics
 from gateway.pacing import adaptive
 from gateway.pacing.backend import Backend, BackendError, Refused, Reservation
 from gateway.pacing.local import LocalBackend
+from gateway.pacing.redis import RedisBackend
 from gateway.pacing.registry import Route, airtable_base, route
 from gateway.store.objects import Credential
 
@@ -59,12 +60,12 @@ class GrantedPermit:
 class GatewayPacer:
     """Implements ``gateway.pacing.api.Pacer`` over a local or Redis backend."""
 
-    def __init__(self, config: Config, metrics: Metrics, *, redis: Backend | None = None) -> None:
+    def __init__(self, config: Config, metrics: Metrics) -> None:
         self._config = config
         self._metrics = metrics
         self._local = LocalBackend()
         self._guard = LocalBackend()
-        self._shared = redis
+        self._shared: RedisBackend | None = None
         self._degraded = False
         self._probe: asyncio.Task[None] | None = None
         self._routes: dict[str, Route] = {}
@@ -75,8 +76,6 @@ class GatewayPacer:
     async def start(self) -> None:
         """Connect the shared backend if configured; an unreachable Redis applies the policy now."""
         if self._config.pacing.backend == "redis" and self._shared is None:
-            from gateway.pacing.redis import RedisBackend
-
             try:
                 self._shared = RedisBackend(self._config.pacing)
             except ValueError as exc:  # redis-py's message names the problem, never the URL's secrets
@@ -89,9 +88,8 @@ class GatewayPacer:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
-        closer = getattr(self._shared, "close", None)
-        if closer is not None:
-            await closer()
+        if self._shared is not None:
+            await self._shared.close()
 
     # --- the Pacer protocol -------------------------------------------------------------------------
 
