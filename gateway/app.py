@@ -79,6 +79,7 @@ def create_app(config: Config, *, keyring: Keyring, ops_on_main: bool | None = N
         shutdown_timeout=config.server.shutdown_timeout,
     )
     app.cleanup_ctx.insert(2, workers.context)
+    app.on_shutdown.append(workers.on_shutdown)
     app.cleanup_ctx.append(lambda _app: _pacing(pacer))
     app.cleanup_ctx.append(_upstream)
     return app

@@ -10,11 +10,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from gateway.sandbox import run_sandbox
+from gateway.sandbox import run_sandbox, stripe
 from gateway.sandbox.generic import GenericState, create_generic_app
 from tests.ops.process import Deployment, GatewayProcess, poll, start_gateway
 
@@ -56,8 +58,11 @@ class Client:
 
 
 @asynccontextmanager
-async def gateway_before(tmp_path: Path, state: GenericState, *, shutdown_timeout: float) -> AsyncIterator[Client]:
-    """``gateway serve`` with credential ``slow`` on the generic upstream and a pull consumer ``reader``."""
+async def gateway_before(
+    tmp_path: Path, state: GenericState, *, shutdown_timeout: float, extra: dict[str, list[Any]] | None = None
+) -> AsyncIterator[Client]:
+    """``gateway serve`` with credential ``slow`` on the generic upstream, a pull consumer ``reader``, and ``extra``."""
+    extra = extra or {}
     async with run_sandbox(create_generic_app(state)) as upstream:
         credential = {
             "id": "slow",
@@ -70,11 +75,12 @@ async def gateway_before(tmp_path: Path, state: GenericState, *, shutdown_timeou
             "server": {"shutdown_timeout": shutdown_timeout},
             "store": {"url": f"sqlite:///{tmp_path / 'gateway.db'}"},
             "log": {"format": "json"},
-            "credentials": [credential],
-            "consumers": [{"id": "reader", "kind": "pull"}],
+            "credentials": [credential, *extra.get("credentials", [])],
+            "syncs": extra.get("syncs", []),
+            "consumers": [{"id": "reader", "kind": "pull"}, *extra.get("consumers", [])],
         }
         deployment = Deployment.create(tmp_path, sections)
-        token = await deployment.cli("tokens", "create", "--name", "drain", "--scope", "proxy,consumers")
+        token = await deployment.cli("tokens", "create", "--name", "drain", "--scope", "proxy,consumers,mutations")
         async with (
             start_gateway(deployment, tmp_path) as gateway,
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
@@ -126,15 +132,41 @@ async def test_sigterm_answers_long_polls_at_once(tmp_path: Path) -> None:
         assert time.monotonic() - sent < MARGIN
 
 
-async def test_a_request_outliving_shutdown_timeout_does_not_delay_the_exit(tmp_path: Path) -> None:
-    """A proxied call still waiting on its upstream when shutdown_timeout ends is cut; exit 0 comes on time."""
-    state = GenericState()
-    timeout = 4.0
-    async with gateway_before(tmp_path, state, shutdown_timeout=timeout) as client:
-        stuck = asyncio.create_task(client.request("GET", "/v1/proxy/credential/slow/slow?delay=60"))
-        await poll("the upstream received the call", lambda: state.requests >= 1, 10)
-        sent = await client.terminate()
-        assert await client.gateway.wait_exit(timeout + MARGIN) == 0
-        assert time.monotonic() - sent < timeout + MARGIN
-        with pytest.raises(aiohttp.ClientError):  # disconnected (a GET may be retried: then refused)
-            await asyncio.wait_for(stuck, MARGIN)
+def hanging_sink(received: list[bytes]) -> web.Application:
+    """A webhook endpoint that takes every delivery and never answers."""
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    return app
+
+
+async def test_work_outliving_shutdown_timeout_does_not_delay_the_exit(tmp_path: Path) -> None:
+    """A proxied call and a webhook delivery still running when shutdown_timeout ends are cut; exit 0 is on time."""
+    state, received = GenericState(), list[bytes]()
+    timeout = 6.0  # without a shared budget the exit would take about twice this
+    stripe_app = stripe.create_app()
+    async with run_sandbox(hanging_sink(received)) as sink, run_sandbox(stripe_app) as stripe_url:
+        extra: dict[str, list[Any]] = {
+            "credentials": [{"id": "c-stripe", "provider": "stripe", "base_url": stripe_url,
+                             "auth": {"type": "basic", "username": stripe.DEFAULT_KEY, "password": ""}}],
+            "syncs": [{"id": "s-stripe", "credential_id": "c-stripe", "collections": ["stripe:customer"]}],
+            "consumers": [{"id": "hooks", "kind": "webhook", "url": f"{sink}/hook", "secret": "whsec_" + "A" * 24,
+                           "timeout": 300}],
+        }  # fmt: skip
+        async with gateway_before(tmp_path, state, shutdown_timeout=timeout, extra=extra) as client:
+            record = {"data": {"name": "Paul", "email": "paul@arrakis.org"}}
+            body = {"kind": "create", "sync_id": "s-stripe", "collection_id": "stripe:customer", "records": [record]}
+            assert (await client.post("/v1/mutations/run", body))[0] == 200
+            await poll("the webhook delivery is in flight", lambda: len(received) == 1, 20)
+            stuck = asyncio.create_task(client.request("GET", "/v1/proxy/credential/slow/slow?delay=60"))
+            await poll("the upstream received the call", lambda: state.requests >= 1, 10)
+            sent = await client.terminate()
+            assert await client.gateway.wait_exit(timeout + MARGIN) == 0
+            assert time.monotonic() - sent < timeout + MARGIN
+            with pytest.raises(aiohttp.ClientError):  # disconnected (a GET may be retried: then refused)
+                await asyncio.wait_for(stuck, MARGIN)

@@ -156,6 +156,18 @@ class Workers:
         self._stop = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._last_purge = -PURGE_EVERY
+        self._drain_deadline: float | None = None
+
+    async def on_shutdown(self, _app: object) -> None:
+        """App ``on_shutdown``: stop ticking and let batches in flight finish alongside the HTTP drain.
+
+        Requests and deliveries then share the one ``shutdown_timeout`` budget; starting this only at
+        cleanup (after the requests' drain) could double the time to exit.
+        """
+        self._drain_deadline = time.monotonic() + self.shutdown_timeout
+        self._stop.set()
+        for worker, _task in self.running.values():
+            worker.stop.set()
 
     async def context(self, _app: object) -> AsyncIterator[None]:
         supervisor = asyncio.create_task(self._supervise(), name="stream-workers")
@@ -217,8 +229,11 @@ class Workers:
             worker.stop.set()
         tasks = [task for _worker, task in self.running.values()]
         self.running.clear()
+        budget = self.shutdown_timeout or None
+        if self._drain_deadline is not None:
+            budget = max(0.0, self._drain_deadline - time.monotonic())
         if tasks:
-            _, late = await asyncio.wait(tasks, timeout=self.shutdown_timeout or None)
+            _, late = await asyncio.wait(tasks, timeout=budget)
             for task in late:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
