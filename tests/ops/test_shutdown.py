@@ -105,13 +105,14 @@ async def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path: Path
         path = f"/v1/proxy/credential/slow/slow?delay={UPSTREAM_DELAY}"
         calls = [asyncio.create_task(client.request("GET", path)) for _ in range(IN_FLIGHT)]
         await poll("the upstream received every request", lambda: state.requests >= IN_FLIGHT, 30)
-        await client.terminate()
+        sent = await client.terminate()
         await poll("new connections are refused", lambda: refused(client.gateway.port), UPSTREAM_DELAY)
         assert not all(c.done() for c in calls), "refusal must be observed while requests are in flight"
         results = await asyncio.gather(*calls)
         assert [status for status, _ in results] == [200] * IN_FLIGHT
         assert all('"slow": true' in body for _, body in results)
         assert await client.gateway.wait_exit(15) == 0
+        assert time.monotonic() - sent < 15
 
 
 async def test_sigterm_answers_long_polls_at_once(tmp_path: Path) -> None:
