@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,8 @@ async def test_no_secret_reaches_the_log_and_request_lines_are_complete(tmp_path
         run_sandbox(stripe_app),
     ):
         upstreams = Upstreams(generic, sf_app, stripe_app, stripe_key)
-        store = {"url": f"sqlite:///{tmp_path / 'gateway.db'}"}
+        store_password = secret("storepw-")  # PostgreSQL here trusts loopback, so any password connects
+        store = {"url": with_password(pg_url, store_password)}
         sections = {"store": store, "log": {"format": "json", "level": "debug"}}
         deployment = Deployment.create(tmp_path, sections)
         tokens = {
@@ -143,6 +145,9 @@ async def test_no_secret_reaches_the_log_and_request_lines_are_complete(tmp_path
             await add_objects(scenario, upstreams, pg_url)
             await exercise(scenario, upstreams)
             scenario.secrets["encryption key"] = deployment.key.split(":", 1)[1]
+            scenario.secrets["store password"] = store_password
+            gateway.proc.send_signal(signal.SIGTERM)  # the shutdown's lines are checked too
+            assert await gateway.wait_exit(30) == 0
             output = gateway.output()
     leaked = [name for name, value in scenario.secrets.items() if value in output]
     assert not leaked, f"secrets in the log: {leaked}"
@@ -151,4 +156,5 @@ async def test_no_secret_reaches_the_log_and_request_lines_are_complete(tmp_path
     assert all(set(line) >= REQUEST_FIELDS for line in requests)
     proxied = [line for line in requests if line["route"] == "proxy_credential" and line["status"] == 200]
     assert {line["upstream"] for line in proxied} == {"rest", "salesforce"}
+    assert lines[-1]["event"] == "stopped"
     assert all(isinstance(line["pacing_wait_ms"], (int, float)) for line in proxied)
