@@ -39,6 +39,8 @@ from urllib.parse import urlencode
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import Counter, Histogram
+from yarl import URL
 
 from gateway.config import Config
 from gateway.errors import GatewayError, UpstreamAuthFailed, UpstreamTimeout, UpstreamUnavailable
@@ -51,6 +53,7 @@ from gateway.upstream.body import StreamedBody
 from gateway.upstream.cache import CredentialCache
 from gateway.vault.credentials import OAuth2Refresher, access_token
 
+PREPARED_LIMIT = 1024
 DISPLAY_NAMES = {"salesforce": "Salesforce", "hubspot": "HubSpot", "stripe": "Stripe", "airtable": "Airtable"}
 DEFAULT_TIMEOUTS = {"connect": 10.0, "total": 60.0, "read": 60.0}
 DEFAULT_MAX_WAIT = 30.0
@@ -60,12 +63,36 @@ CHUNK = 256 * 1024
 Body = bytes | StreamedBody | None
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What the send path needs of one credential object, computed once per object.
+
+    The credential cache hands out the same object for a second, so this turns the per-call work
+    (auth header building, timeout merging, ``ClientTimeout``, the TLS context) into a dict hit.
+    """
+
+    injection: auth.Injection
+    timeouts: dict[str, float]
+    client_timeout: aiohttp.ClientTimeout
+    ssl: ssl.SSLContext | bool
+
+
 @dataclass
 class UpstreamResult:
     status: int
     headers: Mapping[str, str]
     body_json: Any
     pacing_wait: float = 0.0
+
+
+@dataclass
+class _Target:
+    """One call's raw path and query, and the URL they join to (computed on first use)."""
+
+    path: str
+    query: str
+    url: URL | None = None
+    base_url: str = ""
 
 
 class UpstreamResponse:
@@ -118,6 +145,9 @@ class UpstreamClient:
         self._pacer = pacer
         self._session: aiohttp.ClientSession | None = None
         self._ssl: dict[str, ssl.SSLContext] = {}
+        # id(credential) -> (credential, prepared); the credential is kept so its id is not reused.
+        self._prepared: dict[int, tuple[Credential, Prepared]] = {}
+        self._counted: dict[tuple[str, int | str], tuple[Counter, Histogram]] = {}
         self.oauth2 = OAuth2Refresher(objects, metrics, self._post_token_form)
         self.credentials = CredentialCache(objects)
 
@@ -141,8 +171,30 @@ class UpstreamClient:
             raise RuntimeError("UpstreamClient.start() was not awaited")
         return self._session
 
+    def prepared(self, credential: Credential) -> Prepared:
+        """The cached ``Prepared`` of this credential object (bounded: cleared when it grows large)."""
+        hit = self._prepared.get(id(credential))
+        if hit is not None and hit[0] is credential:
+            return hit[1]
+        limits = self._merged_timeouts(credential)
+        prepared = Prepared(
+            injection=auth.inject(credential.auth),
+            timeouts=limits,
+            client_timeout=aiohttp.ClientTimeout(
+                total=limits["total"] or None, sock_connect=limits["connect"], sock_read=limits["read"]
+            ),
+            ssl=self._ssl_context(credential),
+        )
+        if len(self._prepared) >= PREPARED_LIMIT:
+            self._prepared.clear()
+        self._prepared[id(credential)] = (credential, prepared)
+        return prepared
+
     def timeouts(self, credential: Credential) -> dict[str, float]:
         """connect/total/read seconds: credential override, else provider config, else defaults."""
+        return self.prepared(credential).timeouts
+
+    def _merged_timeouts(self, credential: Credential) -> dict[str, float]:
         values = dict(DEFAULT_TIMEOUTS)
         provider = self._config.providers.get(credential.provider)
         for override in (provider.timeouts if provider else None, credential.timeouts):
@@ -171,23 +223,35 @@ class UpstreamClient:
         """Send one request (with the retries above) and yield the answer with its body unread."""
         raw_query = query if isinstance(query, str) else urlencode(query or {})
         outgoing = CIMultiDict(headers or {})
-        paths.join(credential.base_url, path, raw_query)  # refuse a bad path before pacing or refreshing
-        credential = await self.oauth2.current(credential)
-        self.credentials.put(credential)
-        raw, permit, waited = await self._send_with_retries(credential, method, path, raw_query, outgoing, body)
+        for name in ("Authorization", "Host"):  # security: the caller's credentials never go upstream
+            outgoing.popall(name, None)
+        target = _Target(path, raw_query)
+        self._url(credential, target)  # refuse a bad path before pacing or refreshing
+        fresh = await self.oauth2.current(credential)
+        if fresh is not credential:
+            self.credentials.put(fresh)
+        raw, permit, waited = await self._send_with_retries(fresh, method, target, outgoing, body)
         try:
             yield UpstreamResponse(raw, provider=credential.provider, pacing_wait=waited)
         finally:
             raw.release()  # back to the pool when fully read, else the connection is closed
             permit.release()
 
+    def _url(self, credential: Credential, target: _Target) -> URL:
+        """The checked upstream URL, joined once per base URL (a refresh may bring a new credential)."""
+        if target.url is None or target.base_url != credential.base_url:
+            extra = self.prepared(credential).injection.query
+            target.url = paths.join(credential.base_url, target.path, target.query, extra)
+            target.base_url = credential.base_url
+        return target.url
+
     async def _send_with_retries(
-        self, credential: Credential, method: str, path: str, query: str, headers: CIMultiDict[str], body: Body
+        self, credential: Credential, method: str, target: _Target, headers: CIMultiDict[str], body: Body
     ) -> tuple[aiohttp.ClientResponse, Permit, float]:
         replayable = not isinstance(body, StreamedBody)
         waited, pacing_retries, refreshed = 0.0, 0, False
         while True:
-            raw, permit, pause = await self._paced_send(credential, method, path, query, headers, body)
+            raw, permit, pause = await self._paced_send(credential, method, target, headers, body)
             waited += permit.waited
             if self._retry_after_pause(credential, pause, waited, replayable=replayable, retries=pacing_retries):
                 pacing_retries += 1
@@ -231,16 +295,16 @@ class UpstreamClient:
             raise
 
     async def _paced_send(
-        self, credential: Credential, method: str, path: str, query: str, headers: CIMultiDict[str], body: Body
+        self, credential: Credential, method: str, target: _Target, headers: CIMultiDict[str], body: Body
     ) -> tuple[aiohttp.ClientResponse, Permit, float | None]:
-        permit = await self._pacer.acquire(credential, path)
+        permit = await self._pacer.acquire(credential, target.path)
         try:
-            raw = await self._send(credential, method, path, query, headers, body)
+            raw = await self._send(credential, method, target, headers, body)
         except BaseException:
             permit.release()
             raise
         try:
-            pause = await self._pacer.observe(credential, path, raw.status, raw.headers)
+            pause = await self._pacer.observe(credential, target.path, raw.status, raw.headers)
         except BaseException:
             raw.release()
             permit.release()
@@ -248,37 +312,40 @@ class UpstreamClient:
         return raw, permit, pause
 
     async def _send(
-        self, credential: Credential, method: str, path: str, query: str, headers: CIMultiDict[str], body: Body
+        self, credential: Credential, method: str, target: _Target, headers: CIMultiDict[str], body: Body
     ) -> aiohttp.ClientResponse:
-        injection = auth.inject(credential.auth)
-        url = paths.join(credential.base_url, path, query, injection.query)
-        outgoing = CIMultiDict(headers)
-        for name in ("Authorization", "Host"):  # security: the caller's credentials never go upstream
-            outgoing.popall(name, None)
-        outgoing.update(injection.headers)
-        limits = self.timeouts(credential)
-        timeout = aiohttp.ClientTimeout(
-            total=limits["total"] or None, sock_connect=limits["connect"], sock_read=limits["read"]
-        )
+        prepared = self.prepared(credential)
+        headers.update(prepared.injection.headers)  # replaces the previous attempt's, if any
         started = time.perf_counter()
         try:
             raw = await self.session.request(
                 method,
-                url,
-                headers=outgoing,
+                self._url(credential, target),
+                headers=headers,
                 data=body,
-                timeout=timeout,
-                ssl=self._ssl_context(credential),
+                timeout=prepared.client_timeout,
+                ssl=prepared.ssl,
                 allow_redirects=False,
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self._metrics.upstream_requests.labels(credential.provider, "error").inc()
+            self._count(credential.provider, "error")
             if isinstance(body, StreamedBody) and body.failure is not None:
                 raise body.failure from exc
             raise mapped(exc, credential.provider) from exc
-        self._metrics.upstream_duration.labels(credential.provider).observe(time.perf_counter() - started)
-        self._metrics.upstream_requests.labels(credential.provider, str(raw.status)).inc()
+        self._count(credential.provider, raw.status, time.perf_counter() - started)
         return raw
+
+    def _count(self, provider: str, status: int | str, duration: float | None = None) -> None:
+        """Upstream metrics through cached labelled children (provider and status are bounded)."""
+        children = self._counted.get((provider, status))
+        if children is None:
+            children = self._counted[(provider, status)] = (
+                self._metrics.upstream_requests.labels(provider, str(status)),
+                self._metrics.upstream_duration.labels(provider),
+            )
+        children[0].inc()
+        if duration is not None:
+            children[1].observe(duration)
 
     def _ssl_context(self, credential: Credential) -> ssl.SSLContext | bool:
         """TLS is always verified; a credential may name its own CA bundle (cached per path)."""

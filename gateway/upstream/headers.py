@@ -6,6 +6,7 @@ the fixed set below plus every header the ``Connection`` header names.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -29,6 +30,14 @@ def end_to_end(
     headers: CIMultiDict[str] | CIMultiDictProxy[str], *, drop: Iterable[str] = ()
 ) -> CIMultiDict[str]:
     """A copy of ``headers`` without hop-by-hop ones, those ``Connection`` names, and ``drop``."""
-    named = {token.strip().lower() for value in headers.getall("Connection", []) for token in value.split(",")}
-    unwanted = HOP_BY_HOP | named | {name.lower() for name in drop}
-    return CIMultiDict((name, value) for name, value in headers.items() if name.lower() not in unwanted)
+    unwanted = _unwanted(tuple(drop))
+    connection = headers.getall("Connection", ())
+    if connection:
+        unwanted = unwanted | {token.strip().lower() for value in connection for token in value.split(",")}
+    return CIMultiDict([(name, value) for name, value in headers.items() if name.lower() not in unwanted])
+
+
+@functools.lru_cache(maxsize=64)
+def _unwanted(drop: tuple[str, ...]) -> frozenset[str]:
+    """The fixed set plus ``drop``, lower-cased once per distinct ``drop`` (callers pass constants)."""
+    return HOP_BY_HOP | {name.lower() for name in drop}
