@@ -328,15 +328,18 @@ class UpstreamClient:
                 allow_redirects=False,
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self._count(credential.provider, "error")
+            self._count(credential, "error")
             if isinstance(body, StreamedBody) and body.failure is not None:
                 raise body.failure from exc
             raise mapped(exc, credential.provider) from exc
-        self._count(credential.provider, raw.status, time.perf_counter() - started)
+        self._count(credential, raw.status, time.perf_counter() - started)
         return raw
 
-    def _count(self, provider: str, status: int | str, duration: float | None = None) -> None:
+    def _count(self, credential: Credential, status: int | str, duration: float | None = None) -> None:
         """Upstream metrics through cached labelled children (provider and status are bounded)."""
+        provider = credential.provider
+        if self._metrics.per_credential:  # opt-in only: credential ids are not a bounded set
+            self._metrics.credential_upstream_requests.labels(credential.id, str(status)).inc()
         children = self._counted.get((provider, status))
         if children is None:
             children = self._counted[(provider, status)] = (

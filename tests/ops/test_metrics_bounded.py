@@ -146,3 +146,15 @@ async def test_metric_series_stay_bounded_and_match_the_spec(make_gateway: Gatew
         assert all(set(item) == labels for item in found), (name, found)
     fragments = ("item-", "rec-", "missing", "cus_", "gw_bad", "cred-", "sync-1", *ODD_METHODS)
     assert not any(fragment in text for fragment in fragments)
+
+
+async def test_credential_label_only_when_opted_in(make_gateway: GatewayFactory, aiohttp_server: Any) -> None:
+    """With ``metrics.per_credential`` on, upstream calls are also counted per credential id."""
+    gw = await make_gateway(metrics={"per_credential": True})
+    upstream = await start_upstream(aiohttp_server)
+    await add_credential(gw, upstream.url)
+    async with gw.client.get("/v1/proxy/credential/cred-1/echo/x", headers=gw.auth()) as resp:
+        assert resp.status == 200
+    series = scrape(await (await gw.client.get("/metrics")).text())
+    labels = frozenset({("credential", "cred-1"), ("status", "200")})
+    assert ("gateway_credential_upstream_requests_total", labels) in series
