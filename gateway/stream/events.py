@@ -16,6 +16,7 @@ Because the fan-out is in the same transaction, an event is never visible withou
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -152,12 +153,31 @@ async def _insert_events(
         }
         for action, record, changes in planned
     ]
-    stmt = insert(t.events).returning(t.events.c.seq, sort_by_parameter_order=True)
-    seqs = (await conn.execute(stmt, rows)).scalars().all()
+    seqs = await _insert_returning_seqs(conn, rows)
     return [
         Event(seq=seq, id=row["id"], action=action, record=record, changes=changes, inserted_at=inserted_at)
         for seq, row, (action, record, changes) in zip(seqs, rows, planned, strict=True)
     ]
+
+
+async def _insert_returning_seqs(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[int]:
+    """The rows' ``seq`` values in parameter order, from as few statements as the dialect allows.
+
+    PostgreSQL sorts a multi-row RETURNING by parameter order itself. On SQLite SQLAlchemy can only
+    do that one statement per row (200 thread round trips per Salesforce chunk, the largest cost of
+    a mutation), so there the rows go in multi-row statements and RETURNING is matched back by the
+    event id we generated. SQLite numbers the rows of an insert in VALUES order under its single
+    writer lock, so the seqs still ascend in the order given; the check below makes that explicit.
+    """
+    if conn.dialect.name == "postgresql":
+        stmt = insert(t.events).returning(t.events.c.seq, sort_by_parameter_order=True)
+        return list((await conn.execute(stmt, rows)).scalars().all())
+    stmt = insert(t.events).returning(t.events.c.id, t.events.c.seq)
+    by_id = {event_id: seq for event_id, seq in (await conn.execute(stmt, rows)).tuples()}
+    seqs = [by_id[row["id"]] for row in rows]
+    if any(a >= b for a, b in itertools.pairwise(seqs)):
+        raise RuntimeError("SQLite numbered a multi-row insert out of VALUES order")
+    return seqs
 
 
 def event_from_row(row: Row[Any]) -> Event:
