@@ -45,6 +45,9 @@ class StreamedBody:
 
     async def _next(self) -> bytes:
         try:
+            buffered = self._reader.read_nowait()  # at full speed the data is already here: no timer
+            if buffered or self._reader.at_eof():
+                return buffered
             async with asyncio.timeout(self._read_timeout):
                 return await self._reader.readany()
         except TimeoutError:
