@@ -1,8 +1,12 @@
-"""The credential cache serves reads for its TTL, then sees changes; misses are never cached."""
+"""The credential cache: reads served for the TTL, then changes seen; misses not cached; shared concurrent reads."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
+from sqlalchemy import event
 
 from gateway.errors import NotFound
 from gateway.http import appkeys
@@ -41,3 +45,24 @@ async def test_unknown_ids_are_not_cached(make_gateway: GatewayFactory) -> None:
         await cache.credential("cred-1")
     await add_credential(gw, "http://127.0.0.1:1")
     assert (await cache.credential("cred-1")).id == "cred-1"
+
+
+async def test_concurrent_misses_share_one_store_read(make_gateway: GatewayFactory) -> None:
+    """100 requests missing the same expired entry at once cause one credentials query, not 100."""
+    gw = await make_gateway()
+    await add_credential(gw, "http://127.0.0.1:1")
+    reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM credentials" in statement:
+            reads.append(statement)
+
+    engine = gw.app[appkeys.ENGINE].sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        cache = CredentialCache(gw.app[appkeys.OBJECTS], clock=FakeClock())
+        found = await asyncio.gather(*(cache.credential("cred-1") for _ in range(100)))
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert {c.id for c in found} == {"cred-1"}
+    assert len(reads) == 1
