@@ -52,36 +52,30 @@ def create_app(config: Config, *, keyring: Keyring, ops_on_main: bool | None = N
     checks: dict[str, appkeys.ReadyCheck] = {"store": partial(ping, engine), "pacing": pacer.ping}
     app[appkeys.READY_CHECKS] = checks
 
-    app[appkeys.UPSTREAM] = UpstreamClient(config, metrics, app[appkeys.OBJECTS], app[appkeys.PACER])
-    add_endpoints(app, management.ENDPOINTS)
-    add_endpoints(app, proxy.ENDPOINTS)
-    add_endpoints(app, consumers.ENDPOINTS)
-    add_endpoints(app, mutations.ENDPOINTS)
-    if ops_on_main is None:
-        ops_on_main = config.metrics.port == config.server.port and config.metrics.host == config.server.host
-    if ops_on_main:
-        add_ops_routes(app)
-    else:
-        app.cleanup_ctx.append(_metrics_listener)
-
+    app[appkeys.UPSTREAM] = UpstreamClient(config, metrics, app[appkeys.OBJECTS], pacer)
+    for view_module in (management, proxy, consumers, mutations):
+        add_endpoints(app, view_module.ENDPOINTS)
     scopes = {e.name: e.scope for e in app[appkeys.ENDPOINTS]}
     app.middlewares.extend(
         [request_context_middleware(metrics=metrics), error_middleware, auth_middleware(tokens=tokens, scopes=scopes)]
     )
     app.on_response_prepare.append(add_request_id)
-    app.cleanup_ctx.insert(0, _store)
-    app.cleanup_ctx.insert(1, stream.signals.context)
-    app.on_shutdown.append(stream.signals.on_shutdown)
+
     workers = Workers(
         objects=app[appkeys.OBJECTS],
         stream=stream,
         retention=config.stream.retention,
         shutdown_timeout=config.server.shutdown_timeout,
     )
-    app.cleanup_ctx.insert(2, workers.context)
-    app.on_shutdown.append(workers.on_shutdown)
-    app.cleanup_ctx.append(lambda _app: _pacing(pacer))
-    app.cleanup_ctx.append(_upstream)
+    if ops_on_main is None:
+        ops_on_main = config.metrics.port == config.server.port and config.metrics.host == config.server.host
+    if ops_on_main:
+        add_ops_routes(app)
+    else:
+        app.cleanup_ctx.append(_metrics_listener)  # first up, last down: probes answer through the drain
+    # Opened in this order, closed in reverse: workers stop before the store, the session before pacing.
+    app.cleanup_ctx.extend([_store, stream.signals.context, workers.context, partial(_pacing, pacer), _upstream])
+    app.on_shutdown.extend([_not_ready, stream.signals.on_shutdown, workers.on_shutdown])
     return app
 
 
@@ -107,7 +101,21 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     await app[appkeys.ENGINE].dispose()
 
 
-async def _pacing(pacer: GatewayPacer) -> AsyncIterator[None]:
+def readiness(value: bool) -> appkeys.ReadyCheck:
+    """A fixed readiness answer, for the ``accepting`` check that serving and draining flip."""
+
+    async def check() -> bool:
+        return value
+
+    return check
+
+
+async def _not_ready(app: web.Application) -> None:
+    """Once shutdown begins, /readyz answers 503 so load balancers stop sending new work."""
+    app[appkeys.READY_CHECKS]["accepting"] = readiness(False)
+
+
+async def _pacing(pacer: GatewayPacer, _app: web.Application) -> AsyncIterator[None]:
     """Connect the pacing backend (Redis, if configured) and close it at shutdown."""
     await pacer.start()
     yield

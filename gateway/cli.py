@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GatewayError as exc:
         stderr(f"gateway: {exc.message}")
         return 2 if exc.status in (400, 404, 409) else 1
+    except OSError as exc:  # e.g. the port is taken
+        stderr(f"gateway: {exc.strerror or exc}")
+        return 1
     except KeyboardInterrupt:
         return 130
 

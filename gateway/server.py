@@ -1,14 +1,16 @@
 """Running the gateway: ``gateway serve`` and the one-off store commands behind the CLI verbs.
 
-``serve`` hands the app to aiohttp's ``run_app``, which on SIGTERM/SIGINT stops accepting, lets
-in-flight requests finish for up to ``server.shutdown_timeout`` seconds, runs the cleanup contexts
-(workers, sessions, store) and returns, so the process exits 0. Requests still running when that
-budget is spent are cancelled by ``_cut_late_requests``: aiohttp alone would wait as long again.
+``serve`` runs the app on an ``AppRunner``: ``/readyz`` turns ready only once the API port accepts;
+on SIGTERM/SIGINT it stops accepting, lets in-flight requests finish for up to
+``server.shutdown_timeout`` seconds, runs the cleanup contexts (workers, sessions, store) and
+returns, so the process exits 0. Requests still running when that budget is spent are cancelled by
+``_cut_late_requests``: aiohttp alone would wait as long again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,9 +19,10 @@ from typing import TypeVar
 import structlog
 from aiohttp import web
 
-from gateway.app import create_app
+from gateway.app import create_app, readiness
 from gateway.config import Config
 from gateway.errors import ConfigError
+from gateway.http import appkeys
 from gateway.http.middlewares import Handler
 from gateway.store.db import create_engine, ensure_schema, migrate
 from gateway.store.objects import Objects
@@ -50,17 +53,8 @@ def install_uvloop() -> None:
 
 
 def serve(config: Config, keyring: Keyring, *, demo: bool = False) -> None:
+    """Run until SIGTERM/SIGINT, then drain within ``server.shutdown_timeout`` and return."""
     install_uvloop()
-
-    async def build() -> web.Application:
-        app = create_app(config, keyring=keyring)
-        _cut_late_requests(app, config.server.shutdown_timeout)
-        if demo:
-            from gateway.sandbox.demo import install_demo
-
-            install_demo(app)
-        return app
-
     log.info(
         "starting",
         host=config.server.host,
@@ -69,16 +63,37 @@ def serve(config: Config, keyring: Keyring, *, demo: bool = False) -> None:
         store="sqlite" if config.store.is_sqlite else "postgresql",
         pacing=config.pacing.backend,
     )
-    web.run_app(
-        build(),
-        host=config.server.host,
-        port=config.server.port,
-        shutdown_timeout=config.server.shutdown_timeout,
-        access_log=None,
-        print=None,
-        handle_signals=True,
-    )
+    asyncio.run(_serve(config, keyring, demo=demo))
     log.info("stopped")
+
+
+async def _serve(config: Config, keyring: Keyring, *, demo: bool) -> None:
+    app = create_app(config, keyring=keyring)
+    _cut_late_requests(app, config.server.shutdown_timeout)
+    if demo:
+        from gateway.sandbox.demo import install_demo
+
+        install_demo(app)
+    checks = app[appkeys.READY_CHECKS]
+    checks["accepting"] = readiness(False)  # ready only once the API port really accepts
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.server.host, config.server.port).start()
+        checks["accepting"] = readiness(True)
+        log.info("listening", url=f"http://{config.server.host}:{config.server.port}")
+        await _until_signalled()
+        log.info("draining", shutdown_timeout=config.server.shutdown_timeout)
+    finally:
+        await runner.cleanup()
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 def _cut_late_requests(app: web.Application, timeout: float) -> None:
