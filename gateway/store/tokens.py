@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.models import ID_PATTERN, TokenView
+from gateway.singleflight import SingleFlight
 from gateway.store import tables as t
 from gateway.store.db import as_utc, utcnow
 
@@ -111,6 +112,7 @@ class Tokens:
         self._ttl = cache_ttl
         self._known = _TTLCache(size=cache_size, clock=clock)
         self._unknown = _TTLCache(size=cache_size, clock=clock)
+        self._lookups = SingleFlight()  # an expiring entry under load: one store query, not one each
 
     async def create(self, name: str, scopes: list[Scope], only: list[str] | None = None) -> str:
         """Store a new token and return it; this is the only time it is ever visible."""
@@ -134,16 +136,16 @@ class Tokens:
     async def authenticate(self, token: str) -> Principal | None:
         """The token's principal, or None when unknown or revoked (cached as the module says)."""
         digest = hash_token(token)
-        if self._ttl > 0:
-            hit = self._known.get(digest) or self._unknown.get(digest)
-            if hit is not None:
-                return hit[1]
-        principal = await self._lookup(digest)
-        if self._ttl > 0:
-            if principal is None:
-                self._unknown.put(digest, None, min(self._ttl, NEGATIVE_TTL))
-            else:
-                self._known.put(digest, principal, self._ttl)
+        if self._ttl <= 0:
+            return await self._lookup(digest)
+        hit = self._known.get(digest) or self._unknown.get(digest)
+        if hit is not None:
+            return hit[1]
+        principal = await self._lookups.run(digest, lambda: self._lookup(digest))
+        if principal is None:
+            self._unknown.put(digest, None, min(self._ttl, NEGATIVE_TTL))
+        else:
+            self._known.put(digest, principal, self._ttl)
         return principal
 
     async def _lookup(self, digest: str) -> Principal | None:

@@ -11,14 +11,11 @@ of one id share a single store read.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from collections.abc import Callable
 
+from gateway.singleflight import SingleFlight
 from gateway.store.objects import Credential, Objects
-
-T = TypeVar("T")
 
 
 class CredentialCache:
@@ -28,14 +25,15 @@ class CredentialCache:
         self._clock = clock
         self._credentials: dict[str, tuple[float, Credential]] = {}
         self._syncs: dict[str, tuple[float, str]] = {}
-        self._loading: dict[str, asyncio.Future[Any]] = {}
+        self._loads = SingleFlight()
 
     async def credential(self, credential_id: str) -> Credential:
         """The credential (``NotFound`` when unknown), at most ``ttl`` seconds old."""
         hit = self._credentials.get(credential_id)
         if hit is not None and hit[0] > self._clock():
             return hit[1]
-        credential = await self._once("credential:" + credential_id, lambda: self._objects.credential(credential_id))
+        load = lambda: self._objects.credential(credential_id)  # noqa: E731
+        credential = await self._loads.run("credential:" + credential_id, load)
         self.put(credential)
         return credential
 
@@ -44,7 +42,7 @@ class CredentialCache:
         hit = self._syncs.get(sync_id)
         if hit is not None and hit[0] > self._clock():
             return await self.credential(hit[1])
-        sync = await self._once("sync:" + sync_id, lambda: self._objects.sync(sync_id))
+        sync = await self._loads.run("sync:" + sync_id, lambda: self._objects.sync(sync_id))
         self._syncs[sync_id] = (self._clock() + self._ttl, sync.credential_id)
         return await self.credential(sync.credential_id)
 
@@ -53,19 +51,3 @@ class CredentialCache:
         hit = self._credentials.get(credential.id)
         if hit is None or hit[1].version <= credential.version:
             self._credentials[credential.id] = (self._clock() + self._ttl, credential)
-
-    async def _once(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
-        """One store read per key at a time: when an entry expires under load, every request missed
-        at once and each read (and decrypted) the same row, stalling the loop for tens of ms; now
-        they share the first one's answer (or error). A waiter that gives up does not cancel it."""
-        pending = self._loading.get(key)
-        if pending is None:
-            pending = self._loading[key] = asyncio.ensure_future(load())
-            pending.add_done_callback(lambda done: self._finished(key, done))
-        return cast(T, await asyncio.shield(pending))
-
-    def _finished(self, key: str, done: asyncio.Future[Any]) -> None:
-        if self._loading.get(key) is done:
-            del self._loading[key]
-        if not done.cancelled():
-            done.exception()  # retrieved here so an error nobody awaited any more is not reported as lost

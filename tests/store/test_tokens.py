@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import event, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import StoreConfig
@@ -90,3 +92,22 @@ async def test_flood_of_bad_tokens_keeps_the_cache_bounded(engine: AsyncEngine) 
     for i in range(200):
         assert await tokens.authenticate(f"gw_bad{i}") is None
     assert len(tokens._unknown) == 50
+
+
+async def test_concurrent_misses_share_one_store_query(engine: AsyncEngine) -> None:
+    """50 requests presenting the same uncached token at once cause one api_tokens query."""
+    tokens = Tokens(engine, cache_ttl=5, clock=FakeClock())
+    token = await tokens.create("app", ["proxy"])
+    reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM api_tokens" in statement:
+            reads.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        found = await asyncio.gather(*(tokens.authenticate(token) for _ in range(50)))
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert all(p is not None and p.name == "app" for p in found)
+    assert len(reads) == 1
