@@ -1,0 +1,181 @@
+"""Credentials in the store: the whole ``auth`` object sealed as one ciphertext; masked on read."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import TypeAdapter
+from sqlalchemy import delete, select, update
+from sqlalchemy.engine import Row
+
+from gateway.errors import Conflict, NotFound
+from gateway.models import (
+    Auth,
+    CredentialIn,
+    CredentialPatch,
+    CredentialView,
+    Provider,
+    RateLimitOverride,
+    TimeoutsOverride,
+    masked_auth,
+    reveal,
+)
+from gateway.store import tables as t
+from gateway.store.db import as_utc, utcnow
+from gateway.store.rows import Rows, insert_unique, new_id
+
+_AUTH = TypeAdapter[Any](Auth)
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A credential with its auth decrypted: handed to the upstream client, never serialized."""
+
+    id: str
+    provider: Provider
+    base_url: str
+    auth: Auth
+    rate_limit: RateLimitOverride | None
+    timeouts: TimeoutsOverride | None
+    ca_bundle: str | None
+    version: int
+
+    def __repr__(self) -> str:
+        return f"Credential(id={self.id!r}, provider={self.provider!r}, auth_type={self.auth.type!r})"
+
+
+class CredentialRows(Rows):
+    async def create_credential(self, body: CredentialIn) -> CredentialView:
+        now = utcnow()
+        values = {
+            "id": body.id or new_id("credential"),
+            "provider": body.provider,
+            "base_url": body.base_url,
+            "auth_type": body.auth.type,
+            "auth_secret": self.keyring.seal(json.dumps(reveal(body.auth))),
+            "rate_limit": _dump(body.rate_limit),
+            "timeouts": _dump(body.timeouts),
+            "ca_bundle": body.ca_bundle,
+            "version": 1,
+            "created_at": now,
+            "updated_at": now,
+        }
+        async with self.engine.begin() as conn:
+            await insert_unique(conn, t.credentials, values, "credential")
+        return await self.credential_view(str(values["id"]))
+
+    async def credential_view(self, credential_id: str) -> CredentialView:
+        return self._credential_view(await self._row(t.credentials, credential_id, "credential"))
+
+    async def list_credentials(self) -> list[CredentialView]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(t.credentials).order_by(t.credentials.c.id))).all()
+        return [self._credential_view(row) for row in rows]
+
+    async def credential(self, credential_id: str) -> Credential:
+        row = await self._row(t.credentials, credential_id, "credential")
+        return Credential(
+            id=row.id,
+            provider=row.provider,
+            base_url=row.base_url,
+            auth=_AUTH.validate_python(json.loads(self.keyring.open(row.auth_secret))),
+            rate_limit=RateLimitOverride.model_validate(row.rate_limit) if row.rate_limit else None,
+            timeouts=TimeoutsOverride.model_validate(row.timeouts) if row.timeouts else None,
+            ca_bundle=row.ca_bundle,
+            version=row.version,
+        )
+
+    async def patch_credential(self, credential_id: str, patch: CredentialPatch) -> CredentialView:
+        changes: dict[str, Any] = {}
+        fields = patch.model_fields_set
+        if "base_url" in fields and patch.base_url is not None:
+            changes["base_url"] = patch.base_url
+        if "auth" in fields and patch.auth is not None:
+            changes["auth_type"] = patch.auth.type
+            changes["auth_secret"] = self.keyring.seal(json.dumps(reveal(patch.auth)))
+            changes["version"] = t.credentials.c.version + 1
+        for name in ("rate_limit", "timeouts"):
+            if name in fields:
+                changes[name] = _dump(getattr(patch, name))
+        if "ca_bundle" in fields:
+            changes["ca_bundle"] = patch.ca_bundle
+        await self._update(t.credentials, credential_id, "credential", changes)
+        return await self.credential_view(credential_id)
+
+    async def replace_auth(self, credential_id: str, *, expected_version: int, auth: Auth) -> bool:
+        """Store refreshed OAuth2 tokens unless someone else changed the credential meanwhile."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(t.credentials)
+                .where(t.credentials.c.id == credential_id, t.credentials.c.version == expected_version)
+                .values(
+                    auth_secret=self.keyring.seal(json.dumps(reveal(auth))),
+                    version=expected_version + 1,
+                    updated_at=utcnow(),
+                )
+            )
+        return bool(result.rowcount)
+
+    async def delete_credential(self, credential_id: str) -> None:
+        async with self.engine.begin() as conn:
+            used = (
+                (await conn.execute(select(t.syncs.c.id).where(t.syncs.c.credential_id == credential_id)))
+                .scalars()
+                .all()
+            )
+            if used:
+                raise Conflict(
+                    f"credential {credential_id!r} is used by sync(s) {', '.join(sorted(used))}; "
+                    "delete or re-point them first",
+                    syncs=sorted(used),
+                )
+            result = await conn.execute(delete(t.credentials).where(t.credentials.c.id == credential_id))
+        if not result.rowcount:
+            raise NotFound(f"credential {credential_id!r} not found")
+
+    def _credential_view(self, row: Row[Any]) -> CredentialView:
+        auth = json.loads(self.keyring.open(row.auth_secret))
+        return CredentialView(
+            id=row.id,
+            provider=row.provider,
+            base_url=row.base_url,
+            auth=masked_auth(auth),
+            rate_limit=row.rate_limit,
+            timeouts=row.timeouts,
+            ca_bundle=row.ca_bundle,
+            created_at=as_utc(row.created_at),
+            updated_at=as_utc(row.updated_at),
+        )
+
+    async def upsert_credential(self, body: CredentialIn) -> None:
+        """Create or bring in line with the config; OAuth2 tokens refreshed at runtime are kept."""
+        assert body.id is not None
+        try:
+            current = await self.credential(body.id)
+        except NotFound:
+            await self.create_credential(body)
+            return
+        patch = CredentialPatch(
+            base_url=body.base_url,
+            auth=body.auth,
+            rate_limit=body.rate_limit,
+            timeouts=body.timeouts,
+            ca_bundle=body.ca_bundle,
+        )
+        if _same_oauth_client(current.auth, body.auth) or reveal(current.auth) == reveal(body.auth):
+            patch = patch.model_copy(update={"auth": None})
+        await self.patch_credential(body.id, patch)
+
+
+def _dump(model: RateLimitOverride | TimeoutsOverride | None) -> dict[str, Any] | None:
+    return model.model_dump(exclude_none=True) if model is not None else None
+
+
+def _same_oauth_client(stored: Auth, declared: Auth) -> bool:
+    return (
+        stored.type == declared.type == "oauth2"
+        and getattr(stored, "client_id", None) == getattr(declared, "client_id", None)
+        and getattr(stored, "token_url", None) == getattr(declared, "token_url", None)
+    )
