@@ -95,16 +95,16 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path, pg_database:
     """Every test that touches the store runs once on SQLite and once on PostgreSQL."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'gateway.db'}"
-    if pg_database is None:
-        service_missing("PostgreSQL at " + PG_ADMIN_DSN)
-    assert pg_database is not None
-    await truncate_pg(pg_database)
-    return pg_database
+    return await _emptied(pg_database)
 
 
 @pytest.fixture
 async def pg_url(pg_database: str | None) -> str:
     """PostgreSQL only (for features that exist only there), emptied before the test."""
+    return await _emptied(pg_database)
+
+
+async def _emptied(pg_database: str | None) -> str:
     if pg_database is None:
         service_missing("PostgreSQL at " + PG_ADMIN_DSN)
     assert pg_database is not None
