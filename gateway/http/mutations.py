@@ -19,7 +19,9 @@ from gateway.mutations.service import MutationService
 
 def parse_mutation(body: Any) -> Mutation:
     """Pick the model by ``kind`` first, so errors name fields as the client wrote them."""
-    kind = body.get("kind") if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        raise InvalidRequest("body: must be a JSON object", field="body")
+    kind = body.get("kind")
     model = BY_KIND.get(kind) if isinstance(kind, str) else None
     if model is None:
         raise InvalidRequest("kind: must be one of 'create', 'update', 'delete'", field="kind")

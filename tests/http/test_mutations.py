@@ -285,6 +285,7 @@ async def test_scope_and_only_restrictions(make_gateway: GatewayFactory, aiohttp
             "records",
         ),
         ({"kind": "merge"}, "kind"),
+        ([{"kind": "create"}], "body"),  # type: ignore[list-item]
     ],
 )
 async def test_bad_bodies_name_the_field(
