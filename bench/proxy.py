@@ -1,17 +1,18 @@
-"""Proxy speed and memory on loopback: direct vs. through the gateway vs. through nginx.
+"""Proxy speed and memory on loopback: direct vs. a bare aiohttp proxy vs. the gateway vs. nginx.
 
     python bench/proxy.py [--seconds 5] [--json results.json]
 
 Rows: small GETs at c=1 and c=50 with wrk (requests/s, p50, p99) against the upstream directly,
-through the gateway (a real ``gateway``-style process: uvloop, SQLite store, the real pacer, request
-logging on, to /dev/null) and through nginx as a plain reverse proxy (1 worker, upstream keepalive);
+through a bare aiohttp+uvloop proxy (the baseline: aiohttp's own cost on this machine), through the
+gateway (a real ``gateway``-style process: uvloop, SQLite store, the real pacer, request logging on,
+to /dev/null) and through nginx as a plain reverse proxy (1 worker, upstream keepalive);
 then 1 GiB uploaded and downloaded through the gateway at full speed, and a download read slowly,
 with the gateway's peak RSS growth. The upstream for small GETs is nginx serving a fixed body (or the
 generic sandbox when nginx is missing); big transfers use the generic sandbox's streaming endpoints.
 
 Needs ``wrk`` for the latency rows (``apt-get install wrk``); nginx rows are skipped with a message if
-``nginx`` is not installed. Roles ``serve-gateway`` and ``serve-upstream`` are this script run as a
-child process.
+``nginx`` is not installed. Roles ``serve-gateway``, ``serve-bare`` and ``serve-upstream`` are this
+script run as a child process. ``--small-only`` skips the big transfers.
 """
 
 from __future__ import annotations
@@ -163,6 +164,35 @@ def serve_upstream(port: int) -> None:
     web.run_app(create_generic_app(), host="127.0.0.1", port=port, access_log=None, print=None)
 
 
+def serve_bare(port: int, upstream: str) -> None:
+    """The issue's baseline: a bare aiohttp+uvloop proxy (no auth, pacing, logs or metrics).
+
+    GETs only, one pooled ``ClientSession``, the answer read whole and sent with its Content-Length:
+    what aiohttp's client and server cost on this machine before any gateway logic.
+    """
+    from aiohttp import web
+
+    from gateway.server import install_uvloop
+
+    install_uvloop()
+    session_key = web.AppKey("session", aiohttp.ClientSession)
+
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[session_key] = aiohttp.ClientSession(auto_decompress=False, connector=aiohttp.TCPConnector(limit=1024))
+        yield
+        await app[session_key].close()
+
+    async def forward(request: web.Request) -> web.Response:
+        async with request.app[session_key].get(upstream + request.rel_url.raw_path_qs) as resp:
+            body = await resp.read()
+            return web.Response(body=body, status=resp.status, content_type=resp.content_type)
+
+    app = web.Application()
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_get("/{tail:.*}", forward)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
 def serve_gateway(port: int, upstream: str, workdir: Path) -> None:
     """A gateway as ``gateway serve`` runs it, seeded with one credential and an API token."""
     from aiohttp import web
@@ -210,7 +240,9 @@ def serve_gateway(port: int, upstream: str, workdir: Path) -> None:
 
 def small_gets(seconds: int, workdir: Path, gateway_port: int, upstream: str, token: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    bare_port = free_port()
     targets = [("direct", f"{upstream}/bytes/64", {}),
+               ("bare aiohttp", f"http://127.0.0.1:{bare_port}/bytes/64", {}),
                ("gateway", f"http://127.0.0.1:{gateway_port}/v1/proxy/credential/bench/bytes/64",
                 {"Authorization": f"Bearer {token}"})]
     nginx_port = free_port()
@@ -218,7 +250,8 @@ def small_gets(seconds: int, workdir: Path, gateway_port: int, upstream: str, to
     if not have_nginx:
         print("nginx is not installed: skipping the nginx row (apt-get install nginx)", file=sys.stderr)
     upstream_port = int(upstream.rsplit(":", 1)[1])
-    with nginx(workdir, "proxy", nginx_port, upstream_port, NGINX_PROXY) if have_nginx else _nothing():
+    with child([sys.executable, __file__, "serve-bare", str(bare_port), upstream], bare_port), \
+            nginx(workdir, "proxy", nginx_port, upstream_port, NGINX_PROXY) if have_nginx else _nothing():
         if have_nginx:
             targets.append(("nginx", f"http://127.0.0.1:{nginx_port}/bytes/64", {}))
         for connections in (1, 50):
@@ -245,7 +278,7 @@ async def big_transfers(gateway_port: int, token: str, pid: int) -> list[dict[st
     ]
 
 
-def run(seconds: int) -> dict[str, Any]:
+def run(seconds: int, *, small_only: bool = False) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed for the latency rows: apt-get install wrk")
     me = [sys.executable, __file__]
@@ -261,6 +294,9 @@ def run(seconds: int) -> dict[str, Any]:
             with child(gateway_args, gateway_port):
                 token = (workdir / "token").read_text()
                 results["small_gets"] = small_gets(seconds, workdir, gateway_port, gateway_args[4], token)
+            results["transfers"] = []
+            if small_only:
+                return results
             gateway_args[4] = f"http://127.0.0.1:{sandbox_port}"
             (workdir / "token").unlink()
             os.remove(workdir / "gateway.db")
@@ -271,9 +307,9 @@ def run(seconds: int) -> dict[str, Any]:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    print(f"{'path':<10} {'c':>3} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'path':<14} {'c':>3} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
     for row in results["small_gets"]:
-        print(f"{row['path']:<10} {row['c']:>3} {row['rps']:>10.0f} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}")
+        print(f"{row['path']:<14} {row['c']:>3} {row['rps']:>10.0f} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}")
     print()
     print(f"{'transfer':<42} {'MiB/s':>8} {'RSS growth MiB':>15}")
     for row in results["transfers"]:
@@ -282,16 +318,20 @@ def print_table(results: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("role", nargs="?", default="bench", choices=["bench", "serve-gateway", "serve-upstream"])
+    roles = ["bench", "serve-gateway", "serve-upstream", "serve-bare"]
+    parser.add_argument("role", nargs="?", default="bench", choices=roles)
     parser.add_argument("args", nargs="*")
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--small-only", action="store_true", help="skip the 1 GiB transfers")
     ns = parser.parse_args()
     if ns.role == "serve-upstream":
         return serve_upstream(int(ns.args[0]))
+    if ns.role == "serve-bare":
+        return serve_bare(int(ns.args[0]), ns.args[1])
     if ns.role == "serve-gateway":
         return serve_gateway(int(ns.args[0]), ns.args[1], Path(ns.args[2]))
-    results = run(ns.seconds)
+    results = run(ns.seconds, small_only=ns.small_only)
     print_table(results)
     if ns.json:
         ns.json.write_text(json.dumps(results, indent=2))
