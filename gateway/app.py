@@ -13,12 +13,7 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.http import appkeys, consumers, management, mutations, proxy
-from gateway.http.middlewares import (
-    add_request_id,
-    auth_middleware,
-    error_middleware,
-    request_context_middleware,
-)
+from gateway.http.middlewares import add_request_id, gateway_middleware
 from gateway.http.openapi import Endpoint, add_endpoints
 from gateway.http.ops import add_ops_routes
 from gateway.observability.metrics import Metrics
@@ -56,9 +51,7 @@ def create_app(config: Config, *, keyring: Keyring, ops_on_main: bool | None = N
     for view_module in (management, proxy, consumers, mutations):
         add_endpoints(app, view_module.ENDPOINTS)
     scopes = {e.name: e.scope for e in app[appkeys.ENDPOINTS]}
-    app.middlewares.extend(
-        [request_context_middleware(metrics=metrics), error_middleware, auth_middleware(tokens=tokens, scopes=scopes)]
-    )
+    app.middlewares.append(gateway_middleware(metrics=metrics, tokens=tokens, scopes=scopes))
     app.on_response_prepare.append(add_request_id)
 
     workers = Workers(

@@ -1,7 +1,7 @@
 """The one error tree of the gateway.
 
 Every error the gateway itself produces is a ``GatewayError`` leaf carrying its HTTP status and a
-stable ``code``; only ``http.middlewares.error_middleware`` turns one into the JSON body
+stable ``code``; only ``http.middlewares.gateway_middleware`` turns one into the JSON body
 ``{"error", "docs", "code", ...extra}`` promised by SPEC.md. Foreign exceptions (aiohttp, redis,
 SQLAlchemy, pydantic) are translated into a leaf in exactly one place each, with ``raise ... from``.
 
