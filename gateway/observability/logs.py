@@ -37,6 +37,14 @@ _ANY_IN_TEXT = re.compile(
 _MIN_SECRET = 8
 _known_secrets: set[str] = set()
 _known_pattern: re.Pattern[str] | None = None
+# Short strings seen before (route names, methods, providers, event names) are redacted once: every
+# request line repeats them. Emptied when a secret is registered, bounded by clearing when full.
+_MEMO_TEXT = 64
+_MEMO_SIZE = 4096
+_memo: dict[str, str] = {}
+# Set by our own processors (``add_log_level``, ``TimeStamper``) right before redaction, over anything
+# a caller passed under the same names: level names and ISO timestamps, nothing to redact.
+_GENERATED = frozenset({"level", "timestamp"})
 
 
 def register_secret(value: str) -> None:
@@ -47,9 +55,22 @@ def register_secret(value: str) -> None:
         # Longest first, so a secret that contains another is masked whole, not around the inner one.
         ordered = sorted(_known_secrets, key=len, reverse=True)
         _known_pattern = re.compile("|".join(re.escape(v) for v in ordered))
+        _memo.clear()
 
 
 def redact_text(text: str) -> str:
+    hit = _memo.get(text)
+    if hit is not None:
+        return hit
+    redacted = _redact_text(text)
+    if len(text) <= _MEMO_TEXT:
+        if len(_memo) >= _MEMO_SIZE:
+            _memo.clear()
+        _memo[text] = redacted
+    return redacted
+
+
+def _redact_text(text: str) -> str:
     if _ANY_IN_TEXT.search(text):
         for pattern, replacement in _IN_TEXT:
             text = pattern.sub(replacement, text)
@@ -80,7 +101,9 @@ def _redact(value: Any, key: str = "") -> Any:
 
 def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
     """structlog processor: the redaction every log line passes through."""
-    return {k: _redact(v, k if k != "event" else "") for k, v in event_dict.items()}
+    return {
+        k: v if k in _GENERATED else _redact(v, k if k != "event" else "") for k, v in event_dict.items()
+    }
 
 
 def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
@@ -90,7 +113,9 @@ def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
 
 def configure_logging(*, format: Literal["auto", "json", "console"] = "auto", level: str = "info") -> None:
     as_json = format == "json" or (format == "auto" and not sys.stderr.isatty())
-    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    renderer: Any = structlog.dev.ConsoleRenderer()
+    if as_json:
+        renderer = structlog.processors.JSONRenderer(separators=(",", ":"))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
