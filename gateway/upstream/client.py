@@ -31,7 +31,7 @@ from __future__ import annotations
 import json as jsonlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +61,21 @@ MAX_PACING_RETRIES = 3
 RESULT_LIMIT = 64 * 1024 * 1024  # request_json bodies are parsed whole; bigger ones are not JSON APIs
 CHUNK = 256 * 1024
 Body = bytes | StreamedBody | None
+# Headers aiohttp would add on its own; a proxy forwards the client's, or none.
+_NO_AUTO_HEADERS: CIMultiDict[None] = CIMultiDict(
+    (name, None) for name in ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
+)
+
+
+class _PassThroughRequest(aiohttp.ClientRequest):
+    """A client request to which aiohttp adds no header of its own.
+
+    ``skip_auto_headers`` does the same, but aiohttp rebuilds the skip set on every call (a sort, a
+    ``CIMultiDict``, a copy of the headers): ~5% of the proxy's CPU at c=50. Here the set is built once.
+    """
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        self._skip_auto_headers = _NO_AUTO_HEADERS
 
 
 @dataclass(frozen=True)
@@ -156,7 +171,7 @@ class UpstreamClient:
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,  # bodies pass through exactly as the upstream encoded them
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            request_class=_PassThroughRequest,
             trust_env=False,
             read_bufsize=CHUNK,
         )
