@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import structlog
+from prometheus_client import Histogram
 
 from gateway.config import Config
 from gateway.errors import BackendUnavailable, ConfigError, RateLimited
@@ -72,6 +73,7 @@ class GatewayPacer:
         self._route_cache: dict[tuple[str, str, RateLimitOverride | None, str | None], Route] = {}
         self._queued: Counter[str] = Counter()
         self._semaphores: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self._waits: dict[str, Histogram] = {}  # the wait histogram's child per provider (a bounded set)
 
     async def start(self) -> None:
         """Connect the shared backend if configured; an unreachable Redis applies the policy now."""
@@ -106,7 +108,10 @@ class GatewayPacer:
                 semaphore.release()
             raise
         waited = time.monotonic() - started
-        self._metrics.pacing_wait.labels(call.provider).observe(waited)
+        histogram = self._waits.get(call.provider)
+        if histogram is None:
+            histogram = self._waits[call.provider] = self._metrics.pacing_wait.labels(call.provider)
+        histogram.observe(waited)
         return GrantedPermit(waited, semaphore)
 
     async def observe(self, credential: Credential, path: str, status: int, headers: Mapping[str, str]) -> float | None:
