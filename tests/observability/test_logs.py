@@ -39,6 +39,13 @@ def test_registered_values_are_scrubbed_anywhere() -> None:
     assert "very-specific-upstream-secret" not in json.dumps(redact(x="got very-specific-upstream-secret back"))
 
 
+def test_a_value_logged_before_it_is_registered_is_scrubbed_after() -> None:
+    """Short strings are redacted once and remembered; registering a secret forgets what was remembered."""
+    assert redact(x="late-registered-value")["x"] == "late-registered-value"
+    register_secret("late-registered-value")
+    assert redact(x="late-registered-value")["x"] == "***"
+
+
 def test_ids_and_ordinary_fields_survive() -> None:
     """Redaction keeps what operators need: ids, routes, statuses."""
     out = redact(credential_id="credential-abc", route="proxy_sync", status=200, token_name="ops")
