@@ -9,6 +9,7 @@ everything first, then apply all or only the valid ones), ``Sforce-Limit-Info`` 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -259,8 +260,8 @@ def row_view(sobject: str, row: dict[str, Any], version: str, fields: list[str] 
     return view
 
 
-def field_list(request: web.Request, sobject: str) -> list[str] | None:
-    raw = request.query.get("fields")
+def field_list(query: Mapping[str, str], sobject: str) -> list[str] | None:
+    raw = query.get("fields")
     if raw is None:
         return None
     names = [f.strip() for f in raw.split(",") if f.strip()]
@@ -280,13 +281,14 @@ def create_app(
     knobs: Knobs | None = None,
 ) -> web.Application:
     """A Salesforce org; ``token`` never expires, tokens from the OAuth endpoint live ``token_ttl`` s."""
+    from gateway.sandbox.salesforce_composite import COMPOSITE_ROUTES
     from gateway.sandbox.salesforce_routes import ROUTES
 
     oauth = OAuthClient(
         static_token=token, client_id=client_id, client_secret=client_secret, refresh_token=refresh_token
     )
     state = SalesforceState(oauth=oauth, knobs=knobs or Knobs(daily_limit=15000))
-    app = sandbox_app(state, [*ROUTES, web.post("/services/oauth2/token", oauth_token)])
+    app = sandbox_app(state, [*ROUTES, *COMPOSITE_ROUTES, web.post("/services/oauth2/token", oauth_token)])
     app[SALESFORCE] = state
     app[OAUTH] = oauth
     return app

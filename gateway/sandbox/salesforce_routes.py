@@ -1,7 +1,15 @@
-"""Salesforce sandbox handlers: ``/services/data/vXX.X/sobjects/...`` and ``.../composite/sobjects``."""
+"""Salesforce sandbox handlers: ``/services/data/vXX.X/sobjects/...`` and ``.../composite/sobjects``.
+
+Each handler is a plain function of the org and a ``Sub`` (version, path parameters, query, parsed
+body), so the same code answers a direct HTTP request and a Composite subrequest
+(``salesforce_composite``); ``OPERATIONS`` lists them once, for both routers.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -24,12 +32,21 @@ from gateway.sandbox.salesforce import (
 DATA = r"/services/data/{version:v\d+\.\d}"
 
 
-def _state(request: web.Request) -> SalesforceState:
-    return request.app[SALESFORCE]
+@dataclass(frozen=True)
+class Sub:
+    """One request as a handler sees it, whether it came over HTTP or inside a Composite call."""
+
+    version: str
+    match: Mapping[str, str]
+    query: Mapping[str, str]
+    body: Any = None
 
 
-async def _object_body(request: web.Request) -> dict[str, Any]:
-    body = await json_body(request, lambda m: sf_error(400, "JSON_PARSER_ERROR", m))
+Operation = Callable[[SalesforceState, Sub], web.Response]
+
+
+def _object_body(sub: Sub) -> dict[str, Any]:
+    body = sub.body
     if not isinstance(body, dict):
         raise Reject(sf_error(400, "JSON_PARSER_ERROR", "Can not deserialize SObject out of a non-object token"))
     return body
@@ -54,11 +71,11 @@ def _one_error(errors: list[dict[str, Any]]) -> web.Response:
 # --- single rows ---------------------------------------------------------------------------------------
 
 
-async def describe_basic(request: web.Request) -> web.Response:
+def describe_basic(state: SalesforceState, sub: Sub) -> web.Response:
     """``GET .../sobjects/{Type}``: the object's basic info and its most recent rows."""
-    state, sobject = _state(request), sobject_name(request.match_info["sobject"])
+    sobject = sobject_name(sub.match["sobject"])
     rows = list(state.table(sobject).values())[-5:]
-    recent = [row_view(sobject, r, request.match_info["version"], ["Id"]) for r in reversed(rows)]
+    recent = [row_view(sobject, r, sub.version, ["Id"]) for r in reversed(rows)]
     return web.json_response(
         {
             "objectDescribe": {
@@ -73,9 +90,9 @@ async def describe_basic(request: web.Request) -> web.Response:
     )
 
 
-async def create_row(request: web.Request) -> web.Response:
-    state, sobject = _state(request), sobject_name(request.match_info["sobject"])
-    fields = _fields_of(await _object_body(request))
+def create_row(state: SalesforceState, sub: Sub) -> web.Response:
+    sobject = sobject_name(sub.match["sobject"])
+    fields = _fields_of(_object_body(sub))
     check_fields(sobject, fields)
     errors = validate(state, sobject, fields, creating=True)
     if errors:
@@ -84,16 +101,16 @@ async def create_row(request: web.Request) -> web.Response:
     return web.json_response({"id": row["Id"], "success": True, "errors": []}, status=201)
 
 
-async def get_row(request: web.Request) -> web.Response:
-    state, sobject = _state(request), sobject_name(request.match_info["sobject"])
-    row = _found(state, sobject, request.match_info["id"])
-    return web.json_response(row_view(sobject, row, request.match_info["version"], field_list(request, sobject)))
+def get_row(state: SalesforceState, sub: Sub) -> web.Response:
+    sobject = sobject_name(sub.match["sobject"])
+    row = _found(state, sobject, sub.match["id"])
+    return web.json_response(row_view(sobject, row, sub.version, field_list(sub.query, sobject)))
 
 
-async def update_row(request: web.Request) -> web.Response:
-    state, sobject = _state(request), sobject_name(request.match_info["sobject"])
-    row = _found(state, sobject, request.match_info["id"])
-    fields = _fields_of(await _object_body(request))
+def update_row(state: SalesforceState, sub: Sub) -> web.Response:
+    sobject = sobject_name(sub.match["sobject"])
+    row = _found(state, sobject, sub.match["id"])
+    fields = _fields_of(_object_body(sub))
     check_fields(sobject, fields)
     errors = validate(state, sobject, fields, creating=False)
     if errors:
@@ -102,9 +119,9 @@ async def update_row(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def delete_row(request: web.Request) -> web.Response:
-    state, sobject = _state(request), sobject_name(request.match_info["sobject"])
-    row = _found(state, sobject, request.match_info["id"])
+def delete_row(state: SalesforceState, sub: Sub) -> web.Response:
+    sobject = sobject_name(sub.match["sobject"])
+    row = _found(state, sobject, sub.match["id"])
     state.delete(sobject, row["Id"])
     return web.Response(status=204)
 
@@ -112,8 +129,8 @@ async def delete_row(request: web.Request) -> web.Response:
 # --- sObject Collections -------------------------------------------------------------------------------
 
 
-async def _collection_body(request: web.Request) -> tuple[list[dict[str, Any]], bool]:
-    body = await _object_body(request)
+def _collection_body(sub: Sub) -> tuple[list[dict[str, Any]], bool]:
+    body = _object_body(sub)
     records, all_or_none = body.get("records"), body.get("allOrNone", False)
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records) or not records:
         raise Reject(sf_error(400, "INVALID_FIELD", "records: must be a non-empty list of sObjects"))
@@ -154,9 +171,8 @@ def _public(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
 
 
-async def collection_create(request: web.Request) -> web.Response:
-    state = _state(request)
-    records, all_or_none = await _collection_body(request)
+def collection_create(state: SalesforceState, sub: Sub) -> web.Response:
+    records, all_or_none = _collection_body(sub)
     typed = [(_record_type(r), _fields_of(r)) for r in records]
     for sobject, fields in typed:
         check_fields(sobject, fields)
@@ -176,9 +192,8 @@ def _ordered(result: dict[str, Any]) -> dict[str, Any]:
     return {k: result[k] for k in ("id", "success", "errors") if k in result}
 
 
-async def collection_update(request: web.Request) -> web.Response:
-    state = _state(request)
-    records, all_or_none = await _collection_body(request)
+def collection_update(state: SalesforceState, sub: Sub) -> web.Response:
+    records, all_or_none = _collection_body(sub)
     results: list[dict[str, Any]] = []
     for record in records:
         sobject, fields = _record_type(record), _fields_of(record)
@@ -205,14 +220,13 @@ async def collection_update(request: web.Request) -> web.Response:
     return web.json_response([_ordered(r) for r in _public(results)])
 
 
-async def collection_delete(request: web.Request) -> web.Response:
-    state = _state(request)
-    ids = [i for i in request.query.get("ids", "").split(",") if i]
+def collection_delete(state: SalesforceState, sub: Sub) -> web.Response:
+    ids = [i for i in sub.query.get("ids", "").split(",") if i]
     if not ids:
         raise Reject(sf_error(400, "MISSING_ARGUMENT", "ids: required parameter is missing"))
     if len(ids) > MAX_COLLECTION:
         raise Reject(sf_error(400, "EXCEEDED_ID_LIMIT", f"ids: cannot delete more than {MAX_COLLECTION} records"))
-    all_or_none = request.query.get("allOrNone", "false").lower() == "true"
+    all_or_none = sub.query.get("allOrNone", "false").lower() == "true"
     results: list[dict[str, Any]] = []
     for record_id in ids:
         located = state.locate(record_id)
@@ -233,16 +247,16 @@ async def collection_delete(request: web.Request) -> web.Response:
     return web.json_response([_ordered(r) for r in _public(results)])
 
 
-async def collection_retrieve(request: web.Request) -> web.Response:
+def collection_retrieve(state: SalesforceState, sub: Sub) -> web.Response:
     """``GET .../composite/sobjects/{Type}?ids=&fields=``: rows in id order, null where missing."""
-    state, sobject = _state(request), sobject_name(request.match_info["sobject"])
-    ids = [i for i in request.query.get("ids", "").split(",") if i]
-    fields = field_list(request, sobject)
+    sobject = sobject_name(sub.match["sobject"])
+    ids = [i for i in sub.query.get("ids", "").split(",") if i]
+    fields = field_list(sub.query, sobject)
     if not ids or fields is None:
         raise Reject(sf_error(400, "MISSING_ARGUMENT", "ids and fields are required parameters"))
     if len(ids) > 2000:
         raise Reject(sf_error(400, "EXCEEDED_ID_LIMIT", "ids: cannot retrieve more than 2000 records"))
-    version = request.match_info["version"]
+    version = sub.version
     rows = []
     for record_id in ids:
         located = state.locate(record_id)
@@ -250,14 +264,44 @@ async def collection_retrieve(request: web.Request) -> web.Response:
     return web.json_response(rows)
 
 
-ROUTES = [
-    web.get(DATA + "/sobjects/{sobject}", describe_basic),
-    web.post(DATA + "/sobjects/{sobject}", create_row),
-    web.get(DATA + "/sobjects/{sobject}/{id}", get_row),
-    web.patch(DATA + "/sobjects/{sobject}/{id}", update_row),
-    web.delete(DATA + "/sobjects/{sobject}/{id}", delete_row),
-    web.post(DATA + "/composite/sobjects", collection_create),
-    web.patch(DATA + "/composite/sobjects", collection_update),
-    web.delete(DATA + "/composite/sobjects", collection_delete),
-    web.get(DATA + "/composite/sobjects/{sobject}", collection_retrieve),
+# (method, path under /services/data/vXX.X, handler): the one table both routers read.
+OPERATIONS: list[tuple[str, str, Operation]] = [
+    ("GET", "/sobjects/{sobject}", describe_basic),
+    ("POST", "/sobjects/{sobject}", create_row),
+    ("GET", "/sobjects/{sobject}/{id}", get_row),
+    ("PATCH", "/sobjects/{sobject}/{id}", update_row),
+    ("DELETE", "/sobjects/{sobject}/{id}", delete_row),
+    ("POST", "/composite/sobjects", collection_create),
+    ("PATCH", "/composite/sobjects", collection_update),
+    ("DELETE", "/composite/sobjects", collection_delete),
+    ("GET", "/composite/sobjects/{sobject}", collection_retrieve),
 ]
+_PATTERNS = [
+    (method, re.compile(re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "$"), operation)
+    for method, path, operation in OPERATIONS
+]
+
+
+def operation_for(method: str, path: str) -> tuple[Operation, dict[str, str]] | None:
+    """The handler and path parameters for ``path`` (relative to ``/services/data/vXX.X``), if any."""
+    for wanted, pattern, operation in _PATTERNS:
+        found = pattern.match(path)
+        if found and wanted == method:
+            return operation, found.groupdict()
+    return None
+
+
+def _handler(operation: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """An aiohttp handler around ``operation``: parse the JSON body of writes, build the ``Sub``."""
+
+    async def handle(request: web.Request) -> web.Response:
+        body = None
+        if request.method in ("POST", "PATCH"):
+            body = await json_body(request, lambda m: sf_error(400, "JSON_PARSER_ERROR", m))
+        sub = Sub(request.match_info["version"], request.match_info, request.query, body)
+        return operation(request.app[SALESFORCE], sub)
+
+    return handle
+
+
+ROUTES = [web.route(method, DATA + path, _handler(operation)) for method, path, operation in OPERATIONS]
