@@ -4,8 +4,9 @@ Records go upstream in the translator's chunks, one chunk at a time, through the
 as proxied calls (so they are paced and authenticated alike). After each chunk the applied records are
 appended to the stream, in one transaction with their last known state, before the next chunk is sent.
 A failure stops the run and its error carries the ``records`` already applied (they are in the stream
-too); where the upstream offers all-or-none (Salesforce's ``allOrNone``) a refused chunk applied
-nothing. ``execute`` wraps a run in Idempotency-Key handling.
+too; an upstream refusal carries them even when none were). Where the upstream offers all-or-none a
+refused chunk applied nothing: Salesforce's chunk is a whole mutation of up to 1,000 records, sent as
+one all-or-none Composite call. ``execute`` wraps a run in Idempotency-Key handling.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Literal, Protocol
 from multidict import MultiDict
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.errors import ConsumerTimeout, GatewayError, InvalidRequest, NotFound
+from gateway.errors import ConsumerTimeout, GatewayError, InvalidRequest, NotFound, UpstreamValidationError
 from gateway.models import Event, Record
 from gateway.mutations.idempotency import IdempotencyKeys
 from gateway.mutations.models import DeleteMutation, Mutation, MutationResponse, UpdateMutation
@@ -180,7 +181,8 @@ class MutationService:
             outcome = "ok"
         except GatewayError as exc:
             outcome = exc.code
-            if run.records:
+            # An upstream refusal says for sure what was applied, so it lists it even when it is nothing.
+            if run.records or (run.sent and isinstance(exc, UpstreamValidationError)):
                 exc.extra["records"] = [r.model_dump(mode="json") for r in run.records]
             raise
         finally:

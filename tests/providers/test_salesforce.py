@@ -96,3 +96,101 @@ def test_error_body_becomes_sentence() -> None:
     """A 400 error list is read into the reference docs' validation sentence."""
     error = SF.error_for(400, {}, [{"message": "Invalid email", "errorCode": "INVALID_EMAIL_ADDRESS"}])
     assert error.status == 400 and error.message == "Error: Salesforce validation error: `Invalid email`"
+
+
+def _items(n: int) -> list[Item]:
+    return [Item(i, None, {"LastName": f"L{i}"}) for i in range(n)]
+
+
+def _saved(*ids: str) -> list[dict[str, object]]:
+    return [{"id": i, "success": True, "errors": []} for i in ids]
+
+
+def test_a_mutation_of_up_to_1000_records_is_one_write_call() -> None:
+    """The chunk is 5 collections of 200, the most one Composite call may roll back together."""
+    assert SF.chunk_size("create") == SF.chunk_size("delete") == 1000
+
+
+def test_more_than_200_creates_become_one_all_or_none_composite_call() -> None:
+    """450 creates are one Composite POST with allOrNone and collection subrequests of 200, 200 and 50."""
+    call = SF.write("create", _items(450), TARGET)
+    assert (call.method, call.path) == ("POST", "/services/data/v59.0/composite")
+    assert call.json["allOrNone"] is True and call.json["collateSubrequests"] is False
+    subrequests = call.json["compositeRequest"]
+    assert [(s["method"], s["url"], s["referenceId"]) for s in subrequests] == [
+        ("POST", "/services/data/v59.0/composite/sobjects", f"chunk{n}") for n in range(3)
+    ]
+    assert [len(s["body"]["records"]) for s in subrequests] == [200, 200, 50]
+    assert subrequests[2]["body"]["records"][49]["LastName"] == "L449"
+
+
+def test_more_than_200_deletes_put_the_ids_in_each_subrequest_url() -> None:
+    """Composite DELETE subrequests carry ?ids=...&allOrNone=true in their url, commas unescaped."""
+    items = [Item(i, f"003{i:015d}", {}) for i in range(201)]
+    subrequests = SF.write("delete", items, TARGET).json["compositeRequest"]
+    assert [s["method"] for s in subrequests] == ["DELETE", "DELETE"] and "body" not in subrequests[0]
+    assert subrequests[1]["url"] == f"/services/data/v59.0/composite/sobjects?ids=003{200:015d}&allOrNone=true"
+
+
+def test_composite_answer_gives_every_id_in_request_order() -> None:
+    """Successful subrequests' SaveResults are joined in order into the written ids."""
+    body = {
+        "compositeResponse": [
+            {"body": _saved("003A", "003B"), "httpHeaders": {}, "httpStatusCode": 200, "referenceId": "chunk0"},
+            {"body": _saved("003C"), "httpHeaders": {}, "httpStatusCode": 200, "referenceId": "chunk1"},
+        ]
+    }
+    written = SF.written("create", _items(3), body)
+    assert written.ids == ["003A", "003B", "003C"] and written.failure is None
+
+
+def test_rolled_back_composite_reports_the_failing_records_message() -> None:
+    """Halted subrequests are skipped; the failing one's real error is the sentence, and nothing applied."""
+    halted = [{"errorCode": "PROCESSING_HALTED", "message": "The transaction was rolled back"}]
+    failing = [
+        {"success": False, "errors": [{"statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK", "message": "rolled back"}]},
+        {"success": False, "errors": [{"statusCode": "INVALID_EMAIL_ADDRESS", "message": "Invalid email"}]},
+    ]
+    body = {
+        "compositeResponse": [
+            {"body": halted, "httpHeaders": {}, "httpStatusCode": 400, "referenceId": "chunk0"},
+            {"body": failing, "httpHeaders": {}, "httpStatusCode": 400, "referenceId": "chunk1"},
+        ]
+    }
+    written = SF.written("create", _items(202), body)
+    assert written.ids == [] and isinstance(written.failure, UpstreamValidationError)
+    assert written.failure.message == "Error: Salesforce validation error: `Invalid email`"
+
+
+def test_a_subrequest_error_list_is_mapped_like_a_direct_answer() -> None:
+    """A subrequest refused whole (an error list, not SaveResults) maps through the error table."""
+    refused = [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
+    body = {"compositeResponse": [{"body": refused, "httpHeaders": {}, "httpStatusCode": 404, "referenceId": "c"}]}
+    assert isinstance(SF.written("update", [Item(0, "003A", {})], body).failure, NotFound)
+
+
+def test_read_back_past_200_ids_is_one_composite_of_gets() -> None:
+    """Reading back 450 ids is one Composite call (not all-or-none) of 3 GET retrieves of at most 200 ids."""
+    ids = [f"003{i:015d}" for i in range(450)]
+    call = SF.fetch(ids, ["LastName"], TARGET)
+    assert (call.method, call.path, call.json["allOrNone"]) == ("POST", "/services/data/v59.0/composite", False)
+    urls = [s["url"] for s in call.json["compositeRequest"]]
+    assert all(u.startswith("/services/data/v59.0/composite/sobjects/Contact?ids=") for u in urls)
+    assert [u.split("ids=")[1].split("&")[0].count(",") + 1 for u in urls] == [200, 200, 50]
+
+
+def test_fetched_joins_composite_rows_and_skips_failed_subrequests() -> None:
+    """Rows of every successful GET subrequest are read; a failed one leaves its records absent."""
+    row = {"attributes": {"type": "Contact"}, "Id": "003A", "LastModifiedDate": "2024-11-10T18:39:00.000+0000"}
+    body = {
+        "compositeResponse": [
+            {"body": [row], "httpHeaders": {}, "httpStatusCode": 200, "referenceId": "chunk0"},
+            {
+                "body": [{"errorCode": "X", "message": "m"}],
+                "httpHeaders": {},
+                "httpStatusCode": 400,
+                "referenceId": "b",
+            },
+        ]
+    }
+    assert [r.upstream_id for r in SF.fetched(body)] == ["003A"]
