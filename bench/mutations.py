@@ -34,7 +34,9 @@ from gateway.vault.crypto import Keyring, generate_key
 from tests.mutations.harness import SPECS
 
 READ_BACK = {"salesforce": True, "hubspot": True, "airtable": False, "stripe": False}
-CHUNK = {"salesforce": 200, "hubspot": 100, "airtable": 10, "stripe": 1}
+# Records per write call: Salesforce sends up to 1,000 as one all-or-none Composite call (5 collections of
+# 200) and reads them back in one Composite call of GETs.
+CHUNK = {"salesforce": 1000, "hubspot": 100, "airtable": 10, "stripe": 1}
 
 
 def _serve_sandbox(provider: str, pipe: Any) -> None:
