@@ -125,15 +125,21 @@ class Salesforce(Translator):
         return Written(ids=[], failure=self._composite_failure(entries))
 
     def _composite_failure(self, entries: list[dict[str, Any]]) -> Any:
-        """The error of the subrequest that failed, skipping the ones halted because of it."""
+        """The error that made the call fail, wherever it is among subrequests rolled back or halted.
+
+        A refused record's SaveResult names it best; else a subrequest refused whole (an error list other
+        than ``PROCESSING_HALTED``) maps through the error table like a direct answer would.
+        """
+        saves = [r for entry in entries for r in _list(entry.get("body")) if isinstance(r, dict) and "success" in r]
+        failed = [r for r in saves if not r["success"]]
+        if any(_real_error(r) for r in failed):
+            return self._refusal(failed)
         for entry in entries:
             body, status = entry.get("body"), entry.get("httpStatusCode")
-            if _ok(entry) or _codes(body) == {_HALTED}:
-                continue
-            failed = [r for r in _list(body) if isinstance(r, dict) and "success" in r and not r["success"]]
-            if failed:
-                return self._refusal(failed)
-            return self.error_for(status if isinstance(status, int) else 400, {}, body)
+            if not _ok(entry) and _codes(body) - {_HALTED, None}:
+                return self.error_for(status if isinstance(status, int) else 400, {}, body)
+        if failed:
+            return self._refusal(failed)
         return self.validation_error("the Composite request was halted without an error")
 
     def _refusal(self, failed: list[Any]) -> Any:
@@ -194,6 +200,11 @@ def _ok(entry: dict[str, Any]) -> bool:
 
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
+
+
+def _real_error(result: dict[str, Any]) -> bool:
+    """Whether a refused SaveResult failed itself rather than being rolled back for another."""
+    return any(isinstance(e, dict) and e.get("statusCode") != _ROLLED_BACK for e in _list(result.get("errors")))
 
 
 def _codes(body: Any) -> set[Any]:

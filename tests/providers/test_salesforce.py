@@ -194,3 +194,17 @@ def test_fetched_joins_composite_rows_and_skips_failed_subrequests() -> None:
         ]
     }
     assert [r.upstream_id for r in SF.fetched(body)] == ["003A"]
+
+
+def test_rolled_back_subrequests_before_the_failing_one_do_not_hide_its_message() -> None:
+    """Earlier subrequests answering with rolled-back SaveResults are passed over for the real error."""
+    rolled = {"statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK", "message": "rolled back"}
+    bad = {"statusCode": "REQUIRED_FIELD_MISSING", "message": "Required fields are missing: [LastName]"}
+    body = {
+        "compositeResponse": [
+            {"body": [{"success": False, "errors": [rolled]}], "httpStatusCode": 400, "referenceId": "chunk0"},
+            {"body": [{"success": False, "errors": [bad]}], "httpStatusCode": 400, "referenceId": "chunk1"},
+        ]
+    }
+    failure = SF.written("create", _items(2), body).failure
+    assert failure is not None and failure.message.endswith("`Required fields are missing: [LastName]`")
