@@ -185,16 +185,24 @@ class GatewayPacer:
         """Reserve, sleep until the slot; reserve again if a pause overtook the slot meanwhile."""
         while True:
             budget = max(0.0, give_up_at - time.monotonic())
-            backend, outcome = await self._with_backend(partial(_reserve_on, call=call, budget=budget))
+            backend: Backend
+            outcome: Reservation | Refused
+            if self._active() is self._local:  # no awaiting, no failover: skip the coroutine layers
+                backend, outcome = self._local, self._local.reserve_now(call.buckets, budget)
+            else:
+                backend, outcome = await self._with_backend(partial(_reserve_on, call=call, budget=budget))
             if isinstance(outcome, Refused):
                 self._metrics.pacing_rejections.labels(call.provider).inc()
                 raise RateLimited("the pacing queue wait would exceed max_wait", retry_after=outcome.retry_after)
-            await self._sleep(call, backend, outcome)
+            if outcome.deadline > asyncio.get_running_loop().time():
+                await self._sleep(call, backend, outcome)
             if not backend.overtaken(outcome):
                 break
-        await self._guard_release(call)
+        hold = self._guard_hold(call)
+        if hold is not None:
+            await self._sleep(call, self._guard, hold)
 
-    async def _guard_release(self, call: Route) -> None:
+    def _guard_hold(self, call: Route) -> Reservation | None:
         """Hold back a burst that a stall of this process would send: the same buckets on real time.
 
         If the process stalls (GC, CPU contention), every waiter whose slot passed meanwhile wakes at
@@ -202,9 +210,10 @@ class GatewayPacer:
         through in-process copies of the buckets keeps this replica's actual sends within the bound;
         without a stall it never delays anything. Wake-ups come in slot order, so FIFO holds.
         """
-        outcome = await self._guard.reserve(call.buckets, GUARD_HORIZON)
-        if isinstance(outcome, Reservation):  # a refusal would take a stall of an hour; then just go
-            await self._sleep(call, self._guard, outcome)
+        outcome = self._guard.reserve_now(call.buckets, GUARD_HORIZON)
+        if isinstance(outcome, Reservation) and outcome.deadline > asyncio.get_running_loop().time():
+            return outcome
+        return None  # nothing to hold back (a refusal would take a stall of an hour: then just go)
 
     async def _sleep(self, call: Route, backend: Backend, reservation: Reservation) -> None:
         loop = asyncio.get_running_loop()
