@@ -201,7 +201,7 @@ def serve_gateway(port: int, upstream: str, workdir: Path) -> None:
     from gateway.config import Config
     from gateway.http import appkeys
     from gateway.observability.logs import configure_logging
-    from gateway.server import install_uvloop
+    from gateway.server import install_uvloop, settle_heap
     from gateway.vault.crypto import Keyring, generate_key
 
     install_uvloop()
@@ -231,7 +231,10 @@ def serve_gateway(port: int, upstream: str, workdir: Path) -> None:
         value = await app[appkeys.TOKENS].create("bench", ["proxy"])
         (workdir / "token").write_text(value)
 
-    app.on_startup.append(token)
+    async def settle(_app: web.Application) -> None:
+        settle_heap()  # as ``gateway serve`` does once started
+
+    app.on_startup.extend([token, settle])
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 

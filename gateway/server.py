@@ -10,6 +10,7 @@ returns, so the process exits 0. Requests still running when that budget is spen
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +32,7 @@ from gateway.vault.crypto import Keyring
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+GC_YOUNG_THRESHOLD = 10_000  # allocations (net of frees) between young collections; Python's default is 700
 
 
 def keyring_for(config: Config, *, allow_empty: bool = False) -> Keyring:
@@ -50,6 +52,21 @@ def install_uvloop() -> None:
     except ImportError:
         return
     uvloop.install()
+
+
+def settle_heap() -> None:
+    """Once started, take the process's long-lived objects out of the cyclic collector's reach.
+
+    After startup ~120,000 objects (SQLAlchemy, pydantic, aiohttp, the app) live as long as the
+    process; every full collection walked them all, ~60 ms each, about once a second at c=50: ~6%
+    of the CPU and, as a pause, most of the p99. ``gc.freeze`` parks them for good; a larger first
+    generation threshold lets short bursts of allocation (a request is freed by reference counting)
+    go without a collection. Cycles are still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
 
 
 def serve(config: Config, keyring: Keyring, *, demo: bool = False) -> None:
@@ -78,6 +95,7 @@ async def _serve(config: Config, keyring: Keyring, *, demo: bool) -> None:
     checks["accepting"] = readiness(False)  # ready only once the API port really accepts
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout)
     await runner.setup()
+    settle_heap()
     try:
         await web.TCPSite(runner, config.server.host, config.server.port).start()
         checks["accepting"] = readiness(True)
