@@ -125,6 +125,17 @@ async def test_headers_are_filtered_replaced_and_added(make_gateway: GatewayFact
     assert resp.headers["X-RateLimit-Remaining"] == "99" and "session=abc" in resp.headers["Set-Cookie"]
 
 
+async def test_no_automatic_headers_are_added(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """The upstream sees no User-Agent, Accept, Accept-Encoding or Content-Type the client did not send."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/echo")
+    status, body = await raw_request(gw, "GET /v1/proxy/credential/cred-1/h HTTP/1.1")
+    seen = json.loads(body)["headers"]
+    assert status == 200 and "x-forwarded-proto" in seen
+    for added in ("user-agent", "accept", "accept-encoding", "content-type"):
+        assert added not in seen
+
+
 async def test_redirects_are_passed_back_not_followed(make_gateway: GatewayFactory, upstream: Upstream) -> None:
     """An upstream 302 reaches the client with its Location header."""
     gw = await make_gateway()
