@@ -6,9 +6,9 @@ signal, so views never set it themselves.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -40,6 +40,11 @@ UPSTREAM_PROVIDER = web.RequestKey("upstream_provider", str)
 PACING_WAIT_MS = web.RequestKey("pacing_wait_ms", float)
 
 
+def new_request_id() -> str:
+    """32 random hex digits: what ``uuid4().hex`` gave, without building a ``UUID`` (1.5% of a call)."""
+    return os.urandom(16).hex()
+
+
 def route_label(request: web.Request) -> str:
     """The bounded ``route`` label: the part of the route name before the first dot."""
     name = request.match_info.route.name or ""
@@ -61,7 +66,7 @@ def gateway_middleware(*, metrics: Metrics, tokens: Tokens, scopes: dict[str, st
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         sent = request.headers.get("x-request-id", "")
-        request_id = sent if _SANE_ID.match(sent) else uuid.uuid4().hex
+        request_id = sent if _SANE_ID.match(sent) else new_request_id()
         request[REQUEST_ID] = request_id
         structlog.contextvars.clear_contextvars()  # one task serves a whole keep-alive connection
         structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -129,7 +134,7 @@ async def _answer(
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare`` signal: stamp every response, however it was produced."""
-    response.headers["x-request-id"] = request.get(REQUEST_ID) or uuid.uuid4().hex
+    response.headers["x-request-id"] = request.get(REQUEST_ID) or new_request_id()
 
 
 def error_response(exc: GatewayError) -> web.Response:
