@@ -8,24 +8,14 @@ from typing import Any
 import pytest
 
 from gateway.sandbox import salesforce
-from gateway.sandbox.salesforce import SalesforceState, salesforce_id
+from gateway.sandbox.salesforce import salesforce_id
 from gateway.sandbox.salesforce_composite import HALTED
-from tests.sandbox.conftest import Running, Start
+from tests.sandbox.conftest import Running
+from tests.sandbox.test_salesforce import COLLECTION, DATA, sf, state
 
-AUTH = {"Authorization": f"Bearer {salesforce.DEFAULT_TOKEN}"}
-DATA = "/services/data/v59.0"
+__all__ = ["sf"]  # the shared fixture, imported so pytest finds it here
+
 COMPOSITE = DATA + "/composite"
-COLLECTION = DATA + "/composite/sobjects"
-
-
-@pytest.fixture
-async def sf(sandbox: Start) -> Running:
-    return await sandbox(salesforce.create_app(), headers=AUTH)
-
-
-def state(running: Running) -> SalesforceState:
-    assert isinstance(running.state, SalesforceState)
-    return running.state
 
 
 def creates(*sizes: int, bad: tuple[int, int] | None = None) -> list[dict[str, Any]]:
