@@ -27,8 +27,8 @@ from gateway.http.middlewares import PACING_WAIT_MS, REQUEST_ID, UPSTREAM_PROVID
 from gateway.http.openapi import Endpoint
 from gateway.store.objects import Credential
 from gateway.upstream.body import REPLAYABLE_BYTES, StreamedBody, read_small
-from gateway.upstream.client import UpstreamResponse
 from gateway.upstream.headers import end_to_end
+from gateway.upstream.response import UpstreamResponse
 
 log = structlog.get_logger(__name__)
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")

@@ -38,12 +38,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from prometheus_client import Counter, Histogram
 from yarl import URL
 
 from gateway.config import Config
-from gateway.errors import GatewayError, UpstreamAuthFailed, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import UpstreamAuthFailed, UpstreamUnavailable
 from gateway.models import OAuth2Auth
 from gateway.observability.metrics import Metrics
 from gateway.pacing.api import Pacer, Permit
@@ -51,16 +51,14 @@ from gateway.store.objects import Credential, Objects
 from gateway.upstream import auth, paths
 from gateway.upstream.body import StreamedBody
 from gateway.upstream.cache import CredentialCache
+from gateway.upstream.response import CHUNK, UpstreamResponse, UpstreamResult, display_name, mapped
 from gateway.vault.credentials import OAuth2Refresher, access_token
 
 PREPARED_LIMIT = 1024
 URLS_LIMIT = 256
-DISPLAY_NAMES = {"salesforce": "Salesforce", "hubspot": "HubSpot", "stripe": "Stripe", "airtable": "Airtable"}
 DEFAULT_TIMEOUTS = {"connect": 10.0, "total": 60.0, "read": 60.0}
 DEFAULT_MAX_WAIT = 30.0
 MAX_PACING_RETRIES = 3
-RESULT_LIMIT = 64 * 1024 * 1024  # request_json bodies are parsed whole; bigger ones are not JSON APIs
-CHUNK = 256 * 1024
 Body = bytes | StreamedBody | None
 # Headers aiohttp would add on its own; a proxy forwards the client's, or none.
 _NO_AUTO_HEADERS: CIMultiDict[None] = CIMultiDict(
@@ -97,14 +95,6 @@ class Prepared:
 
 
 @dataclass
-class UpstreamResult:
-    status: int
-    headers: Mapping[str, str]
-    body_json: Any
-    pacing_wait: float = 0.0
-
-
-@dataclass
 class _Target:
     """One call's raw path and query, and the URL they join to (computed on first use)."""
 
@@ -112,47 +102,6 @@ class _Target:
     query: str
     url: URL | None = None
     base_url: str = ""
-
-
-class UpstreamResponse:
-    """An upstream answer whose body is still on the wire; ``chunks()`` relays it as it arrives."""
-
-    def __init__(self, raw: aiohttp.ClientResponse, *, provider: str, pacing_wait: float) -> None:
-        self._raw = raw
-        self._provider = provider
-        self.status = raw.status
-        self.headers: CIMultiDictProxy[str] = raw.headers
-        self.pacing_wait = pacing_wait
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._raw.content.iter_chunked(CHUNK):
-                yield chunk
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise mapped(exc, self._provider) from exc
-
-    async def read(self, *, limit: int = RESULT_LIMIT) -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        async for chunk in self.chunks():
-            size += len(chunk)
-            if size > limit:
-                raise UpstreamUnavailable(f"Error: {display_name(self._provider)} API answered over {limit} bytes")
-            parts.append(chunk)
-        return b"".join(parts)
-
-
-def display_name(provider: str) -> str:
-    return DISPLAY_NAMES.get(provider, "REST")
-
-
-def mapped(exc: BaseException, provider: str) -> GatewayError:
-    """The one translation of aiohttp/socket failures into the gateway's error tree."""
-    name = display_name(provider)
-    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError/ConnectionTimeoutError are TimeoutErrors
-        return UpstreamTimeout(f"Error: {name} API timed out")
-    reason = "TLS handshake failed" if isinstance(exc, aiohttp.ClientSSLError) else exc.__class__.__name__
-    return UpstreamUnavailable(f"Error: {name} API is unreachable ({reason})")
 
 
 class UpstreamClient:
@@ -430,4 +379,3 @@ class UpstreamClient:
             return resp.status, jsonlib.loads(text)
         except ValueError:
             return resp.status, None
-

@@ -1,0 +1,69 @@
+"""Upstream answers as the rest of the gateway sees them, and the one mapping of transport failures.
+
+``UpstreamResponse`` relays a body still on the wire (the proxy); ``UpstreamResult`` is a parsed JSON
+exchange (mutations). ``mapped`` is the single place aiohttp/socket errors become gateway errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+
+DISPLAY_NAMES = {"salesforce": "Salesforce", "hubspot": "HubSpot", "stripe": "Stripe", "airtable": "Airtable"}
+RESULT_LIMIT = 64 * 1024 * 1024  # request_json bodies are parsed whole; bigger ones are not JSON APIs
+CHUNK = 256 * 1024
+
+
+@dataclass
+class UpstreamResult:
+    status: int
+    headers: Mapping[str, str]
+    body_json: Any
+    pacing_wait: float = 0.0
+
+
+class UpstreamResponse:
+    """An upstream answer whose body is still on the wire; ``chunks()`` relays it as it arrives."""
+
+    def __init__(self, raw: aiohttp.ClientResponse, *, provider: str, pacing_wait: float) -> None:
+        self._raw = raw
+        self._provider = provider
+        self.status = raw.status
+        self.headers: CIMultiDictProxy[str] = raw.headers
+        self.pacing_wait = pacing_wait
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._raw.content.iter_chunked(CHUNK):
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise mapped(exc, self._provider) from exc
+
+    async def read(self, *, limit: int = RESULT_LIMIT) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.chunks():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamUnavailable(f"Error: {display_name(self._provider)} API answered over {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+def display_name(provider: str) -> str:
+    return DISPLAY_NAMES.get(provider, "REST")
+
+
+def mapped(exc: BaseException, provider: str) -> GatewayError:
+    """The one translation of aiohttp/socket failures into the gateway's error tree."""
+    name = display_name(provider)
+    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError/ConnectionTimeoutError are TimeoutErrors
+        return UpstreamTimeout(f"Error: {name} API timed out")
+    reason = "TLS handshake failed" if isinstance(exc, aiohttp.ClientSSLError) else exc.__class__.__name__
+    return UpstreamUnavailable(f"Error: {name} API is unreachable ({reason})")
