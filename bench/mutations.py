@@ -27,6 +27,7 @@ from gateway.app import create_app
 from gateway.config import Config
 from gateway.http import appkeys
 from gateway.models import CredentialIn, SyncIn
+from gateway.observability.logs import configure_logging
 from gateway.sandbox.common import SANDBOX, Knobs
 from gateway.sandbox.runner import run_sandbox
 from gateway.server import install_uvloop
@@ -158,6 +159,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=25)
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
+    configure_logging(format="console", level="warning")  # the table is the output
     install_uvloop()  # the event loop `gateway serve` runs on
     rows = [
         asyncio.run(_bench(p, requests=args.requests, size=args.size, rate=args.rate))
