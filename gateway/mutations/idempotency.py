@@ -6,7 +6,9 @@ by inserting its row with ``status`` NULL: the primary key lets exactly one inse
 PostgreSQL alike. The winner runs the mutation and stores its answer; a duplicate that arrives while
 the winner runs polls the row (short, growing intervals) until the answer is there, so concurrent
 duplicates cause one upstream write in total. The same key with another body is a 409; rows older
-than 24 h are dead and replaced by the next claim.
+than 24 h are dead and replaced by the next claim. An unfinished claim lives only ``claim_lease``
+seconds (15 min): a replica that died mid-mutation must not block its key for a day, and no mutation
+runs that long (each paced call waits at most ``max_wait``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from gateway.errors import Conflict
 from gateway.store import tables as t
 
 TTL_SECONDS = 24 * 3600
+CLAIM_SECONDS = 15 * 60  # lifetime of an unfinished claim (its owner may have died)
 WAIT_SECONDS = 120.0  # longest a duplicate waits for the first request's answer
 KEY_PATTERN = r"[\x21-\x7e]{1,160}"  # printable ASCII without spaces, short enough for the key column
 _FIRST_POLL, _MAX_POLL = 0.02, 0.5
@@ -52,11 +55,13 @@ class IdempotencyKeys:
         engine: AsyncEngine,
         *,
         ttl: float = TTL_SECONDS,
+        claim_lease: float = CLAIM_SECONDS,
         wait: float = WAIT_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
         self.ttl = ttl
+        self.claim_lease = min(claim_lease, ttl)
         self.wait = wait
         self.clock = clock
 
@@ -108,7 +113,7 @@ class IdempotencyKeys:
                             status=None,
                             response=None,
                             created_at=now,
-                            expires_at=now + self.ttl,
+                            expires_at=now + self.claim_lease,
                         )
                     )
                 return None
@@ -119,7 +124,11 @@ class IdempotencyKeys:
         """Store the answer of the request that claimed ``key``."""
         k = t.idempotency_keys.c
         async with self.engine.begin() as conn:
-            await conn.execute(update(t.idempotency_keys).where(k.key == key).values(status=status, response=body))
+            await conn.execute(
+                update(t.idempotency_keys)
+                .where(k.key == key)
+                .values(status=status, response=body, expires_at=k.created_at + self.ttl)
+            )
 
     async def release(self, key: str) -> None:
         """Give up an unfinished claim (nothing was written upstream), so a retry may run."""

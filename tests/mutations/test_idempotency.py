@@ -70,6 +70,27 @@ async def test_expired_key_is_claimed_afresh(make_gateway: GatewayFactory) -> No
     assert await keys.claim("tok:k5", "other") is None
 
 
+async def test_claim_of_a_dead_request_lapses_after_the_claim_lease(make_gateway: GatewayFactory) -> None:
+    """An unfinished claim (its replica died) no longer blocks the key once its lease is over."""
+    now = [1000.0]
+    keys = await _keys(make_gateway, wait=0.2)
+    keys.clock = lambda: now[0]
+    assert await keys.claim("tok:k7", "h") is None
+    now[0] += keys.claim_lease + 1
+    assert await keys.claim("tok:k7", "h") is None
+
+
+async def test_completed_answer_outlives_the_claim_lease(make_gateway: GatewayFactory) -> None:
+    """Completing a claim extends the row to the full 24 h, past the claim lease."""
+    now = [1000.0]
+    keys = await _keys(make_gateway)
+    keys.clock = lambda: now[0]
+    assert await keys.claim("tok:k8", "h") is None
+    await keys.complete("tok:k8", 200, {"kept": True})
+    now[0] += keys.claim_lease + 1
+    assert await keys.claim("tok:k8", "h") == Stored(200, {"kept": True})
+
+
 async def test_unfinished_claim_past_the_wait_is_a_conflict(make_gateway: GatewayFactory) -> None:
     """A duplicate gives up with 409 when the first request is still running after the wait."""
     keys = await _keys(make_gateway, wait=0.2)
