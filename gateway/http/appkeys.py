@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config import Config
 from gateway.observability.metrics import Metrics
 from gateway.pacing.api import Pacer
-from gateway.store.objects import Objects
+from gateway.store.objects import Credential, Objects
 from gateway.store.tokens import Tokens
 from gateway.stream.service import Stream
 from gateway.upstream.client import UpstreamClient
@@ -31,7 +31,7 @@ ENDPOINTS = web.AppKey("endpoints", list["Endpoint"])
 UPSTREAM = web.AppKey("upstream", UpstreamClient)  # the one upstream client (opened in a cleanup context)
 PACER = web.AppKey("pacer", Pacer)
 # Optional hooks other capabilities install: pacing state for GET /v1/credentials/{id}, readiness checks.
-PacingState = Callable[[str], Awaitable[dict[str, Any] | None]]
+PacingState = Callable[[Credential], Awaitable[dict[str, Any]]]
 ReadyCheck = Callable[[], Awaitable[bool]]
 PACING_STATE = web.AppKey[PacingState]("pacing_state")
 READY_CHECKS = web.AppKey("ready_checks", dict[str, ReadyCheck])

@@ -52,7 +52,8 @@ async def _with_pacing_state(request: web.Request, view: CredentialView) -> Cred
     describe = request.app.get(appkeys.PACING_STATE)
     if describe is None:
         return view
-    return view.model_copy(update={"pacing": await describe(view.id)})
+    credential = await request.app[appkeys.OBJECTS].credential(view.id)
+    return view.model_copy(update={"pacing": await describe(credential)})
 
 
 @dataclass(frozen=True)

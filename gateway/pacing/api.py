@@ -37,8 +37,8 @@ class Pacer(Protocol):
         """Feed an upstream answer; returns the pause in seconds if it paused the bucket, else None."""
         ...
 
-    async def describe(self, credential_id: str) -> dict[str, Any] | None:
-        """The bucket's state for ``GET /v1/credentials/{id}``: tokens, queue depth, paused until."""
+    async def describe(self, credential: Credential) -> dict[str, Any]:
+        """The bucket's state for ``GET /v1/credentials/{id}``: limits, tokens, queue depth, paused until."""
         ...
 
     async def ping(self) -> bool:

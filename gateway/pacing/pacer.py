@@ -130,10 +130,9 @@ class GatewayPacer:
         log.info("pacing_paused", provider=credential.provider, status=status, seconds=round(seconds, 3))
         return seconds
 
-    async def describe(self, credential_id: str) -> dict[str, Any] | None:
-        call = self._routes.get(credential_id)
-        if call is None:
-            return None
+    async def describe(self, credential: Credential) -> dict[str, Any]:
+        """The bucket this credential last used (or would use) with its live state."""
+        call = self._routes.get(credential.id) or self._route(credential, "")
         try:
             state = await self._with_backend(lambda backend: backend.describe(call.home))
         except BackendUnavailable:

@@ -44,6 +44,15 @@ async def test_credential_view_shows_its_bucket(make_gateway: GatewayFactory) ->
     assert "tok_supersecret" not in str(pacing)
 
 
+async def test_a_credential_never_used_shows_its_full_bucket(make_gateway: GatewayFactory) -> None:
+    """Before any call, the view shows the effective limits and a full bucket, not nothing."""
+    gw = await make_gateway()
+    assert (await gw.client.post("/v1/credentials", json=CREDENTIAL, headers=gw.auth())).status == 201
+    pacing = (await (await gw.client.get("/v1/credentials/paced", headers=gw.auth())).json())["pacing"]
+    assert (pacing["rate"], pacing["burst"], pacing["queue_depth"], pacing["paused_until"]) == (10, 2, 0, None)
+    assert pacing["tokens"] >= 1
+
+
 @pytest.mark.parametrize(
     ("patch", "field"),
     [({"rate_limit": {"per": 0}}, "rate_limit.per"), ({"rate_limit": {"max_concurrency": 0}}, "max_concurrency")],

@@ -61,7 +61,7 @@ async def test_cancelled_waiters_give_their_slots_back(make_pacer: Any) -> None:
     started = time.monotonic()
     await pacer.acquire(credential, "/")
     assert time.monotonic() - started < 0.15
-    assert (await pacer.describe("cred1"))["queue_depth"] == 0
+    assert (await pacer.describe(credential))["queue_depth"] == 0
 
 
 async def test_max_concurrency_holds_callers_until_a_permit_is_released(make_pacer: Any) -> None:
@@ -87,7 +87,7 @@ async def test_an_upstream_429_pauses_the_bucket_for_every_caller(make_pacer: An
     pacer = await make_pacer()
     credential = make_credential(rate=100)
     assert await pacer.observe(credential, "/", 429, {"Retry-After": "1"}) == 1
-    state = await pacer.describe("cred1")
+    state = await pacer.describe(credential)
     assert state is None or state["paused_until"] is not None
     permit = await pacer.acquire(credential, "/")
     assert 0.9 <= permit.waited <= 1.5

@@ -131,7 +131,7 @@ async def test_unreachable_redis_falls_back_to_local_buckets(make_pacer: Any) ->
     with pytest.raises(Exception, match="max_wait"):
         await pacer.acquire(credential, "/")
     assert pacer._metrics.pacing_backend_fallbacks._value.get() == 1
-    assert (await pacer.describe("cred1"))["backend"] == "local"
+    assert (await pacer.describe(credential))["backend"] == "local"
 
 
 async def test_unreachable_redis_rejects_calls_under_the_reject_policy(make_pacer: Any) -> None:
@@ -191,10 +191,10 @@ async def test_the_pacer_returns_to_redis_when_it_comes_back(
     await pacer.acquire(credential, "/")
     await link.down()
     await pacer.acquire(credential, "/")
-    assert (await pacer.describe("cred1"))["backend"] == "local"
+    assert (await pacer.describe(credential))["backend"] == "local"
     await link.up()
     deadline = time.monotonic() + 10
-    while (await pacer.describe("cred1"))["backend"] != "redis":
+    while (await pacer.describe(credential))["backend"] != "redis":
         assert time.monotonic() < deadline, "the pacer never went back to Redis"
         await asyncio.sleep(0.05)
     await pacer.acquire(credential, "/")
