@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+from gateway.http import appkeys
 from tests.conftest import Gateway, GatewayFactory
 from tests.stream.helpers import add_consumer, append, insert, seed_sync
 
@@ -140,3 +141,14 @@ async def test_receive_endpoints_are_in_the_openapi_document(make_gateway: Gatew
     doc = await (await gw.client.get("/v1/openapi.json", headers=gw.auth())).json()
     assert "/v1/consumers/{id}/receive" in doc["paths"]
     assert doc["components"]["schemas"]["ReceiveRequest"]["properties"]["batch_size"]["maximum"] == 1000
+
+
+async def test_a_deleted_consumer_leaves_no_pending_series(make_gateway: GatewayFactory) -> None:
+    """Once the consumer is gone, the next refresh drops its gateway_consumer_pending_events series."""
+    gw = await _ready(make_gateway)
+    await _post(gw, "/v1/consumers/reader/receive", {"wait_for": 0})
+    assert 'consumer="reader"' in await (await gw.client.get("/metrics")).text()
+    assert (await gw.client.delete("/v1/consumers/reader", headers=gw.auth())).status == 204
+    remaining = [c.id for c in await gw.app[appkeys.OBJECTS].all_consumers()]
+    await gw.app[appkeys.STREAM].queue.refresh_all_pending(remaining)
+    assert 'consumer="reader"' not in await (await gw.client.get("/metrics")).text()

@@ -40,6 +40,7 @@ class DeliveryQueue:
         self.engine = engine
         self.signals = signals
         self.metrics = metrics
+        self._gauged: set[str] = set()  # consumers with a pending series, so deleted ones can be dropped
 
     async def receive(self, consumer_id: str, *, batch_size: int, visibility: float, wait: float) -> list[Delivery]:
         """Claim up to ``batch_size`` events, waiting up to ``wait`` s for the first to arrive.
@@ -155,6 +156,9 @@ class DeliveryQueue:
         query = select(d.consumer_id, func.count()).group_by(d.consumer_id)
         async with self.engine.connect() as conn:
             counts = dict((await conn.execute(query)).tuples().all())
+        for gone in self._gauged - set(consumer_ids):
+            self.metrics.consumer_pending.remove(gone)  # a deleted consumer's series must not linger
+        self._gauged = set(consumer_ids)
         for consumer_id in consumer_ids:
             self.metrics.consumer_pending.labels(consumer_id).set(counts.get(consumer_id, 0))
 
@@ -164,6 +168,7 @@ class DeliveryQueue:
         async with self.engine.connect() as conn:
             count = int((await conn.execute(query)).scalar_one())
         self.metrics.consumer_pending.labels(consumer_id).set(count)
+        self._gauged.add(consumer_id)
         return count
 
 
