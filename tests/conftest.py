@@ -17,7 +17,8 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 
 from gateway.app import create_app
 from gateway.config import Config
@@ -183,6 +184,18 @@ class Gateway:
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 
+class ServedLikeProduction(TestServer):
+    """A test server whose handlers run on when their client disconnects, as under ``gateway serve``.
+
+    aiohttp's test server cancels them (``handler_cancellation=True``); the gateway's ``AppRunner``
+    does not, so a mutation is never cut halfway by a client that left. Tests must see the same.
+    """
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        kwargs["handler_cancellation"] = False
+        return await super()._make_runner(**kwargs)
+
+
 @pytest.fixture
 def make_gateway(aiohttp_client: Any, keyring: Keyring, store_url: str) -> GatewayFactory:
     """Start a gateway on the parametrized store: ``await make_gateway(pacing={...})``."""
@@ -192,7 +205,7 @@ def make_gateway(aiohttp_client: Any, keyring: Keyring, store_url: str) -> Gatew
 
         config = make_config(store_url, keyring, **sections)
         app = create_app(config, keyring=keyring, ops_on_main=True)
-        client = await aiohttp_client(app)
+        client = await aiohttp_client(ServedLikeProduction(app))
         token = await app[appkeys.TOKENS].create("admin", ["admin"])
         return Gateway(client, token)
 

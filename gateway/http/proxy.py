@@ -128,17 +128,16 @@ async def _relay(request: web.Request, upstream: UpstreamResponse) -> web.Stream
     kind = _SmallResponse if small else web.StreamResponse
     response = kind(status=upstream.status, headers=end_to_end(upstream.headers))
     response.headers["x-gateway-pacing-wait-ms"] = str(request[PACING_WAIT_MS])
-    await response.prepare(request)
     try:
+        await response.prepare(request)
         async for chunk in upstream.chunks():
             await response.write(chunk)
+        await response.write_eof()
     except (GatewayError, ConnectionError) as exc:
         # Upstream died mid-body (truncate, never pretend the body completed) or the client left
         # (leaving the ``stream`` block then drops the upstream connection, cancelling its request).
         log.warning("proxy_body_interrupted", reason=getattr(exc, "code", exc.__class__.__name__))
         _close(request)
-        return response
-    await response.write_eof()
     return response
 
 

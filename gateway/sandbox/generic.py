@@ -133,7 +133,8 @@ async def slow(request: web.Request) -> web.StreamResponse:
         return web.json_response({"slow": True})
     response = web.StreamResponse()
     await response.prepare(request)
-    await response.write(b"first")
+    if request.query["body"] != "late":  # ``body=late``: only the head goes before the delay
+        await response.write(b"first")
     await asyncio.sleep(delay)
     await response.write(b"late")
     return response

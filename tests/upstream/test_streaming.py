@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from tests.conftest import GatewayFactory
 from tests.upstream.helpers import Upstream, add_credential, raw_request, start_upstream
@@ -134,6 +137,28 @@ async def test_client_leaving_mid_download_cancels_the_upstream(
         assert len(await resp.content.readexactly(MIB)) == MIB
         resp.close()
     await _poll(lambda: upstream.state.aborted_downloads == 1)
+
+
+async def test_client_leaving_before_the_body_ends_is_not_an_error(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    """A client gone by the time the answer ends is logged as an interrupted body, not a 500."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url)
+    server = gw.client.server
+    with capture_logs() as events:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        head = "GET /v1/proxy/credential/cred-1/slow?delay=0.3&body=late HTTP/1.1\r\nHost: x\r\n"
+        writer.write(f"{head}Authorization: Bearer {gw.admin_token}\r\n\r\n".encode())
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 200")
+        linger_off = struct.pack("ii", 1, 0)  # close with a reset, as wrk and impatient clients do
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_off)
+        writer.close()  # gone before the upstream ends its (empty, chunked) body
+        await writer.wait_closed()
+        await _poll(lambda: any(e["event"] == "request" for e in events))
+    assert [e["event"] for e in events if e["log_level"] == "error"] == []
+    assert any(e["event"] == "proxy_body_interrupted" for e in events)
+    assert [e["status"] for e in events if e["event"] == "request"] == [200]
 
 
 async def test_upstream_dying_mid_body_ends_the_client_response(
