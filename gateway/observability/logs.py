@@ -106,9 +106,23 @@ def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str,
     }
 
 
-def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
-    """Resolve ``sys.stderr`` per logger, so a replaced stream (tests, daemons) is always honoured."""
-    return structlog.PrintLogger(sys.stderr)
+class _StderrLogger:
+    """Writes each rendered line to ``sys.stderr`` as it is at that moment (tests and daemons replace
+    it), the newline joined to the line: one ``write`` call per line, where ``print`` made two."""
+
+    def msg(self, message: str) -> None:
+        stream = sys.stderr
+        stream.write(message + "\n")
+        stream.flush()
+
+    debug = info = warning = warn = error = err = critical = exception = fatal = log = msg
+
+
+def _stderr_logger(*_args: Any) -> _StderrLogger:
+    return _STDERR
+
+
+_STDERR = _StderrLogger()
 
 
 def configure_logging(*, format: Literal["auto", "json", "console"] = "auto", level: str = "info") -> None:
