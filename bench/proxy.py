@@ -1,18 +1,23 @@
 """Proxy speed and memory on loopback: direct vs. a bare aiohttp proxy vs. the gateway vs. nginx.
 
-    python bench/proxy.py [--seconds 5] [--json results.json]
+    python bench/proxy.py [--seconds 5] [--json results.json] [--upstream both|nginx|sandbox]
+                          [--workers 2] [--small-only]
 
-Rows: small GETs at c=1 and c=50 with wrk (requests/s, p50, p99) against the upstream directly,
-through a bare aiohttp+uvloop proxy (the baseline: aiohttp's own cost on this machine), through the
-gateway (a real ``gateway``-style process: uvloop, SQLite store, the real pacer, request logging on,
-to /dev/null) and through nginx as a plain reverse proxy (1 worker, upstream keepalive);
-then 1 GiB uploaded and downloaded through the gateway at full speed, and a download read slowly,
-with the gateway's peak RSS growth. The upstream for small GETs is nginx serving a fixed body (or the
-generic sandbox when nginx is missing); big transfers use the generic sandbox's streaming endpoints.
+Small GETs (64-byte body with a Content-Length) at c=1 and c=50 with wrk (requests/s, p50, p99), one
+warm-up second before each row, against two upstreams in turn: nginx serving a fixed body (a fast
+upstream: what the proxies themselves cost shows most) and the project's generic sandbox upstream on
+aiohttp+uvloop (a Python upstream, as the issue's calibration was measured). Rows per upstream:
+``direct``; ``bare aiohttp`` (a ~25-line aiohttp+uvloop proxy: the baseline of aiohttp's own cost,
+no auth, pacing, logs or metrics); ``gateway`` (the real ``gateway serve``, default config: SQLite,
+local pacing, request log at info as JSON to /dev/null, metrics, token auth); ``gateway xN`` (the
+same with ``server.workers = N``, which needs PostgreSQL and Redis: skipped with a message when they
+are not reachable); ``nginx`` as a plain reverse proxy (1 worker, upstream keepalive 64).
+Then 1 GiB uploaded and downloaded through the single-process gateway at full speed, and a download
+read slowly, with the gateway process's peak RSS growth.
 
-Needs ``wrk`` for the latency rows (``apt-get install wrk``); nginx rows are skipped with a message if
-``nginx`` is not installed. Roles ``serve-gateway``, ``serve-bare`` and ``serve-upstream`` are this
-script run as a child process. ``--small-only`` skips the big transfers.
+Needs ``wrk`` (``apt-get install wrk``); nginx rows are skipped with a message if ``nginx`` is not
+installed. PostgreSQL and Redis for the workers row: ``GATEWAY_TEST_PG`` (an admin DSN; the bench
+creates and drops its own database) and ``GATEWAY_TEST_REDIS``, as the tests use.
 """
 
 from __future__ import annotations
@@ -28,15 +33,22 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 # Run as a script, sys.path[0] is bench/; put the repository first so ``gateway`` is the checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gateway.vault.crypto import generate_key
+
+PG_ADMIN_DSN = os.environ.get("GATEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
 GIB = 1024**3
 MIB = 1024**2
 SMALL_BODY = "x" * 64
@@ -73,6 +85,20 @@ def wait_port(port: int, timeout: float = 20) -> None:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+def wait_ready(url: str, timeout: float = 30) -> None:
+    """Poll a readiness URL until it answers 200 (every worker of a ``gateway serve`` is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready within {timeout}s")
 
 
 @contextmanager
@@ -193,84 +219,140 @@ def serve_bare(port: int, upstream: str) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-def serve_gateway(port: int, upstream: str, workdir: Path) -> None:
-    """A gateway as ``gateway serve`` runs it, seeded with one credential and an API token."""
-    from aiohttp import web
+@dataclass
+class Gateway:
+    """A running ``gateway serve`` (its process, the API token, the base URL of the bench credential)."""
 
-    from gateway.app import create_app
-    from gateway.config import Config
-    from gateway.http import appkeys
-    from gateway.observability.logs import configure_logging
-    from gateway.server import install_uvloop, settle_heap
-    from gateway.vault.crypto import Keyring, generate_key
+    proc: subprocess.Popen[bytes]
+    token: str
+    url: str
 
-    install_uvloop()
-    key = generate_key("bench")
-    config = Config.model_validate(
-        {
-            "server": {"port": port},
-            "store": {"url": f"sqlite:///{workdir / 'gateway.db'}"},
-            "encryption": {"keys": key},
-            "log": {"format": "json", "level": "info"},
-            "credentials": [
-                {
-                    "id": "bench",
-                    "provider": "rest",
-                    "base_url": upstream,
-                    "auth": {"type": "bearer", "token": "upstream-token"},
-                    "rate_limit": {"rate": 1_000_000, "per": 1, "burst": 1_000_000},
-                    "timeouts": {"total": 0},
-                }
-            ],
-        }
+
+def gateway_config(workdir: Path, port: int, ops_port: int, upstream: str, *, workers: int, store_url: str) -> Path:
+    """A TOML config as a user writes it: one credential to ``upstream``, pacing out of the way."""
+    shared = workers > 1
+    config = workdir / f"gateway-{port}.toml"
+    config.write_text(
+        f"""
+[server]
+port = {port}
+{f"workers = {workers}" if shared else ""}
+[metrics]
+port = {ops_port}
+[store]
+url = "{store_url}"
+[pacing]
+backend = "{'redis' if shared else 'local'}"
+redis_url = "{REDIS_URL}"
+key_prefix = "bench-{port}"
+[log]
+format = "json"
+level = "info"
+[[credentials]]
+id = "bench"
+provider = "rest"
+base_url = "{upstream}"
+auth = {{ type = "bearer", token = "upstream-token" }}
+rate_limit = {{ rate = 1000000, per = 1, burst = 1000000 }}
+timeouts = {{ total = 0 }}
+"""
     )
-    configure_logging(format="json", level="info")
-    app = create_app(config, keyring=Keyring.parse(key), ops_on_main=True)
+    return config
 
-    async def token(app: web.Application) -> None:
-        value = await app[appkeys.TOKENS].create("bench", ["proxy"])
-        (workdir / "token").write_text(value)
 
-    async def settle(_app: web.Application) -> None:
-        settle_heap()  # as ``gateway serve`` does once started
+@contextmanager
+def gateway(workdir: Path, upstream: str, *, workers: int = 1, store_url: str | None = None) -> Iterator[Gateway]:
+    """``gateway migrate``, ``gateway tokens create`` and ``gateway serve``, as the README has them."""
+    port, ops_port = free_port(), free_port()
+    store_url = store_url or f"sqlite:///{workdir / f'gateway-{port}.db'}"
+    config = gateway_config(workdir, port, ops_port, upstream, workers=workers, store_url=store_url)
+    env = {**os.environ, "GATEWAY_CONFIG": str(config), "GATEWAY_ENCRYPTION__KEYS": generate_key("bench")}
+    cli = [sys.executable, "-m", "gateway"]
+    subprocess.run([*cli, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    made = subprocess.run([*cli, "tokens", "create", "--name", "bench", "--scope", "proxy"],
+                          env=env, check=True, stdout=subprocess.PIPE, text=True)
+    with child([*cli, "serve"], port, env=env) as proc:
+        wait_ready(f"http://127.0.0.1:{ops_port}/readyz")
+        yield Gateway(proc, made.stdout.strip(), f"http://127.0.0.1:{port}/v1/proxy/credential/bench")
 
-    app.on_startup.extend([token, settle])
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+@contextmanager
+def postgres_database() -> Iterator[str | None]:
+    """A fresh database for the workers row (dropped afterwards), or None when PostgreSQL is not there."""
+    name = f"gateway_bench_{os.getpid()}"
+
+    async def admin(statement: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"PostgreSQL not reachable at {PG_ADMIN_DSN} ({exc}): skipping the workers row", file=sys.stderr)
+        yield None
+        return
+    try:
+        yield PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def redis_reachable() -> bool:
+    host, port = REDIS_URL.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        if sock.connect_ex((host, int(port))) == 0:
+            return True
+    print(f"Redis not reachable at {REDIS_URL}: skipping the workers row", file=sys.stderr)
+    return False
 
 
 # --- the run ----------------------------------------------------------------------------------------
 
 
-def small_gets(seconds: int, workdir: Path, gateway_port: int, upstream: str, token: str) -> list[dict[str, Any]]:
+@contextmanager
+def upstream_server(kind: str, workdir: Path) -> Iterator[str]:
+    """The small-GET upstream: nginx returning a fixed body, or the generic sandbox on aiohttp."""
+    port = free_port()
+    if kind == "nginx":
+        with nginx(workdir, f"upstream-{port}", port, port, NGINX_UPSTREAM):
+            yield f"http://127.0.0.1:{port}"
+    else:
+        with child([sys.executable, __file__, "serve-upstream", str(port)], port):
+            yield f"http://127.0.0.1:{port}"
+
+
+def small_gets(seconds: int, workdir: Path, kind: str, workers: int, pg_url: str | None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    bare_port = free_port()
-    targets = [("direct", f"{upstream}/bytes/64", {}),
-               ("bare aiohttp", f"http://127.0.0.1:{bare_port}/bytes/64", {}),
-               ("gateway", f"http://127.0.0.1:{gateway_port}/v1/proxy/credential/bench/bytes/64",
-                {"Authorization": f"Bearer {token}"})]
-    nginx_port = free_port()
-    have_nginx = shutil.which("nginx") is not None
-    if not have_nginx:
-        print("nginx is not installed: skipping the nginx row (apt-get install nginx)", file=sys.stderr)
-    upstream_port = int(upstream.rsplit(":", 1)[1])
-    with child([sys.executable, __file__, "serve-bare", str(bare_port), upstream], bare_port), \
-            nginx(workdir, "proxy", nginx_port, upstream_port, NGINX_PROXY) if have_nginx else _nothing():
-        if have_nginx:
-            targets.append(("nginx", f"http://127.0.0.1:{nginx_port}/bytes/64", {}))
+    path = "/bytes/64?length=1"  # nginx ignores the query; the sandbox then answers with a Content-Length
+    with ExitStack() as stack:
+        upstream = stack.enter_context(upstream_server(kind, workdir))
+        bare_port = free_port()
+        stack.enter_context(child([sys.executable, __file__, "serve-bare", str(bare_port), upstream], bare_port))
+        single = stack.enter_context(gateway(workdir, upstream))
+        targets = [("direct", upstream + path, {}),
+                   ("bare aiohttp", f"http://127.0.0.1:{bare_port}{path}", {}),
+                   ("gateway", single.url + path, {"Authorization": f"Bearer {single.token}"})]
+        if workers > 1 and pg_url is not None:
+            several = stack.enter_context(gateway(workdir, upstream, workers=workers, store_url=pg_url))
+            targets.append((f"gateway x{workers}", several.url + path, {"Authorization": f"Bearer {several.token}"}))
+        if shutil.which("nginx") is not None:
+            nginx_port = free_port()
+            stack.enter_context(nginx(workdir, f"proxy-{nginx_port}", nginx_port, int(upstream.rsplit(":", 1)[1]),
+                                      NGINX_PROXY))
+            targets.append(("nginx", f"http://127.0.0.1:{nginx_port}{path}", {}))
         for connections in (1, 50):
             for name, url, headers in targets:
-                wrk(url, connections, 1, headers)  # warm-up: connections, caches, JIT-free but still
-                rows.append({"path": name, "c": connections, **wrk(url, connections, seconds, headers)})
+                wrk(url, connections, 1, headers)  # warm-up: connections, caches
+                measured = wrk(url, connections, seconds, headers)
+                rows.append({"upstream": kind, "path": name, "c": connections, **measured})
     return rows
 
 
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
-
-
-async def big_transfers(gateway_port: int, token: str, pid: int) -> list[dict[str, Any]]:
-    url = f"http://127.0.0.1:{gateway_port}/v1/proxy/credential/bench"
+async def big_transfers(url: str, token: str, pid: int) -> list[dict[str, Any]]:
     return [
         {"transfer": "upload 1 GiB", **await transfer("upload", url, token, pid)},
         {"transfer": "download 1 GiB", **await transfer("download", url, token, pid)},
@@ -281,60 +363,54 @@ async def big_transfers(gateway_port: int, token: str, pid: int) -> list[dict[st
     ]
 
 
-def run(seconds: int, *, small_only: bool = False) -> dict[str, Any]:
+def run(seconds: int, *, upstreams: list[str], workers: int, small_only: bool = False) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed for the latency rows: apt-get install wrk")
-    me = [sys.executable, __file__]
-    with tempfile.TemporaryDirectory() as tmp:
+    if "nginx" in upstreams and shutil.which("nginx") is None:
+        print("nginx is not installed: skipping its rows and its upstream (apt-get install nginx)", file=sys.stderr)
+        upstreams = [kind for kind in upstreams if kind != "nginx"]
+    results: dict[str, Any] = {"small_gets": [], "transfers": []}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         workdir = Path(tmp)
-        small_port, sandbox_port, gateway_port = free_port(), free_port(), free_port()
-        have_nginx = shutil.which("nginx") is not None
-        small_upstream = nginx(workdir, "upstream", small_port, small_port, NGINX_UPSTREAM) if have_nginx else None
-        with (small_upstream or child([*me, "serve-upstream", str(small_port)], small_port)),\
-                child([*me, "serve-upstream", str(sandbox_port)], sandbox_port):
-            results: dict[str, Any] = {}
-            gateway_args = [*me, "serve-gateway", str(gateway_port), f"http://127.0.0.1:{small_port}", tmp]
-            with child(gateway_args, gateway_port):
-                token = (workdir / "token").read_text()
-                results["small_gets"] = small_gets(seconds, workdir, gateway_port, gateway_args[4], token)
-            results["transfers"] = []
-            if small_only:
-                return results
-            gateway_args[4] = f"http://127.0.0.1:{sandbox_port}"
-            (workdir / "token").unlink()
-            os.remove(workdir / "gateway.db")
-            with child(gateway_args, gateway_port) as gateway:
-                token = (workdir / "token").read_text()
-                results["transfers"] = asyncio.run(big_transfers(gateway_port, token, gateway.pid))
+        (workdir / "tmp").mkdir()
+        pg_url = stack.enter_context(postgres_database()) if workers > 1 and redis_reachable() else None
+        for kind in upstreams:
+            results["small_gets"] += small_gets(seconds, workdir, kind, workers, pg_url)
+        if not small_only:
+            with upstream_server("sandbox", workdir) as upstream, gateway(workdir, upstream) as gw:
+                results["transfers"] = asyncio.run(big_transfers(gw.url, gw.token, gw.proc.pid))
     return results
 
 
 def print_table(results: dict[str, Any]) -> None:
-    print(f"{'path':<14} {'c':>3} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'upstream':<9} {'path':<14} {'c':>3} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
     for row in results["small_gets"]:
-        print(f"{row['path']:<14} {row['c']:>3} {row['rps']:>10.0f} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}")
-    print()
-    print(f"{'transfer':<42} {'MiB/s':>8} {'RSS growth MiB':>15}")
+        print(f"{row['upstream']:<9} {row['path']:<14} {row['c']:>3} {row['rps']:>10.0f} "
+              f"{row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}")
+    if results["transfers"]:
+        print()
+        print(f"{'transfer':<42} {'MiB/s':>8} {'RSS growth MiB':>15}")
     for row in results["transfers"]:
         print(f"{row['transfer']:<42} {row['mib_per_s']:>8.0f} {row['rss_growth_mib']:>15.1f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    roles = ["bench", "serve-gateway", "serve-upstream", "serve-bare"]
+    roles = ["bench", "serve-upstream", "serve-bare"]
     parser.add_argument("role", nargs="?", default="bench", choices=roles)
     parser.add_argument("args", nargs="*")
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--upstream", choices=["both", "nginx", "sandbox"], default="both")
+    parser.add_argument("--workers", type=int, default=2, help="processes of the gateway xN row (1: no such row)")
     parser.add_argument("--small-only", action="store_true", help="skip the 1 GiB transfers")
     ns = parser.parse_args()
     if ns.role == "serve-upstream":
         return serve_upstream(int(ns.args[0]))
     if ns.role == "serve-bare":
         return serve_bare(int(ns.args[0]), ns.args[1])
-    if ns.role == "serve-gateway":
-        return serve_gateway(int(ns.args[0]), ns.args[1], Path(ns.args[2]))
-    results = run(ns.seconds, small_only=ns.small_only)
+    upstreams = ["nginx", "sandbox"] if ns.upstream == "both" else [ns.upstream]
+    results = run(ns.seconds, upstreams=upstreams, workers=ns.workers, small_only=ns.small_only)
     print_table(results)
     if ns.json:
         ns.json.write_text(json.dumps(results, indent=2))
