@@ -22,6 +22,7 @@ from aiohttp.web_runner import BaseRunner
 
 from gateway.app import create_app
 from gateway.config import Config
+from gateway.http.protocol import serve_json_errors
 from gateway.store.tables import metadata
 from gateway.vault.crypto import Keyring, generate_key
 
@@ -185,15 +186,21 @@ GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 
 class ServedLikeProduction(TestServer):
-    """A test server whose handlers run on when their client disconnects, as under ``gateway serve``.
+    """A test server that serves as ``gateway serve`` does, so tests see what users get.
 
-    aiohttp's test server cancels them (``handler_cancellation=True``); the gateway's ``AppRunner``
-    does not, so a mutation is never cut halfway by a client that left. Tests must see the same.
+    Handlers run on when their client disconnects: aiohttp's test server cancels them
+    (``handler_cancellation=True``), the gateway's runner does not, so a mutation is never cut
+    halfway by a client that left. Requests the HTTP parser refuses get the JSON error.
     """
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
         kwargs["handler_cancellation"] = False
         return await super()._make_runner(**kwargs)
+
+    async def start_server(self, *args: Any, **kwargs: Any) -> None:
+        await super().start_server(*args, **kwargs)
+        assert self.runner is not None
+        serve_json_errors(self.runner)
 
 
 @pytest.fixture

@@ -200,6 +200,32 @@ async def test_unknown_method_is_405_json(make_gateway: GatewayFactory, upstream
     assert upstream.state.requests == 0
 
 
+@pytest.mark.parametrize(
+    ("request_line", "headers", "reason"),
+    [
+        ("BREW /v1/proxy/credential/cred-1/x HTTP/1.1", {}, "Invalid method"),
+        ("GET /v1/proxy/credential/cred-1/x HTTP/1.1", {"X-Bad": "a\x01b"}, "Invalid header value char"),
+        ("GET /v1/proxy/credential/cred-1/x HTTP/1.1", {"Content-Length": "12abc"}, "Content-Length"),
+    ],
+)
+async def test_requests_the_http_parser_refuses_get_the_json_400(
+    make_gateway: GatewayFactory, upstream: Upstream, request_line: str, headers: dict[str, str], reason: str
+) -> None:
+    """A method outside HTTP's grammar or a malformed header: the JSON 400, the bytes never echoed or logged."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/echo")
+    secret_header = {"X-Api-Key": "leaky-secret-value\x01"} if "X-Bad" in headers else {}
+    with capture_logs() as events:
+        status, body = await raw_request(gw, request_line, {**headers, **secret_header})
+    assert status == 400
+    answer = json.loads(body)
+    assert answer["code"] == "invalid_request" and reason in answer["error"]
+    assert "BREW" not in answer["error"] and "leaky" not in answer["error"]
+    assert [e["event"] for e in events] == ["bad_http_request"]
+    assert "leaky" not in str(events)
+    assert upstream.state.requests == 0
+
+
 async def test_every_listed_method_is_relayed(make_gateway: GatewayFactory, upstream: Upstream) -> None:
     """GET, POST, PUT, PATCH, DELETE, HEAD and OPTIONS all reach the upstream with their method."""
     gw = await make_gateway()

@@ -1,0 +1,76 @@
+"""Requests that aiohttp's HTTP parser refuses still get SPEC.md's JSON error and one redacted log line.
+
+A method outside HTTP's grammar, a control character in a header, a malformed ``Content-Length``:
+aiohttp answers these itself, before the application and its middleware see a request, with a
+plain-text body that quotes the offending bytes, and logs the parser's traceback through the standard
+library logger, again with those bytes (the quoted line may be an ``Authorization`` header). The
+connection handler below answers them like every other bad input instead: the JSON body of
+``gateway.errors``, the parser's reason without the bytes, a ``bad_http_request`` warning line.
+
+aiohttp builds one ``RequestHandler`` per connection inside its ``Server``; ``serve_json_errors``
+makes a runner's server build this subclass (same slots, only ``handle_error`` differs).
+"""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from gateway.errors import GatewayError, InternalError, InvalidRequest, PayloadTooLarge
+from gateway.http.middlewares import error_response
+
+log = structlog.get_logger(__name__)
+
+
+class _JsonErrorHandler(RequestHandler):
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # the head went out already: only closing is left, as aiohttp does
+            raise ConnectionError("the response was already started; cannot send an error body")
+        error = _error_for(status, exc)
+        if error.status >= 500:
+            log.error("unhandled_error", exc_info=exc)
+        else:
+            log.warning("bad_http_request", status=error.status, reason=error.message)
+        response = error_response(error)
+        response.force_close()
+        return response
+
+
+def _error_for(status: int, exc: BaseException | None) -> GatewayError:
+    if status >= 500:
+        return InternalError("internal error; see the gateway log")
+    reason = _reason(exc)
+    if status == 413:
+        return PayloadTooLarge(f"malformed HTTP request: {reason}")
+    return InvalidRequest(f"malformed HTTP request: {reason}")
+
+
+def _reason(exc: BaseException | None) -> str:
+    """The parser's sentence (``Invalid header value char``) without the quoted request bytes after it."""
+    text = str(getattr(exc, "message", "") or "").strip()
+    first = text.splitlines()[0].rstrip(":").strip() if text else ""
+    return first or "the request could not be parsed"
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = _JsonErrorHandler
+        return handler
+
+
+def serve_json_errors(runner: web.BaseRunner) -> None:
+    """Call after ``runner.setup()``: connections accepted from then on answer parser errors in JSON."""
+    server = runner.server
+    if server is None:
+        raise RuntimeError("serve_json_errors() needs a runner that was set up")
+    server.__class__ = _JsonErrorServer
