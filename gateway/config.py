@@ -43,6 +43,7 @@ class ServerConfig(Strict):
     token_cache_ttl: float = Field(
         default=5, ge=0, description="seconds a valid API token is cached in-process; 0 = off"
     )
+    workers: int = Field(default=1, ge=1, description="processes accepting on server.port (a supervisor)")
 
 
 class MetricsConfig(Strict):
@@ -113,6 +114,22 @@ class Config(Strict):
                 raise ValueError(f"every [[{kind}]] entry needs an id so restarts update it in place")
         if any(c.id is None for c in self.consumers):
             raise ValueError("every [[consumers]] entry needs an id so restarts update it in place")
+        return self
+
+    @model_validator(mode="after")
+    def _workers_share_state(self) -> Config:
+        """Workers are replicas: what one process kept in memory or a local file must be shared instead."""
+        if self.server.workers == 1:
+            return self
+        problems = []
+        if self.pacing.backend != "redis":
+            problems.append('pacing.backend = "redis" (local buckets would let each worker spend the whole limit)')
+        if self.store.is_sqlite:
+            problems.append("a PostgreSQL store.url (SQLite wakes stream waiters in its own process only)")
+        if self.metrics.port == self.server.port or self.server.port == 0:
+            problems.append("a fixed server.port and a metrics.port of their own (the supervisor serves /metrics)")
+        if problems:
+            raise ValueError(f"server.workers = {self.server.workers} needs " + " and ".join(problems))
         return self
 
 

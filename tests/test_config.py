@@ -107,3 +107,29 @@ def test_masked_config_hides_secrets(tmp_path: Path) -> None:
     text = str(masked_config(load_config(path, environ={})))
     for secret in ("dbpass123", "MDEyMzQ1Njc4", "t0ps3cret"):
         assert secret not in text
+
+
+SHARED = {"GATEWAY_PACING__BACKEND": "redis", "GATEWAY_STORE__URL": "postgresql://u@h/db"}
+
+
+@pytest.mark.parametrize(
+    ("env", "needs"),
+    [
+        ({"GATEWAY_STORE__URL": "postgresql://u@h/db"}, 'pacing.backend = "redis"'),
+        ({"GATEWAY_PACING__BACKEND": "redis"}, "PostgreSQL store.url"),
+        ({**SHARED, "GATEWAY_METRICS__PORT": "8080"}, "metrics.port"),
+    ],
+)
+def test_workers_need_shared_pacing_store_and_their_own_metrics_port(env: dict[str, str], needs: str) -> None:
+    """server.workers > 1 without Redis pacing, PostgreSQL or a separate metrics port names server.workers."""
+    with pytest.raises(ConfigError, match=r"server\.workers") as refused:
+        load_config(None, environ={"GATEWAY_SERVER__WORKERS": "2", **env})
+    assert needs in refused.value.message
+
+
+def test_workers_with_shared_state_are_valid_and_one_is_the_default() -> None:
+    """Redis pacing and PostgreSQL allow several workers; zero workers is refused by name."""
+    assert load_config(None, environ={}).server.workers == 1
+    assert load_config(None, environ={"GATEWAY_SERVER__WORKERS": "4", **SHARED}).server.workers == 4
+    with pytest.raises(ConfigError, match=r"server\.workers"):
+        load_config(None, environ={"GATEWAY_SERVER__WORKERS": "0"})
