@@ -125,13 +125,26 @@ def _stderr_logger(*_args: Any) -> _StderrLogger:
 _STDERR = _StderrLogger()
 
 
-def configure_logging(*, format: Literal["auto", "json", "console"] = "auto", level: str = "info") -> None:
+def _static_field(key: str, value: Any) -> Any:
+    def add(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+        event_dict[key] = value
+        return event_dict
+
+    return add
+
+
+def configure_logging(
+    *, format: Literal["auto", "json", "console"] = "auto", level: str = "info", worker: int | None = None
+) -> None:
+    """``worker``: this process's index under a supervisor, on every line so workers' logs can be told apart."""
     as_json = format == "json" or (format == "auto" and not sys.stderr.isatty())
     renderer: Any = structlog.dev.ConsoleRenderer()
     if as_json:
         renderer = structlog.processors.JSONRenderer(separators=(",", ":"))
+    tagged = [] if worker is None else [_static_field("worker", worker)]
     structlog.configure(
         processors=[
+            *tagged,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
