@@ -45,8 +45,15 @@ class Metrics:
         self.pacing_wait = Histogram(
             "gateway_pacing_wait_seconds", "Time calls waited in the pacer", ["provider"], buckets=_WAIT, registry=r
         )
+        # ``multiprocess_mode`` only matters under a supervisor (``server.workers`` > 1, prometheus_client's
+        # multiprocess mode); one process ignores it. Each worker queues its own calls: the depth is the sum
+        # over the workers alive.
         self.pacing_queue_depth = Gauge(
-            "gateway_pacing_queue_depth", "Calls waiting in the pacer", ["provider"], registry=r
+            "gateway_pacing_queue_depth",
+            "Calls waiting in the pacer",
+            ["provider"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.pacing_rejections = Counter(
             "gateway_pacing_rejections_total",
@@ -66,8 +73,15 @@ class Metrics:
         self.consumer_await = Histogram(
             "gateway_consumer_await_seconds", "Time mutations waited for consumers", buckets=_WAIT, registry=r
         )
+        # Every worker sets this from the same store count (its periodic refresh of all consumers, and
+        # after acks it served), whichever worker owns the consumer's lease now: the value set last is
+        # the freshest count; a sum would multiply it by the number of workers.
         self.consumer_pending = Gauge(
-            "gateway_consumer_pending_events", "Events not yet acknowledged", ["consumer"], registry=r
+            "gateway_consumer_pending_events",
+            "Events not yet acknowledged",
+            ["consumer"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.oauth_refreshes = Counter(
             "gateway_oauth_refreshes_total", "OAuth2 token refreshes", ["provider", "outcome"], registry=r
