@@ -6,7 +6,7 @@ workers) opens in a cleanup context and closes in reverse order at shutdown.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 
 from aiohttp import web
@@ -27,8 +27,15 @@ from gateway.upstream.client import UpstreamClient
 from gateway.vault.crypto import Keyring
 
 
-def create_app(config: Config, *, keyring: Keyring, ops_on_main: bool | None = None) -> web.Application:
-    """The gateway app; ``ops_on_main`` serves health and metrics on the main listener (tests do)."""
+def create_app(
+    config: Config, *, keyring: Keyring, ops_on_main: bool | None = None, worker_socket: str | None = None
+) -> web.Application:
+    """The gateway app; ``ops_on_main`` serves health and metrics on the main listener (tests do).
+
+    ``worker_socket``: the app is one of a supervisor's workers (gateway/supervisor.py). Its health,
+    readiness and metrics go to that Unix socket for the supervisor, which owns the metrics listener,
+    and the supervisor has prepared the store already (schema, declared objects).
+    """
     metrics = Metrics(per_credential=config.metrics.per_credential)
     engine = create_engine(config.store)
     tokens = Tokens(engine, cache_ttl=config.server.token_cache_ttl)
@@ -64,10 +71,11 @@ def create_app(config: Config, *, keyring: Keyring, ops_on_main: bool | None = N
         ops_on_main = config.metrics.port == config.server.port and config.metrics.host == config.server.host
     if ops_on_main:
         add_ops_routes(app)
-    else:
-        app.cleanup_ctx.append(_metrics_listener)  # first up, last down: probes answer through the drain
+    else:  # first up, last down: probes answer through the drain
+        app.cleanup_ctx.append(partial(_ops_listener, _ops_site(config, worker_socket)))
+    store = partial(_store, prepare=worker_socket is None)
     # Opened in this order, closed in reverse: workers stop before the store, the session before pacing.
-    app.cleanup_ctx.extend([_store, stream.signals.context, workers.context, partial(_pacing, pacer), _upstream])
+    app.cleanup_ctx.extend([store, stream.signals.context, workers.context, partial(_pacing, pacer), _upstream])
     app.on_shutdown.extend([_not_ready, stream.signals.on_shutdown, workers.on_shutdown])
     return app
 
@@ -81,17 +89,26 @@ def create_metrics_app(main: web.Application) -> web.Application:
     return app
 
 
-async def _store(app: web.Application) -> AsyncIterator[None]:
-    config, objects = app[appkeys.CONFIG], app[appkeys.OBJECTS]
-    await ensure_schema(app[appkeys.ENGINE], config.store)
+async def _store(app: web.Application, *, prepare: bool) -> AsyncIterator[None]:
+    if prepare:
+        await ensure_schema(app[appkeys.ENGINE], app[appkeys.CONFIG].store)
+        await declare_objects(app[appkeys.CONFIG], app[appkeys.OBJECTS])
+    yield
+    await app[appkeys.ENGINE].dispose()
+
+
+async def declare_objects(config: Config, objects: Objects) -> None:
+    """Create or update the config's ``[[credentials]]``, ``[[syncs]]`` and ``[[consumers]]``.
+
+    Once per start, by one process: an upsert reads then writes, so two processes upserting the same
+    new object at once would both try to create it and one would fail.
+    """
     for credential in config.credentials:
         await objects.upsert_credential(credential)
     for sync in config.syncs:
         await objects.upsert_sync(sync)
     for consumer in config.consumers:
         await objects.upsert_consumer(consumer)
-    yield
-    await app[appkeys.ENGINE].dispose()
 
 
 def readiness(value: bool) -> appkeys.ReadyCheck:
@@ -123,11 +140,20 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     await client.close()
 
 
-async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
-    """Serve /healthz, /readyz, /metrics on their own port when configured so (the default)."""
-    config = app[appkeys.CONFIG]
+SiteFactory = Callable[[web.AppRunner], web.BaseSite]
+
+
+def _ops_site(config: Config, worker_socket: str | None) -> SiteFactory:
+    """The metrics listener's port, or a worker's Unix socket that only its supervisor asks."""
+    if worker_socket is not None:
+        return lambda runner: web.UnixSite(runner, worker_socket)
+    return lambda runner: web.TCPSite(runner, config.metrics.host, config.metrics.port)
+
+
+async def _ops_listener(site: SiteFactory, app: web.Application) -> AsyncIterator[None]:
+    """Serve /healthz, /readyz, /metrics apart from the API (the default)."""
     runner = web.AppRunner(create_metrics_app(app), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, config.metrics.host, config.metrics.port).start()
+    await site(runner).start()
     yield
     await runner.cleanup()

@@ -108,11 +108,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.demo:
             from gateway.sandbox.demo import demo_config
 
+            if config.server.workers > 1:
+                raise ConfigError("server.workers: the demo runs in one process (its sandboxes and throwaway store)")
             config, keyring = demo_config(config)
         else:
             keyring = keyring_for(config)
-        serve(config, keyring, demo=args.demo)
-        return 0
+        return serve(config, keyring, demo=args.demo)
     if args.verb == "migrate":
         run_async(lambda: run_migrations(config))
         stderr("store schema is up to date")

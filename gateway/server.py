@@ -4,7 +4,8 @@
 on SIGTERM/SIGINT it stops accepting, lets in-flight requests finish for up to
 ``server.shutdown_timeout`` seconds, runs the cleanup contexts (workers, sessions, store) and
 returns, so the process exits 0. Requests still running when that budget is spent are cancelled by
-``_cut_late_requests``: aiohttp alone would wait as long again.
+``_cut_late_requests``: aiohttp alone would wait as long again. With ``server.workers`` > 1 ``serve``
+hands over to gateway/supervisor.py, whose workers run this same ``_serve``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
@@ -69,8 +71,20 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
 
 
-def serve(config: Config, keyring: Keyring, *, demo: bool = False) -> None:
-    """Run until SIGTERM/SIGINT, then drain within ``server.shutdown_timeout`` and return."""
+@dataclass(frozen=True)
+class WorkerRole:
+    """What changes when ``_serve`` runs as one of a supervisor's workers (see gateway/supervisor.py)."""
+
+    ops_socket: str  # health, readiness and metrics for the supervisor, instead of the metrics listener
+    parent_sentinel: int  # readable once the supervisor is gone: then drain, rather than outlive it
+
+
+def serve(config: Config, keyring: Keyring, *, demo: bool = False) -> int:
+    """Run until SIGTERM/SIGINT, then drain within ``server.shutdown_timeout``; the exit code."""
+    if config.server.workers > 1:
+        from gateway.supervisor import supervise  # it imports this module
+
+        return supervise(config, keyring)
     install_uvloop()
     log.info(
         "starting",
@@ -82,10 +96,17 @@ def serve(config: Config, keyring: Keyring, *, demo: bool = False) -> None:
     )
     asyncio.run(_serve(config, keyring, demo=demo))
     log.info("stopped")
+    return 0
 
 
-async def _serve(config: Config, keyring: Keyring, *, demo: bool) -> None:
-    app = create_app(config, keyring=keyring)
+def serve_worker(config: Config, keyring: Keyring, role: WorkerRole) -> None:
+    """One of a supervisor's workers: the serving and drain of ``serve``, sharing the port with the others."""
+    install_uvloop()
+    asyncio.run(_serve(config, keyring, demo=False, worker=role))
+
+
+async def _serve(config: Config, keyring: Keyring, *, demo: bool, worker: WorkerRole | None = None) -> None:
+    app = create_app(config, keyring=keyring, worker_socket=worker.ops_socket if worker else None)
     _cut_late_requests(app, config.server.shutdown_timeout)
     if demo:
         from gateway.sandbox.demo import install_demo
@@ -97,21 +118,29 @@ async def _serve(config: Config, keyring: Keyring, *, demo: bool) -> None:
     await runner.setup()
     settle_heap()
     try:
-        await web.TCPSite(runner, config.server.host, config.server.port).start()
+        shared = worker is not None  # SO_REUSEPORT: the kernel spreads connections over the workers
+        await web.TCPSite(runner, config.server.host, config.server.port, reuse_port=shared).start()
         checks["accepting"] = readiness(True)
         log.info("listening", url=f"http://{config.server.host}:{config.server.port}")
-        await _until_signalled()
+        await until_signalled(worker.parent_sentinel if worker else None)
         log.info("draining", shutdown_timeout=config.server.shutdown_timeout)
     finally:
         await runner.cleanup()
 
 
-async def _until_signalled() -> None:
+async def until_signalled(closed_fd: int | None = None) -> None:
+    """Return on SIGTERM or SIGINT, or once ``closed_fd`` turns readable (its other end closed)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    if closed_fd is not None:
+        loop.add_reader(closed_fd, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        if closed_fd is not None:
+            loop.remove_reader(closed_fd)  # it stays readable: the callback would spin
 
 
 def _cut_late_requests(app: web.Application, timeout: float) -> None:

@@ -1,0 +1,265 @@
+"""``gateway serve`` with ``server.workers`` > 1: N worker processes accepting on one port, one supervisor.
+
+Workers are replicas (SPEC.md "Scaling out") that share a host and a port: they cooperate only
+through PostgreSQL and the Redis pacing backend, which the config validation requires. The supervisor
+adds what one process did for itself:
+
+- it prepares the store once (schema check or migration, the config's declared objects), so workers
+  race neither on migrations nor on upserts;
+- it starts every worker as a fresh interpreter ("spawn"): prometheus_client chooses its multiprocess
+  value store at import, so a worker must import it with ``PROMETHEUS_MULTIPROC_DIR`` already set;
+- it owns the metrics listener: ``/metrics`` adds up the workers' metric files, ``/readyz`` asks every
+  worker's own ``/readyz`` over a Unix socket in the supervisor's directory, ``/healthz`` answers while
+  the supervisor runs;
+- it restarts a worker that exits unasked, waiting longer after each quick exit; on SIGTERM/SIGINT it
+  turns not ready, forwards SIGTERM (each worker drains as one process does), waits up to
+  ``server.shutdown_timeout`` plus a margin and kills the stragglers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass, field
+from functools import partial
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+from gateway.app import declare_objects
+from gateway.config import Config
+from gateway.errors import GatewayError
+from gateway.http import appkeys, ops
+from gateway.observability.logs import configure_logging
+from gateway.server import WorkerRole, serve_worker, store_session, until_signalled
+from gateway.vault.crypto import Keyring
+
+log = structlog.get_logger(__name__)
+SPAWN = multiprocessing.get_context("spawn")
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+READY_TIMEOUT = 1.0  # seconds a worker gets to answer the supervisor's readiness question
+DRAIN_MARGIN = 5.0  # seconds beyond shutdown_timeout for a worker to close its store, Redis and exit
+FIRST_BACKOFF, MAX_BACKOFF = 0.5, 15.0  # seconds before a restart; doubled after each quick exit
+STEADY = 60.0  # seconds a worker must have lived for its exit to count as a fresh incident
+# A worker the forwarded SIGTERM killed outright had no handler for it: it was still starting (nothing in
+# flight yet) or had already drained on a SIGINT of its own (Ctrl-C reaches the whole process group).
+CLEAN_EXITS = frozenset({0, -signal.SIGTERM})
+
+
+def supervise(config: Config, keyring: Keyring) -> int:
+    """Run the workers until SIGTERM/SIGINT; 0 when every worker then drained and exited cleanly."""
+    log.info(
+        "starting",
+        host=config.server.host,
+        port=config.server.port,
+        workers=config.server.workers,
+        store="postgresql",
+        pacing=config.pacing.backend,
+    )
+    code = asyncio.run(_supervise(config, keyring))
+    log.info("stopped", exit_code=code)
+    return code
+
+
+async def _supervise(config: Config, keyring: Keyring) -> int:
+    await _check_port(config)
+    async with store_session(config, keyring) as (objects, _tokens):
+        await declare_objects(config, objects)
+    with _workdir() as workdir:
+        supervisor = Supervisor(config, keyring, workdir)
+        async with supervisor.running():
+            await until_signalled()
+            return await supervisor.drain()
+
+
+async def _check_port(config: Config) -> None:
+    """Fail now, naming the cause, when the API port cannot be bound, rather than let workers crash-loop."""
+    probe = await asyncio.get_running_loop().create_server(
+        asyncio.Protocol, config.server.host, config.server.port, reuse_port=True
+    )
+    probe.close()
+    await probe.wait_closed()
+
+
+@contextmanager
+def _workdir() -> Iterator[Path]:
+    """The workers' Unix sockets and metric files; the workers inherit it as ``PROMETHEUS_MULTIPROC_DIR``."""
+    path = Path(tempfile.mkdtemp(prefix="gateway-workers-"))
+    os.environ[MULTIPROC_DIR] = str(path)
+    try:
+        yield path
+    finally:
+        os.environ.pop(MULTIPROC_DIR, None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Slot:
+    """Worker number ``index``: whichever process currently fills it, and how to ask it if it is ready."""
+
+    index: int
+    socket: str
+    process: BaseProcess | None = None
+    pid: int = 0
+    session: aiohttp.ClientSession | None = field(default=None, repr=False)
+
+
+class Supervisor:
+    def __init__(self, config: Config, keyring: Keyring, workdir: Path) -> None:
+        self.config, self.keyring, self.workdir = config, keyring, workdir
+        self.slots = [Slot(i, str(workdir / f"worker-{i}.sock")) for i in range(config.server.workers)]
+        self.draining = asyncio.Event()
+        self.keepers: list[asyncio.Task[int | None]] = []
+        self.registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(self.registry, path=str(workdir))  # type: ignore[no-untyped-call]
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The metrics listener, then the workers; on the way out anything still alive is killed."""
+        runner = web.AppRunner(self._ops_app(), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.config.metrics.host, self.config.metrics.port).start()
+            for slot in self.slots:
+                slot.session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=slot.socket))
+            self.keepers = [asyncio.create_task(self._keep(slot)) for slot in self.slots]
+            yield
+        finally:
+            for slot in self.slots:
+                if slot.process is not None:
+                    slot.process.kill()
+            for keeper in self.keepers:
+                keeper.cancel()
+            await asyncio.gather(*self.keepers, return_exceptions=True)
+            for slot in self.slots:
+                if slot.session is not None:
+                    await slot.session.close()
+            await runner.cleanup()
+
+    async def drain(self) -> int:
+        """Forward SIGTERM, wait for the workers' own drains, kill what outlives them; the exit code."""
+        self.draining.set()
+        log.info("draining", shutdown_timeout=self.config.server.shutdown_timeout)
+        for slot in self.slots:
+            if slot.process is not None:
+                slot.process.terminate()
+        _, late = await asyncio.wait(self.keepers, timeout=self.config.server.shutdown_timeout + DRAIN_MARGIN)
+        for slot in self.slots:
+            if slot.process is not None:
+                log.warning("worker_killed", worker=slot.index, pid=slot.pid)
+                slot.process.kill()
+        codes = await asyncio.gather(*self.keepers)
+        return 0 if not late and all(code in CLEAN_EXITS for code in codes if code is not None) else 1
+
+    async def _keep(self, slot: Slot) -> int | None:
+        """Keep a worker in ``slot`` until the drain; the exit code of the one the drain stopped, if any."""
+        backoff = FIRST_BACKOFF
+        while True:
+            started = time.monotonic()
+            code = await self._run(slot)
+            if self.draining.is_set():
+                log.info("worker_exited", worker=slot.index, pid=slot.pid, exit_code=code)
+                return code
+            if time.monotonic() - started >= STEADY:
+                backoff = FIRST_BACKOFF
+            log.warning("worker_exited", worker=slot.index, pid=slot.pid, exit_code=code, restart_in=backoff)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.draining.wait(), backoff)
+                return None  # the drain began during the backoff: nothing left to stop
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _run(self, slot: Slot) -> int:
+        """Start a worker in ``slot`` and wait for it to exit; its exit code (negative: killed by that signal)."""
+        process = self._start(slot)
+        try:
+            await _exited(process)
+        finally:
+            slot.process = None
+        code = process.exitcode
+        assert code is not None  # _exited joined it
+        process.close()
+        # Its live gauges leave the sums; its counters stay in them. (prometheus_client has no hints here.)
+        multiprocess.mark_process_dead(slot.pid, str(self.workdir))  # type: ignore[no-untyped-call]
+        return code
+
+    def _start(self, slot: Slot) -> BaseProcess:
+        Path(slot.socket).unlink(missing_ok=True)  # a killed worker leaves its socket behind
+        process = SPAWN.Process(
+            target=_worker_main,
+            args=(self.config, self.keyring, slot.index, slot.socket),
+            name=f"gateway-worker-{slot.index}",
+            daemon=True,  # should the supervisor fail, multiprocessing's exit handler still stops its workers
+        )
+        process.start()
+        slot.process, slot.pid = process, process.pid or 0
+        log.info("worker_started", worker=slot.index, pid=slot.pid)
+        return process
+
+    def _ops_app(self) -> web.Application:
+        app = web.Application()
+        checks: dict[str, appkeys.ReadyCheck] = {"accepting": self._accepting}
+        checks.update({f"worker_{slot.index}": partial(self._worker_ready, slot) for slot in self.slots})
+        app[appkeys.READY_CHECKS] = checks
+        app.router.add_get("/healthz", ops.healthz)
+        app.router.add_get("/readyz", ops.readyz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def _accepting(self) -> bool:
+        return not self.draining.is_set()
+
+    async def _worker_ready(self, slot: Slot) -> bool:
+        if slot.process is None or slot.session is None:
+            return False
+        try:
+            timeout = aiohttp.ClientTimeout(total=READY_TIMEOUT)
+            async with slot.session.get("http://worker/readyz", timeout=timeout) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        """Every worker's metrics added up (counters and histograms over live and exited workers)."""
+        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _exited(process: BaseProcess) -> None:
+    """Wait, without a thread, until ``process`` has exited: its sentinel turns readable then."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(process.sentinel, wake)
+    try:
+        await done
+    finally:
+        loop.remove_reader(process.sentinel)
+    process.join()
+
+
+def _worker_main(config: Config, keyring: Keyring, index: int, ops_socket: str) -> None:
+    """A worker process: the normal app on the shared port, until SIGTERM or the supervisor's death."""
+    configure_logging(format=config.log.format, level=config.log.level, worker=index)
+    parent = multiprocessing.parent_process()
+    assert parent is not None  # a spawned child always knows its parent
+    try:
+        serve_worker(config, keyring, WorkerRole(ops_socket, parent.sentinel))
+    except (GatewayError, OSError) as exc:  # what the CLI reports in one line for a single process
+        message = exc.message if isinstance(exc, GatewayError) else exc.strerror or exc.__class__.__name__
+        log.error("worker_failed", error=message)
+        sys.exit(1)
