@@ -9,6 +9,7 @@ out whatever happened, so a failing test never leaves a gateway behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import os
@@ -125,9 +126,10 @@ class GatewayProcess:
 
 @asynccontextmanager
 async def start_gateway(
-    deployment: Deployment, tmp_path: Path, *, name: str = "gateway"
+    deployment: Deployment, tmp_path: Path, *, name: str = "gateway", grace: float = 0
 ) -> AsyncIterator[GatewayProcess]:
-    """``gateway serve`` on free ports (API and metrics); killed on exit if it still runs."""
+    """``gateway serve`` on free ports (API and metrics); on exit, if it still runs, sent SIGTERM and
+    given ``grace`` seconds to exit (a supervisor cleans up after its workers), then killed."""
     port, ops_port = free_port(), free_port()
     env = {**deployment.env, "GATEWAY_SERVER__PORT": str(port), "GATEWAY_METRICS__PORT": str(ops_port)}
     log_path = tmp_path / f"{name}.log"
@@ -141,6 +143,10 @@ async def start_gateway(
             await gateway.wait_ready()
             yield gateway
         finally:
+            if proc.returncode is None and grace:
+                proc.terminate()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), grace)
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()

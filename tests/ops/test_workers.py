@@ -1,0 +1,183 @@
+"""``server.workers = 2``: one real ``gateway serve`` supervisor, two worker processes on one port.
+
+The workers share the port (both serve), their metrics add up on the supervisor's listener, the
+pacing bound holds for their sum, SIGTERM drains them all, and a killed worker comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from gateway.pacing.bucket import worst_excess
+from gateway.sandbox import run_sandbox
+from gateway.sandbox.generic import GenericState, create_generic_app
+from tests.ops.process import Deployment, GatewayProcess, poll, start_gateway
+from tests.ops.test_replicas import JITTER, counting_app
+
+FAST = {"rate": 100000, "per": 1, "burst": 100000}
+PACED = {"rate": 5, "per": 1, "burst": 1, "max_wait": 30}
+SHUTDOWN_TIMEOUT = 15.0
+MARGIN = 5.0  # seconds of teardown beyond shutdown_timeout for a supervisor and its workers on a busy machine
+
+
+@dataclass
+class Workers:
+    """A supervisor with two workers in front of the generic upstream (``fast``) and a counting one (``paced``)."""
+
+    gateway: GatewayProcess
+    session: aiohttp.ClientSession
+    token: str
+    upstream: GenericState
+    arrivals: list[float]
+
+    async def get(self, path: str) -> int:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with self.session.get(self.gateway.url + path, headers=headers) as resp:
+            await resp.read()
+            return resp.status
+
+    async def fire(self, path: str, count: int) -> list[int]:
+        return list(await asyncio.gather(*(self.get(path) for _ in range(count))))
+
+    async def ready_status(self) -> int:
+        async with self.session.get(f"{self.gateway.ops_url}/readyz") as resp:
+            return resp.status
+
+    async def samples(self) -> list[Sample]:
+        """Every sample of the supervisor's /metrics."""
+        async with self.session.get(f"{self.gateway.ops_url}/metrics") as resp:
+            text = await resp.text()
+        return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+    async def served(self) -> float:
+        """``gateway_http_requests_total`` of the proxy route with 200, on the supervisor's /metrics."""
+        labels = {"route": "proxy_credential", "method": "GET", "status": "200"}
+        counted = [s for s in await self.samples() if s.name == "gateway_http_requests_total" and s.labels == labels]
+        return sum(s.value for s in counted)
+
+    def lines(self, event: str) -> list[dict[str, Any]]:
+        """The JSON log lines of the supervisor and its workers with this ``event``, in order."""
+        parsed = (json.loads(line) for line in self.gateway.output().splitlines() if line.startswith("{"))
+        return [line for line in parsed if line.get("event") == event]
+
+    def request_workers(self) -> list[int]:
+        """The ``worker`` of every proxied request's log line, in order."""
+        return [line["worker"] for line in self.lines("request") if line.get("route") == "proxy_credential"]
+
+
+@pytest.fixture
+async def workers(tmp_path: Path, pg_url: str, redis_url: str, redis_prefix: str) -> AsyncIterator[Workers]:
+    state, arrivals = GenericState(), list[float]()
+    async with run_sandbox(create_generic_app(state)) as generic, run_sandbox(counting_app(arrivals)) as counting:
+        auth = {"type": "bearer", "token": "upstream-secret-token"}
+        credentials = [  # declared, so the supervisor upserts them once before the workers start
+            {"id": "fast", "provider": "rest", "base_url": generic, "auth": auth, "rate_limit": FAST},
+            {"id": "paced", "provider": "rest", "base_url": counting, "auth": auth, "rate_limit": PACED},
+        ]
+        sections = {
+            "server": {"workers": 2, "shutdown_timeout": SHUTDOWN_TIMEOUT},
+            "store": {"url": pg_url},
+            "pacing": {"backend": "redis", "redis_url": redis_url, "key_prefix": redis_prefix},
+            "log": {"format": "json"},
+            "credentials": credentials,
+            "consumers": [{"id": "reader", "kind": "pull"}],
+        }
+        deployment = Deployment.create(tmp_path, sections)
+        token = await deployment.cli("tokens", "create", "--name", "workers", "--scope", "proxy")
+        async with (
+            start_gateway(deployment, tmp_path, grace=SHUTDOWN_TIMEOUT + MARGIN) as gateway,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
+        ):
+            yield Workers(gateway, session, token, state, arrivals)
+
+
+async def test_two_workers_share_the_port_the_metrics_and_the_pacing_bound(workers: Workers) -> None:
+    """Both workers serve; the supervisor's /metrics counts every request; 5/s holds for both together."""
+    assert await workers.fire("/v1/proxy/credential/fast/echo/x", 200) == [200] * 200
+    assert await workers.fire("/v1/proxy/credential/paced/hit", 11) == [200] * 11
+    await poll("every request is counted in the aggregate", lambda: _equals(workers.served(), 211), 10)
+    await poll("every request is logged", lambda: len(workers.request_workers()) == 211, 10)
+    assert set(workers.request_workers()) == {0, 1}
+    assert len(workers.arrivals) == 11
+    assert worst_excess(workers.arrivals, rate=5, per=1, burst=1, slack=JITTER) <= 0
+    assert max(workers.arrivals) - min(workers.arrivals) >= (11 - 1) / 5 - 2 * JITTER
+    samples = await workers.samples()
+    assert not [s for s in samples if "pid" in s.labels], "SPEC's labels only: gauges are merged over the workers"
+    assert [s.labels for s in samples if s.name == "gateway_pacing_queue_depth"] == [{"provider": "rest"}]
+    assert [(s.labels, s.value) for s in samples if s.name == "gateway_consumer_pending_events"] == [
+        ({"consumer": "reader"}, 0)
+    ]
+
+
+async def test_sigterm_drains_every_worker_and_exits_zero(workers: Workers) -> None:
+    """/readyz is 200 once started, 503 as soon as the drain begins; in-flight slow requests all finish."""
+    assert await workers.ready_status() == 200
+    calls = [asyncio.create_task(workers.get("/v1/proxy/credential/fast/slow?delay=3")) for _ in range(40)]
+    await poll("the upstream received every request", lambda: workers.upstream.requests >= 40, 20)
+    workers.gateway.proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    await poll("/readyz turns 503", lambda: _equals(workers.ready_status(), 503), 3)
+    assert not all(call.done() for call in calls), "503 must be observed while requests are in flight"
+    assert await asyncio.gather(*calls) == [200] * 40
+    assert await workers.gateway.wait_exit(SHUTDOWN_TIMEOUT + MARGIN) == 0
+    assert time.monotonic() - sent < SHUTDOWN_TIMEOUT + MARGIN
+    assert sorted(line["worker"] for line in workers.lines("worker_exited") if line["exit_code"] == 0) == [0, 1]
+
+
+async def test_a_killed_worker_is_restarted(workers: Workers) -> None:
+    """SIGKILL to a worker: it is logged, replaced, /readyz is 200 again, and its counts stay in the sum."""
+    assert await workers.fire("/v1/proxy/credential/fast/echo/x", 50) == [200] * 50
+    await poll("the first requests are counted", lambda: _equals(workers.served(), 50), 10)
+    await poll("the first requests are logged", lambda: len(workers.request_workers()) == 50, 10)
+    victim = next(line["pid"] for line in workers.lines("worker_started") if line["worker"] == 0)
+    os.kill(victim, signal.SIGKILL)
+    await poll("worker 0 is started again", lambda: len(_started(workers, 0)) == 2, 20)
+    await poll("/readyz is 200 again", lambda: _equals(workers.ready_status(), 200), 30)
+    exited = [line for line in workers.lines("worker_exited") if line["pid"] == victim]
+    assert exited and exited[0]["exit_code"] == -signal.SIGKILL and exited[0]["level"] == "warning"
+    assert _started(workers, 0)[1] != victim
+    assert await workers.fire("/v1/proxy/credential/fast/echo/x", 50) == [200] * 50
+    await poll("the killed worker's counts stay in the sum", lambda: _equals(workers.served(), 100), 10)
+    await poll("every request is logged", lambda: len(workers.request_workers()) == 100, 10)
+    assert 0 in workers.request_workers()[50:], "the new worker 0 serves"
+
+
+def _started(workers: Workers, index: int) -> list[int]:
+    return [line["pid"] for line in workers.lines("worker_started") if line["worker"] == index]
+
+
+async def _equals(value: Any, expected: float) -> bool:
+    return bool(await value == expected)
+
+
+async def _gateway(env: dict[str, str], *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def test_cli_refuses_workers_without_shared_state_and_with_the_demo(tmp_path: Path) -> None:
+    """check-config exits 2 naming server.workers when pacing is local; so does serve --demo with workers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env |= {"GATEWAY_SERVER__WORKERS": "2", "GATEWAY_STORE__URL": "postgresql://gateway@127.0.0.1/none"}
+    code, err = await _gateway(env, "check-config")
+    assert code == 2 and "server.workers" in err and "pacing.backend" in err
+    code, err = await _gateway(env | {"GATEWAY_PACING__BACKEND": "redis"}, "serve", "--demo")
+    assert code == 2 and "server.workers" in err and "demo" in err
