@@ -27,6 +27,7 @@ from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.http import appkeys
 from gateway.http.middlewares import Handler
+from gateway.http.protocol import serve_json_errors
 from gateway.store.db import create_engine, ensure_schema, migrate
 from gateway.store.objects import Objects
 from gateway.store.tokens import Tokens
@@ -116,6 +117,7 @@ async def _serve(config: Config, keyring: Keyring, *, demo: bool, worker: Worker
     checks["accepting"] = readiness(False)  # ready only once the API port really accepts
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout)
     await runner.setup()
+    serve_json_errors(runner)
     settle_heap()
     try:
         shared = worker is not None  # SO_REUSEPORT: the kernel spreads connections over the workers

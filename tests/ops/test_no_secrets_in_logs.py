@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import signal
@@ -55,6 +56,17 @@ class Scenario:
             text = await resp.text()
             return resp.status, json.loads(text) if text.startswith("{") else text
 
+    async def malformed(self) -> tuple[int, Any]:
+        """A request the HTTP parser refuses (a control character in a header) that carries a token."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.gateway.port)
+        head = f"GET /v1/credentials HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {self.proxy}\x01\r\n\r\n"
+        writer.write(head.encode())
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        await writer.wait_closed()
+        status_line, _, body = answer.partition(b"\r\n\r\n")
+        return int(status_line.split(b" ", 2)[1]), json.loads(body)
+
     async def proxied(self, path: str) -> int:
         return (await self.call("GET", f"/v1/proxy/credential/{path}", token=self.proxy))[0]
 
@@ -95,7 +107,8 @@ async def add_objects(s: Scenario, up: Upstreams, pg_url: str) -> None:
 
 
 async def exercise(s: Scenario, up: Upstreams) -> None:
-    """Proxied calls (good, secret query, upstream 401/500, unreachable), OAuth2 refresh, bad token, a mutation."""
+    """Proxied calls (good, secret query, upstream 401/500, unreachable), OAuth2 refresh, bad token, a header the
+    HTTP parser refuses carrying a token, a mutation."""
     sf, st = up.sf, up.stripe
     s.secrets["query parameter"] = query_secret = secret("qp-")
     for cid in ("c-bearer", "c-basic", "c-header", "c-query"):
@@ -109,6 +122,8 @@ async def exercise(s: Scenario, up: Upstreams) -> None:
     assert await s.proxied("c-stripe/v1/customers") == 500
     s.secrets["bad token"] = bad = "gw_" + secrets.token_urlsafe(32)
     assert (await s.call("GET", "/v1/credentials", token=bad))[0] == 401
+    status, answer = await s.malformed()
+    assert (status, answer["code"]) == (400, "invalid_request")
     record = {"data": {"name": "Paul", "email": "paul@arrakis.org"}}
     body = {"kind": "create", "sync_id": "s-stripe", "collection_id": "stripe:customer", "records": [record]}
     status, answer = await s.call("POST", "/v1/mutations/run", json=body)
