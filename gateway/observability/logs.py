@@ -142,17 +142,42 @@ def configure_logging(
     if as_json:
         renderer = structlog.processors.JSONRenderer(separators=(",", ":"))
     tagged = [] if worker is None else [_static_field("worker", worker)]
+    stamped = [*tagged, structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
+    rendered = [structlog.processors.format_exc_info, redact_processor, renderer]
+    numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[
-            *tagged,
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            redact_processor,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        processors=[structlog.contextvars.merge_contextvars, *stamped, *rendered],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
+    _route_standard_logging(stamped, rendered, numeric_level)
+
+
+class _StandardLoggingHandler(logging.Handler):
+    """Writes standard-library records, formatted like our own lines, through ``_STDERR``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _STDERR.msg(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def _route_standard_logging(stamped: list[Any], rendered: list[Any], level: int) -> None:
+    """Libraries (aiohttp, asyncio, SQLAlchemy) and Python warnings log through the standard library:
+    their lines get the same shape and the same redaction as ours, exceptions included, instead of
+    the last-resort handler's bare text and tracebacks (which would print whatever they quote)."""
+    handler = _StandardLoggingHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *stamped],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendered],
+        )
+    )
+    root = logging.getLogger()
+    for previous in [h for h in root.handlers if isinstance(h, _StandardLoggingHandler)]:
+        root.removeHandler(previous)
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(True)

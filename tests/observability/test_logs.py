@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 
 import pytest
 import structlog
@@ -62,3 +64,25 @@ def test_configured_logger_emits_redacted_json(capsys: pytest.CaptureFixture[str
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert json.loads(line)["event"] == "upstream_call"
     assert "s3cr3t-token-value" not in line
+
+
+def test_library_logs_and_warnings_are_json_and_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    """aiohttp/asyncio records and Python warnings come out as our JSON lines, exceptions redacted."""
+    logging.captureWarnings(False)  # an earlier test's capture points at that test's warning recorder
+    configure_logging(format="json", level="info")
+    try:
+        leak = ValueError("header was Authorization: Bearer lib-s3cr3t-value")
+        logging.getLogger("aiohttp.server").error("Error handling request from %s", "10.0.0.1", exc_info=leak)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")  # the suite turns warnings into errors
+            warnings.warn("dsn postgresql://app:pw-s3cr3t-value@db/x is deprecated", UserWarning, stacklevel=1)
+    finally:
+        structlog.reset_defaults()
+        logging.captureWarnings(False)
+    err = capsys.readouterr().err
+    lines = [json.loads(line) for line in err.strip().splitlines()]
+    library = next(line for line in lines if line.get("logger") == "aiohttp.server")
+    assert library["event"] == "Error handling request from 10.0.0.1" and library["level"] == "error"
+    assert "ValueError" in library["exception"]
+    assert any(line.get("logger") == "py.warnings" for line in lines)
+    assert "lib-s3cr3t-value" not in err and "pw-s3cr3t-value" not in err
