@@ -49,6 +49,7 @@ from gateway.vault.crypto import generate_key
 
 PG_ADMIN_DSN = os.environ.get("GATEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
+ENCRYPTION_KEY = generate_key("bench")  # one per run: the workers rows of both upstreams share a database
 GIB = 1024**3
 MIB = 1024**2
 SMALL_BODY = "x" * 64
@@ -266,10 +267,10 @@ def gateway(workdir: Path, upstream: str, *, workers: int = 1, store_url: str | 
     port, ops_port = free_port(), free_port()
     store_url = store_url or f"sqlite:///{workdir / f'gateway-{port}.db'}"
     config = gateway_config(workdir, port, ops_port, upstream, workers=workers, store_url=store_url)
-    env = {**os.environ, "GATEWAY_CONFIG": str(config), "GATEWAY_ENCRYPTION__KEYS": generate_key("bench")}
+    env = {**os.environ, "GATEWAY_CONFIG": str(config), "GATEWAY_ENCRYPTION__KEYS": ENCRYPTION_KEY}
     cli = [sys.executable, "-m", "gateway"]
     subprocess.run([*cli, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
-    made = subprocess.run([*cli, "tokens", "create", "--name", "bench", "--scope", "proxy"],
+    made = subprocess.run([*cli, "tokens", "create", "--name", f"bench-{port}", "--scope", "proxy"],
                           env=env, check=True, stdout=subprocess.PIPE, text=True)
     with child([*cli, "serve"], port, env=env) as proc:
         wait_ready(f"http://127.0.0.1:{ops_port}/readyz")
