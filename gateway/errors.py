@@ -94,8 +94,17 @@ class NotFound(GatewayError):
 
 
 class MethodNotAllowed(GatewayError):
+    """The path exists, the method does not; ``Allow`` lists the ones that do (RFC 9110 15.5.6)."""
+
     status = 405
     code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: frozenset[str] | set[str] = frozenset(), **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(sorted(self.allowed))} if self.allowed else {}
 
 
 class RequestTimeout(GatewayError):

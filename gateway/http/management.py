@@ -98,11 +98,16 @@ class Resource:
                 base,
                 self.create,
                 f"Create a {noun}",
-                {"request": self.create_model, "response": self.view_model, "statuses": {409: "id already exists"}},
+                {
+                    "request": self.create_model,
+                    "response": self.view_model,
+                    "statuses": {409: "id already exists"},
+                    "success": 201,
+                },
             ),
             ("GET", item, self.get, f"Get a {noun}", {"response": self.view_model}),
             ("PATCH", item, self.patch, f"Change a {noun}", {"request": self.patch_model, "response": self.view_model}),
-            ("DELETE", item, self.delete, f"Delete a {noun}", {"statuses": {409: "still in use"}}),
+            ("DELETE", item, self.delete, f"Delete a {noun}", {"statuses": {409: "still in use"}, "success": 204}),
         ]
         return [
             Endpoint(
@@ -115,6 +120,7 @@ class Resource:
                 request=extra.get("request"),
                 response=extra.get("response"),
                 statuses={**_ERRORS, **extra.get("statuses", {})},
+                success=extra.get("success", 200),
             )
             for method, path, handler, summary, extra in rows
         ]

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from aiohttp.web_exceptions import HTTPException
+from aiohttp.web_exceptions import HTTPException, HTTPMethodNotAllowed
 from prometheus_client import Counter, Histogram
 
 from gateway.errors import (
@@ -146,8 +146,8 @@ def error_response(exc: GatewayError) -> web.Response:
 def _from_http_exception(exc: HTTPException) -> GatewayError:
     if exc.status == 404:
         return NotFound("no such endpoint")
-    if exc.status == 405:
-        return MethodNotAllowed("method not allowed on this endpoint")
+    if isinstance(exc, HTTPMethodNotAllowed):
+        return MethodNotAllowed("method not allowed on this endpoint", allowed=exc.allowed_methods)
     if exc.status == 413:
         return PayloadTooLarge("request body is over the configured limit")
     if exc.status == 401:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from pydantic.json_schema import models_json_schema
 
 from gateway import __version__
 from gateway.http import appkeys
+from gateway.models import ID_PATTERN
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REF = "#/components/schemas/{model}"
@@ -33,6 +35,7 @@ class Endpoint:
     response: Any = None
     statuses: dict[int, str] = field(default_factory=dict)
     raw_body: bool = False  # streamed bytes, not JSON (the proxy)
+    success: int = 200  # 201 for creations, 204 (no body) for deletions
 
 
 def add_endpoints(app: web.Application, endpoints: list[Endpoint]) -> None:
@@ -72,7 +75,7 @@ def build_document(endpoints: list[Endpoint]) -> dict[str, Any]:
 def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": endpoint.summary, "operationId": endpoint.name}
     params = [p.strip("{}").split(":")[0] for p in endpoint.path.split("/") if p.startswith("{")]
-    op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
+    op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": _path_schema(p)} for p in params]
     if endpoint.raw_body:
         op["requestBody"] = {"content": {"*/*": {"schema": {}}}}
     elif endpoint.request is not None:
@@ -80,10 +83,10 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
             "required": True,
             "content": {"application/json": {"schema": _schema(endpoint.request, components)}},
         }
-    ok: dict[str, Any] = {"description": "OK"}
-    if endpoint.response is not None:
+    ok: dict[str, Any] = {"description": HTTPStatus(endpoint.success).phrase}
+    if endpoint.response is not None and endpoint.success != 204:
         ok["content"] = {"application/json": {"schema": _schema(endpoint.response, components)}}
-    responses: dict[str, Any] = {"200": ok}
+    responses: dict[str, Any] = {str(endpoint.success): ok}
     for status, text in endpoint.statuses.items():
         responses[str(status)] = {
             "description": text,
@@ -93,6 +96,11 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
     if endpoint.scope:
         op["description"] = f"Requires a token with scope `{endpoint.scope}` (or `admin`)."
     return op
+
+
+def _path_schema(name: str) -> dict[str, Any]:
+    """Object ids follow ``ID_PATTERN`` (anything else is refused with 400); the proxied path is free."""
+    return {"type": "string"} if name == "path" else {"type": "string", "pattern": ID_PATTERN}
 
 
 def _schema(kind: Any, components: dict[str, Any]) -> dict[str, Any]:

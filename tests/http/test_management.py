@@ -150,3 +150,17 @@ async def test_openapi_document_is_generated_from_models(make_gateway: GatewayFa
     assert "/v1/credentials/{id}" in doc["paths"]
     schema = doc["components"]["schemas"]["CredentialIn"]
     assert "provider" in schema["required"]
+    assert set(doc["paths"]["/v1/credentials"]["post"]["responses"]) >= {"201", "400", "409"}
+    deletion = doc["paths"]["/v1/consumers/{id}"]["delete"]
+    assert "204" in deletion["responses"] and "200" not in deletion["responses"]
+    assert "content" not in deletion["responses"]["204"]
+    assert deletion["parameters"][0]["schema"]["pattern"].startswith("^[A-Za-z0-9]")
+
+
+async def test_a_method_a_path_does_not_serve_gets_405_with_allow(make_gateway: GatewayFactory) -> None:
+    """An unsupported method on a known path: the JSON 405 and an Allow header naming the methods there."""
+    gw = await make_gateway()
+    resp = await gw.client.request("TRACE", "/v1/syncs/some-sync", headers=gw.auth())
+    assert resp.status == 405
+    assert (await resp.json())["code"] == "method_not_allowed"
+    assert set(resp.headers["Allow"].split(", ")) == {"GET", "PATCH", "DELETE"}

@@ -197,6 +197,7 @@ async def test_unknown_method_is_405_json(make_gateway: GatewayFactory, upstream
     resp = await gw.client.request("PROPFIND", "/v1/proxy/credential/cred-1/x", headers=gw.auth())
     assert resp.status == 405
     assert (await resp.json())["code"] == "method_not_allowed"
+    assert "PATCH" in resp.headers["Allow"].split(", ")
     assert upstream.state.requests == 0
 
 
