@@ -179,5 +179,5 @@ def _route_standard_logging(stamped: list[Any], rendered: list[Any], level: int)
     for previous in [h for h in root.handlers if isinstance(h, _StandardLoggingHandler)]:
         root.removeHandler(previous)
     root.addHandler(handler)
-    root.setLevel(level)
+    root.setLevel(max(level, logging.INFO))  # libraries' debug records (aiosqlite: every query) are noise
     logging.captureWarnings(True)
