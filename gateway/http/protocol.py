@@ -13,6 +13,8 @@ makes a runner's server build this subclass (same slots, only ``handle_error`` d
 
 from __future__ import annotations
 
+import re
+
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -55,10 +57,17 @@ def _error_for(status: int, exc: BaseException | None) -> GatewayError:
 
 
 def _reason(exc: BaseException | None) -> str:
-    """The parser's sentence (``Invalid header value char``) without the quoted request bytes after it."""
+    """The parser's sentence (``Invalid header value char``) without the request bytes it quotes.
+
+    aiohttp's messages put those after a colon (``... when reading: b'Bearer ...'``) or in quotes
+    (``Bad status line 'GET ...'``): everything from the first of either is dropped.
+    """
     text = str(getattr(exc, "message", "") or "").strip()
-    first = text.splitlines()[0].rstrip(":").strip() if text else ""
+    first = _QUOTED.split(text.splitlines()[0], 1)[0].strip() if text else ""
     return first or "the request could not be parsed"
+
+
+_QUOTED = re.compile(r""":|\s(?:b|bytearray\()?['"]""")
 
 
 class _JsonErrorServer(web.Server):

@@ -207,6 +207,7 @@ async def test_unknown_method_is_405_json(make_gateway: GatewayFactory, upstream
         ("BREW /v1/proxy/credential/cred-1/x HTTP/1.1", {}, "Invalid method"),
         ("GET /v1/proxy/credential/cred-1/x HTTP/1.1", {"X-Bad": "a\x01b"}, "Invalid header value char"),
         ("GET /v1/proxy/credential/cred-1/x HTTP/1.1", {"Content-Length": "12abc"}, "Content-Length"),
+        ("GET /v1/proxy/credential/cred-1/x HTTP/1.1", {"X-Long": "leaky-" + "a" * 9000}, "8190 bytes"),
     ],
 )
 async def test_requests_the_http_parser_refuses_get_the_json_400(
