@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     SecretStr,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -48,7 +49,12 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
-HttpUrlStr = Annotated[str, AfterValidator(_http_url)]
+# The JSON schemas say what the validators check, so the OpenAPI document describes what is accepted.
+HttpUrlStr = Annotated[
+    str,
+    AfterValidator(_http_url),
+    WithJsonSchema({"type": "string", "format": "uri", "pattern": r"^https?://[^/?#@\s]+(/[^?#\s]*)?$"}),
+]
 
 
 def _collection(value: str) -> str:
@@ -58,7 +64,11 @@ def _collection(value: str) -> str:
     return value
 
 
-CollectionId = Annotated[str, AfterValidator(_collection)]
+CollectionId = Annotated[
+    str,
+    AfterValidator(_collection),
+    WithJsonSchema({"type": "string", "pattern": f"^({'|'.join(PROVIDERS)}):.+$", "examples": ["salesforce:contact"]}),
+]
 
 # --- auth -----------------------------------------------------------------------------------------
 

@@ -155,6 +155,9 @@ async def test_openapi_document_is_generated_from_models(make_gateway: GatewayFa
     assert "204" in deletion["responses"] and "200" not in deletion["responses"]
     assert "content" not in deletion["responses"]["204"]
     assert deletion["parameters"][0]["schema"]["pattern"].startswith("^[A-Za-z0-9]")
+    assert schema["properties"]["base_url"]["pattern"].startswith("^https?://")  # what the validator checks
+    collection = doc["components"]["schemas"]["SyncIn"]["properties"]["collections"]["items"]
+    assert collection["pattern"].startswith("^(salesforce|")
 
 
 async def test_a_method_a_path_does_not_serve_gets_405_with_allow(make_gateway: GatewayFactory) -> None:
