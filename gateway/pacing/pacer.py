@@ -1,8 +1,9 @@
 """``GatewayPacer``: the ``Pacer`` every upstream call goes through.
 
 ``acquire`` resolves the buckets of the call (registry.py), waits for a ``max_concurrency`` permit if
-the credential has one, reserves a slot in every bucket at once (backend), and sleeps until that
-instant with one timer: no polling, FIFO by arrival. Beyond ``max_wait`` it refuses before queueing.
+the credential has one (in-process, or a lease in Redis with that backend: concurrency.py), reserves
+a slot in every bucket at once (backend), and sleeps until that instant with one timer: no polling,
+FIFO by arrival. Beyond ``max_wait`` it refuses before queueing.
 
 Backends: ``local`` (in-process), or ``redis`` shared by every replica. When Redis fails, the policy
 ``pacing.on_backend_error`` decides: ``local`` switches to in-process buckets (logged once per outage,
@@ -29,6 +30,7 @@ from gateway.models import RateLimitOverride
 from gateway.observability.metrics import Metrics
 from gateway.pacing import adaptive
 from gateway.pacing.backend import Backend, BackendError, Refused, Reservation
+from gateway.pacing.concurrency import LEASE_TTL, SharedPermits
 from gateway.pacing.local import LocalBackend
 from gateway.pacing.redis import RedisBackend
 from gateway.pacing.registry import Route, airtable_base, route
@@ -44,25 +46,28 @@ ROUTE_CACHE_SIZE = 4096
 class GrantedPermit:
     """A slot that was granted; ``release`` gives back the concurrency permit (idempotent)."""
 
-    def __init__(self, waited: float, semaphore: asyncio.Semaphore | None) -> None:
+    def __init__(self, waited: float, release: Callable[[], None] | None) -> None:
         self._waited = waited
-        self._semaphore = semaphore
+        self._release = release
 
     @property
     def waited(self) -> float:
         return self._waited
 
     def release(self) -> None:
-        semaphore, self._semaphore = self._semaphore, None
-        if semaphore is not None:
-            semaphore.release()
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 class GatewayPacer:
     """Implements ``gateway.pacing.api.Pacer`` over a local or Redis backend."""
 
-    def __init__(self, config: Config, metrics: Metrics) -> None:
+    def __init__(self, config: Config, metrics: Metrics, *, permit_ttl: float = LEASE_TTL) -> None:
+        """``permit_ttl``: how long a shared ``max_concurrency`` permit outlives a crashed replica."""
         self._config = config
+        self._permit_ttl = permit_ttl
+        self._permits: SharedPermits | None = None
         self._metrics = metrics
         self._local = LocalBackend()
         self._guard = LocalBackend()
@@ -82,6 +87,7 @@ class GatewayPacer:
                 self._shared = RedisBackend(self._config.pacing)
             except ValueError as exc:  # redis-py's message names the problem, never the URL's secrets
                 raise ConfigError(f"pacing.redis_url: {exc}") from None
+            self._permits = SharedPermits(self._shared, ttl=self._permit_ttl)
         if self._shared is not None and not await self._shared.ping():
             self._degrade("unreachable at start")
 
@@ -90,6 +96,8 @@ class GatewayPacer:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
+        if self._permits is not None:
+            await self._permits.close()
         if self._shared is not None:
             await self._shared.close()
 
@@ -100,19 +108,19 @@ class GatewayPacer:
         self._routes[credential.id] = call
         budget = call.limit.max_wait if max_wait is None else max_wait
         started = time.monotonic()
-        semaphore = await self._concurrency(credential.id, call, budget)
+        release = await self._concurrency(credential.id, call, started + budget)
         try:
             await self._wait_turn(call, started + budget)
         except BaseException:
-            if semaphore is not None:
-                semaphore.release()
+            if release is not None:
+                release()
             raise
         waited = time.monotonic() - started
         histogram = self._waits.get(call.provider)
         if histogram is None:
             histogram = self._waits[call.provider] = self._metrics.pacing_wait.labels(call.provider)
         histogram.observe(waited)
-        return GrantedPermit(waited, semaphore)
+        return GrantedPermit(waited, release)
 
     async def observe(self, credential: Credential, path: str, status: int, headers: Mapping[str, str]) -> float | None:
         if status in (429, 503):
@@ -165,20 +173,44 @@ class GatewayPacer:
 
     # --- waiting ------------------------------------------------------------------------------------
 
-    async def _concurrency(self, credential_id: str, call: Route, budget: float) -> asyncio.Semaphore | None:
+    async def _concurrency(self, credential_id: str, call: Route, give_up_at: float) -> Callable[[], None] | None:
+        """Wait for a ``max_concurrency`` permit (shared through Redis when it is the active backend)."""
         limit = call.limit.max_concurrency
         if limit is None:
             return None
+        if self._permits is not None and self._active() is self._shared:
+            key = self._permits_key(credential_id, call)
+            try:
+                lease = await self._permits.acquire(key, limit, give_up_at)
+            except BackendError as exc:
+                self._degrade(str(exc))
+                if self._config.pacing.on_backend_error == "reject":
+                    raise BackendUnavailable("the shared pacing backend (Redis) is unavailable") from None
+            else:
+                if lease is None:
+                    raise self._too_many_concurrent(call)
+                return partial(self._permits.release, lease)
+        return await self._local_permit(credential_id, limit, call, give_up_at)
+
+    def _permits_key(self, credential_id: str, call: Route) -> str:
+        assert self._shared is not None
+        return self._shared.permit_key(call.home.tag, credential_id)
+
+    async def _local_permit(self, credential_id: str, limit: int, call: Route, give_up_at: float) -> Callable[[], None]:
+        """An in-process permit: the local backend, or Redis unavailable under the ``local`` policy."""
         known = self._semaphores.get(credential_id)
         if known is None or known[0] != limit:
             known = self._semaphores[credential_id] = (limit, asyncio.Semaphore(limit))
         semaphore = known[1]
         try:
-            await asyncio.wait_for(semaphore.acquire(), timeout=budget)
+            await asyncio.wait_for(semaphore.acquire(), timeout=max(0.0, give_up_at - time.monotonic()))
         except TimeoutError:
-            self._metrics.pacing_rejections.labels(call.provider).inc()
-            raise RateLimited("too many concurrent upstream calls for this credential", retry_after=1) from None
-        return semaphore
+            raise self._too_many_concurrent(call) from None
+        return semaphore.release
+
+    def _too_many_concurrent(self, call: Route) -> RateLimited:
+        self._metrics.pacing_rejections.labels(call.provider).inc()
+        return RateLimited("too many concurrent upstream calls for this credential", retry_after=1)
 
     async def _wait_turn(self, call: Route, give_up_at: float) -> None:
         """Reserve, sleep until the slot; reserve again if a pause overtook the slot meanwhile."""

@@ -12,6 +12,8 @@
 - Keys: ``<prefix>:{<tag>}:<bucket>`` (hash) and ``...:holes`` (sorted set); the ``{tag}`` puts all
   keys of one reservation in one cluster hash slot. Keys expire a minute after they stop mattering.
 - Pauses another replica set are learned from every reservation's answer (``overtaken``).
+- ``max_concurrency`` permits are leases in ``<prefix>:{<tag>}:cred:<id>:permits`` (permits.lua;
+  waiting and renewal live in concurrency.py).
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -36,6 +38,8 @@ from gateway.pacing.bucket import MAX_HOLES, US, Charge
 from gateway.pacing.registry import BucketSpec
 
 SCRIPT = resources.files("gateway.pacing").joinpath("pacing.lua").read_text(encoding="utf-8")
+PERMITS_SCRIPT = resources.files("gateway.pacing").joinpath("permits.lua").read_text(encoding="utf-8")
+T = TypeVar("T")
 TIMEOUT = 1.0
 MAX_BATCH = 256  # reservations per script call: keeps each call short, since Redis runs scripts one at a time
 
@@ -78,6 +82,7 @@ class RedisBackend:
             config.redis_url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, retry=Retry(NoBackoff(), 0)
         )
         self._script = self._client.register_script(SCRIPT)
+        self._permits = self._client.register_script(PERMITS_SCRIPT)
         self._queues: dict[str, list[_Call]] = {}
         self._senders: dict[str, asyncio.Task[None]] = {}
         self._clock_offset = ClockOffset()
@@ -89,14 +94,9 @@ class RedisBackend:
         return [base, base + ":holes"]
 
     async def _run(self, keys: list[str], args: list[Any]) -> Any:
-        """One script call; foreign errors become ``BackendError`` here and nowhere else."""
-        try:
-            now = "" if self._clock is None else self._clock()
-            return await self._script(keys=keys, args=[args[0], MAX_HOLES, now, *args[1:]])
-        except NoScriptError:  # Script.__call__ already reloaded once after NOSCRIPT; it vanished again
-            raise BackendError("the pacing script vanished twice") from None
-        except (RedisError, OSError) as exc:
-            raise BackendError(f"redis: {type(exc).__name__}") from None
+        """One call of the bucket script."""
+        now = "" if self._clock is None else self._clock()
+        return await _translated(self._script(keys=keys, args=[args[0], MAX_HOLES, now, *args[1:]]))
 
     async def reserve(self, buckets: Sequence[BucketSpec], max_wait: float) -> Reservation | Refused:
         tag = buckets[0].tag
@@ -183,6 +183,24 @@ class RedisBackend:
             "paused_until": time.time() + (paused - now) / US if paused > now else None,
         }
 
+    # --- max_concurrency leases (permits.lua) ------------------------------------------------------
+
+    def permit_key(self, tag: str, credential_id: str) -> str:
+        """The lease set of a credential, in the hash slot of its buckets."""
+        return f"{self._prefix}:{{{tag}}}:cred:{credential_id}:permits"
+
+    async def take_permit(self, key: str, permit: str, limit: int, ttl: float) -> bool:
+        """Lease ``permit`` for ``ttl`` seconds if fewer than ``limit`` live leases exist."""
+        return bool(await _translated(self._permits(keys=[key], args=["acquire", int(ttl * 1000), limit, permit])))
+
+    async def renew_permits(self, key: str, permits: Sequence[str], ttl: float) -> set[str]:
+        """Extend the leases that still exist to ``ttl`` from now; returns the lapsed ones."""
+        lapsed = await _translated(self._permits(keys=[key], args=["renew", int(ttl * 1000), *permits]))
+        return {p.decode() if isinstance(p, bytes) else str(p) for p in lapsed}
+
+    async def drop_permit(self, key: str, permit: str) -> None:
+        await _translated(self._client.zrem(key, permit))
+
     async def ping(self) -> bool:
         try:
             return bool(await asyncio.wait_for(self._client.ping(), TIMEOUT))
@@ -199,3 +217,13 @@ class RedisBackend:
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+async def _translated(call: Awaitable[T]) -> T:
+    """Await a Redis call; foreign errors become ``BackendError`` here and nowhere else."""
+    try:
+        return await call
+    except NoScriptError:  # Script.__call__ already reloaded once after NOSCRIPT; it vanished again
+        raise BackendError("a pacing script vanished twice") from None
+    except (RedisError, OSError) as exc:
+        raise BackendError(f"redis: {type(exc).__name__}") from None
