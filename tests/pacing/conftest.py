@@ -15,6 +15,7 @@ from aiohttp import web
 from gateway.config import Config
 from gateway.models import BearerAuth, Provider, RateLimitOverride
 from gateway.observability.metrics import Metrics
+from gateway.pacing.concurrency import LEASE_TTL
 from gateway.pacing.pacer import GatewayPacer
 from gateway.store.objects import Credential
 
@@ -69,11 +70,12 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def make_pacer() -> AsyncIterator[Callable[..., Any]]:
-    """Started pacers from config sections (``pacing={...}``, ``providers={...}``), closed at the end."""
+    """Started pacers from config sections (``pacing={...}``, ``providers={...}``), closed at the end;
+    ``permit_ttl`` shortens the shared concurrency leases for tests."""
     pacers: list[GatewayPacer] = []
 
-    async def factory(**sections: Any) -> GatewayPacer:
-        pacer = GatewayPacer(Config.model_validate(sections), Metrics())
+    async def factory(*, permit_ttl: float = LEASE_TTL, **sections: Any) -> GatewayPacer:
+        pacer = GatewayPacer(Config.model_validate(sections), Metrics(), permit_ttl=permit_ttl)
         await pacer.start()
         pacers.append(pacer)
         return pacer

@@ -10,9 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.config import Config
 from gateway.errors import BackendUnavailable, RateLimited
-from gateway.observability.metrics import Metrics
 from gateway.pacing.pacer import GatewayPacer
 from tests.ops.process import poll
 from tests.pacing.conftest import make_credential
@@ -24,20 +22,15 @@ ONE_PERMIT = make_credential("single", rate=1000, max_concurrency=1)
 
 
 @pytest.fixture
-async def replica(redis_url: str, redis_prefix: str) -> AsyncIterator[Callable[..., Any]]:
+def replica(make_pacer: Callable[..., Any], redis_url: str, redis_prefix: str) -> Callable[..., Any]:
     """Started pacers on the same Redis and key prefix (replicas), lease TTL ``TTL``; closed at the end."""
-    pacers: list[GatewayPacer] = []
 
     async def factory(**pacing: Any) -> GatewayPacer:
-        sections = {"pacing": {"backend": "redis", "redis_url": redis_url, "key_prefix": redis_prefix, **pacing}}
-        pacer = GatewayPacer(Config.model_validate(sections), Metrics(), permit_ttl=TTL)
-        await pacer.start()
-        pacers.append(pacer)
+        redis = {"backend": "redis", "redis_url": redis_url, "key_prefix": redis_prefix}
+        pacer: GatewayPacer = await make_pacer(pacing={**redis, **pacing}, permit_ttl=TTL)
         return pacer
 
-    yield factory
-    for pacer in pacers:
-        await pacer.close()
+    return factory
 
 
 @pytest.fixture
