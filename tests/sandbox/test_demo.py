@@ -57,12 +57,6 @@ def parse_curl(line: str) -> Curl:
     return Curl(method, url, headers, body)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def logs() -> Iterator[io.StringIO]:
     """Every log line the gateway writes, through the production pipeline (redaction included)."""
@@ -77,11 +71,13 @@ def logs() -> Iterator[io.StringIO]:
 @pytest.fixture
 async def demo(capsys: pytest.CaptureFixture[str], logs: io.StringIO) -> AsyncIterator[Running]:
     """The demo gateway on a free port, as ``server.serve`` builds it, with the banner it printed."""
-    port = free_port()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))  # held from here on: the sandboxes started below cannot take it
+    port = int(listener.getsockname()[1])
     config, keyring = demo_config(Config.model_validate({"server": {"port": port}, "metrics": {"port": port}}))
     app = create_app(config, keyring=keyring)
     install_demo(app)
-    async with run_sandbox(app, port=port):
+    async with run_sandbox(app, sock=listener):
         out = capsys.readouterr()
         calls = [parse_curl(line) for line in out.out.splitlines() if line.startswith("curl ")]
         yield Running(app[DEMO], out.out, out.err, calls)
