@@ -12,6 +12,10 @@ the Redis backend, every replica). Rules, first match wins:
    as N approaches M (the allocation refills over 24 h, so the pacer slows down instead of
    stopping dead), and 60 s once N >= M.
 4. ``429`` without any of the above: the provider's customary penalty (Airtable asks for 30 s), else 1 s.
+
+A pause and a resend are different things: every rule above pauses the bucket for the calls after
+this one, but only a *refusal* (``is_refusal``) may be sent again. A ``200`` that reports exhaustion
+was carried out upstream; sending it again would repeat a write.
 """
 
 from __future__ import annotations
@@ -41,6 +45,16 @@ def pause_for(provider: str, status: int, headers: Mapping[str, str], now: float
     if pause is None and status == 429:
         pause = PROVIDER_429_PAUSE.get(provider, DEFAULT_429_PAUSE)
     return None if pause is None else min(max(pause, 0.0), MAX_PAUSE)
+
+
+def is_refusal(status: int, headers: Mapping[str, str]) -> bool:
+    """Whether the upstream refused the call (so it did nothing): 429, or 503 with ``Retry-After``.
+
+    Only a refusal may be sent again; any other answer, however exhausted its headers, is final.
+    """
+    if status == 429:
+        return True
+    return status == 503 and any(name.lower() == "retry-after" for name in headers)
 
 
 def retry_after(value: str | None, now: float) -> float | None:

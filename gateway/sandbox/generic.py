@@ -14,6 +14,8 @@ the tests read back (refreshes done, bytes received, downloads the client abando
     *    /protected/{any}      401 unless ``Authorization: Bearer <state.valid_token>``, then echo
     POST /oauth/token          refresh_token grant: counts refreshes, rotates ``valid_token``
     *    /limited/{any}        429 with Retry-After while ``state.throttle`` > 0, then echo
+    *    /answer/{any}         ``state.answer_status`` with ``state.answer_headers`` and ``{"ok": true}``
+                               (e.g. a 200 that reports the window exhausted)
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class GenericState:
     received: int = 0
     requests: int = 0
     aborted_downloads: int = 0
+    answer_status: int = 200
+    answer_headers: dict[str, str] = field(default_factory=dict)
     paths: list[str] = field(default_factory=list)
 
 
@@ -65,6 +69,7 @@ def create_generic_app(state: GenericState | None = None) -> web.Application:
     app.router.add_route("*", "/protected/{tail:.*}", protected)
     app.router.add_post("/oauth/token", token)
     app.router.add_route("*", "/limited/{tail:.*}", limited)
+    app.router.add_route("*", "/answer/{tail:.*}", answer)
     return app
 
 
@@ -197,3 +202,10 @@ async def limited(request: web.Request) -> web.Response:
             {"error": "rate_limited"}, status=429, headers={"Retry-After": str(state.retry_after)}
         )
     return await echo(request)
+
+
+async def answer(request: web.Request) -> web.Response:
+    """The configured status and headers: how a test makes the upstream say "that was the last one"."""
+    state = request.app[GENERIC]
+    await request.read()
+    return web.json_response({"ok": True}, status=state.answer_status, headers=state.answer_headers)

@@ -2,7 +2,9 @@
 
 One call is a short pipeline, each step a small method:
 
-    stream()       retries: after a pacing pause (replayable bodies, at most 3 times, within max_wait)
+    stream()       retries: after a refusal (429, or 503 with Retry-After) that paused the bucket
+                   (replayable bodies, at most 3 times, within max_wait); any other answer, even one
+                   whose headers report exhaustion, is returned as it is, exactly once
                    and once after an OAuth2 401 (replayable bodies; otherwise the 401 is returned)
     _paced_send()  pacer.acquire -> _send -> pacer.observe
     _send()        safe URL join -> auth injection -> aiohttp request; foreign errors mapped ONCE here
@@ -46,6 +48,7 @@ from gateway.config import Config
 from gateway.errors import UpstreamAuthFailed, UpstreamUnavailable
 from gateway.models import OAuth2Auth
 from gateway.observability.metrics import Metrics
+from gateway.pacing import adaptive
 from gateway.pacing.api import Pacer, Permit
 from gateway.store.objects import Credential, Objects
 from gateway.upstream import auth, paths
@@ -227,7 +230,7 @@ class UpstreamClient:
         while True:
             raw, permit, pause = await self._paced_send(credential, method, target, headers, body)
             waited += permit.waited
-            if self._retry_after_pause(credential, pause, waited, replayable=replayable, retries=pacing_retries):
+            if self._retry_after_refusal(credential, raw, pause, waited, replayable=replayable, retries=pacing_retries):
                 pacing_retries += 1
                 raw.release()
                 permit.release()
@@ -248,11 +251,24 @@ class UpstreamClient:
             raw.release()
             permit.release()
 
-    def _retry_after_pause(
-        self, credential: Credential, pause: float | None, waited: float, *, replayable: bool, retries: int
+    def _retry_after_refusal(
+        self,
+        credential: Credential,
+        raw: aiohttp.ClientResponse,
+        pause: float | None,
+        waited: float,
+        *,
+        replayable: bool,
+        retries: int,
     ) -> bool:
-        """Resend after the pacer paused the bucket only if the body is still held and max_wait allows."""
+        """Resend only a refused call (it did nothing upstream), with its body still held, within max_wait.
+
+        Security of users' data: an accepted call that reports exhaustion (``200`` with
+        ``X-RateLimit-Remaining: 0``) paused the bucket, but sending it again would repeat a write.
+        """
         if pause is None or not replayable or retries >= MAX_PACING_RETRIES:
+            return False
+        if not adaptive.is_refusal(raw.status, raw.headers):
             return False
         return waited + pause <= self._max_wait(credential)
 
