@@ -26,7 +26,7 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.config import Config
 from gateway.http import appkeys
-from gateway.models import CredentialIn, SyncIn
+from gateway.models import CredentialIn, SyncIn, TokenIn
 from gateway.observability.logs import configure_logging
 from gateway.sandbox.common import SANDBOX, Knobs
 from gateway.sandbox.runner import run_sandbox
@@ -94,7 +94,7 @@ async def _bench(provider: str, *, requests: int, size: int, rate: float) -> dic
         await app[appkeys.OBJECTS].create_sync(
             SyncIn(id="bench", credential_id="cred", collections=[spec.collection], options=spec.options)
         )
-        token = await app[appkeys.TOKENS].create("bench", ["mutations"])
+        token = await app[appkeys.TOKENS].create(TokenIn(name="bench", scopes=["mutations"]))
         try:
             result = await _drive(url, token, provider, spec.collection, requests=requests, size=size)
         finally:

@@ -12,7 +12,7 @@ from functools import partial
 from aiohttp import web
 
 from gateway.config import Config
-from gateway.http import appkeys, consumers, management, mutations, proxy
+from gateway.http import appkeys, consumers, management, mutations, proxy, tokens
 from gateway.http.middlewares import add_request_id, gateway_middleware
 from gateway.http.openapi import Endpoint, add_endpoints
 from gateway.http.ops import add_ops_routes
@@ -38,14 +38,13 @@ def create_app(
     """
     metrics = Metrics(per_credential=config.metrics.per_credential)
     engine = create_engine(config.store)
-    tokens = Tokens(engine, cache_ttl=config.server.token_cache_ttl)
     app = web.Application(client_max_size=config.server.max_json_bytes)
     app[appkeys.CONFIG] = config
     app[appkeys.KEYRING] = keyring
     app[appkeys.METRICS] = metrics
     app[appkeys.ENGINE] = engine
     app[appkeys.OBJECTS] = Objects(engine, keyring)
-    app[appkeys.TOKENS] = tokens
+    app[appkeys.TOKENS] = Tokens(engine, cache_ttl=config.server.token_cache_ttl)
     app[appkeys.STREAM] = stream = Stream(engine, metrics)
     endpoints: list[Endpoint] = []
     app[appkeys.ENDPOINTS] = endpoints
@@ -55,10 +54,10 @@ def create_app(
     app[appkeys.READY_CHECKS] = checks
 
     app[appkeys.UPSTREAM] = UpstreamClient(config, metrics, app[appkeys.OBJECTS], pacer)
-    for view_module in (management, proxy, consumers, mutations):
+    for view_module in (management, tokens, proxy, consumers, mutations):
         add_endpoints(app, view_module.ENDPOINTS)
     scopes = {e.name: e.scope for e in app[appkeys.ENDPOINTS]}
-    app.middlewares.append(gateway_middleware(metrics=metrics, tokens=tokens, scopes=scopes))
+    app.middlewares.append(gateway_middleware(metrics=metrics, tokens=app[appkeys.TOKENS], scopes=scopes))
     app.on_response_prepare.append(add_request_id)
 
     workers = Workers(

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,10 @@ from gateway import __version__
 from gateway.config import Config, load_config, masked_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.http.bodies import validate
-from gateway.models import CredentialIn
+from gateway.models import CredentialIn, TokenIn
 from gateway.observability.logs import configure_logging
 from gateway.server import keyring_for, run_async, run_migrations, serve, stderr, store_session
+from gateway.store.db import utcnow
 from gateway.store.tokens import parse_scopes
 from gateway.vault.crypto import generate_key
 
@@ -47,11 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     tokens = verbs.add_parser("tokens", help="manage API tokens").add_subparsers(dest="action", required=True)
     create = tokens.add_parser("create", help="create a token and print it once")
-    create.add_argument("--name", required=True)
+    create.add_argument("--name", required=True, help="the token's unique name (how list and revoke refer to it)")
     create.add_argument("--scope", required=True, help="comma-separated: proxy,mutations,consumers,admin")
     create.add_argument("--only", help="comma-separated sync/credential ids the token is limited to")
+    create.add_argument("--priority", default="normal", help="pacing class: high, normal (default) or low")
+    create.add_argument("--weight", type=int, default=1, help="fair share within its priority, 1..1000 (default 1)")
+    create.add_argument("--expires", type=float, metavar="DAYS", help="the token stops working after DAYS days")
     tokens_list = tokens.add_parser("list", help="list tokens (never their values)")
-    tokens_list.add_argument("--json", action="store_true")
+    tokens_list.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     revoke = tokens.add_parser("revoke", help="revoke a token by name")
     revoke.add_argument("name")
 
@@ -126,12 +131,11 @@ async def _store_verb(args: argparse.Namespace, config: Config) -> int:
     async with store_session(config, keyring) as (objects, tokens):
         match (args.verb, args.action):
             case ("tokens", "create"):
-                only = [i.strip() for i in args.only.split(",") if i.strip()] if args.only else None
-                token = await tokens.create(args.name, parse_scopes(args.scope), only)
-                print(token)
+                print(await tokens.create(_token_spec(args)))
                 stderr("store this token now: it is not shown again")
             case ("tokens", "list"):
-                _print_list(await tokens.list(), as_json=args.json, columns=("name", "scopes", "only"))
+                columns = ("name", "scopes", "only", "priority", "weight", "expires_at", "last_used_at")
+                _print_list(await tokens.list(), as_json=args.json, columns=columns)
             case ("tokens", "revoke"):
                 await tokens.revoke(args.name)
                 stderr(f"revoked {args.name}")
@@ -152,6 +156,21 @@ async def _store_verb(args: argparse.Namespace, config: Config) -> int:
                 count = await objects.rotate_keys()
                 stderr(f"re-encrypted {count} secret(s) with key {keyring.newest_id!r}")
     return 0
+
+
+def _token_spec(args: argparse.Namespace) -> TokenIn:
+    """``tokens create``'s flags as the API's body, validated by the same model (errors name the flag's field)."""
+    if args.expires is not None and not args.expires > 0:
+        raise ConfigError("--expires: must be a positive number of days")
+    data = {
+        "name": args.name,
+        "scopes": parse_scopes(args.scope),
+        "only": [i.strip() for i in args.only.split(",") if i.strip()] if args.only else None,
+        "priority": args.priority,
+        "weight": args.weight,
+        "expires_at": utcnow() + timedelta(days=args.expires) if args.expires is not None else None,
+    }
+    return validate(TokenIn, data, what="token")  # type: ignore[no-any-return]
 
 
 def _print_list(items: Sequence[BaseModel], *, as_json: bool, columns: tuple[str, ...]) -> None:

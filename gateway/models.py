@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -312,9 +313,43 @@ class Event(BaseModel):
     inserted_at: datetime
 
 
+# --- API tokens -----------------------------------------------------------------------------------
+
+TokenScope = Literal["proxy", "mutations", "consumers", "admin"]
+TOKEN_SCOPES: tuple[TokenScope, ...] = ("proxy", "mutations", "consumers", "admin")
+TokenPriority = Literal["high", "normal", "low"]
+
+
+class TokenIn(Strict):
+    """What ``POST /v1/tokens`` and ``gateway tokens create`` accept."""
+
+    name: ObjectId
+    scopes: list[TokenScope] = Field(min_length=1)
+    only: list[ObjectId] | None = Field(default=None, description="sync/credential ids the token is limited to")
+    priority: TokenPriority = Field(default="normal", description="pacing class of this token's calls")
+    weight: int = Field(default=1, ge=1, le=1000, strict=True, description="fair share within its priority")
+    expires_at: AwareDatetime | None = Field(default=None, description="refused like a revoked token after it")
+
+    @field_validator("expires_at")
+    @classmethod
+    def _future(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value <= datetime.now(value.tzinfo):
+            raise ValueError("must be in the future")
+        return value
+
+
 class TokenView(BaseModel):
+    """A token as reads show it: everything but the secret, which is never stored."""
+
     name: str
     scopes: list[str]
     only: list[str] | None
+    priority: TokenPriority = "normal"
+    weight: int = 1
     created_at: datetime
     last_used_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+class TokenCreated(TokenView):
+    token: str = Field(description="the bearer token; shown in this answer only, never again")

@@ -23,6 +23,7 @@ from aiohttp.web_runner import BaseRunner
 from gateway.app import create_app
 from gateway.config import Config
 from gateway.http.protocol import serve_json_errors
+from gateway.models import TokenIn
 from gateway.store.tables import metadata
 from gateway.vault.crypto import Keyring, generate_key
 
@@ -179,7 +180,8 @@ class Gateway:
     async def token(self, name: str, scopes: list[str], only: list[str] | None = None) -> str:
         from gateway.http import appkeys
 
-        return await self.app[appkeys.TOKENS].create(name, scopes, only)  # type: ignore[arg-type]
+        spec = TokenIn.model_validate({"name": name, "scopes": scopes, "only": only})
+        return await self.app[appkeys.TOKENS].create(spec)
 
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
@@ -213,7 +215,7 @@ def make_gateway(aiohttp_client: Any, keyring: Keyring, store_url: str) -> Gatew
         config = make_config(store_url, keyring, **sections)
         app = create_app(config, keyring=keyring, ops_on_main=True)
         client = await aiohttp_client(ServedLikeProduction(app))
-        token = await app[appkeys.TOKENS].create("admin", ["admin"])
+        token = await app[appkeys.TOKENS].create(TokenIn(name="admin", scopes=["admin"]))
         return Gateway(client, token)
 
     return factory

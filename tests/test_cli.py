@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,37 @@ def test_tokens_create_list_revoke(env: dict[str, str]) -> None:
     assert token not in listed.stdout
     assert gateway("tokens", "revoke", "ci", env=env).returncode == 0
     assert gateway("tokens", "revoke", "ci", env=env).returncode == 2
+
+
+def test_tokens_create_takes_priority_weight_and_expiry(env: dict[str, str]) -> None:
+    """--priority, --weight and --expires DAYS are stored and listed; bad values exit 2 naming the field."""
+    made = gateway(
+        "tokens",
+        "create",
+        "--name",
+        "bulk",
+        "--scope",
+        "proxy",
+        "--priority",
+        "low",
+        "--weight",
+        "5",
+        "--expires",
+        "2",
+        env=env,
+    )
+    assert made.returncode == 0, made.stderr
+    row = json.loads(gateway("tokens", "list", "--json", env=env).stdout)[0]
+    assert (row["priority"], row["weight"]) == ("low", 5)
+    expires = datetime.fromisoformat(row["expires_at"]) - datetime.now(UTC)
+    assert timedelta(days=1, hours=23) < expires <= timedelta(days=2)
+    for flag, value, field in [
+        ("--weight", "0", "weight"),
+        ("--priority", "urgent", "priority"),
+        ("--expires", "-1", "--expires"),
+    ]:
+        bad = gateway("tokens", "create", "--name", "x", "--scope", "proxy", flag, value, env=env)
+        assert bad.returncode == 2 and field in bad.stderr, bad.stderr
 
 
 def test_bad_scope_is_usage_error(env: dict[str, str]) -> None:

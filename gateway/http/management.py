@@ -32,14 +32,15 @@ from gateway.models import (
     SyncView,
 )
 
-_ERRORS = {400: "invalid request", 401: "missing or bad token", 403: "token lacks the scope", 404: "not found"}
+ADMIN_ERRORS = {400: "invalid request", 401: "missing or bad token", 403: "token lacks the scope", 404: "not found"}
 Enrich = Callable[[web.Request, Any], Awaitable[Any]]
 
 
-def object_id(request: web.Request) -> str:
-    value = request.match_info["id"]
+def object_id(request: web.Request, key: str = "id") -> str:
+    """The path's object id (or token name), refused with 400 naming ``key`` unless it is a valid id."""
+    value = request.match_info[key]
     if not re.match(ID_PATTERN, value):
-        raise InvalidRequest(f"id: {value[:140]!r} does not match {ID_PATTERN}", field="id")
+        raise InvalidRequest(f"{key}: {value[:140]!r} does not match {ID_PATTERN}", field=key)
     return value
 
 
@@ -119,7 +120,7 @@ class Resource:
                 "admin",
                 request=extra.get("request"),
                 response=extra.get("response"),
-                statuses={**_ERRORS, **extra.get("statuses", {})},
+                statuses={**ADMIN_ERRORS, **extra.get("statuses", {})},
                 success=extra.get("success", 200),
             )
             for method, path, handler, summary, extra in rows

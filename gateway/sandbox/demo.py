@@ -27,7 +27,7 @@ from pydantic import TypeAdapter
 
 from gateway.config import Config, StoreConfig
 from gateway.http import appkeys
-from gateway.models import ConsumerIn, CredentialIn, SyncIn
+from gateway.models import ConsumerIn, CredentialIn, SyncIn, TokenIn
 from gateway.observability.logs import register_secret
 from gateway.sandbox import airtable, hubspot, salesforce, stripe
 from gateway.sandbox.common import SANDBOX, SandboxState
@@ -143,7 +143,7 @@ async def _demo_context(app: web.Application) -> AsyncIterator[None]:
             )
         consumer: ConsumerIn = TypeAdapter(ConsumerIn).validate_python({"id": CONSUMER_ID, "kind": "pull"})
         await objects.upsert_consumer(consumer)
-        token = await app[appkeys.TOKENS].create(TOKEN_NAME, ["admin"])
+        token = await app[appkeys.TOKENS].create(TokenIn(name=TOKEN_NAME, scopes=["admin"]))
         register_secret(token)  # security: the banner is the only place the token may appear
         demo.banner = banner(_public_url(app[appkeys.CONFIG]), token, demo.urls)
         print(demo.banner, flush=True)

@@ -72,7 +72,10 @@ api_tokens = Table(
     Column("scopes", Json, nullable=False),
     Column("only_ids", Json, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("last_used_at", DateTime(timezone=True), nullable=True),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),  # written at most once a minute per token
+    Column("priority", String(8), nullable=False, server_default="normal"),  # high | normal | low
+    Column("weight", Integer, nullable=False, server_default="1"),  # fair-share weight, 1..1000
+    Column("expires_at", DateTime(timezone=True), nullable=True),  # refused like a revoked token after it
 )
 
 consumers = Table(

@@ -9,44 +9,57 @@ proxied call, so positive lookups are cached in-process by the token's hash for 
 keeps working here for up to that TTL; a revocation through this object drops its entries at once.
 Negative answers are cached for at most ``NEGATIVE_TTL`` and both caches are bounded, so a flood of
 bad tokens neither grows memory nor keeps a token created a moment later from working for long.
+Expiry is checked on every call, cached or not, so an expired token stops at its ``expires_at``.
+``last_used_at`` is written at most once per ``TOUCH_INTERVAL`` per token and process: it answers
+"is this token still in use?", which needs no per-request write on the hot path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any
 
-from sqlalchemy import delete, insert, select
-from sqlalchemy.exc import IntegrityError
+import structlog
+from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.errors import Conflict, InvalidRequest, NotFound
-from gateway.models import ID_PATTERN, TokenView
+from gateway.models import TOKEN_SCOPES, TokenIn, TokenPriority, TokenScope, TokenView
 from gateway.singleflight import SingleFlight
 from gateway.store import tables as t
 from gateway.store.db import as_utc, utcnow
 
-Scope = Literal["proxy", "mutations", "consumers", "admin"]
-SCOPES: tuple[Scope, ...] = ("proxy", "mutations", "consumers", "admin")
+log = structlog.get_logger(__name__)
 TOKEN_PREFIX = "gw_"
 NEGATIVE_TTL = 0.25  # seconds: enough to absorb a burst of one bad token, too short to matter
 CACHE_SIZE = 10_000  # entries per cache (positive, negative); beyond it expired then oldest go
+TOUCH_INTERVAL = 60.0  # seconds between two writes of one token's last_used_at by one process
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the token's name, scopes and optional id restriction."""
+    """Who is calling: the token's name, scopes, optional id restriction and pacing class.
+
+    ``priority`` and ``weight`` say how the token's upstream calls share a credential's budget;
+    ``expires_at`` (epoch seconds) is when the token stops working.
+    """
 
     name: str
     scopes: frozenset[str]
     only: frozenset[str] | None
+    priority: TokenPriority = "normal"
+    weight: int = 1
+    expires_at: float | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
     def has_scope(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
@@ -59,12 +72,12 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def parse_scopes(text: str) -> list[Scope]:
+def parse_scopes(text: str) -> list[TokenScope]:
     scopes = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in scopes if s not in SCOPES]
+    unknown = [s for s in scopes if s not in TOKEN_SCOPES]
     if unknown or not scopes:
-        raise InvalidRequest(f"scope: unknown {unknown or 'empty'}; choose from {', '.join(SCOPES)}")
-    return [s for s in SCOPES if s in scopes]
+        raise InvalidRequest(f"scope: unknown {unknown or 'empty'}; choose from {', '.join(TOKEN_SCOPES)}")
+    return [s for s in TOKEN_SCOPES if s in scopes]
 
 
 class _TTLCache:
@@ -106,46 +119,55 @@ class Tokens:
         cache_ttl: float = 0.0,
         cache_size: int = CACHE_SIZE,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        """``cache_ttl`` seconds of positive caching (0 = every lookup asks the store)."""
+        """``cache_ttl`` seconds of positive caching (0 = every lookup asks the store); ``clock`` times
+        the caches, ``wall_clock`` (epoch seconds) is compared with ``expires_at``."""
         self.engine = engine
         self._ttl = cache_ttl
         self._known = _TTLCache(size=cache_size, clock=clock)
         self._unknown = _TTLCache(size=cache_size, clock=clock)
         self._lookups = SingleFlight()  # an expiring entry under load: one store query, not one each
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._touched: dict[str, float] = {}  # token name -> clock() of this process's last write
 
-    async def create(self, name: str, scopes: list[Scope], only: list[str] | None = None) -> str:
+    async def create(self, spec: TokenIn) -> str:
         """Store a new token and return it; this is the only time it is ever visible."""
-        if not re.match(ID_PATTERN, name):
-            raise InvalidRequest("name: must match " + ID_PATTERN)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         values = {
-            "name": name,
+            "name": spec.name,
             "token_hash": hash_token(token),
-            "scopes": list(scopes),
-            "only_ids": only,
+            "scopes": list(spec.scopes),
+            "only_ids": spec.only,
+            "priority": spec.priority,
+            "weight": spec.weight,
+            "expires_at": spec.expires_at,
             "created_at": utcnow(),
         }
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(insert(t.api_tokens).values(**values))
         except IntegrityError:
-            raise Conflict(f"a token named {name!r} exists; revoke it first") from None
+            raise Conflict(f"a token named {spec.name!r} exists; revoke it first") from None
         return token
 
     async def authenticate(self, token: str) -> Principal | None:
-        """The token's principal, or None when unknown or revoked (cached as the module says)."""
+        """The token's principal, or None when unknown, revoked or expired (cached as the module says)."""
         digest = hash_token(token)
         if self._ttl <= 0:
-            return await self._lookup(digest)
-        hit = self._known.get(digest) or self._unknown.get(digest)
-        if hit is not None:
-            return hit[1]
-        principal = await self._lookups.run(digest, lambda: self._lookup(digest))
-        if principal is None:
-            self._unknown.put(digest, None, min(self._ttl, NEGATIVE_TTL))
+            principal = await self._lookup(digest)
+        elif (hit := self._known.get(digest) or self._unknown.get(digest)) is not None:
+            principal = hit[1]
         else:
-            self._known.put(digest, principal, self._ttl)
+            principal = await self._lookups.run(digest, lambda: self._lookup(digest))
+            if principal is None:
+                self._unknown.put(digest, None, min(self._ttl, NEGATIVE_TTL))
+            else:
+                self._known.put(digest, principal, self._ttl)
+        if principal is None or principal.expired(self._wall_clock()):
+            return None
+        await self._touch(principal.name)
         return principal
 
     async def _lookup(self, digest: str) -> Principal | None:
@@ -154,21 +176,44 @@ class Tokens:
         if row is None or not hmac.compare_digest(row.token_hash, digest):
             return None
         only = frozenset(row.only_ids) if row.only_ids is not None else None
-        return Principal(row.name, frozenset(row.scopes), only)
+        expires = as_utc(row.expires_at)
+        return Principal(
+            row.name,
+            frozenset(row.scopes),
+            only,
+            priority=row.priority,
+            weight=row.weight,
+            expires_at=expires.timestamp() if expires is not None else None,
+        )
+
+    async def _touch(self, name: str) -> None:
+        """Record the use in ``last_used_at``, at most once per ``TOUCH_INTERVAL``; a store hiccup here
+        must not fail the request, whose token is already known good."""
+        now = self._clock()
+        if now - self._touched.get(name, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
+            return
+        if len(self._touched) >= CACHE_SIZE:
+            self._touched.clear()
+        self._touched[name] = now
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    update(t.api_tokens).where(t.api_tokens.c.name == name).values(last_used_at=utcnow())
+                )
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("token_last_used_not_written", token_name=name, error=exc.__class__.__name__)
 
     async def list(self) -> list[TokenView]:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(t.api_tokens).order_by(t.api_tokens.c.name))).all()
-        return [
-            TokenView(
-                name=r.name,
-                scopes=r.scopes,
-                only=r.only_ids,
-                created_at=as_utc(r.created_at),
-                last_used_at=as_utc(r.last_used_at),
-            )
-            for r in rows
-        ]
+        return [_view(r) for r in rows]
+
+    async def view(self, name: str) -> TokenView:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(t.api_tokens).where(t.api_tokens.c.name == name))).first()
+        if row is None:
+            raise NotFound(f"token {name!r} not found")
+        return _view(row)
 
     async def revoke(self, name: str) -> None:
         async with self.engine.begin() as conn:
@@ -176,3 +221,16 @@ class Tokens:
         self._known.drop(name)
         if not result.rowcount:
             raise NotFound(f"token {name!r} not found")
+
+
+def _view(row: Row[Any]) -> TokenView:
+    return TokenView(
+        name=row.name,
+        scopes=row.scopes,
+        only=row.only_ids,
+        priority=row.priority,
+        weight=row.weight,
+        created_at=as_utc(row.created_at),
+        last_used_at=as_utc(row.last_used_at),
+        expires_at=as_utc(row.expires_at),
+    )

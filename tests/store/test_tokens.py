@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Connection, event, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import gateway.store
 from gateway.config import StoreConfig
+from gateway.models import TokenIn
 from gateway.store import tables as t
 from gateway.store.db import create_engine, migrate, utcnow
-from gateway.store.tokens import NEGATIVE_TTL, Tokens, hash_token
+from gateway.store.tokens import NEGATIVE_TTL, TOUCH_INTERVAL, Tokens, hash_token
 
 
 class FakeClock:
@@ -36,7 +43,7 @@ async def test_revoked_elsewhere_works_until_the_ttl_then_stops(engine: AsyncEng
     """A token revoked by another process stays valid here only until its cache entry's TTL ends."""
     clock = FakeClock()
     replica, cli = Tokens(engine, cache_ttl=5, clock=clock), Tokens(engine)
-    token = await cli.create("app", ["proxy"])
+    token = await cli.create(TokenIn(name="app", scopes=["proxy"]))
     assert await replica.authenticate(token) is not None
     await cli.revoke("app")
     clock.now += 4.9
@@ -48,7 +55,7 @@ async def test_revoked_elsewhere_works_until_the_ttl_then_stops(engine: AsyncEng
 async def test_ttl_zero_sees_a_revocation_at_once(engine: AsyncEngine) -> None:
     """With ``cache_ttl=0`` every lookup asks the store, so a revocation elsewhere applies immediately."""
     replica, cli = Tokens(engine, cache_ttl=0), Tokens(engine)
-    token = await cli.create("app", ["proxy"])
+    token = await cli.create(TokenIn(name="app", scopes=["proxy"]))
     assert await replica.authenticate(token) is not None
     await cli.revoke("app")
     assert await replica.authenticate(token) is None
@@ -57,7 +64,7 @@ async def test_ttl_zero_sees_a_revocation_at_once(engine: AsyncEngine) -> None:
 async def test_revoking_through_the_same_object_drops_its_cache_entry(engine: AsyncEngine) -> None:
     """A revocation through the caching object itself takes effect without waiting for the TTL."""
     tokens = Tokens(engine, cache_ttl=60, clock=FakeClock())
-    token = await tokens.create("app", ["proxy"])
+    token = await tokens.create(TokenIn(name="app", scopes=["proxy"]))
     assert await tokens.authenticate(token) is not None
     await tokens.revoke("app")
     assert await tokens.authenticate(token) is None
@@ -66,7 +73,7 @@ async def test_revoking_through_the_same_object_drops_its_cache_entry(engine: As
 async def test_cached_lookup_returns_the_principal(engine: AsyncEngine) -> None:
     """A cached answer carries the same name, scopes and id restriction as the stored token."""
     tokens = Tokens(engine, cache_ttl=5, clock=FakeClock())
-    token = await tokens.create("app", ["proxy", "mutations"], only=["sync-1"])
+    token = await tokens.create(TokenIn(name="app", scopes=["proxy", "mutations"], only=["sync-1"]))
     first = await tokens.authenticate(token)
     again = await tokens.authenticate(token)
     assert again == first
@@ -97,7 +104,7 @@ async def test_flood_of_bad_tokens_keeps_the_cache_bounded(engine: AsyncEngine) 
 async def test_concurrent_misses_share_one_store_query(engine: AsyncEngine) -> None:
     """50 requests presenting the same uncached token at once cause one api_tokens query."""
     tokens = Tokens(engine, cache_ttl=5, clock=FakeClock())
-    token = await tokens.create("app", ["proxy"])
+    token = await tokens.create(TokenIn(name="app", scopes=["proxy"]))
     reads: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -111,3 +118,69 @@ async def test_concurrent_misses_share_one_store_query(engine: AsyncEngine) -> N
         event.remove(engine.sync_engine, "before_cursor_execute", count)
     assert all(p is not None and p.name == "app" for p in found)
     assert len(reads) == 1
+
+
+async def test_a_cached_token_stops_at_its_expiry(engine: AsyncEngine) -> None:
+    """Expiry is checked on every call, so a long cache TTL never stretches a token's life."""
+    wall = FakeClock()
+    wall.now = time.time()
+    tokens = Tokens(engine, cache_ttl=3600, clock=FakeClock(), wall_clock=wall)
+    expires = datetime.fromtimestamp(wall.now + 10, UTC)
+    token = await tokens.create(TokenIn(name="app", scopes=["proxy"], expires_at=expires))
+    principal = await tokens.authenticate(token)
+    assert principal is not None and principal.expires_at == expires.timestamp()
+    wall.now = expires.timestamp() - 0.1
+    assert await tokens.authenticate(token) is not None
+    wall.now = expires.timestamp()
+    assert await tokens.authenticate(token) is None
+
+
+async def test_last_used_at_is_written_once_per_interval(engine: AsyncEngine) -> None:
+    """Every use counts, but the store is written at most once per TOUCH_INTERVAL per token."""
+    clock = FakeClock()
+    tokens = Tokens(engine, cache_ttl=3600, clock=clock)
+    token = await tokens.create(TokenIn(name="app", scopes=["proxy"]))
+    assert (await tokens.view("app")).last_used_at is None
+    writes: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().startswith("UPDATE api_tokens"):
+            writes.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        for _ in range(20):
+            assert await tokens.authenticate(token) is not None
+        first = (await tokens.view("app")).last_used_at
+        clock.now += TOUCH_INTERVAL
+        assert await tokens.authenticate(token) is not None
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert first is not None and len(writes) == 2
+    later = (await tokens.view("app")).last_used_at
+    assert later is not None and later >= first
+
+
+def _upgrade_to_0001(connection: Connection) -> None:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(Path(gateway.store.__file__).parent / "migrations"))
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "0001")
+
+
+async def test_tokens_made_before_the_migration_get_the_defaults(tmp_path: Path) -> None:
+    """Upgrading a store whose tokens predate priority/weight gives them normal priority, weight 1."""
+    engine = create_engine(StoreConfig(url=f"sqlite:///{tmp_path / 'old.db'}"))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade_to_0001)
+            await conn.execute(
+                text("INSERT INTO api_tokens (name, token_hash, scopes, created_at) VALUES ('old', :h, '[]', :at)"),
+                {"h": hash_token("gw_old"), "at": utcnow()},
+            )
+        await migrate(engine)
+        principal = await Tokens(engine).authenticate("gw_old")
+        assert principal is not None
+        assert (principal.priority, principal.weight, principal.expires_at) == ("normal", 1, None)
+    finally:
+        await engine.dispose()
