@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, describe_validation_error
 from gateway.models import (
     ConsumerIn,
     CredentialIn,
@@ -44,6 +44,10 @@ class ServerConfig(Strict):
         default=5, ge=0, description="seconds a valid API token is cached in-process; 0 = off"
     )
     workers: int = Field(default=1, ge=1, description="processes accepting on server.port (a supervisor)")
+    max_json_depth: int = Field(default=64, ge=2, le=128, description="deepest nesting a JSON body may have")
+    body_idle_timeout: float = Field(
+        default=30, gt=0, le=3600, description="longest gap between request body chunks, seconds"
+    )
 
 
 class MetricsConfig(Strict):
@@ -151,15 +155,6 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         return Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, prefix="config")) from None
-
-
-def describe_validation_error(exc: ValidationError, *, prefix: str) -> str:
-    """One sentence per problem, naming the dotted key: ``pacing.backend: Input should be ...``."""
-    problems = []
-    for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-        problems.append(f"{loc or prefix}: {err['msg']}")
-    return "invalid " + prefix + ": " + "; ".join(problems)
 
 
 def _expand(value: Any, env: Mapping[str, str]) -> Any:

@@ -33,6 +33,8 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
+
 DOCS_BASE = "https://github.com/gateway/gateway/blob/main/docs"
 
 
@@ -64,6 +66,21 @@ class GatewayError(Exception):
 class InvalidRequest(GatewayError):
     status = 400
     code = "invalid_request"
+
+
+def describe_validation_error(exc: ValidationError, *, prefix: str) -> str:
+    """One sentence per problem, naming the dotted key: ``pacing.backend: Input should be ...``."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        problems.append(f"{loc or prefix}: {err['msg']}")
+    return "invalid " + prefix + ": " + "; ".join(problems)
+
+
+def invalid_request(exc: ValidationError, *, what: str = "body") -> InvalidRequest:
+    """The 400 for a pydantic refusal, wherever it happens (a view, or a store re-validating a merge)."""
+    fields = [".".join(str(p) for p in e["loc"]) for e in exc.errors(include_url=False)]
+    return InvalidRequest(describe_validation_error(exc, prefix=what), fields=fields)
 
 
 class InvalidPath(InvalidRequest):

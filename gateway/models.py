@@ -7,10 +7,12 @@ Every model that meets user input forbids unknown fields. Secret values are ``Se
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
@@ -34,9 +36,10 @@ PUBLIC_AUTH_FIELDS = frozenset({"type", "name", "prefix", "token_url", "client_i
 
 
 class Strict(BaseModel):
-    """Base of every boundary model: unknown fields are refused, instances are immutable."""
+    """Base of every boundary model: unknown fields are refused, instances are immutable, and floats
+    are finite (``inf`` stored as a limit would break every later call that computes with it)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _http_url(value: str) -> str:
@@ -73,38 +76,57 @@ CollectionId = Annotated[
 
 # --- auth -----------------------------------------------------------------------------------------
 
+# Control characters (CR, LF, NUL ...; tab is allowed): refused when written, because a stored value
+# holding one would make every later upstream call fail inside the HTTP client, or split a header.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _header_safe_secret(value: SecretStr) -> SecretStr:
+    _header_safe(value.get_secret_value())
+    return value
+
+
+def _header_safe(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (CR, LF, NUL, ...)")
+    return value
+
+
+Secret = Annotated[SecretStr, AfterValidator(_header_safe_secret)]
+HeaderSafeStr = Annotated[str, AfterValidator(_header_safe)]
+
 
 class BearerAuth(Strict):
     type: Literal["bearer"]
-    token: SecretStr
+    token: Secret
 
 
 class BasicAuth(Strict):
     type: Literal["basic"]
-    username: SecretStr
-    password: SecretStr = SecretStr("")
+    username: Secret
+    password: Secret = SecretStr("")
 
 
 class HeaderAuth(Strict):
     type: Literal["header"]
     name: Annotated[str, StringConstraints(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
-    value: SecretStr
-    prefix: str | None = None
+    value: Secret
+    prefix: HeaderSafeStr | None = None
 
 
 class QueryAuth(Strict):
     type: Literal["query"]
     name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    value: SecretStr
+    value: Secret
 
 
 class OAuth2Auth(Strict):
     type: Literal["oauth2"]
-    access_token: SecretStr
-    refresh_token: SecretStr
+    access_token: Secret
+    refresh_token: Secret
     token_url: HttpUrlStr
-    client_id: str
-    client_secret: SecretStr
+    client_id: HeaderSafeStr
+    client_secret: Secret
     expires_at: datetime | None = None
     scopes: list[str] | None = None
 
@@ -130,13 +152,25 @@ def masked_auth(auth: dict[str, Any]) -> dict[str, Any]:
     return {k: (v if k in PUBLIC_AUTH_FIELDS or v is None else MASK) for k, v in auth.items()}
 
 
+# Query parameters of a DSN that carry a secret (libpq and redis-py accept passwords there too).
+_SECRET_PARAMS = frozenset({"password", "sslpassword", "pass", "passwd"})
+
+
 def mask_dsn(dsn: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    """Every password of a DSN replaced: ``user:secret@`` and ``?password=secret`` alike.
+
+    Works on the text, not on parsed fields, so a DSN that does not parse (a bad port) is masked too.
+    """
     parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = f"{parts.username}:{MASK}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    userinfo, at, host = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.split(':', 1)[0]}:{MASK}@{host}" if at and ":" in userinfo else parts.netloc
+    query = "&".join(_mask_param(pair) for pair in parts.query.split("&")) if parts.query else ""
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _mask_param(pair: str) -> str:
+    name = pair.partition("=")[0]
+    return f"{name}={MASK}" if unquote_plus(name).strip().lower() in _SECRET_PARAMS else pair
 
 
 # --- limits and timeouts --------------------------------------------------------------------------
@@ -145,17 +179,18 @@ def mask_dsn(dsn: str) -> str:
 class RateLimitOverride(Strict):
     """Per-credential or per-provider pacing override; absent fields keep the provider default."""
 
-    rate: float | None = Field(default=None, gt=0, description="requests per `per` seconds")
-    per: float | None = Field(default=None, gt=0, description="window length in seconds")
-    burst: int | None = Field(default=None, ge=1, description="tokens available at once")
-    max_wait: float | None = Field(default=None, ge=0, description="longest queue wait, seconds")
-    max_concurrency: int | None = Field(default=None, ge=1)
+    # Bounded so that every rate the pacer derives (rate / per, waits, Retry-After) stays finite.
+    rate: float | None = Field(default=None, gt=0, le=1e9, description="requests per `per` seconds")
+    per: float | None = Field(default=None, ge=0.001, le=31_622_400, description="window length in seconds")
+    burst: int | None = Field(default=None, ge=1, le=1_000_000_000, description="tokens available at once")
+    max_wait: float | None = Field(default=None, ge=0, le=3600, description="longest queue wait, seconds")
+    max_concurrency: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 class TimeoutsOverride(Strict):
-    connect: float | None = Field(default=None, gt=0)
-    total: float | None = Field(default=None, ge=0, description="0 means no total timeout")
-    read: float | None = Field(default=None, gt=0, description="longest gap between body chunks")
+    connect: float | None = Field(default=None, gt=0, le=3600)
+    total: float | None = Field(default=None, ge=0, le=86400, description="0 means no total timeout")
+    read: float | None = Field(default=None, gt=0, le=86400, description="longest gap between body chunks")
 
 
 # --- credentials, syncs, consumers -----------------------------------------------------------------
@@ -214,6 +249,9 @@ class SyncView(Strict):
     updated_at: datetime
 
 
+MAX_RETRY_DURATION = 30 * 86400
+
+
 class _ConsumerBase(Strict):
     id: ObjectId | None = None
     sync_id: ObjectId | None = None
@@ -231,13 +269,21 @@ class WebhookConsumerIn(_ConsumerBase):
     secret: SecretStr
     batch_size: int = Field(default=10, ge=1, le=1000)
     timeout: float = Field(default=10, gt=0, le=300)
-    max_retry_duration: float = Field(default=86400, gt=0, description="seconds before marked failing")
+    max_retry_duration: float = Field(
+        default=86400, gt=0, le=MAX_RETRY_DURATION, description="seconds before marked failing"
+    )
 
     @field_validator("secret")
     @classmethod
     def _whsec(cls, value: SecretStr) -> SecretStr:
-        if not re.fullmatch(r"whsec_[A-Za-z0-9+/=]{16,}", value.get_secret_value()):
-            raise ValueError("must be 'whsec_' followed by base64 of at least 12 bytes")
+        """Decoded here, as the signer will: a secret that only looks like base64 would fail every delivery."""
+        text = value.get_secret_value()
+        try:
+            key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not text.startswith("whsec_") or len(key) < 12:
+            raise ValueError("must be 'whsec_' followed by the base64 of at least 12 bytes")
         return value
 
 
@@ -268,7 +314,7 @@ class ConsumerPatch(Strict):
     secret: SecretStr | None = None
     batch_size: int | None = Field(default=None, ge=1, le=5000)
     timeout: float | None = Field(default=None, gt=0, le=300)
-    max_retry_duration: float | None = Field(default=None, gt=0)
+    max_retry_duration: float | None = Field(default=None, gt=0, le=MAX_RETRY_DURATION)
     dsn: SecretStr | None = None
     table_prefix: str | None = None
 
@@ -282,6 +328,7 @@ class ConsumerView(Strict):
     position: int = Field(description="last acknowledged stream seq (0 before the first)")
     pending: int = Field(description="events waiting for this consumer")
     status: Literal["active", "failing"] = "active"
+    status_detail: str | None = Field(default=None, description="why the consumer is failing")
     created_at: datetime
     updated_at: datetime
 

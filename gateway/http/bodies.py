@@ -1,37 +1,91 @@
-"""Reading request bodies into pydantic models, with errors that name the field."""
+"""Reading request bodies into pydantic models, with errors that name the field.
+
+Every JSON body is bounded before it is parsed: its size while it arrives (413), the gap between
+its chunks (408: a client dawdling at a byte a second gets cut off), and its nesting depth (400):
+``json.loads`` recurses per level, so 100,000 ``[`` would end in ``RecursionError``, and values
+nested a few hundred deep would fail later anyway, when the stream serializes them. Numbers must
+be finite: ``1e400`` parses as ``inf``, which no limit, record or upstream can use.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
+import re
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from gateway.config import describe_validation_error
-from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, invalid_request
+from gateway.http import appkeys
 
 M = TypeVar("M", bound=BaseModel)
+# A JSON string (skipped whole) or one bracket: what the depth scan looks at.
+_STRING_OR_BRACKET = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')
+_OPENERS = frozenset(b"[{")
 
 
 async def read_json(request: web.Request, *, limit: int) -> Any:
-    """The body as JSON; 413 past ``limit`` bytes, 400 when empty or not JSON."""
+    """The body as JSON; 413 past ``limit`` bytes, 408 on a stalled client, 400 when empty, not JSON,
+    nested deeper than ``server.max_json_depth`` or holding a number out of range."""
+    server = request.app[appkeys.CONFIG].server
+    raw = await _read_bounded(request, limit=limit, idle=server.body_idle_timeout)
+    if not raw.strip():
+        raise InvalidRequest("request body is empty; a JSON object is required", field="body")
+    check_depth(raw, server.max_json_depth)
+    try:
+        return json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}", field="body") from None
+
+
+async def _read_bounded(request: web.Request, *, limit: int, idle: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise RequestTimeout(f"request body: no data from the client for {idle:g} s") from None
+        if not chunk:
+            return b"".join(chunks)
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        raise InvalidRequest("request body is empty; a JSON object is required")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def check_depth(raw: bytes, limit: int) -> None:
+    """400 when arrays/objects nest deeper than ``limit``; a scan that never recurses."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return  # too few brackets to nest that deep: the common case costs two counts
+    depth = 0
+    for match in _STRING_OR_BRACKET.finditer(raw):
+        byte = raw[match.start()]
+        if byte in _OPENERS:
+            depth += 1
+            if depth > limit:
+                raise InvalidRequest(
+                    f"request body: JSON nests deeper than {limit} levels (server.max_json_depth)", field="body"
+                )
+        elif byte != 0x22:  # a closing bracket; strings are skipped
+            depth -= 1
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise ValueError(f"{text} is not a JSON number")
 
 
 def validate(model: type[M] | TypeAdapter[Any], data: Any, *, what: str = "body") -> Any:
@@ -41,8 +95,7 @@ def validate(model: type[M] | TypeAdapter[Any], data: Any, *, what: str = "body"
             return model.validate_python(data)
         return model.model_validate(data)
     except ValidationError as exc:
-        fields = [".".join(str(p) for p in e["loc"]) for e in exc.errors(include_url=False)]
-        raise InvalidRequest(describe_validation_error(exc, prefix=what), fields=fields) from None
+        raise invalid_request(exc, what=what) from None
 
 
 def json_response(data: Any, *, status: int = 200) -> web.Response:

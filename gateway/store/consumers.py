@@ -6,12 +6,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.errors import Conflict, NotFound
+from gateway.errors import Conflict, NotFound, invalid_request
 from gateway.models import (
     ConsumerIn,
     ConsumerPatch,
@@ -113,7 +113,10 @@ class ConsumerRows(Rows):
             **current.settings,
         }
         merged.update({k: v for k, v in reveal(patch).items() if k in patch.model_fields_set})
-        body = _CONSUMER.validate_python(merged)  # the same rules as on create
+        try:
+            body = _CONSUMER.validate_python(merged)  # the same rules as on create, fields of its kind only
+        except ValidationError as exc:
+            raise invalid_request(exc) from None
         settings, secret = self._split_settings(reveal(body))
         changes = {
             "sync_id": settings.pop("sync_id"),
@@ -162,6 +165,7 @@ class ConsumerRows(Rows):
             position=row.position,
             pending=pending,
             status=row.status,
+            status_detail=row.status_detail,
             created_at=as_utc(row.created_at),
             updated_at=as_utc(row.updated_at),
         )

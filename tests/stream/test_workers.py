@@ -128,3 +128,33 @@ async def test_shutdown_finishes_the_batch_in_flight(replica: dict[Any, Any], ai
     release.set()
     await asyncio.wait_for(closing, 10)
     assert (await replica[appkeys.OBJECTS].consumer_view("hooks")).pending == 0
+
+
+async def test_a_worker_that_cannot_run_marks_its_consumer_failing(
+    replica: dict[Any, Any], aiohttp_server: Any, keyring: Keyring
+) -> None:
+    """A stored secret the signer cannot decode (written before validation got stricter) does not
+    crash the worker unseen at every tick: the consumer reads ``failing`` with the reason."""
+    receiver = web.Application()
+    server = await aiohttp_server(receiver, host="127.0.0.1")
+    await seed_sync(replica)
+    await add_consumer(replica, id="hooks", kind="webhook", url=str(server.make_url("/hook")), secret=SECRET)
+    bad = keyring.seal('{"secret": "whsec_%%%%not-base64%%%%"}')
+    async with replica[appkeys.ENGINE].begin() as conn:
+        await conn.execute(update(t.consumers).where(t.consumers.c.id == "hooks").values(settings_secret=bad))
+    await append(replica, [record_insert("003A")])
+    workers = Workers(objects=replica[appkeys.OBJECTS], stream=replica[appkeys.STREAM], retention=86400,
+                      shutdown_timeout=5)
+    try:
+        await workers.tick()
+
+        async def failing() -> bool:
+            return (await replica[appkeys.OBJECTS].consumer_view("hooks")).status == "failing"
+
+        await _wait_for(failing)
+        view = await replica[appkeys.OBJECTS].consumer_view("hooks")
+        assert view.status_detail is not None and view.status_detail.startswith("worker cannot run: Error")
+        assert "not-base64" not in view.status_detail
+        assert not workers.running["hooks"][1].done()  # still alive, retrying with backoff
+    finally:
+        await workers.close()

@@ -82,17 +82,30 @@ class ConsumerWorker:
         self.stop = asyncio.Event()
 
     async def run(self) -> None:
+        crashes = 0
         try:
             while not self.stop.is_set():
                 try:
                     await self._step()
+                    crashes = 0
                 except NotFound:
                     return  # the consumer was deleted
                 except (SQLAlchemyError, OSError) as exc:
                     log.warning("consumer_worker_store_error", consumer=self.consumer_id, error=exc.__class__.__name__)
                     await _first([self.stop], RECHECK_SECONDS)
+                except Exception as exc:  # a setting the sink cannot use, or a bug: visible, then retried
+                    await self._cannot_run(exc)
+                    await _first([self.stop], self.backoff.delay(crashes, self.backoff.cap * 10))
+                    crashes += 1
         finally:
             await self.sink.close()
+
+    async def _cannot_run(self, exc: Exception) -> None:
+        """Mark the consumer ``failing`` with the reason, instead of a task that dies unseen at every tick."""
+        log.error("consumer_worker_crashed", consumer=self.consumer_id, exc_info=exc)
+        detail = f"worker cannot run: {exc.__class__.__name__}: {exc}"[:300]
+        with contextlib.suppress(SQLAlchemyError, OSError, NotFound):
+            await self.objects.set_consumer_status(self.consumer_id, "failing", detail)
 
     async def _step(self) -> None:
         """Claim the next batch and see it through, or wait for events to arrive."""

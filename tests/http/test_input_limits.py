@@ -1,0 +1,179 @@
+"""Bad input is a 400 naming the field, on every JSON endpoint, and nothing that breaks later is stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from tests.conftest import GatewayFactory
+
+CREDENTIAL = {
+    "id": "cred",
+    "provider": "rest",
+    "base_url": "https://api.example.com/v1",
+    "auth": {"type": "header", "name": "X-Api-Key", "value": "k3y-value"},
+}
+# Every endpoint that reads a JSON body (method, path); the objects they name are created first.
+JSON_ENDPOINTS = [
+    ("POST", "/v1/credentials"),
+    ("PATCH", "/v1/credentials/cred"),
+    ("POST", "/v1/syncs"),
+    ("PATCH", "/v1/syncs/sync"),
+    ("POST", "/v1/consumers"),
+    ("PATCH", "/v1/consumers/pull"),
+    ("POST", "/v1/consumers/pull/receive"),
+    ("POST", "/v1/consumers/pull/ack"),
+    ("POST", "/v1/consumers/pull/nack"),
+    ("POST", "/v1/mutations/run"),
+]
+
+
+async def _seeded(make_gateway: GatewayFactory, **sections: Any) -> Any:
+    gw = await make_gateway(**sections)
+    for path, body in (
+        ("/v1/credentials", CREDENTIAL),
+        ("/v1/syncs", {"id": "sync", "credential_id": "cred", "collections": ["rest:items"]}),
+        ("/v1/consumers", {"id": "pull", "kind": "pull"}),
+        ("/v1/consumers", {"id": "hook", "kind": "webhook", "url": "https://example.com/h",
+                           "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}),
+    ):
+        resp = await gw.client.post(path, json=body, headers=gw.auth())
+        assert resp.status == 201, await resp.text()
+    return gw
+
+
+async def test_deep_nesting_is_400_on_every_json_endpoint(make_gateway: GatewayFactory) -> None:
+    """100,000 levels used to end in RecursionError (500); now the scan refuses them before parsing."""
+    gw = await _seeded(make_gateway)
+    bodies = [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 5000 + b"1" + b"}" * 5000]
+    for method, path in JSON_ENDPOINTS:
+        for data in bodies:
+            resp = await gw.client.request(method, path, data=data, headers=gw.auth())
+            assert resp.status == 400, (method, path, await resp.text())
+            body = await resp.json()
+            assert body["code"] == "invalid_request" and "max_json_depth" in body["error"]
+
+
+async def test_nesting_within_the_limit_and_brackets_in_strings_pass(make_gateway: GatewayFactory) -> None:
+    gw = await _seeded(make_gateway, server={"max_json_depth": 8})
+    options = {"note": "[[[[[[[[[[{{{{{{{{{{ \\\" [[[[[["}
+    resp = await gw.client.patch("/v1/syncs/sync", json={"options": options}, headers=gw.auth())
+    assert resp.status == 200, await resp.text()
+    deep: Any = 1
+    for _ in range(9):
+        deep = [deep]
+    resp = await gw.client.patch("/v1/syncs/sync", json={"options": {"x": deep}}, headers=gw.auth())
+    assert resp.status == 400 and "8 levels" in (await resp.json())["error"]
+
+
+async def test_mutation_data_nested_past_the_limit_is_refused_up_front(make_gateway: GatewayFactory) -> None:
+    """``data`` 400 deep once reached the upstream and then failed the stream's serializer (500)."""
+    gw = await _seeded(make_gateway)
+    data: Any = {"leaf": 1}
+    for _ in range(400):
+        data = {"x": data}
+    body = {"kind": "create", "sync_id": "sync", "collection_id": "rest:items", "records": [{"data": data}]}
+    resp = await gw.client.post("/v1/mutations/run", json=body, headers=gw.auth())
+    assert resp.status == 400
+    assert (await resp.json())["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        (b'{"rate_limit": {"rate": 1e400}}', "body"),
+        (b'{"rate_limit": {"max_wait": 1e400}}', "body"),
+        (b'{"rate_limit": {"rate": NaN}}', "body"),
+        (b'{"rate_limit": {"per": 1e-9}}', "rate_limit.per"),
+        (b'{"rate_limit": {"max_wait": 1e300}}', "rate_limit.max_wait"),
+        (b'{"timeouts": {"total": 1e300}}', "timeouts.total"),
+        (b'{"rate_limit": {"burst": 1' + b"0" * 5000 + b"}}", "body"),
+    ],
+)
+async def test_limits_must_be_finite_and_bounded(make_gateway: GatewayFactory, patch: bytes, field: str) -> None:
+    gw = await _seeded(make_gateway)
+    resp = await gw.client.patch("/v1/credentials/cred", data=patch, headers=gw.auth())
+    assert resp.status == 400, await resp.text()
+    body = await resp.json()
+    assert body["code"] == "invalid_request" and field in body["error"]
+    stored = await (await gw.client.get("/v1/credentials/cred", headers=gw.auth())).json()
+    assert stored["rate_limit"] is None and stored["timeouts"] is None
+
+
+def test_an_infinite_limit_in_the_config_file_is_refused(tmp_path: Any) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text("[providers.stripe.rate_limit]\nrate = inf\n")
+    with pytest.raises(ConfigError, match=r"providers\.stripe\.rate_limit\.rate"):
+        load_config(path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("auth", "field"),
+    [
+        ({"type": "header", "name": "X-Key", "value": "abc\r\nX-Evil: 1"}, "auth.header.value"),
+        ({"type": "header", "name": "X-Key", "value": "ok", "prefix": "Key\n"}, "auth.header.prefix"),
+        ({"type": "bearer", "token": "abc\x00def"}, "auth.bearer.token"),
+        ({"type": "basic", "username": "u\r", "password": ""}, "auth.basic.username"),
+    ],
+)
+async def test_secrets_that_would_break_a_header_are_refused(
+    make_gateway: GatewayFactory, auth: dict[str, str], field: str
+) -> None:
+    gw = await make_gateway()
+    resp = await gw.client.post("/v1/credentials", json={**CREDENTIAL, "auth": auth}, headers=gw.auth())
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["code"] == "invalid_request" and field in body["error"]
+    assert "abc" not in await resp.text()
+
+
+@pytest.mark.parametrize("secret", ["whsec_%%%%not-base64-at-all%%", "whsec_AAAAAAAAAAAAAAAAA", "whsec_QUJD"])
+async def test_webhook_secrets_are_decoded_when_written(make_gateway: GatewayFactory, secret: str) -> None:
+    gw = await _seeded(make_gateway)
+    hook = {"id": "h2", "kind": "webhook", "url": "https://example.com/h", "secret": secret}
+    resp = await gw.client.post("/v1/consumers", json=hook, headers=gw.auth())
+    assert resp.status == 400 and "secret" in (await resp.json())["error"]
+    resp = await gw.client.patch("/v1/consumers/hook", json={"secret": secret}, headers=gw.auth())
+    assert resp.status == 400 and "secret" in (await resp.json())["error"]
+
+
+@pytest.mark.parametrize(
+    ("consumer", "patch", "field"),
+    [
+        ("pull", {"url": "https://example.com/x"}, "url"),
+        ("pull", {"dsn": "postgresql://u:p@h/db"}, "dsn"),
+        ("hook", {"batch_size": 3000}, "batch_size"),
+        ("hook", {"visibility_timeout": 5}, "visibility_timeout"),
+    ],
+)
+async def test_consumer_patch_of_another_kind_or_out_of_range_is_400(
+    make_gateway: GatewayFactory, consumer: str, patch: dict[str, Any], field: str
+) -> None:
+    gw = await _seeded(make_gateway)
+    resp = await gw.client.patch(f"/v1/consumers/{consumer}", json=patch, headers=gw.auth())
+    assert resp.status == 400, await resp.text()
+    body = await resp.json()
+    assert body["code"] == "invalid_request" and any(field in f for f in body["fields"])
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://app:hunter2hunter2@db/app",
+        "postgresql://app@db/app?password=hunter2hunter2&sslmode=require",
+        "postgresql://app@db:notaport/app?PassWord=hunter2hunter2",
+        "postgresql://app:hunter2hunter2@db/app?sslpassword=hunter2hunter2",
+    ],
+)
+async def test_dsn_passwords_are_masked_in_every_form(make_gateway: GatewayFactory, dsn: str) -> None:
+    gw = await make_gateway()
+    mirror = {"id": "mirror", "kind": "postgres", "dsn": dsn}
+    created = await gw.client.post("/v1/consumers", json=mirror, headers=gw.auth())
+    assert created.status == 201
+    for resp in (created, await gw.client.get("/v1/consumers/mirror", headers=gw.auth()),
+                 await gw.client.get("/v1/consumers", headers=gw.auth())):
+        text = await resp.text()
+        assert "hunter2" not in text and "***" in text
