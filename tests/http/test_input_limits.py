@@ -28,6 +28,7 @@ JSON_ENDPOINTS = [
     ("POST", "/v1/consumers/pull/ack"),
     ("POST", "/v1/consumers/pull/nack"),
     ("POST", "/v1/mutations/run"),
+    ("POST", "/v1/tokens"),
 ]
 
 
