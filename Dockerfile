@@ -1,4 +1,5 @@
 # gateway: slim image, non-root, health-checked. Configure with GATEWAY_* variables or a mounted TOML.
+# Required at run time: GATEWAY_ENCRYPTION_KEYS (create one with `gateway keys generate`).
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -267,7 +267,7 @@ def gateway(workdir: Path, upstream: str, *, workers: int = 1, store_url: str | 
     port, ops_port = free_port(), free_port()
     store_url = store_url or f"sqlite:///{workdir / f'gateway-{port}.db'}"
     config = gateway_config(workdir, port, ops_port, upstream, workers=workers, store_url=store_url)
-    env = {**os.environ, "GATEWAY_CONFIG": str(config), "GATEWAY_ENCRYPTION__KEYS": ENCRYPTION_KEY}
+    env = {**os.environ, "GATEWAY_CONFIG": str(config), "GATEWAY_ENCRYPTION_KEYS": ENCRYPTION_KEY}
     cli = [sys.executable, "-m", "gateway"]
     subprocess.run([*cli, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
     made = subprocess.run([*cli, "tokens", "create", "--name", f"bench-{port}", "--scope", "proxy"],

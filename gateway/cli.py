@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from gateway import __version__
-from gateway.config import Config, load_config, masked_config
+from gateway.config import KEYS_ENV, Config, load_config, masked_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.http.bodies import validate
 from gateway.models import CredentialIn, TokenIn
@@ -101,7 +101,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         import time
 
         print(generate_key(args.id or f"k{int(time.time())}"))
-        stderr("add it first in encryption.keys (GATEWAY_ENCRYPTION__KEYS), then run `gateway keys rotate`")
+        stderr(f"put it first in {KEYS_ENV} (encryption.keys), comma-separated, then run `gateway keys rotate`")
         return 0
     config = load_config(args.config)
     configure_logging(format=config.log.format, level=config.log.level)

@@ -30,6 +30,7 @@ from gateway.models import (
 )
 
 ENV_PREFIX = "GATEWAY_"
+KEYS_ENV = "GATEWAY_ENCRYPTION_KEYS"  # the documented home of the encryption keys
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -78,7 +79,9 @@ class PacingConfig(Strict):
 
 
 class EncryptionConfig(Strict):
-    keys: str = Field(default="", description="comma-separated key-id:base64 keys, newest first")
+    keys: str = Field(
+        default="", description=f"comma-separated key-id:base64 keys, newest first (default: ${KEYS_ENV})"
+    )
 
 
 class LogConfig(Strict):
@@ -150,6 +153,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     raw = _expand(raw, env)
+    _default_keys(raw, env)
     _apply_env_overrides(raw, env)
     try:
         return Config.model_validate(raw)
@@ -173,6 +177,15 @@ def _expand(value: Any, env: Mapping[str, str]) -> Any:
     if isinstance(value, list):
         return [_expand(v, env) for v in value]
     return value
+
+
+def _default_keys(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """``$GATEWAY_ENCRYPTION_KEYS`` is the keys' default, so the one documented variable works with the
+    example config (which names it), with no config at all, and in containers; a file's own
+    ``encryption.keys`` and the generic ``GATEWAY_<SECTION>__<KEY>`` override still take precedence."""
+    section = raw.setdefault("encryption", {})
+    if isinstance(section, dict) and KEYS_ENV in env:
+        section.setdefault("keys", env[KEYS_ENV])
 
 
 def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:

@@ -23,7 +23,7 @@ import structlog
 from aiohttp import web
 
 from gateway.app import create_app, readiness
-from gateway.config import Config
+from gateway.config import KEYS_ENV, Config
 from gateway.errors import ConfigError
 from gateway.http import appkeys
 from gateway.http.middlewares import Handler
@@ -42,8 +42,8 @@ def keyring_for(config: Config, *, allow_empty: bool = False) -> Keyring:
     keyring = Keyring.parse(config.encryption.keys)
     if not keyring.keys and not allow_empty:
         raise ConfigError(
-            "encryption.keys: no encryption key configured; create one with `gateway keys generate` and "
-            "set GATEWAY_ENCRYPTION__KEYS (or run `gateway serve --demo` to try it out)"
+            "encryption.keys: no encryption key configured; create one and export it: "
+            f"`export {KEYS_ENV}=$(gateway keys generate)` (or run `gateway serve --demo` to try it out)"
         )
     return keyring
 

@@ -27,7 +27,7 @@ def env(store_url: str) -> dict[str, str]:
         **base,
         "GATEWAY_STORE__URL": store_url,
         "GATEWAY_STORE__AUTO_MIGRATE": "true",
-        "GATEWAY_ENCRYPTION__KEYS": generate_key("k1"),
+        "GATEWAY_ENCRYPTION_KEYS": generate_key("k1"),
         "GATEWAY_LOG__FORMAT": "json",
     }
 
@@ -125,14 +125,14 @@ def test_keys_rotate_reencrypts_and_is_safe_to_rerun(env: dict[str, str]) -> Non
         "auth": {"type": "bearer", "token": "tok-123456"},
     }
     assert gateway("credentials", "add", "--file", "-", env=env, stdin=json.dumps(body)).returncode == 0
-    old = env["GATEWAY_ENCRYPTION__KEYS"]
-    rotated_env = {**env, "GATEWAY_ENCRYPTION__KEYS": generate_key("k2") + "," + old}
+    old = env["GATEWAY_ENCRYPTION_KEYS"]
+    rotated_env = {**env, "GATEWAY_ENCRYPTION_KEYS": generate_key("k2") + "," + old}
     first = gateway("keys", "rotate", env=rotated_env)
     assert first.returncode == 0 and "re-encrypted 1" in first.stderr
     assert "re-encrypted 0" in gateway("keys", "rotate", env=rotated_env).stderr
-    only_new = {**env, "GATEWAY_ENCRYPTION__KEYS": rotated_env["GATEWAY_ENCRYPTION__KEYS"].split(",")[0]}
+    only_new = {**env, "GATEWAY_ENCRYPTION_KEYS": rotated_env["GATEWAY_ENCRYPTION_KEYS"].split(",")[0]}
     assert gateway("credentials", "list", env=only_new).returncode == 0
-    gone = gateway("credentials", "list", env={**env, "GATEWAY_ENCRYPTION__KEYS": generate_key("k9")})
+    gone = gateway("credentials", "list", env={**env, "GATEWAY_ENCRYPTION_KEYS": generate_key("k9")})
     assert gone.returncode == 1 and "'k2'" in gone.stderr
 
 
@@ -140,7 +140,7 @@ def test_check_config_masks_and_validates(env: dict[str, str], tmp_path: Path) -
     """check-config prints the effective config with secrets masked; a bad key exits 2 naming it."""
     result = gateway("check-config", env=env)
     assert result.returncode == 0
-    assert env["GATEWAY_ENCRYPTION__KEYS"].split(":")[1] not in result.stdout
+    assert env["GATEWAY_ENCRYPTION_KEYS"].split(":")[1] not in result.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text('[pacing]\nbackend = "nope"\n')
     result = gateway("check-config", "--config", str(bad), env=env)
@@ -148,9 +148,9 @@ def test_check_config_masks_and_validates(env: dict[str, str], tmp_path: Path) -
 
 
 def test_serve_refuses_to_start_without_a_key(env: dict[str, str]) -> None:
-    """With no encryption key, serve exits 2 and says how to make one."""
-    result = gateway("serve", env={**env, "GATEWAY_ENCRYPTION__KEYS": ""})
-    assert result.returncode == 2 and "gateway keys generate" in result.stderr
+    """With no encryption key, serve exits 2 and says how to make one, with the documented variable."""
+    result = gateway("serve", env={k: v for k, v in env.items() if k != "GATEWAY_ENCRYPTION_KEYS"})
+    assert result.returncode == 2 and "export GATEWAY_ENCRYPTION_KEYS=$(gateway keys generate)" in result.stderr
 
 
 def test_migrate_then_unmigrated_store_refusal(tmp_path: Path, env: dict[str, str]) -> None:

@@ -133,3 +133,34 @@ def test_workers_with_shared_state_are_valid_and_one_is_the_default() -> None:
     assert load_config(None, environ={"GATEWAY_SERVER__WORKERS": "4", **SHARED}).server.workers == 4
     with pytest.raises(ConfigError, match=r"server\.workers"):
         load_config(None, environ={"GATEWAY_SERVER__WORKERS": "0"})
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", [None, EXAMPLE])
+def test_the_documented_key_variable_works_with_or_without_the_example_config(path: Path | None) -> None:
+    """``GATEWAY_ENCRYPTION_KEYS`` alone configures the keys, whichever snippet a reader copied."""
+    config = load_config(path, environ={"GATEWAY_ENCRYPTION_KEYS": "k1:AAAA", "STRIPE_SECRET_KEY": "x"})
+    assert config.encryption.keys == "k1:AAAA"
+
+
+def test_the_generic_override_still_wins_over_the_documented_variable(tmp_path: Path) -> None:
+    """``GATEWAY_ENCRYPTION__KEYS`` is the generic ``<SECTION>__<KEY>`` override and beats everything."""
+    env = {"GATEWAY_ENCRYPTION_KEYS": "k1:AAAA", "GATEWAY_ENCRYPTION__KEYS": "k2:BBBB"}
+    assert load_config(None, environ=env).encryption.keys == "k2:BBBB"
+    assert load_config(None, environ={"GATEWAY_ENCRYPTION__KEYS": "k2:BBBB"}).encryption.keys == "k2:BBBB"
+    own = tmp_path / "own.toml"
+    own.write_text('[encryption]\nkeys = "k3:CCCC"\n')
+    assert load_config(own, environ={"GATEWAY_ENCRYPTION_KEYS": "k1:AAAA"}).encryption.keys == "k3:CCCC"
+
+
+def _user_facing_files() -> list[Path]:
+    patterns = ["README.md", "Dockerfile", "docs/**/*.md", "config/*", "deploy/**/*.yaml", "gateway/**/*.py"]
+    return sorted({p for pattern in patterns for p in ROOT.glob(pattern) if p.is_file()})
+
+
+def test_one_spelling_of_the_key_variable_in_every_user_facing_file() -> None:
+    """Docs, example config, compose, Dockerfile, manifests and messages all say GATEWAY_ENCRYPTION_KEYS."""
+    mixed = [str(p.relative_to(ROOT)) for p in _user_facing_files() if "GATEWAY_ENCRYPTION__KEYS" in p.read_text()]
+    assert mixed == []
