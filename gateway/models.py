@@ -230,13 +230,15 @@ class CredentialView(Strict):
 class SyncIn(Strict):
     id: ObjectId | None = None
     credential_id: ObjectId
-    collections: list[CollectionId] = Field(min_length=1)
+    collections: list[CollectionId] = Field(
+        default_factory=list, description="empty or absent: a proxy-only sync, which reads nothing upstream"
+    )
     options: dict[str, str] = Field(default_factory=dict)
 
 
 class SyncPatch(Strict):
     credential_id: ObjectId | None = None
-    collections: list[CollectionId] | None = Field(default=None, min_length=1)
+    collections: list[CollectionId] | None = None
     options: dict[str, str] | None = None
 
 
