@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -20,23 +21,32 @@ from gateway import __version__
 from gateway.config import KEYS_ENV, Config, load_config, masked_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.http.bodies import validate
-from gateway.models import CredentialIn, TokenIn
+from gateway.models import ConsumerIn, CredentialIn, SyncIn, TokenIn
 from gateway.observability.logs import configure_logging
 from gateway.server import keyring_for, run_async, run_migrations, serve, stderr, store_session
 from gateway.store.db import utcnow
+from gateway.store.objects import Objects
 from gateway.store.tokens import parse_scopes
 from gateway.vault.crypto import generate_key
+
+# The Management API's resources, verb for verb: plural -> (singular, create body, list columns).
+OBJECT_VERBS: dict[str, tuple[str, Any, tuple[str, ...]]] = {
+    "credentials": ("credential", CredentialIn, ("id", "provider", "base_url")),
+    "syncs": ("sync", SyncIn, ("id", "credential_id", "collections")),
+    "consumers": ("consumer", ConsumerIn, ("id", "kind", "sync_id", "collections")),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="API gateway that holds credentials and paces calls")
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    common = argparse.ArgumentParser(add_help=False)  # the options every verb takes
+    common.add_argument("--config", help="TOML config file (default: $GATEWAY_CONFIG, else built-in defaults)")
+    common.add_argument("--verbose", action="store_true", help="also log library details (schema migrations)")
 
     def verb(name: str, help: str) -> argparse.ArgumentParser:
-        sub = verbs.add_parser(name, help=help, description=help)
-        sub.add_argument("--config", help="TOML config file (default: $GATEWAY_CONFIG, else built-in defaults)")
-        return sub
+        return verbs.add_parser(name, help=help, description=help, parents=[common])
 
     serve_p = verb("serve", "run the gateway")
     serve_p.add_argument(
@@ -48,34 +58,34 @@ def build_parser() -> argparse.ArgumentParser:
     verb("migrate", "create or upgrade the store's schema")
 
     tokens = verbs.add_parser("tokens", help="manage API tokens").add_subparsers(dest="action", required=True)
-    create = tokens.add_parser("create", help="create a token and print it once")
+    create = tokens.add_parser("create", parents=[common], help="create a token and print it once")
     create.add_argument("--name", required=True, help="the token's unique name (how list and revoke refer to it)")
     create.add_argument("--scope", required=True, help="comma-separated: proxy,mutations,consumers,admin")
     create.add_argument("--only", help="comma-separated sync/credential ids the token is limited to")
     create.add_argument("--priority", default="normal", help="pacing class: high, normal (default) or low")
     create.add_argument("--weight", type=int, default=1, help="fair share within its priority, 1..1000 (default 1)")
     create.add_argument("--expires", type=float, metavar="DAYS", help="the token stops working after DAYS days")
-    tokens_list = tokens.add_parser("list", help="list tokens (never their values)")
+    tokens_list = tokens.add_parser("list", parents=[common], help="list tokens (never their values)")
     tokens_list.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
-    revoke = tokens.add_parser("revoke", help="revoke a token by name")
-    revoke.add_argument("name")
+    revoke = tokens.add_parser("revoke", parents=[common], help="revoke a token by name")
+    revoke.add_argument("name", help="the token's name")
 
-    creds = verbs.add_parser("credentials", help="manage credentials").add_subparsers(dest="action", required=True)
-    creds_list = creds.add_parser("list", help="list credentials (secrets masked)")
-    creds_list.add_argument("--json", action="store_true")
-    add = creds.add_parser("add", help="add a credential from a JSON body as the Management API takes it")
-    add.add_argument("--file", required=True, help="JSON file with the credential, or - for stdin")
-    remove = creds.add_parser("remove", help="remove a credential")
-    remove.add_argument("id")
+    for plural, (singular, _, _) in OBJECT_VERBS.items():
+        group = verbs.add_parser(plural, help=f"manage {plural}").add_subparsers(dest="action", required=True)
+        listing = group.add_parser("list", parents=[common], help=f"list {plural} (secrets masked)")
+        listing.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+        add = group.add_parser(
+            "add", parents=[common], help=f"add a {singular} from a JSON body as the Management API takes it"
+        )
+        add.add_argument("--file", required=True, help=f"JSON file with the {singular}, or - for stdin")
+        remove = group.add_parser("remove", parents=[common], help=f"remove a {singular}")
+        remove.add_argument("id", help=f"the {singular}'s id")
 
     keys = verbs.add_parser("keys", help="encryption keys").add_subparsers(dest="action", required=True)
-    generate = keys.add_parser("generate", help="print a new key-id:base64 key")
+    generate = keys.add_parser("generate", parents=[common], help="print a new key-id:base64 key")
     generate.add_argument("--id", default=None, help="key id (default: k<unix time>)")
-    keys.add_parser("rotate", help="re-encrypt every stored secret with the newest key")
+    keys.add_parser("rotate", parents=[common], help="re-encrypt every stored secret with the newest key")
 
-    for group in (tokens, creds, keys):
-        for sub in group.choices.values():
-            sub.add_argument("--config", help="TOML config file (default: $GATEWAY_CONFIG)")
     return parser
 
 
@@ -105,6 +115,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     config = load_config(args.config)
     configure_logging(format=config.log.format, level=config.log.level)
+    if not args.verbose:  # Alembic narrates every migration step at INFO: noise unless asked for
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.verb == "check-config":
         keyring_for(config, allow_empty=True)
         print(json.dumps(masked_config(config), indent=2))
@@ -139,23 +151,30 @@ async def _store_verb(args: argparse.Namespace, config: Config) -> int:
             case ("tokens", "revoke"):
                 await tokens.revoke(args.name)
                 stderr(f"revoked {args.name}")
-            case ("credentials", "list"):
-                _print_list(await objects.list_credentials(), as_json=args.json, columns=("id", "provider", "base_url"))
-            case ("credentials", "add"):
-                text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")  # noqa: ASYNC240
-                try:
-                    data = json.loads(text)
-                except ValueError as exc:
-                    raise ConfigError(f"--file: not valid JSON: {exc}") from None
-                view = await objects.create_credential(validate(CredentialIn, data, what="credential"))
-                print(view.id)
-            case ("credentials", "remove"):
-                await objects.delete_credential(args.id)
-                stderr(f"removed {args.id}")
+            case (noun, _) if noun in OBJECT_VERBS:
+                await _object_verb(objects, noun, args)
             case ("keys", "rotate"):
                 count = await objects.rotate_keys()
                 stderr(f"re-encrypted {count} secret(s) with key {keyring.newest_id!r}")
     return 0
+
+
+async def _object_verb(objects: Objects, plural: str, args: argparse.Namespace) -> None:
+    """``list``, ``add`` and ``remove`` of credentials, syncs or consumers, through the API's own models."""
+    singular, body_type, columns = OBJECT_VERBS[plural]
+    if args.action == "list":
+        _print_list(await getattr(objects, f"list_{plural}")(), as_json=args.json, columns=columns)
+    elif args.action == "add":
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")  # noqa: ASYNC240
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"--file: not valid JSON: {exc}") from None
+        body = validate(TypeAdapter[Any](body_type), data, what=singular)
+        print((await getattr(objects, f"create_{singular}")(body)).id)
+    else:
+        await getattr(objects, f"delete_{singular}")(args.id)
+        stderr(f"removed {args.id}")
 
 
 def _token_spec(args: argparse.Namespace) -> TokenIn:

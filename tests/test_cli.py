@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli import build_parser
 from gateway.vault.crypto import generate_key
 
 
@@ -179,3 +181,53 @@ def test_every_verb_has_help() -> None:
         ["keys", "rotate", "--help"],
     ):
         assert gateway(*args, env=env).returncode == 0, args
+
+
+def _actions(parser: argparse.ArgumentParser, path: str = "gateway") -> list[tuple[str, argparse.Action]]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _actions(sub, f"{path} {name}")
+        elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            found.append((path, action))
+    return found
+
+
+def test_every_option_and_argument_has_help() -> None:
+    """`gateway <verb> --help` explains every flag and argument (--name, --json, ... included)."""
+    bare = [f"{path} {action.dest}" for path, action in _actions(build_parser()) if not action.help]
+    assert bare == []
+
+
+def test_syncs_and_consumers_have_the_credentials_verbs(env: dict[str, str]) -> None:
+    """`syncs` and `consumers` take list/add/remove exactly as `credentials` does."""
+    credential = {
+        "id": "c1",
+        "provider": "stripe",
+        "base_url": "https://api.stripe.com",
+        "auth": {"type": "bearer", "token": "sk_test_x"},
+    }
+    assert gateway("credentials", "add", "--file", "-", env=env, stdin=json.dumps(credential)).returncode == 0
+    sync = gateway("syncs", "add", "--file", "-", env=env, stdin=json.dumps({"id": "s1", "credential_id": "c1"}))
+    assert sync.returncode == 0 and sync.stdout.strip() == "s1", sync.stderr
+    hook = {"id": "h1", "kind": "webhook", "url": "https://example.com/hook", "secret": "whsec_" + "A" * 24}
+    consumer = gateway("consumers", "add", "--file", "-", env=env, stdin=json.dumps(hook))
+    assert consumer.returncode == 0 and consumer.stdout.strip() == "h1", consumer.stderr
+    assert json.loads(gateway("syncs", "list", "--json", env=env).stdout)[0]["collections"] == []
+    listed = gateway("consumers", "list", "--json", env=env).stdout
+    assert json.loads(listed)[0]["kind"] == "webhook" and "AAAAAAAA" not in listed
+    bad = gateway("syncs", "add", "--file", "-", env=env, stdin=json.dumps({"id": "s2"}))
+    assert bad.returncode == 2 and "credential_id" in bad.stderr
+    assert gateway("syncs", "remove", "s1", env=env).returncode == 0
+    assert gateway("consumers", "remove", "h1", env=env).returncode == 0
+    assert json.loads(gateway("consumers", "list", "--json", env=env).stdout) == []
+
+
+def test_the_cli_is_quiet_about_alembic_unless_verbose(env: dict[str, str], tmp_path: Path) -> None:
+    """Migration steps are library detail: `migrate` says one line; `--verbose` shows Alembic's steps."""
+    quiet = gateway("migrate", env={**env, "GATEWAY_STORE__URL": f"sqlite:///{tmp_path / 'a.db'}"})
+    assert quiet.returncode == 0 and "alembic" not in quiet.stderr
+    assert quiet.stderr.strip() == "store schema is up to date"
+    loud = gateway("migrate", "--verbose", env={**env, "GATEWAY_STORE__URL": f"sqlite:///{tmp_path / 'b.db'}"})
+    assert loud.returncode == 0 and "Running upgrade" in loud.stderr
