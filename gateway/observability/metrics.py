@@ -43,7 +43,11 @@ class Metrics:
             registry=r,
         )
         self.pacing_wait = Histogram(
-            "gateway_pacing_wait_seconds", "Time calls waited in the pacer", ["provider"], buckets=_WAIT, registry=r
+            "gateway_pacing_wait_seconds",
+            "Time calls waited in the pacer",
+            ["provider", "priority"],
+            buckets=_WAIT,
+            registry=r,
         )
         # ``multiprocess_mode`` only matters under a supervisor (``server.workers`` > 1, prometheus_client's
         # multiprocess mode); one process ignores it. Each worker queues its own calls: the depth is the sum
@@ -51,7 +55,7 @@ class Metrics:
         self.pacing_queue_depth = Gauge(
             "gateway_pacing_queue_depth",
             "Calls waiting in the pacer",
-            ["provider"],
+            ["provider", "priority"],
             registry=r,
             multiprocess_mode="livesum",
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from gateway.pacing.scheduler import DEFAULT_SHARE, Share
 from gateway.store.objects import Credential
 
 
@@ -24,8 +25,13 @@ class Permit(Protocol):
 
 
 class Pacer(Protocol):
-    async def acquire(self, credential: Credential, path: str, *, max_wait: float | None = None) -> Permit:
+    async def acquire(
+        self, credential: Credential, path: str, *, max_wait: float | None = None, share: Share = DEFAULT_SHARE
+    ) -> Permit:
         """Wait for this call's turn in every bucket that applies to ``credential`` (and ``path``).
+
+        ``share`` is the call's priority class, tenant and weight (scheduler.py): a queued call is
+        granted by class, then fairly between tenants, then in arrival order.
 
         Raises ``RateLimited`` (with ``retry_after``) without queueing when the turn lies beyond
         ``max_wait`` (the credential's, unless given), and ``BackendUnavailable`` when the shared

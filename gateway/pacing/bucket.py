@@ -27,7 +27,10 @@ its slot becomes a *hole* that the next arriving call takes, so capacity is not 
 Pause: an upstream that says "stop until P" makes the bucket empty at ``P``: no slot before ``P``,
 then one call per interval (no burst right after a throttle). Holes before ``P`` are dropped.
 
-``lua/reserve.lua`` implements exactly these functions for the Redis backend; a test runs both on
+Queued calls (scheduler.py decides their order) take their slot when it comes, with ``head_slot``
+and ``take``: the same GCRA, charged at grant time instead of at arrival.
+
+``pacing.lua`` implements exactly these functions for the Redis backend; a test runs both on
 the same operations and compares the slots.
 """
 
@@ -42,6 +45,7 @@ US = 1_000_000
 MAX_HOLES = 10_000  # a bound on memory if many waiters cancel out of order; excess holes are dropped
 BURST1_PADDING = 1.005
 JITTER = 0.010  # seconds of send lateness the headroom absorbs
+CATCHUP = int(JITTER * US)  # how far in the past a queued call's slot may lie (see ``head_slot``)
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,30 @@ def _charge(state: BucketState, limit: Limit, now: int, slot: int) -> Charge:
         return Charge(slot=slot, key=hole[1])
     state.tat = max(state.tat, slot) + limit.interval
     return Charge(slot=slot, key=state.tat)
+
+
+def head_slot(buckets: Sequence[tuple[BucketState, Limit]], arrival: int, now: int) -> int:
+    """The slot the head of a queue may take: when every bucket conforms, never before the call
+    arrived, and at most ``CATCHUP`` in the past. A timer that fires a little late thus loses no
+    capacity (the slot is taken where it fell, which the jitter headroom covers), while a long
+    stall cannot let a burst of past slots go at once."""
+    due = max(max(state.tat - limit.tolerance, state.paused_until) for state, limit in buckets)
+    return max(due, arrival, now - CATCHUP)
+
+
+def take(buckets: Sequence[tuple[BucketState, Limit]], slot: int) -> tuple[Charge, ...]:
+    """Charge a queued call's ``slot`` (from ``head_slot``) in every bucket at once."""
+    charges = []
+    for state, limit in buckets:
+        state.tat = max(state.tat, slot) + limit.interval
+        charges.append(Charge(slot=slot, key=state.tat))
+    return tuple(charges)
+
+
+def estimate(buckets: Sequence[tuple[BucketState, Limit]], now: int, ahead: int) -> int:
+    """Microseconds a call arriving at ``now`` behind ``ahead`` queued calls would wait."""
+    first = max(max(state.tat - limit.tolerance, state.paused_until) for state, limit in buckets)
+    return max(0, first - now) + ahead * max(limit.interval for _, limit in buckets)
 
 
 def release(state: BucketState, limit: Limit, charge: Charge, now: int) -> None:

@@ -1,7 +1,8 @@
 """In-process buckets: the default backend for one replica, and the fallback when Redis is down.
 
-Everything here runs without awaiting, so reservations are made in exactly the order callers arrive
-(the event loop cannot interleave two of them) and the FIFO order of ``bucket.py`` holds.
+Everything here runs without awaiting, so the event loop cannot interleave two decisions. Calls
+that must wait queue in one ``BucketQueue`` per home bucket (queue.py: priorities, fair share, one
+timer); ``reserve_now`` is the plain arrival-order reservation the pacer's stall guard uses.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any
 
 from gateway.pacing import bucket
 from gateway.pacing.backend import Refused, Reservation
+from gateway.pacing.queue import BucketQueue, Outcome, Permits, Ticket
 from gateway.pacing.registry import BucketSpec
+from gateway.pacing.scheduler import Share
 
 SWEEP_FROM = 1024
 
@@ -27,6 +30,7 @@ class LocalBackend:
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self._states: dict[str, bucket.BucketState] = {}
         self._sweep_at = SWEEP_FROM
+        self._queues: dict[str, BucketQueue] = {}
 
     def _now(self) -> int:
         return int(self._clock() * bucket.US)
@@ -48,6 +52,27 @@ class LocalBackend:
             del self._states[key]
         self._sweep_at = max(SWEEP_FROM, 2 * len(self._states))
 
+    def enter(
+        self, buckets: tuple[BucketSpec, ...], share: Share, max_wait: float, permits: Permits | None
+    ) -> Outcome | Ticket:
+        """Grant now, refuse now, or queue in the home bucket's queue (queue.py); never awaits."""
+        home = buckets[0].key
+        queue = self._queues.get(home)
+        if queue is None:
+            if permits is None or permits.free:  # nobody waits: the plain reservation, no queue made
+                now = self._now()
+                outcome = bucket.reserve([(self._state(b.key), b.limit.schedule) for b in buckets], now, 0)
+                if isinstance(outcome, bucket.Grant):
+                    if permits is not None:
+                        permits.held += 1
+                    return Reservation(buckets, outcome.charges, deadline=outcome.slot / bucket.US)
+            queue = self._queues[home] = BucketQueue(buckets, self._state, self._now, permits, self._forget)
+        return queue.enter(share, max_wait)
+
+    def _forget(self, queue: BucketQueue) -> None:
+        if self._queues.get(queue.buckets[0].key) is queue:
+            del self._queues[queue.buckets[0].key]
+
     async def reserve(self, buckets: Sequence[BucketSpec], max_wait: float) -> Reservation | Refused:
         return self.reserve_now(buckets, max_wait)
 
@@ -64,6 +89,9 @@ class LocalBackend:
         now = self._now()
         for spec, charge in zip(reservation.buckets, reservation.charges, strict=True):
             bucket.release(self._state(spec.key), spec.limit.schedule, charge, now)
+        queue = self._queues.get(reservation.buckets[0].key)
+        if queue is not None:
+            queue.fire()  # the slot given back may be due now
 
     async def pause(self, spec: BucketSpec, seconds: float) -> None:
         bucket.pause(self._state(spec.key), spec.limit.schedule, self._now() + int(seconds * bucket.US))

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
@@ -28,12 +28,14 @@ from gateway.config import Config
 from gateway.errors import BackendUnavailable, ConfigError, RateLimited
 from gateway.models import RateLimitOverride
 from gateway.observability.metrics import Metrics
-from gateway.pacing import adaptive
+from gateway.pacing import adaptive, queue
 from gateway.pacing.backend import Backend, BackendError, Refused, Reservation
 from gateway.pacing.concurrency import LEASE_TTL, SharedPermits
 from gateway.pacing.local import LocalBackend
+from gateway.pacing.queue import Permits, Ticket
 from gateway.pacing.redis import RedisBackend
 from gateway.pacing.registry import Route, airtable_base, route
+from gateway.pacing.scheduler import DEFAULT_SHARE, PRIORITIES, Share
 from gateway.store.objects import Credential
 
 log = structlog.get_logger(__name__)
@@ -76,9 +78,10 @@ class GatewayPacer:
         self._probe: asyncio.Task[None] | None = None
         self._routes: dict[str, Route] = {}
         self._route_cache: dict[tuple[str, str, RateLimitOverride | None, str | None], Route] = {}
-        self._queued: Counter[str] = Counter()
-        self._semaphores: dict[str, tuple[int, asyncio.Semaphore]] = {}
-        self._waits: dict[str, Histogram] = {}  # the wait histogram's child per provider (a bounded set)
+        self._queued: Counter[tuple[str, str]] = Counter()  # (home bucket, priority) -> calls waiting
+        self._permits_local: dict[str, Permits] = {}
+        # the wait histogram's child per (provider, priority): a bounded set
+        self._waits: dict[tuple[str, str], Histogram] = {}
 
     async def start(self) -> None:
         """Connect the shared backend if configured; an unreachable Redis applies the policy now."""
@@ -103,22 +106,31 @@ class GatewayPacer:
 
     # --- the Pacer protocol -------------------------------------------------------------------------
 
-    async def acquire(self, credential: Credential, path: str, *, max_wait: float | None = None) -> GrantedPermit:
+    async def acquire(
+        self, credential: Credential, path: str, *, max_wait: float | None = None, share: Share = DEFAULT_SHARE
+    ) -> GrantedPermit:
         call = self._route(credential, path)
         self._routes[credential.id] = call
         budget = call.limit.max_wait if max_wait is None else max_wait
         started = time.monotonic()
-        release = await self._concurrency(credential.id, call, started + budget)
+        if self._active() is self._local:
+            release = await self._wait_local(credential.id, call, share, budget)
+        else:
+            release = await self._wait_shared(credential.id, call, share, started + budget)
         try:
-            await self._wait_turn(call, started + budget)
+            hold = self._guard_hold(call)
+            if hold is not None:
+                await self._sleep(call, share, self._guard, hold)
         except BaseException:
             if release is not None:
                 release()
             raise
         waited = time.monotonic() - started
-        histogram = self._waits.get(call.provider)
+        histogram = self._waits.get((call.provider, share.priority))
         if histogram is None:
-            histogram = self._waits[call.provider] = self._metrics.pacing_wait.labels(call.provider)
+            histogram = self._waits[(call.provider, share.priority)] = self._metrics.pacing_wait.labels(
+                call.provider, share.priority
+            )
         histogram.observe(waited)
         return GrantedPermit(waited, release)
 
@@ -146,6 +158,7 @@ class GatewayPacer:
         except BackendUnavailable:
             state = {"tokens": None, "paused_until": None, "error": "the shared pacing backend is unavailable"}
         limit = call.limit
+        queued = {priority: self._queued[(call.home.key, priority)] for priority in PRIORITIES}
         return {
             "backend": self._active().name,
             "rate": limit.rate,
@@ -153,7 +166,8 @@ class GatewayPacer:
             "burst": limit.burst,
             "max_wait": limit.max_wait,
             "max_concurrency": limit.max_concurrency,
-            "queue_depth": self._queued[call.home.key],
+            "queue_depth": sum(queued.values()),
+            "queued": queued,
             **state,
         }
 
@@ -173,65 +187,84 @@ class GatewayPacer:
 
     # --- waiting ------------------------------------------------------------------------------------
 
-    async def _concurrency(self, credential_id: str, call: Route, give_up_at: float) -> Callable[[], None] | None:
-        """Wait for a ``max_concurrency`` permit (shared through Redis when it is the active backend)."""
-        limit = call.limit.max_concurrency
+    async def _wait_local(
+        self, credential_id: str, call: Route, share: Share, budget: float
+    ) -> Callable[[], None] | None:
+        """In-process: the home bucket's queue grants slot and ``max_concurrency`` permit together."""
+        permits = self._local_permits(credential_id, call.limit.max_concurrency)
+        outcome = self._local.enter(call.buckets, share, budget, permits)
+        if isinstance(outcome, Ticket):
+            with self._queued_as(call, share):
+                outcome = await queue.wait(outcome)
+        if isinstance(outcome, Refused):
+            raise self._refused(call, outcome)
+        return None if permits is None else permits.give_back
+
+    def _local_permits(self, credential_id: str, limit: int | None) -> Permits | None:
         if limit is None:
             return None
-        if self._permits is not None and self._active() is self._shared:
-            key = self._permits_key(credential_id, call)
-            try:
-                lease = await self._permits.acquire(key, limit, give_up_at)
-            except BackendError as exc:
-                self._degrade(str(exc))
-                if self._config.pacing.on_backend_error == "reject":
-                    raise BackendUnavailable("the shared pacing backend (Redis) is unavailable") from None
-            else:
-                if lease is None:
-                    raise self._too_many_concurrent(call)
-                return partial(self._permits.release, lease)
-        return await self._local_permit(credential_id, limit, call, give_up_at)
+        permits = self._permits_local.get(credential_id)
+        if permits is None:
+            permits = self._permits_local[credential_id] = Permits(limit)
+        permits.limit = limit  # a PATCHed limit applies from the next grant
+        return permits
+
+    async def _wait_shared(
+        self, credential_id: str, call: Route, share: Share, give_up_at: float
+    ) -> Callable[[], None] | None:
+        """Redis: a shared ``max_concurrency`` lease first, then the shared bucket's slot."""
+        try:
+            release = await self._concurrency(credential_id, call, give_up_at)
+        except BackendError:  # Redis failed under the ``local`` policy: the whole call waits in-process
+            return await self._wait_local(credential_id, call, share, max(0.0, give_up_at - time.monotonic()))
+        try:
+            await self._wait_turn(call, share, give_up_at)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        return release
+
+    async def _concurrency(self, credential_id: str, call: Route, give_up_at: float) -> Callable[[], None] | None:
+        """Wait for a ``max_concurrency`` lease shared through Redis (the active backend here)."""
+        limit = call.limit.max_concurrency
+        if limit is None or self._permits is None:
+            return None
+        key = self._permits_key(credential_id, call)
+        try:
+            lease = await self._permits.acquire(key, limit, give_up_at)
+        except BackendError as exc:
+            self._degrade(str(exc))
+            if self._config.pacing.on_backend_error == "reject":
+                raise BackendUnavailable("the shared pacing backend (Redis) is unavailable") from None
+            raise
+        if lease is None:
+            raise self._too_many_concurrent(call)
+        return partial(self._permits.release, lease)
 
     def _permits_key(self, credential_id: str, call: Route) -> str:
         assert self._shared is not None
         return self._shared.permit_key(call.home.tag, credential_id)
 
-    async def _local_permit(self, credential_id: str, limit: int, call: Route, give_up_at: float) -> Callable[[], None]:
-        """An in-process permit: the local backend, or Redis unavailable under the ``local`` policy."""
-        known = self._semaphores.get(credential_id)
-        if known is None or known[0] != limit:
-            known = self._semaphores[credential_id] = (limit, asyncio.Semaphore(limit))
-        semaphore = known[1]
-        try:
-            await asyncio.wait_for(semaphore.acquire(), timeout=max(0.0, give_up_at - time.monotonic()))
-        except TimeoutError:
-            raise self._too_many_concurrent(call) from None
-        return semaphore.release
-
     def _too_many_concurrent(self, call: Route) -> RateLimited:
         self._metrics.pacing_rejections.labels(call.provider).inc()
         return RateLimited("too many concurrent upstream calls for this credential", retry_after=1)
 
-    async def _wait_turn(self, call: Route, give_up_at: float) -> None:
+    def _refused(self, call: Route, outcome: Refused) -> RateLimited:
+        self._metrics.pacing_rejections.labels(call.provider).inc()
+        return RateLimited("the pacing queue wait would exceed max_wait", retry_after=outcome.retry_after)
+
+    async def _wait_turn(self, call: Route, share: Share, give_up_at: float) -> None:
         """Reserve, sleep until the slot; reserve again if a pause overtook the slot meanwhile."""
         while True:
             budget = max(0.0, give_up_at - time.monotonic())
-            backend: Backend
-            outcome: Reservation | Refused
-            if self._active() is self._local:  # no awaiting, no failover: skip the coroutine layers
-                backend, outcome = self._local, self._local.reserve_now(call.buckets, budget)
-            else:
-                backend, outcome = await self._with_backend(partial(_reserve_on, call=call, budget=budget))
+            backend, outcome = await self._with_backend(partial(_reserve_on, call=call, budget=budget))
             if isinstance(outcome, Refused):
-                self._metrics.pacing_rejections.labels(call.provider).inc()
-                raise RateLimited("the pacing queue wait would exceed max_wait", retry_after=outcome.retry_after)
+                raise self._refused(call, outcome)
             if outcome.deadline > asyncio.get_running_loop().time():
-                await self._sleep(call, backend, outcome)
+                await self._sleep(call, share, backend, outcome)
             if not backend.overtaken(outcome):
                 break
-        hold = self._guard_hold(call)
-        if hold is not None:
-            await self._sleep(call, self._guard, hold)
 
     def _guard_hold(self, call: Route) -> Reservation | None:
         """Hold back a burst that a stall of this process would send: the same buckets on real time.
@@ -246,27 +279,36 @@ class GatewayPacer:
             return outcome
         return None  # nothing to hold back (a refusal would take a stall of an hour: then just go)
 
-    async def _sleep(self, call: Route, backend: Backend, reservation: Reservation) -> None:
+    async def _sleep(self, call: Route, share: Share, backend: Backend, reservation: Reservation) -> None:
         loop = asyncio.get_running_loop()
         if reservation.deadline <= loop.time():
             return
-        gauge = self._metrics.pacing_queue_depth.labels(call.provider)
-        gauge.inc()
-        self._queued[call.home.key] += 1
         woken: asyncio.Future[None] = loop.create_future()
         timer = loop.call_at(reservation.deadline, _wake, woken)
         try:
-            await woken
+            with self._queued_as(call, share):
+                await woken
         except asyncio.CancelledError:
             # The caller went away: give the slot back so the next caller can use it.
             await asyncio.shield(self._release(backend, reservation))
             raise
         finally:
             timer.cancel()
+
+    @contextlib.contextmanager
+    def _queued_as(self, call: Route, share: Share) -> Iterator[None]:
+        """Count a waiting call in the queue-depth gauge and in ``describe``, by class."""
+        gauge = self._metrics.pacing_queue_depth.labels(call.provider, share.priority)
+        key = (call.home.key, share.priority)
+        gauge.inc()
+        self._queued[key] += 1
+        try:
+            yield
+        finally:
             gauge.dec()
-            self._queued[call.home.key] -= 1
-            if not self._queued[call.home.key]:
-                del self._queued[call.home.key]
+            self._queued[key] -= 1
+            if not self._queued[key]:
+                del self._queued[key]
 
     async def _release(self, backend: Backend, reservation: Reservation) -> None:
         with contextlib.suppress(BackendError):

@@ -117,7 +117,9 @@ async def test_two_workers_share_the_port_the_metrics_and_the_pacing_bound(worke
     assert max(workers.arrivals) - min(workers.arrivals) >= (11 - 1) / 5 - 2 * JITTER
     samples = await workers.samples()
     assert not [s for s in samples if "pid" in s.labels], "SPEC's labels only: gauges are merged over the workers"
-    assert [s.labels for s in samples if s.name == "gateway_pacing_queue_depth"] == [{"provider": "rest"}]
+    assert [s.labels for s in samples if s.name == "gateway_pacing_queue_depth"] == [
+        {"provider": "rest", "priority": "normal"}
+    ]
     assert [(s.labels, s.value) for s in samples if s.name == "gateway_consumer_pending_events"] == [
         ({"consumer": "reader"}, 0)
     ]
