@@ -12,6 +12,7 @@ from gateway.http import appkeys
 from gateway.http.bodies import read_json, validate
 from gateway.http.middlewares import PRINCIPAL, require_access
 from gateway.http.openapi import Endpoint
+from gateway.http.priority import apply_share, stamp
 from gateway.mutations.idempotency import KEY_PATTERN, IdempotencyKeys, request_hash
 from gateway.mutations.models import BY_KIND, Mutation, MutationRequest, MutationResponse
 from gateway.mutations.service import MutationService
@@ -54,11 +55,13 @@ async def run_mutation(request: web.Request) -> web.Response:
     body = await read_json(request, limit=request.app[appkeys.CONFIG].server.max_json_bytes)
     mutation = parse_mutation(body)
     require_access(request, mutation.sync_id)
+    apply_share(request)
     key = idempotency_key(request)
     outcome = await service(request.app).execute(mutation, key=key, fingerprint=request_hash(body))
     response = web.json_response(outcome.body, status=outcome.status)
     if outcome.replayed:
         response.headers["Idempotent-Replayed"] = "true"
+    stamp(request, response)
     return response
 
 

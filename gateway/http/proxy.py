@@ -25,6 +25,7 @@ from gateway.errors import GatewayError, InvalidPath, PayloadTooLarge
 from gateway.http import appkeys
 from gateway.http.middlewares import PACING_WAIT_MS, REQUEST_ID, UPSTREAM_PROVIDER, require_access
 from gateway.http.openapi import Endpoint
+from gateway.http.priority import apply_share, stamp
 from gateway.store.objects import Credential
 from gateway.upstream.body import REPLAYABLE_BYTES, StreamedBody, read_small
 from gateway.upstream.headers import end_to_end
@@ -68,6 +69,7 @@ async def forward(request: web.Request, credential: Credential) -> web.StreamRes
     """Relay ``request`` to ``credential``'s upstream and stream the answer back."""
     client = request.app[appkeys.UPSTREAM]
     request[UPSTREAM_PROVIDER] = credential.provider
+    apply_share(request)
     headers = _upstream_headers(request)
     body = await _body(request, headers, read_timeout=client.timeouts(credential)["read"])
     async with client.stream(
@@ -84,6 +86,8 @@ async def forward(request: web.Request, credential: Credential) -> web.StreamRes
 
 def _upstream_headers(request: web.Request) -> CIMultiDict[str]:
     headers = end_to_end(request.headers, drop=_NOT_FORWARDED)
+    for name in [name for name in headers if name[:10].lower() == "x-gateway-"]:  # read by the gateway only
+        del headers[name]
     peer = request.remote or "unknown"
     seen = request.headers.get("X-Forwarded-For")
     headers["X-Forwarded-For"] = f"{seen}, {peer}" if seen else peer
@@ -128,6 +132,7 @@ async def _relay(request: web.Request, upstream: UpstreamResponse) -> web.Stream
     kind = _SmallResponse if small else web.StreamResponse
     response = kind(status=upstream.status, headers=end_to_end(upstream.headers))
     response.headers["x-gateway-pacing-wait-ms"] = str(request[PACING_WAIT_MS])
+    stamp(request, response)
     try:
         await response.prepare(request)
         async for chunk in upstream.chunks():
@@ -166,7 +171,7 @@ def _endpoints() -> list[Endpoint]:
 
 
 _STATUSES: dict[int, Any] = {
-    400: "invalid path",
+    400: "invalid path, or an x-gateway-priority other than high, normal, low",
     401: "missing or bad token",
     403: "token lacks the scope or the id",
     404: "unknown id",

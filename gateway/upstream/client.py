@@ -49,7 +49,7 @@ from gateway.errors import UpstreamAuthFailed, UpstreamUnavailable
 from gateway.models import OAuth2Auth
 from gateway.observability.metrics import Metrics
 from gateway.pacing import adaptive
-from gateway.pacing.api import Pacer, Permit
+from gateway.pacing.api import Pacer, Permit, current_share
 from gateway.store.objects import Credential, Objects
 from gateway.upstream import auth, paths
 from gateway.upstream.body import StreamedBody
@@ -287,7 +287,7 @@ class UpstreamClient:
     async def _paced_send(
         self, credential: Credential, method: str, target: _Target, headers: CIMultiDict[str], body: Body
     ) -> tuple[aiohttp.ClientResponse, Permit, float | None]:
-        permit = await self._pacer.acquire(credential, target.path)
+        permit = await self._pacer.acquire(credential, target.path, share=current_share.get())
         try:
             raw = await self._send(credential, method, target, headers, body)
         except BaseException:

@@ -1,0 +1,43 @@
+"""A call's place in the pacing queues, decided at the edge from the request and its API token.
+
+``x-gateway-priority: high | normal | low`` (default ``normal``; anything else is a 400 naming the
+header) asks for a class; the token's ``priority`` caps it (asking for more is served at the
+token's class, never refused). The tenant is the token's name and the weight the token's
+``weight``. The result is set as the request's ``current_share`` (pacing/api.py), so every upstream
+call the request makes (one for the proxy, several for a mutation) queues with it, and the response
+says which class was applied.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.errors import InvalidRequest
+from gateway.http.middlewares import PRINCIPAL
+from gateway.pacing.api import current_share
+from gateway.pacing.scheduler import PRIORITIES, Priority, Share
+
+HEADER = "x-gateway-priority"
+APPLIED: web.RequestKey[str] = web.RequestKey("gateway_priority", str)
+TOKEN_PRIORITY: Priority = "normal"  # every token's cap and weight until tokens carry their own
+TOKEN_WEIGHT = 1.0
+
+
+def apply_share(request: web.Request) -> Share:
+    """Read the header, cap it at the token's class, and make it the share of this request's calls."""
+    value = request.headers.get(HEADER, "normal").strip().lower()
+    asked = next((p for p in PRIORITIES if p == value), None)
+    if asked is None:
+        raise InvalidRequest(f"{HEADER}: must be one of 'high', 'normal', 'low'", field=HEADER)
+    priority = max(asked, TOKEN_PRIORITY, key=PRIORITIES.index)  # the lower of the two classes
+    share = Share(priority=priority, tenant=request[PRINCIPAL].name, weight=TOKEN_WEIGHT)
+    current_share.set(share)
+    request[APPLIED] = priority
+    return share
+
+
+def stamp(request: web.Request, response: web.StreamResponse) -> None:
+    """Tell the client which class its calls were queued in."""
+    priority = request.get(APPLIED)
+    if priority is not None:
+        response.headers[HEADER] = priority
