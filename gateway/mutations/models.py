@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from gateway.models import CollectionId, ObjectId, Record
 
@@ -57,9 +57,16 @@ class UpdateMutation(_Mutation):
     )
 
 
+def _one_or_many(value: Any) -> Any:
+    """A delete of one record may name it as a plain string: ``"upstream_id": "003..."``."""
+    return [value] if isinstance(value, str) else value
+
+
 class DeleteMutation(_Mutation):
     kind: Literal["delete"]
-    upstream_ids: list[UpstreamId] = Field(
+    upstream_ids: Annotated[
+        list[UpstreamId], BeforeValidator(_one_or_many, json_schema_input_type=UpstreamId | list[UpstreamId])
+    ] = Field(
         min_length=1, max_length=MAX_RECORDS, validation_alias=AliasChoices("upstream_ids", "upstream_id")
     )
 

@@ -74,6 +74,19 @@ async def test_create_update_delete_round_trip(
     assert await env.stream_actions() == [("insert", upstream_id), ("update", upstream_id), ("delete", upstream_id)]
 
 
+async def test_a_single_upstream_id_string_deletes_one_record(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    """``"upstream_id": "<id>"`` (a string, not a list) deletes that one record; a bad one names the field."""
+    env = await connect(await make_gateway(), aiohttp_server, "stripe")
+    [made] = await env.create(SPECS["stripe"].sample)
+    status, answer, _ = await env.run(env.body("delete", upstream_id=made["upstream_id"]))
+    assert status == 200 and [r["upstream_id"] for r in answer["records"]] == [made["upstream_id"]]
+    assert answer["records"][0]["deleted"] is True
+    status, answer, _ = await env.run(env.body("delete", upstream_id="no/slashes"))
+    assert status == 400 and answer["fields"] == ["upstream_id.0"]  # named as sent
+
+
 async def test_validation_error_uses_the_reference_sentence(make_gateway: GatewayFactory, aiohttp_server: Any) -> None:
     """An invalid email is a 400 upstream_validation_error quoting Salesforce, and nothing reaches the stream."""
     env = await connect(await make_gateway(), aiohttp_server, "salesforce")
