@@ -321,18 +321,44 @@ class ConsumerPatch(Strict):
     table_prefix: str | None = None
 
 
-class ConsumerView(Strict):
+class _ConsumerViewBase(Strict):
+    """A consumer as reads show it: the fields it was written with (secrets masked) plus its state."""
+
     id: str
-    kind: Literal["pull", "webhook", "postgres"]
+    kind: str
     sync_id: str | None
     collections: list[str] | None
-    settings: dict[str, Any]
     position: int = Field(description="last acknowledged stream seq (0 before the first)")
     pending: int = Field(description="events waiting for this consumer")
     status: Literal["active", "failing"] = "active"
     status_detail: str | None = Field(default=None, description="why the consumer is failing")
     created_at: datetime
     updated_at: datetime
+
+
+class PullConsumerView(_ConsumerViewBase):
+    kind: Literal["pull"]
+    visibility_timeout: float
+
+
+class WebhookConsumerView(_ConsumerViewBase):
+    kind: Literal["webhook"]
+    url: str
+    secret: str = Field(description='always "***": the secret is write-only')
+    batch_size: int
+    timeout: float
+    max_retry_duration: float
+
+
+class PostgresConsumerView(_ConsumerViewBase):
+    kind: Literal["postgres"]
+    dsn: str = Field(description="with every password masked")
+    table_prefix: str
+    batch_size: int
+
+
+# The shape a consumer is written in is the shape it is read in (kind-specific fields at the top level).
+ConsumerView = Annotated[PullConsumerView | WebhookConsumerView | PostgresConsumerView, Field(discriminator="kind")]
 
 
 # --- records and events ---------------------------------------------------------------------------

@@ -63,7 +63,7 @@ class Resource:
     singular: str
     create_model: Any  # a model or an annotated union (consumers are discriminated by kind)
     patch_model: type[BaseModel]
-    view_model: type[BaseModel]
+    view_model: Any  # a model or an annotated union (consumers read back in the shape of their kind)
     enrich: Enrich | None = None
 
     def _call(self, request: web.Request, method: str) -> Callable[..., Awaitable[Any]]:

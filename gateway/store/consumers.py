@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.errors import Conflict, NotFound, invalid_request
 from gateway.models import (
+    MASK,
     ConsumerIn,
     ConsumerPatch,
     ConsumerView,
@@ -24,6 +25,7 @@ from gateway.store.db import as_utc, utcnow
 from gateway.store.rows import Rows, insert_unique, new_id
 
 _CONSUMER = TypeAdapter[Any](ConsumerIn)
+_VIEW = TypeAdapter[Any](ConsumerView)
 _SECRET_SETTINGS = ("secret", "dsn")
 
 
@@ -153,22 +155,25 @@ class ConsumerRows(Rows):
         if row.settings_secret:
             secret = json.loads(self.keyring.open(row.settings_secret))
             if "secret" in secret:
-                settings["secret"] = "***"
+                settings["secret"] = MASK
             if "dsn" in secret:
                 settings["dsn"] = mask_dsn(secret["dsn"])
-        return ConsumerView(
-            id=row.id,
-            kind=row.kind,
-            sync_id=row.sync_id,
-            collections=row.collections,
-            settings=settings,
-            position=row.position,
-            pending=pending,
-            status=row.status,
-            status_detail=row.status_detail,
-            created_at=as_utc(row.created_at),
-            updated_at=as_utc(row.updated_at),
+        view: ConsumerView = _VIEW.validate_python(
+            {
+                **settings,
+                "id": row.id,
+                "kind": row.kind,
+                "sync_id": row.sync_id,
+                "collections": row.collections,
+                "position": row.position,
+                "pending": pending,
+                "status": row.status,
+                "status_detail": row.status_detail,
+                "created_at": as_utc(row.created_at),
+                "updated_at": as_utc(row.updated_at),
+            }
         )
+        return view
 
     async def upsert_consumer(self, body: ConsumerIn) -> None:
         assert body.id is not None

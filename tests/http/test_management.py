@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,13 +69,13 @@ async def test_consumer_secrets_are_write_only(make_gateway: GatewayFactory) -> 
         "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     }
     created = await (await gw.client.post("/v1/consumers", json=hook, headers=gw.auth())).json()
-    assert created["settings"]["secret"] == "***"
+    assert created["secret"] == "***"
     mirror = {"id": "mirror", "kind": "postgres", "dsn": "postgresql://app:hunter2hunter2@db/app"}
     created = await (await gw.client.post("/v1/consumers", json=mirror, headers=gw.auth())).json()
-    assert created["settings"]["dsn"] == "postgresql://app:***@db/app"
+    assert created["dsn"] == "postgresql://app:***@db/app"
     patched = await gw.client.patch("/v1/consumers/hooks", json={"batch_size": 5}, headers=gw.auth())
     assert patched.status == 200, await patched.text()
-    assert (await patched.json())["settings"]["batch_size"] == 5
+    assert (await patched.json())["batch_size"] == 5
 
 
 @pytest.mark.parametrize(
@@ -167,3 +169,27 @@ async def test_a_method_a_path_does_not_serve_gets_405_with_allow(make_gateway: 
     assert resp.status == 405
     assert (await resp.json())["code"] == "method_not_allowed"
     assert set(resp.headers["Allow"].split(", ")) == {"GET", "PATCH", "DELETE"}
+
+
+def _documented_consumers() -> list[dict[str, Any]]:
+    """The consumer bodies docs/api.md shows under "Object shapes" (one JSON object per line)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith('{"id"') and line.endswith("}")]
+    return [body for body in map(json.loads, lines) if "kind" in body]
+
+
+async def test_consumers_read_back_in_the_shape_they_were_written(make_gateway: GatewayFactory) -> None:
+    """Each documented consumer body, POSTed as it is, reads back with the same top-level fields and
+    values (secrets masked), plus its state: the shape you write is the shape you read."""
+    gw = await make_gateway()
+    await gw.client.post("/v1/credentials", json=STRIPE, headers=gw.auth())
+    sync = {"id": "my-sync-id", "credential_id": "credential-stripe"}
+    assert (await gw.client.post("/v1/syncs", json=sync, headers=gw.auth())).status == 201
+    documented = _documented_consumers()
+    assert sorted(b["kind"] for b in documented) == ["postgres", "pull", "webhook"]
+    masked = {"secret": "***", "dsn": "postgresql://app:***@db/app"}
+    for body in documented:
+        assert (await gw.client.post("/v1/consumers", json=body, headers=gw.auth())).status == 201
+        read = await (await gw.client.get(f"/v1/consumers/{body['id']}", headers=gw.auth())).json()
+        assert {k: read[k] for k in body} == {k: masked.get(k, v) for k, v in body.items()}
+        assert {"position", "pending", "status"} <= set(read) and "settings" not in read
