@@ -6,6 +6,7 @@ workers) opens in a cleanup context and closes in reverse order at shutdown.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 
@@ -16,6 +17,8 @@ from gateway.http import appkeys, consumers, management, mutations, proxy, token
 from gateway.http.middlewares import add_request_id, gateway_middleware
 from gateway.http.openapi import Endpoint, add_endpoints
 from gateway.http.ops import add_ops_routes
+from gateway.mutations.journal import Journal
+from gateway.mutations.recovery import Recovery
 from gateway.observability.metrics import Metrics
 from gateway.pacing.pacer import GatewayPacer
 from gateway.store.db import create_engine, ensure_schema, ping
@@ -54,6 +57,8 @@ def create_app(
     app[appkeys.READY_CHECKS] = checks
 
     app[appkeys.UPSTREAM] = UpstreamClient(config, metrics, app[appkeys.OBJECTS], pacer)
+    app[appkeys.JOURNAL] = journal = Journal(engine, "mutations:replica-" + uuid.uuid4().hex[:12])
+    recovery = Recovery(journal, partial(mutations.service, app), ttl=config.mutations.recovery_lease)
     for view_module in (management, tokens, proxy, consumers, mutations):
         add_endpoints(app, view_module.ENDPOINTS)
     scopes = {e.name: e.scope for e in app[appkeys.ENDPOINTS]}
@@ -73,8 +78,11 @@ def create_app(
     else:  # first up, last down: probes answer through the drain
         app.cleanup_ctx.append(partial(_ops_listener, _ops_site(config, worker_socket)))
     store = partial(_store, prepare=worker_socket is None)
-    # Opened in this order, closed in reverse: workers stop before the store, the session before pacing.
-    app.cleanup_ctx.extend([store, stream.signals.context, workers.context, partial(_pacing, pacer), _upstream])
+    # Opened in this order, closed in reverse: workers stop before the store, the session before pacing;
+    # recovery last, so it can call upstream and its lease outlives every request of the drain.
+    app.cleanup_ctx.extend(
+        [store, stream.signals.context, workers.context, partial(_pacing, pacer), _upstream, recovery.context]
+    )
     app.on_shutdown.extend([_not_ready, stream.signals.on_shutdown, workers.on_shutdown])
     return app
 

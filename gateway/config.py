@@ -93,6 +93,15 @@ class StreamConfig(Strict):
     retention: float = Field(default=7 * 86400, gt=0, description="seconds events are kept at least")
 
 
+class MutationsConfig(Strict):
+    recovery_lease: float = Field(
+        default=15,
+        ge=1,
+        le=30,
+        description="seconds after a replica dies until another recovers its unfinished mutations",
+    )
+
+
 class ProviderConfig(Strict):
     rate_limit: RateLimitOverride | None = None
     shared_rate_limit: RateLimitOverride | None = Field(
@@ -109,6 +118,7 @@ class Config(Strict):
     encryption: EncryptionConfig = EncryptionConfig()
     log: LogConfig = LogConfig()
     stream: StreamConfig = StreamConfig()
+    mutations: MutationsConfig = MutationsConfig()
     providers: dict[Provider, ProviderConfig] = Field(default_factory=dict)
     credentials: list[CredentialIn] = Field(default_factory=list)
     syncs: list[SyncIn] = Field(default_factory=list)

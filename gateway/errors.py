@@ -15,10 +15,12 @@ SQLAlchemy, pydantic) are translated into a leaf in exactly one place each, with
     ├── MethodNotAllowed          405 method_not_allowed
     ├── RequestTimeout            408 request_timeout
     ├── Conflict                  409 conflict
+    │   └── MutationOutcomeUnknown 409 mutation_outcome_unknown
     ├── PayloadTooLarge           413 payload_too_large
     ├── RateLimited               429 rate_limited (Retry-After)
     ├── ConsumerTimeout           500 consumer_timeout
     ├── InternalError             500 internal_error
+    ├── MutationInterrupted       500 mutation_interrupted
     ├── UpstreamUnavailable       502 upstream_unavailable
     ├── UpstreamAuthFailed        502 upstream_auth_failed
     ├── BackendUnavailable        503 backend_unavailable
@@ -136,6 +138,12 @@ class Conflict(GatewayError):
     code = "conflict"
 
 
+class MutationOutcomeUnknown(Conflict):
+    """The replica running this Idempotency-Key's mutation stopped where the upstream cannot tell what it did."""
+
+    code = "mutation_outcome_unknown"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "payload_too_large"
@@ -163,6 +171,13 @@ class ConsumerTimeout(GatewayError):
 class InternalError(GatewayError):
     status = 500
     code = "internal_error"
+
+
+class MutationInterrupted(GatewayError):
+    """A mutation stopped midway (its replica died or failed); recovery settled what the upstream applied."""
+
+    status = 500
+    code = "mutation_interrupted"
 
 
 class UpstreamUnavailable(GatewayError):

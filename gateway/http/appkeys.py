@@ -9,6 +9,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import Config
+from gateway.mutations.journal import Journal
 from gateway.observability.metrics import Metrics
 from gateway.pacing.api import Pacer
 from gateway.store.objects import Credential, Objects
@@ -30,6 +31,7 @@ STREAM = web.AppKey("stream", Stream)
 ENDPOINTS = web.AppKey("endpoints", list["Endpoint"])
 UPSTREAM = web.AppKey("upstream", UpstreamClient)  # the one upstream client (opened in a cleanup context)
 PACER = web.AppKey("pacer", Pacer)
+JOURNAL = web.AppKey("journal", Journal)  # this replica's mutation journal (its lease, its running mutations)
 # Optional hooks other capabilities install: pacing state for GET /v1/credentials/{id}, readiness checks.
 PacingState = Callable[[Credential], Awaitable[dict[str, Any]]]
 ReadyCheck = Callable[[], Awaitable[bool]]

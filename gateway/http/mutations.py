@@ -47,7 +47,8 @@ def service(app: web.Application) -> MutationService:
         client=app[appkeys.UPSTREAM],
         stream=app[appkeys.STREAM],
         metrics=app[appkeys.METRICS],
-        keys=IdempotencyKeys(app[appkeys.ENGINE]),
+        keys=IdempotencyKeys(app[appkeys.ENGINE], lease=app[appkeys.JOURNAL].lease),
+        journal=app[appkeys.JOURNAL],
     )
 
 
@@ -80,9 +81,11 @@ ENDPOINTS = [
             401: "missing or bad token",
             403: "token lacks the scope or the sync",
             404: "unknown sync, collection, consumer or upstream record",
-            409: "Idempotency-Key reused with another body, or still in progress",
+            409: "Idempotency-Key reused with another body, still in progress, or its outcome unknown after a "
+            "crash (mutation_outcome_unknown)",
             429: "pacing queue full (rate_limited)",
-            500: "awaited consumers did not finish in time (consumer_timeout)",
+            500: "awaited consumers did not finish in time (consumer_timeout), or the mutation was interrupted "
+            "(mutation_interrupted, internal_error): the body's records were applied",
             502: "upstream unavailable or credential rejected",
             504: "upstream timed out",
         },

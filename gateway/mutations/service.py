@@ -2,11 +2,14 @@
 
 Records go upstream in the translator's chunks, one chunk at a time, through the same upstream client
 as proxied calls (so they are paced and authenticated alike). After each chunk the applied records are
-appended to the stream, in one transaction with their last known state, before the next chunk is sent.
-A failure stops the run and its error carries the ``records`` already applied (they are in the stream
-too; an upstream refusal carries them even when none were). Where the upstream offers all-or-none a
-refused chunk applied nothing: Salesforce's chunk is a whole mutation of up to 1,000 records, sent as
-one all-or-none Composite call. ``execute`` wraps a run in Idempotency-Key handling.
+appended to the stream, in one transaction with their last known state and the journal's progress,
+before the next chunk is sent (``gateway.mutations.journal``: the intent is committed before the first
+write, so a crash in between is recovered). A failure stops the run and its error carries the
+``records`` already applied (they are in the stream too; an upstream refusal carries them even when
+none were). A failure that is not the gateway's own (a bug, the store failing) after a write hands the
+run to recovery and answers 500 with the ``records`` applied so far. Where the upstream offers
+all-or-none a refused chunk applied nothing: Salesforce's chunk is a whole mutation of up to 1,000
+records, sent as one all-or-none Composite call. ``execute`` wraps a run in Idempotency-Key handling.
 """
 
 from __future__ import annotations
@@ -16,12 +19,21 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import structlog
 from multidict import MultiDict
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.errors import ConsumerTimeout, GatewayError, InvalidRequest, NotFound, UpstreamValidationError
+from gateway.errors import (
+    ConsumerTimeout,
+    GatewayError,
+    InternalError,
+    InvalidRequest,
+    NotFound,
+    UpstreamValidationError,
+)
 from gateway.models import Event, Record
 from gateway.mutations.idempotency import IdempotencyKeys
+from gateway.mutations.journal import Journal
 from gateway.mutations.models import DeleteMutation, Mutation, MutationResponse, UpdateMutation
 from gateway.observability.metrics import Metrics
 from gateway.providers import translator as translator_for
@@ -29,6 +41,7 @@ from gateway.providers.base import Call, Item, Query, Target, Translator, Upstre
 from gateway.store.objects import Consumer, Credential, Objects
 from gateway.stream.events import RecordChange, append_changes, last_known
 
+log = structlog.get_logger(__name__)
 _ACTIONS: dict[str, Literal["insert", "update", "delete"]] = {
     "create": "insert",
     "update": "update",
@@ -87,18 +100,37 @@ class Plan:
 
 
 @dataclass
-class _Run:
-    """One run's progress: what reached the stream, and whether anything was sent upstream yet."""
+class Run:
+    """One run's progress: its journal row, the items settled in the stream, the chunk in flight."""
 
     plan: Plan
     target: Target
+    key: str | None = None
+    journal_id: str | None = None  # set just before the first upstream write
+    progress: int = 0  # items[:progress] are settled in the stream
     records: list[Record] = field(default_factory=list)
     seqs: list[int] = field(default_factory=list)
-    sent: bool = False
+    in_flight: list[RecordChange] = field(default_factory=list)  # applied upstream, not yet in the stream
 
     def add(self, events: Sequence[Event]) -> None:
         self.records.extend(e.record for e in events)
         self.seqs.extend(e.seq for e in events)
+
+    def applied(self) -> list[dict[str, Any]]:
+        """Every record known applied, as JSON: those in the stream, then those still in flight."""
+        plan = self.plan.mutation
+        pending = [
+            {
+                "sync_id": plan.sync_id,
+                "collection_id": plan.collection_id,
+                "upstream_id": change.upstream_id,
+                "upstream_updated_at": change.upstream_updated_at.isoformat() if change.upstream_updated_at else None,
+                "data": change.data or {},
+                "deleted": change.action == "delete",
+            }
+            for change in self.in_flight
+        ]
+        return [r.model_dump(mode="json") for r in self.records] + pending
 
 
 @dataclass(frozen=True)
@@ -118,6 +150,7 @@ class MutationService:
         stream: ConsumerAwaiter,
         metrics: Metrics,
         keys: IdempotencyKeys,
+        journal: Journal,
     ) -> None:
         self.engine = engine
         self.objects = objects
@@ -125,29 +158,69 @@ class MutationService:
         self.stream = stream
         self.metrics = metrics
         self.keys = keys
+        self.journal = journal
 
     async def execute(self, mutation: Mutation, *, key: str | None, fingerprint: str) -> Outcome:
         """Run ``mutation``, or replay the answer stored under ``key`` (already scoped to the token)."""
         plan = await self.prepare(mutation)
-        if key is None:
-            return Outcome(200, await self.run(_Run(plan, self._target(plan, uuid.uuid4().hex))))
-        stored = await self.keys.claim(key, fingerprint)
-        if stored is not None:
-            return Outcome(stored.status, stored.body, replayed=True)
-        run = _Run(plan, self._target(plan, key))
+        if key is not None:
+            stored = await self.keys.claim(key, fingerprint)
+            if stored is not None:
+                return Outcome(stored.status, stored.body, replayed=True)
+        run = Run(plan, self.target(plan, key or uuid.uuid4().hex), key=key)
         try:
             body = await self.run(run)
         except GatewayError as exc:
-            if not run.sent or (exc.status in (429, 503) and not run.records):
-                await self.keys.release(key)  # nothing was written upstream: a retry may run it
+            await self._settle_failure(run, exc)
+            raise
+        except Exception as exc:
+            if run.journal_id is None:
+                await self._release(run)
+                raise
+            raise self._hand_over(run, exc) from exc
+        except BaseException:  # cancelled: before a write, forget it; after, recovery finishes it
+            if run.journal_id is None:
+                await self._release(run)
             else:
-                await self.keys.complete(key, exc.status, exc.body())
+                self.journal.hand_over(run.journal_id)
             raise
-        except BaseException:
-            await self.keys.release(key)
-            raise
-        await self.keys.complete(key, 200, body)
+        await self.finish(run, 200, body)
         return Outcome(200, body)
+
+    async def finish(self, run: Run, status: int, body: dict[str, Any]) -> None:
+        """Store the answer under the key and close the journal row, in one transaction."""
+        if run.journal_id is not None:
+            await self.journal.finish(run.journal_id, run.key, status, body)
+        elif run.key is not None:
+            await self.keys.complete(run.key, status, body)
+
+    async def _settle_failure(self, run: Run, exc: GatewayError) -> None:
+        if run.journal_id is not None and not (exc.status in (429, 503) and not run.records):
+            await self.finish(run, exc.status, exc.body())
+            return
+        if run.journal_id is not None:  # refused before anything was applied upstream
+            await self.journal.abandon(run.journal_id)
+        await self._release(run)
+
+    async def _release(self, run: Run) -> None:
+        """Nothing was written upstream: a retry with the key may run the mutation."""
+        if run.key is not None:
+            await self.keys.release(run.key)
+
+    def _hand_over(self, run: Run, exc: Exception) -> GatewayError:
+        """A foreign failure after a write: recovery settles the run; the client learns what was applied."""
+        assert run.journal_id is not None
+        self.journal.hand_over(run.journal_id)
+        log.error(
+            "mutation_failed_after_write", mutation_id=run.journal_id, error=exc.__class__.__name__, exc_info=exc
+        )
+        return InternalError(
+            "Error: the mutation failed after the upstream applied changes; the gateway is recovering them "
+            "into the stream (the Idempotency-Key, if any, answers once that is done)",
+            records=run.applied(),
+            recovery="pending",
+            mutation_id=run.journal_id,
+        )
 
     async def prepare(self, mutation: Mutation) -> Plan:
         """Resolve the sync, collection, credential and awaited consumers; 404/400 before any write."""
@@ -167,22 +240,22 @@ class MutationService:
             raise NotFound(f"consumer {names} not found", field="await_consumer_ids")
         return Plan(mutation, credential, translator, provider, obj, sync.options, consumers)
 
-    def _target(self, plan: Plan, seed: str) -> Target:
+    def target(self, plan: Plan, seed: str) -> Target:
         return Target(obj=plan.obj, options=plan.options, seed=seed)
 
-    async def run(self, run: _Run) -> dict[str, Any]:
-        """Apply every chunk, then await consumers; the answer body in request order."""
+    async def run(self, run: Run) -> dict[str, Any]:
+        """Apply every chunk not settled yet, then await consumers; the answer body in request order."""
         kind, provider = run.plan.mutation.kind, run.plan.provider
         outcome = "internal_error"
         try:
-            for chunk in _chunks(run.plan.items(), run.plan.translator.chunk_size(kind)):
-                await self._apply(run, chunk)
+            for chunk in self.remaining(run):
+                await self.apply(run, chunk)
             await self._await_consumers(run)
             outcome = "ok"
         except GatewayError as exc:
             outcome = exc.code
             # An upstream refusal says for sure what was applied, so it lists it even when it is nothing.
-            if run.records or (run.sent and isinstance(exc, UpstreamValidationError)):
+            if run.records or (run.journal_id and isinstance(exc, UpstreamValidationError)):
                 exc.extra["records"] = [r.model_dump(mode="json") for r in run.records]
             raise
         finally:
@@ -191,30 +264,52 @@ class MutationService:
                 self.metrics.mutation_records.labels(kind, provider).inc(len(run.records))
         return MutationResponse(records=run.records).model_dump(mode="json")
 
-    async def _apply(self, run: _Run, chunk: list[Item]) -> None:
+    def remaining(self, run: Run) -> Iterator[list[Item]]:
+        """The chunks from ``run.progress`` on, in the translator's size."""
+        items = run.plan.items()
+        size = run.plan.translator.chunk_size(run.plan.mutation.kind)
+        for start in range(run.progress, len(items), size):
+            yield items[start : start + size]
+
+    async def apply(self, run: Run, chunk: list[Item]) -> None:
         """One write call, its read-back, one stream transaction; raises the chunk's failure after."""
         plan, kind = run.plan, run.plan.mutation.kind
         call = plan.translator.write(kind, chunk, run.target)
-        run.sent = True
-        written = plan.translator.written(kind, chunk, (await self._send(plan, call)).body_json)
-        failure = written.failure
-        if written.ids:
-            changes, read_failure = await self._changes(run, chunk, written)
-            async with self.engine.begin() as conn:
-                events = await append_changes(
-                    conn,
-                    sync_id=plan.mutation.sync_id,
-                    collection_id=plan.mutation.collection_id,
-                    changes=changes,
-                    consumers=plan.consumers,
-                )
-            run.add(events)
-            failure = failure or read_failure
+        if run.journal_id is None:  # the intent is durable before the first write leaves
+            m = plan.mutation
+            run.journal_id = await self.journal.open(
+                sync_id=m.sync_id, collection_id=m.collection_id, kind=kind, items=plan.items(),
+                seed=run.target.seed, key=run.key,
+            )  # fmt: skip
+        written = plan.translator.written(kind, chunk, (await self.send(plan, call)).body_json)
+        run.in_flight = [RecordChange(upstream_id=i, action=_ACTIONS[kind], data=None) for i in written.ids]
+        changes, read_failure = await self.changes(run, chunk, written) if written.ids else ([], None)
+        run.in_flight = changes
+        await self.commit(run, len(chunk), changes)
+        failure = written.failure or read_failure
         if failure is not None:
             raise failure
 
-    async def _changes(
-        self, run: _Run, chunk: list[Item], written: Written
+    async def commit(self, run: Run, settled: int, changes: list[RecordChange]) -> None:
+        """The chunk's events and the journal's progress past it, in one transaction."""
+        plan = run.plan
+        assert run.journal_id is not None
+        async with self.engine.begin() as conn:
+            events = await append_changes(
+                conn,
+                sync_id=plan.mutation.sync_id,
+                collection_id=plan.mutation.collection_id,
+                changes=changes,
+                consumers=plan.consumers,
+            )
+            applied = [r.upstream_id for r in run.records] + [e.record.upstream_id for e in events]
+            await self.journal.advance(conn, run.journal_id, run.progress + settled, applied)
+        run.add(events)
+        run.progress += settled
+        run.in_flight = []
+
+    async def changes(
+        self, run: Run, chunk: list[Item], written: Written
     ) -> tuple[list[RecordChange], GatewayError | None]:
         """The stream changes of a written chunk: full records read back, merged over the last known.
 
@@ -237,7 +332,7 @@ class MutationService:
             call = plan.translator.fetch(written.ids, fields, run.target)
             if call is not None:
                 try:
-                    fetched = plan.translator.fetched((await self._send(plan, call)).body_json)
+                    fetched = plan.translator.fetched((await self.send(plan, call)).body_json)
                 except GatewayError as exc:
                     failure = exc
         rows: dict[str, UpstreamRecord] = {r.upstream_id: r for r in fetched or []}
@@ -251,7 +346,7 @@ class MutationService:
             )
         return changes, failure
 
-    async def _send(self, plan: Plan, call: Call) -> UpstreamAnswer:
+    async def send(self, plan: Plan, call: Call) -> UpstreamAnswer:
         answer = await self.client.request_json(
             plan.credential,
             call.method,
@@ -265,7 +360,7 @@ class MutationService:
             raise plan.translator.error_for(answer.status, answer.headers, answer.body_json)
         return answer
 
-    async def _await_consumers(self, run: _Run) -> None:
+    async def _await_consumers(self, run: Run) -> None:
         consumer_ids = run.plan.mutation.await_consumer_ids
         if not consumer_ids:
             return
@@ -278,11 +373,6 @@ class MutationService:
 def _multi(pairs: Query | None) -> MultiDict[str] | None:
     """Pairs as a mapping that keeps repeated names (Airtable's ``records[]``) when urlencoded."""
     return None if pairs is None else MultiDict(pairs)
-
-
-def _chunks(items: list[Item], size: int) -> Iterator[list[Item]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _sent_data(chunk: list[Item], ids: list[str]) -> dict[str, Mapping[str, Any]]:

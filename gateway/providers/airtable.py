@@ -44,6 +44,15 @@ class Airtable(Translator):
         records = [UpstreamRecord(str(r["id"]), dict(r.get("fields") or {}), None) for r in rows]
         return Written(ids=ids, records=records)
 
+    def reads(self, ids: Sequence[str], fields: Sequence[str], target: Target) -> list[Call]:
+        """Airtable has no batch read: one ``GET .../{record id}`` per record."""
+        path = self._path(target)
+        return [Call("GET", f"{path}/{quote(record_id, safe='')}") for record_id in ids]
+
+    def fetched(self, body: Any) -> list[UpstreamRecord]:
+        row = body if isinstance(body, dict) and body.get("id") else None
+        return [] if row is None else [UpstreamRecord(str(row["id"]), dict(row.get("fields") or {}), None)]
+
     def error_message(self, body: Any) -> str:
         error = body.get("error") if isinstance(body, dict) else body
         if isinstance(error, dict):

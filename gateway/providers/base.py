@@ -86,6 +86,8 @@ class Translator(ABC):
     name: ClassVar[str]  # display name used in error sentences
     # Fields the upstream manages itself: dropped from writes so a record copied from the stream works.
     read_only: ClassVar[frozenset[str]] = frozenset()
+    # The upstream dedupes a resent write (Stripe's Idempotency-Key): recovery may simply send it again.
+    replays_writes: ClassVar[bool] = False
 
     @abstractmethod
     def chunk_size(self, kind: Kind) -> int:
@@ -106,6 +108,11 @@ class Translator(ABC):
     def fetched(self, body: Any) -> list[UpstreamRecord]:
         """Read a 2xx answer of ``fetch`` (records in any order; missing ones absent)."""
         return []
+
+    def reads(self, ids: Sequence[str], fields: Sequence[str], target: Target) -> list[Call]:
+        """Calls reading records by id whatever the write answered (recovery); ``fetched`` reads them."""
+        call = self.fetch(ids, fields, target)
+        return [] if call is None else [call]
 
     @abstractmethod
     def error_message(self, body: Any) -> str:

@@ -42,6 +42,7 @@ def form_encode(data: Mapping[str, Any], prefix: str = "") -> Query:
 class Stripe(Translator):
     name = "Stripe"
     read_only = frozenset({"id", "object", "created", "livemode", "deleted"})
+    replays_writes = True
 
     def chunk_size(self, kind: Kind) -> int:
         return 1

@@ -141,6 +141,29 @@ idempotency_keys = Table(
     Column("response", Json, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False, index=True),
+    Column("lease", String(256), nullable=True),  # the claiming replica's lease: a dead claimer's claim lapses
+)
+
+# Write-ahead intent of a mutation: inserted before its first upstream write, advanced in the transaction
+# that appends each chunk's events, removed with the answer. A row left behind is what recovery works on.
+mutation_journal = Table(
+    "mutation_journal",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("sync_id", String(128), nullable=False),
+    Column("collection_id", String(256), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("items", Json, nullable=False),  # [[upstream_id or null, data], ...] in request order
+    Column("seed", String(300), nullable=False),  # Stripe's per-record Idempotency-Keys derive from it
+    Column("idempotency_key", String(300), nullable=True, index=True),
+    Column("lease", String(256), nullable=True),  # the replica running or recovering it; null: up for recovery
+    Column("state", String(16), nullable=False),  # running | unknown
+    Column("progress", Integer, nullable=False, default=0),  # items[:progress] are settled in the stream
+    Column("applied", Json, nullable=False),  # upstream ids whose change is in the stream, request order
+    Column("detail", Text, nullable=True),  # why recovery stopped or failed, for operators
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_mutation_journal_state", "state", "lease"),
 )
 
 leases = Table(
