@@ -128,9 +128,7 @@ class IdempotencyKeys:
             return False  # running, or being recovered: its answer will come
         k = t.idempotency_keys.c
         async with self.engine.begin() as conn:
-            await conn.execute(
-                delete(t.idempotency_keys).where(k.key == key, k.status.is_(None), k.lease == row.lease)
-            )
+            await conn.execute(delete(t.idempotency_keys).where(k.key == key, k.status.is_(None), k.lease == row.lease))
         return True
 
     async def _insert_or_read(self, key: str, fingerprint: str) -> _Claim | None:

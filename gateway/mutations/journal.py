@@ -55,7 +55,7 @@ class Entry:
 
     @classmethod
     def of(cls, row: Row[Any]) -> Entry:
-        items = [Item(i, upstream_id, dict(data)) for i, (upstream_id, data) in enumerate(row.items)]
+        items = [Item(i, upstream_id, dict(data)) for i, (upstream_id, data) in enumerate(row._mapping["items"])]
         return cls(
             row.id, row.sync_id, row.collection_id, row.kind, items, row.seed, row.idempotency_key,
             row.lease, row.state, int(row.progress), list(row.applied), float(row.created_at),
@@ -175,9 +175,7 @@ async def unknown_creates(engine: AsyncEngine, sync_id: str, collection_id: str)
     """Creates whose outcome only change capture can tell: compare their ``items`` with what it reads
     upstream from ``created_at`` (epoch seconds, a little before the first write) on."""
     j = t.mutation_journal.c
-    query = select(t.mutation_journal).where(
-        j.state == UNKNOWN, j.sync_id == sync_id, j.collection_id == collection_id
-    )
+    query = select(t.mutation_journal).where(j.state == UNKNOWN, j.sync_id == sync_id, j.collection_id == collection_id)
     async with engine.connect() as conn:
         return [Entry.of(row) for row in (await conn.execute(query)).all()]
 

@@ -211,9 +211,7 @@ class MutationService:
         """A foreign failure after a write: recovery settles the run; the client learns what was applied."""
         assert run.journal_id is not None
         self.journal.hand_over(run.journal_id)
-        log.error(
-            "mutation_failed_after_write", mutation_id=run.journal_id, error=exc.__class__.__name__, exc_info=exc
-        )
+        log.error("mutation_failed_after_write", mutation_id=run.journal_id, error=exc.__class__.__name__, exc_info=exc)
         return InternalError(
             "Error: the mutation failed after the upstream applied changes; the gateway is recovering them "
             "into the stream (the Idempotency-Key, if any, answers once that is done)",

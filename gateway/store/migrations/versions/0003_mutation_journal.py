@@ -35,9 +35,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("mutation_journal", schema=None) as batch_op:
         batch_op.create_index("ix_mutation_journal_state", ["state", "lease"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_mutation_journal_idempotency_key"), ["idempotency_key"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_mutation_journal_idempotency_key"), ["idempotency_key"], unique=False)
     with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
         batch_op.add_column(sa.Column("lease", sa.String(length=256), nullable=True))
 
