@@ -49,7 +49,9 @@ async def test_held_batch_is_redelivered_before_newer_events(replica: dict[Any, 
     await add_consumer(replica, id="mirror", kind="pull")
     queue = replica[appkeys.STREAM].queue
     [first] = await append(replica, [record_insert("003A")])
-    assert [d.event.seq for d in await queue.claim("mirror", batch_size=5, visibility=0.5, ordered=True)] == [first.seq]
+    assert [d.event.seq for d in await queue.claim("mirror", batch_size=5, visibility=0.5, ordered=True)] == [
+        first.seq
+    ]
     [second] = await append(replica, [record_insert("003B")])
     assert await queue.claim("mirror", batch_size=5, visibility=30, ordered=True) == []
     claimed: list[int] = []
@@ -80,12 +82,8 @@ async def test_an_expired_lease_is_taken_over(replica: dict[Any, Any], aiohttp_s
         await conn.execute(insert(t.leases).values(name="consumer:hooks", owner="dead", expires_at=time.time() + 60))
     await append(replica, [record_insert("003A")])
     workers = Workers(
-        objects=replica[appkeys.OBJECTS],
-        stream=replica[appkeys.STREAM],
-        retention=86400,
-        shutdown_timeout=5,
-        lease_ttl=3,
-        owner="alive",
+        objects=replica[appkeys.OBJECTS], stream=replica[appkeys.STREAM], retention=86400,
+        shutdown_timeout=5, lease_ttl=3, owner="alive",
     )
     try:
         await workers.tick()
@@ -120,9 +118,8 @@ async def test_shutdown_finishes_the_batch_in_flight(replica: dict[Any, Any], ai
     await seed_sync(replica)
     await add_consumer(replica, id="hooks", kind="webhook", url=str(server.make_url("/hook")), secret=SECRET)
     await append(replica, [record_insert("003A")])
-    workers = Workers(
-        objects=replica[appkeys.OBJECTS], stream=replica[appkeys.STREAM], retention=86400, shutdown_timeout=10
-    )
+    workers = Workers(objects=replica[appkeys.OBJECTS], stream=replica[appkeys.STREAM], retention=86400,
+                      shutdown_timeout=10)
     await workers.tick()
     await asyncio.wait_for(arrived.wait(), 10)
     closing = asyncio.create_task(workers.close())

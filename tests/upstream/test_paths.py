@@ -14,46 +14,9 @@ from gateway.upstream.paths import join, normalize_path
 
 BASE = "https://api.example.com:8443/base/v2"
 PIECES = [
-    "a",
-    "b",
-    "..",
-    ".",
-    "%2e",
-    "%2E",
-    "%2e%2e",
-    "%2E%2e",
-    ".%2e",
-    "%252e",
-    "%252e%252e",
-    "%25252e",
-    "/",
-    "//",
-    "%2f",
-    "%2F",
-    "%252f",
-    "\\",
-    "%5c",
-    "%5C",
-    "@",
-    ":",
-    "evil.com",
-    "%40",
-    "%3a",
-    "%00",
-    "%0a",
-    "%",
-    "%zz",
-    "?",
-    "#",
-    "%3f",
-    "%23",
-    "~",
-    ";",
-    "=",
-    "%20",
-    "é",
-    "%c3%a9",
-    "%ff",
+    "a", "b", "..", ".", "%2e", "%2E", "%2e%2e", "%2E%2e", ".%2e", "%252e", "%252e%252e", "%25252e",
+    "/", "//", "%2f", "%2F", "%252f", "\\", "%5c", "%5C", "@", ":", "evil.com", "%40", "%3a", "%00", "%0a",
+    "%", "%zz", "?", "#", "%3f", "%23", "~", ";", "=", "%20", "é", "%c3%a9", "%ff",
 ]
 
 
@@ -91,16 +54,8 @@ def test_arbitrary_text_is_refused_or_kept_below_the_base(raw: str) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "sent"),
-    [
-        ("", ""),
-        ("a/b", "a/b"),
-        ("a/b/", "a/b/"),
-        ("a/./b", "a/b"),
-        ("a/b/../c", "a/c"),
-        ("a/..", ""),
-        ("a%2Fb", "a%2Fb"),
-        ("x%40y:z", "x%40y:z"),
-    ],
+    [("", ""), ("a/b", "a/b"), ("a/b/", "a/b/"), ("a/./b", "a/b"), ("a/b/../c", "a/c"), ("a/..", ""),
+     ("a%2Fb", "a%2Fb"), ("x%40y:z", "x%40y:z")],
 )
 def test_harmless_paths_are_kept_as_sent(raw: str, sent: str) -> None:
     """Paths below the base keep their encoding; inner dot segments are resolved."""
