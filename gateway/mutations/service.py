@@ -7,7 +7,8 @@ before the next chunk is sent (``gateway.mutations.journal``: the intent is comm
 write, so a crash in between is recovered). A failure stops the run and its error carries the
 ``records`` already applied (they are in the stream too; an upstream refusal carries them even when
 none were). A failure that is not the gateway's own (a bug, the store failing) after a write hands the
-run to recovery and answers 500 with the ``records`` applied so far. Where the upstream offers
+run to recovery and answers 500 with the ``records`` applied so far; a write that timed out (the
+upstream may still apply it) is handed to recovery too, and answers 504. Where the upstream offers
 all-or-none a refused chunk applied nothing: Salesforce's chunk is a whole mutation of up to 1,000
 records, sent as one all-or-none Composite call. ``execute`` wraps a run in Idempotency-Key handling.
 """
@@ -29,6 +30,7 @@ from gateway.errors import (
     InternalError,
     InvalidRequest,
     NotFound,
+    UpstreamTimeout,
     UpstreamValidationError,
 )
 from gateway.models import Event, Record
@@ -111,6 +113,7 @@ class Run:
     records: list[Record] = field(default_factory=list)
     seqs: list[int] = field(default_factory=list)
     in_flight: list[RecordChange] = field(default_factory=list)  # applied upstream, not yet in the stream
+    uncertain: bool = False  # a write timed out: the upstream may apply it still; recovery settles it
 
     def add(self, events: Sequence[Event]) -> None:
         self.records.extend(e.record for e in events)
@@ -127,6 +130,8 @@ class Run:
                 "upstream_updated_at": change.upstream_updated_at.isoformat() if change.upstream_updated_at else None,
                 "data": change.data or {},
                 "deleted": change.action == "delete",
+                "inserted_at": None,  # not in the stream yet
+                "updated_at": None,
             }
             for change in self.in_flight
         ]
@@ -195,6 +200,10 @@ class MutationService:
             await self.keys.complete(run.key, status, body)
 
     async def _settle_failure(self, run: Run, exc: GatewayError) -> None:
+        if run.uncertain and run.journal_id is not None:  # recovery finds out, then answers the key
+            self.journal.hand_over(run.journal_id)
+            exc.extra.update(records=run.applied(), recovery="pending", mutation_id=run.journal_id)
+            return
         if run.journal_id is not None and not (exc.status in (429, 503) and not run.records):
             await self.finish(run, exc.status, exc.body())
             return
@@ -279,7 +288,12 @@ class MutationService:
                 sync_id=m.sync_id, collection_id=m.collection_id, kind=kind, items=plan.items(),
                 seed=run.target.seed, key=run.key,
             )  # fmt: skip
-        written = plan.translator.written(kind, chunk, (await self.send(plan, call)).body_json)
+        try:
+            answer = await self.send(plan, call)
+        except UpstreamTimeout:
+            run.uncertain = True
+            raise
+        written = plan.translator.written(kind, chunk, answer.body_json)
         run.in_flight = [RecordChange(upstream_id=i, action=_ACTIONS[kind], data=None) for i in written.ids]
         changes, read_failure = await self.changes(run, chunk, written) if written.ids else ([], None)
         run.in_flight = changes

@@ -19,6 +19,7 @@ from gateway.errors import Conflict
 from gateway.http import appkeys
 from gateway.mutations.idempotency import IdempotencyKeys
 from gateway.mutations.journal import UNKNOWN
+from gateway.sandbox.common import Knobs
 from gateway.store import tables as t
 from tests.conftest import GatewayFactory
 from tests.mutations.harness import Env, connect
@@ -176,3 +177,24 @@ async def test_a_live_claim_still_makes_duplicates_wait(make_gateway: GatewayFac
     second = IdempotencyKeys(gw.app[appkeys.ENGINE], lease=lease, wait=0.3)
     with pytest.raises(Conflict, match="still in progress"):
         await second.claim("tok:k", "h")
+
+
+async def test_a_write_that_timed_out_is_settled_by_recovery(make_gateway: GatewayFactory, aiohttp_server: Any) -> None:
+    """Stripe applies a create after the gateway gave up waiting (504): recovery replays it under the
+    same Stripe key, so the customer reaches the stream once and the key then answers 200."""
+    gw = await make_gateway(mutations=FAST_RECOVERY)
+    knobs = Knobs(fault="timeout", fault_count=1, hang=1.0)
+    env = await connect(gw, aiohttp_server, "stripe", knobs=knobs, timeouts={"total": 0.3})
+    body = env.body("create", records=[{"data": env.spec.sample}])
+    status, answer, _ = await env.run(body, key="k-slow")
+    assert status == 504 and answer["recovery"] == "pending" and answer["records"] == []
+    await poll("recovery emptied the journal", _empty(env), deadline=30)
+
+    async def applied_once() -> bool:
+        return len(env.sandbox.table("customers")) == 1
+
+    await poll("the late create landed upstream", applied_once, deadline=10)
+    (customer,) = env.sandbox.table("customers")
+    assert await _stream_ids(env, "insert") == [customer]
+    status, answer, _ = await env.run(body, key="k-slow")
+    assert status == 200 and [r["upstream_id"] for r in answer["records"]] == [customer]
