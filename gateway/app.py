@@ -57,8 +57,9 @@ def create_app(
     app[appkeys.READY_CHECKS] = checks
 
     app[appkeys.UPSTREAM] = UpstreamClient(config, metrics, app[appkeys.OBJECTS], pacer)
-    app[appkeys.JOURNAL] = journal = Journal(engine, "mutations:replica-" + uuid.uuid4().hex[:12])
-    recovery = Recovery(journal, partial(mutations.service, app), ttl=config.mutations.recovery_lease)
+    lease = config.mutations.recovery_lease
+    app[appkeys.JOURNAL] = journal = Journal(engine, "mutations:replica-" + uuid.uuid4().hex[:12], grace=lease)
+    recovery = Recovery(journal, partial(mutations.service, app), ttl=lease)
     for view_module in (management, tokens, proxy, consumers, mutations):
         add_endpoints(app, view_module.ENDPOINTS)
     scopes = {e.name: e.scope for e in app[appkeys.ENDPOINTS]}

@@ -16,6 +16,7 @@ provider without upstream idempotency cannot be settled by asking the upstream; 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.errors import MutationInterrupted
@@ -52,6 +54,7 @@ class Entry:
     progress: int
     applied: list[str]
     created_at: float
+    written: list[str] | None = None  # the upstream's answer for the chunk at progress, when it was noted
 
     @classmethod
     def of(cls, row: Row[Any]) -> Entry:
@@ -59,16 +62,19 @@ class Entry:
         return cls(
             row.id, row.sync_id, row.collection_id, row.kind, items, row.seed, row.idempotency_key,
             row.lease, row.state, int(row.progress), list(row.applied), float(row.created_at),
+            None if row.written is None else list(row.written),
         )  # fmt: skip
 
 
 class Journal:
     """One replica's handle: the lease its rows carry, and the mutations it is running right now."""
 
-    def __init__(self, engine: AsyncEngine, lease: str) -> None:
+    def __init__(self, engine: AsyncEngine, lease: str, *, grace: float = 0.0) -> None:
         self.engine = engine
         self.lease = lease
+        self.grace = grace  # how long an upstream may still be applying a write that timed out
         self.live: set[str] = set()  # rows this process runs; recovery leaves them alone
+        self.held: dict[str, float] = {}  # handed-over rows recovery leaves alone until then (monotonic)
         self.wake = asyncio.Event()  # set when a row is handed over: recover it now, not at the next tick
 
     async def open(
@@ -100,7 +106,7 @@ class Journal:
         await conn.execute(
             update(t.mutation_journal)
             .where(j.id == mutation_id)
-            .values(progress=progress, applied=list(applied), updated_at=time.time())
+            .values(progress=progress, applied=list(applied), written=None, updated_at=time.time())
         )
 
     async def finish(self, mutation_id: str, key: str | None, status: int, body: Mapping[str, Any]) -> None:
@@ -126,8 +132,22 @@ class Journal:
         finally:
             self.hand_over(mutation_id)
 
-    def hand_over(self, mutation_id: str) -> None:
-        """This process stops running the mutation; if its row is left, recovery (here first) takes it."""
+    async def note_written(self, mutation_id: str, ids: Sequence[str]) -> None:
+        """Best effort, when a run fails after the upstream answered: the ids it confirmed, so recovery
+        appends them instead of guessing (a create then needs no change capture)."""
+        j = t.mutation_journal.c
+        with contextlib.suppress(SQLAlchemyError, OSError):
+            async with self.engine.begin() as conn:
+                await conn.execute(update(t.mutation_journal).where(j.id == mutation_id).values(written=list(ids)))
+
+    def hand_over(self, mutation_id: str, *, late_writes: bool = False) -> None:
+        """This process stops running the mutation; if its row is left, recovery (here first) takes it.
+
+        ``late_writes``: a write timed out and the upstream may still apply it, so recovery waits
+        ``grace`` seconds (as long as for a dead replica) before it reads back what happened.
+        """
+        if late_writes:
+            self.held[mutation_id] = time.monotonic() + self.grace
         self.live.discard(mutation_id)
         self.wake.set()
 
@@ -143,7 +163,10 @@ class Journal:
             .order_by(j.created_at)
         )
         async with self.engine.connect() as conn:
-            return [Entry.of(row) for row in (await conn.execute(query)).all()]
+            entries = [Entry.of(row) for row in (await conn.execute(query)).all()]
+        now = time.monotonic()
+        self.held = {i: until for i, until in self.held.items() if until > now}
+        return [e for e in entries if e.id not in self.held]
 
     async def adopt(self, entry: Entry) -> bool:
         """Take ``entry`` over (compare-and-set on its lease): one replica recovers each row."""

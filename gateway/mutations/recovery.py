@@ -9,6 +9,8 @@ settled in the stream (``progress``):
 - Stripe: the remaining writes are sent again with the same derived ``Idempotency-Key``s; Stripe
   answers a write it already applied with the same object, so nothing is applied twice. The key then
   answers 200 as if the run had finished.
+- a run that failed in the gateway after the upstream answered noted the ids it confirmed
+  (``written``): those are read back and appended; the key answers 200 if nothing was left unsent.
 - updates and deletes elsewhere: the chunk that may have been applied is read back by id and its
   current state appended (a record gone is a delete); later chunks were never sent. The key answers
   500 ``mutation_interrupted`` with the ``records`` now in the stream.
@@ -150,6 +152,8 @@ class Recovery:
             await service.finish(run, 200, {"records": [r.model_dump(mode="json") for r in run.records]})
         elif plan.translator.replays_writes:
             await self._replay(service, run)
+        elif entry.written is not None:
+            await self._confirmed(service, run, entry.written)
         elif entry.kind == "create":
             sent = len(next(service.remaining(run)))
             await self.journal.mark(entry.id, state=UNKNOWN, detail=_unknown_detail(plan.translator.name, sent))
@@ -181,32 +185,47 @@ class Recovery:
 
     async def _read_back(self, service: MutationService, run: Run) -> None:
         """Append the current state of the chunk that may have been applied; later ones were never sent."""
-        plan, kind = run.plan, run.plan.mutation.kind
         chunk = next(service.remaining(run))
         ids = [str(item.upstream_id) for item in chunk]
-        rows = await _read(service, run, chunk)
-        if kind == "update":
+        rows = await _read(service, run, ids)
+        if run.plan.mutation.kind == "update":
             written = Written(ids=[i for i in ids if i in rows], records=list(rows.values()))
         else:
             written = Written(ids=[i for i in ids if i not in rows])
+        await self._settle(service, run, chunk, written, certain=False)
+
+    async def _confirmed(self, service: MutationService, run: Run, ids: list[str]) -> None:
+        """The failed run had the upstream's answer for its chunk: append exactly those ids, read back."""
+        chunk = next(service.remaining(run))
+        rows = await _read(service, run, ids) if run.plan.mutation.kind != "delete" else {}
+        await self._settle(service, run, chunk, Written(ids=ids, records=list(rows.values())), certain=True)
+
+    async def _settle(
+        self, service: MutationService, run: Run, chunk: list[Item], written: Written, *, certain: bool
+    ) -> None:
+        """Append the chunk's changes, then answer: 200 if the whole mutation is known applied."""
         changes, _ = await service.changes(run, chunk, written)
         await service.commit(run, len(chunk), changes)
-        unsent = len(plan.items()) - run.progress
+        records = [r.model_dump(mode="json") for r in run.records]
+        unsent = len(run.plan.items()) - run.progress
+        if certain and not unsent:
+            await service.finish(run, 200, {"records": records})
+            return
+        how = "appended what the upstream confirmed" if certain else "read back the records it may have changed"
         error = MutationInterrupted(
-            "Error: the mutation was interrupted; recovery read back the records it may have changed and "
-            f"appended their current state to the stream (`records`); {unsent} records after them were not sent",
-            records=[r.model_dump(mode="json") for r in run.records],
+            f"Error: the mutation was interrupted; recovery {how} to the stream (`records`); "
+            f"{unsent} records after them were not sent",
+            records=records,
             recovery="recovered",
             mutation_id=run.journal_id,
         )
         await service.finish(run, error.status, error.body())
 
 
-async def _read(service: MutationService, run: Run, chunk: list[Item]) -> dict[str, UpstreamRecord]:
-    """The chunk's records as the upstream has them now; missing ones are absent."""
+async def _read(service: MutationService, run: Run, ids: list[str]) -> dict[str, UpstreamRecord]:
+    """Those records as the upstream has them now; missing ones are absent."""
     plan = run.plan
-    ids = [str(item.upstream_id) for item in chunk]
-    fields = sorted({f for item in chunk for f in item.data})
+    fields = sorted({f for item in plan.items() for f in item.data})
     rows: dict[str, UpstreamRecord] = {}
     for call in plan.translator.reads(ids, fields, run.target):
         try:

@@ -114,6 +114,7 @@ class Run:
     seqs: list[int] = field(default_factory=list)
     in_flight: list[RecordChange] = field(default_factory=list)  # applied upstream, not yet in the stream
     uncertain: bool = False  # a write timed out: the upstream may apply it still; recovery settles it
+    confirmed: list[str] | None = None  # ids the upstream's answer confirmed for the chunk in flight
 
     def add(self, events: Sequence[Event]) -> None:
         self.records.extend(e.record for e in events)
@@ -182,7 +183,7 @@ class MutationService:
             if run.journal_id is None:
                 await self._release(run)
                 raise
-            raise self._hand_over(run, exc) from exc
+            raise await self._hand_over(run, exc) from exc
         except BaseException:  # cancelled: before a write, forget it; after, recovery finishes it
             if run.journal_id is None:
                 await self._release(run)
@@ -201,7 +202,7 @@ class MutationService:
 
     async def _settle_failure(self, run: Run, exc: GatewayError) -> None:
         if run.uncertain and run.journal_id is not None:  # recovery finds out, then answers the key
-            self.journal.hand_over(run.journal_id)
+            self.journal.hand_over(run.journal_id, late_writes=True)
             exc.extra.update(records=run.applied(), recovery="pending", mutation_id=run.journal_id)
             return
         if run.journal_id is not None and not (exc.status in (429, 503) and not run.records):
@@ -216,9 +217,11 @@ class MutationService:
         if run.key is not None:
             await self.keys.release(run.key)
 
-    def _hand_over(self, run: Run, exc: Exception) -> GatewayError:
+    async def _hand_over(self, run: Run, exc: Exception) -> GatewayError:
         """A foreign failure after a write: recovery settles the run; the client learns what was applied."""
         assert run.journal_id is not None
+        if run.confirmed is not None:
+            await self.journal.note_written(run.journal_id, run.confirmed)
         self.journal.hand_over(run.journal_id)
         log.error("mutation_failed_after_write", mutation_id=run.journal_id, error=exc.__class__.__name__, exc_info=exc)
         return InternalError(
@@ -294,6 +297,7 @@ class MutationService:
             run.uncertain = True
             raise
         written = plan.translator.written(kind, chunk, answer.body_json)
+        run.confirmed = list(written.ids)
         run.in_flight = [RecordChange(upstream_id=i, action=_ACTIONS[kind], data=None) for i in written.ids]
         changes, read_failure = await self.changes(run, chunk, written) if written.ids else ([], None)
         run.in_flight = changes
@@ -318,7 +322,7 @@ class MutationService:
             await self.journal.advance(conn, run.journal_id, run.progress + settled, applied)
         run.add(events)
         run.progress += settled
-        run.in_flight = []
+        run.in_flight, run.confirmed = [], None
 
     async def changes(
         self, run: Run, chunk: list[Item], written: Written

@@ -160,6 +160,7 @@ mutation_journal = Table(
     Column("state", String(16), nullable=False),  # running | unknown
     Column("progress", Integer, nullable=False, default=0),  # items[:progress] are settled in the stream
     Column("applied", Json, nullable=False),  # upstream ids whose change is in the stream, request order
+    Column("written", Json, nullable=True),  # ids the upstream confirmed for the chunk at progress, if noted
     Column("detail", Text, nullable=True),  # why recovery stopped or failed, for operators
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),

@@ -25,7 +25,7 @@ from tests.conftest import GatewayFactory
 from tests.mutations.harness import Env, connect
 from tests.ops.process import poll
 
-FAST_RECOVERY = {"recovery_lease": 1.5}  # ticks every 0.5 s
+FAST_RECOVERY = {"recovery_lease": 1.5}  # ticks every 0.5 s; a timed-out write is read back after 1.5 s
 
 
 @asynccontextmanager
@@ -105,9 +105,9 @@ def _empty(env: Env) -> Any:
     return check
 
 
-async def test_updates_cut_off_are_read_back_and_appended(make_gateway: GatewayFactory, aiohttp_server: Any) -> None:
-    """HubSpot updates applied upstream but refused by the store reach the stream with their current
-    state once recovery reads them back; the key answers 500 mutation_interrupted listing them."""
+async def test_updates_cut_off_after_the_answer_are_appended(make_gateway: GatewayFactory, aiohttp_server: Any) -> None:
+    """HubSpot updates the upstream confirmed but the store refused reach the stream with their current
+    state once recovery reads back the confirmed ids; the key then answers 200 listing them."""
     env = await _env(make_gateway, aiohttp_server, "hubspot")
     created = await env.create(env.spec.sample, {**env.spec.sample, "email": "b@x.org"})
     ids = [r["upstream_id"] for r in created]
@@ -118,9 +118,26 @@ async def test_updates_cut_off_are_read_back_and_appended(make_gateway: GatewayF
     await poll("recovery emptied the journal", _empty(env), deadline=30)
     assert await _stream_ids(env, "update") == ids
     status, answer, _ = await env.run(body, key="k-upd")
-    assert status == 500 and answer["code"] == "mutation_interrupted" and answer["recovery"] == "recovered"
+    assert status == 200, answer
     assert [r["data"]["firstname"] for r in answer["records"]] == ["Usul", "Usul"]
     assert len([w for w in env.writes() if w.path.endswith("/batch/update")]) == 1
+
+
+async def test_creates_cut_off_after_the_answer_need_no_change_capture(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    """A HubSpot create the upstream confirmed before the store failed is appended by recovery from the
+    confirmed ids: one create upstream, one insert in the stream, the key answers 200."""
+    env = await _env(make_gateway, aiohttp_server, "hubspot")
+    body = env.body("create", records=[{"data": env.spec.sample}])
+    async with store_refuses_events(_engine(env)):
+        status, answer, _ = await env.run(body, key="k-create")
+        assert status == 500 and len(answer["records"]) == 1
+    await poll("recovery emptied the journal", _empty(env), deadline=30)
+    (contact,) = env.sandbox.table("contacts")
+    assert await _stream_ids(env, "insert") == [contact]
+    status, answer, _ = await env.run(body, key="k-create")
+    assert status == 200 and [r["upstream_id"] for r in answer["records"]] == [contact]
 
 
 async def test_deletes_cut_off_are_read_back_and_appended(make_gateway: GatewayFactory, aiohttp_server: Any) -> None:
@@ -135,16 +152,22 @@ async def test_deletes_cut_off_are_read_back_and_appended(make_gateway: GatewayF
     assert await _stream_ids(env, "delete") == ids
 
 
+async def _slow_env(make_gateway: GatewayFactory, aiohttp_server: Any, provider: str) -> Env:
+    """The next upstream call stalls 1 s and then applies; the gateway gives up after 0.3 s."""
+    gw = await make_gateway(mutations=FAST_RECOVERY)
+    knobs = Knobs(fault="timeout", fault_count=1, hang=1.0)
+    return await connect(gw, aiohttp_server, provider, knobs=knobs, timeouts={"total": 0.3})
+
+
 async def test_creates_without_upstream_idempotency_answer_409_outcome_unknown(
     make_gateway: GatewayFactory, aiohttp_server: Any
 ) -> None:
-    """A HubSpot create cut off after the write is never sent again: the key answers 409
-    mutation_outcome_unknown at once, naming the recovery state, and HubSpot saw one create."""
-    env = await _env(make_gateway, aiohttp_server, "hubspot")
+    """A HubSpot create that timed out (HubSpot applies it late) is never sent again: the key answers
+    409 mutation_outcome_unknown at once, naming the recovery state, and HubSpot saw one create."""
+    env = await _slow_env(make_gateway, aiohttp_server, "hubspot")
     body = env.body("create", records=[{"data": env.spec.sample}])
-    async with store_refuses_events(_engine(env)):
-        status, _, _ = await env.run(body, key="k-create")
-        assert status == 500
+    status, answer, _ = await env.run(body, key="k-create")
+    assert status == 504 and answer["recovery"] == "pending"
 
     async def unknown() -> bool:
         return await _journal_rows(env, UNKNOWN) == 1
@@ -155,6 +178,24 @@ async def test_creates_without_upstream_idempotency_answer_409_outcome_unknown(
     assert answer["code"] == "mutation_outcome_unknown" and answer["recovery"] == "awaiting_change_capture"
     assert "HubSpot" in answer["error"] and answer["mutation_id"].startswith("mut_")
     assert len([w for w in env.writes() if w.path.endswith("/batch/create")]) == 1
+
+
+async def test_updates_that_timed_out_are_read_back(make_gateway: GatewayFactory, aiohttp_server: Any) -> None:
+    """A HubSpot update whose outcome the gateway never saw is read back by id (after the grace a late
+    write gets): its current state is appended, and the key answers 500 mutation_interrupted listing it."""
+    env = await _slow_env(make_gateway, aiohttp_server, "hubspot")
+    env.sandbox.set_knobs(fault=None)
+    (created,) = await env.create(env.spec.sample)
+    env.sandbox.set_knobs(fault="timeout", fault_count=1, hang=1.0)
+    body = env.body("update", records=[{"upstream_id": created["upstream_id"], "data": {"firstname": "Usul"}}])
+    status, _, _ = await env.run(body, key="k-slow-upd")
+    assert status == 504
+    await poll("recovery emptied the journal", _empty(env), deadline=30)
+    assert await _stream_ids(env, "update") == [created["upstream_id"]]
+    status, answer, _ = await env.run(body, key="k-slow-upd")
+    assert status == 500 and answer["code"] == "mutation_interrupted" and answer["recovery"] == "recovered"
+    upstream = env.sandbox.table("contacts")[created["upstream_id"]]["properties"]["firstname"]
+    assert [r["data"]["firstname"] for r in answer["records"]] == [upstream]  # as HubSpot has it now
 
 
 async def test_a_dead_claim_that_wrote_nothing_is_taken_over_at_once(make_gateway: GatewayFactory) -> None:
