@@ -7,13 +7,16 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from gateway.cli import build_parser
 from gateway.vault.crypto import generate_key
+from tests.conftest import PG_ADMIN_DSN
 
 
 def gateway(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -231,3 +234,28 @@ def test_the_cli_is_quiet_about_alembic_unless_verbose(env: dict[str, str], tmp_
     assert quiet.stderr.strip() == "store schema is up to date"
     loud = gateway("migrate", "--verbose", env={**env, "GATEWAY_STORE__URL": f"sqlite:///{tmp_path / 'b.db'}"})
     assert loud.returncode == 0 and "Running upgrade" in loud.stderr
+
+
+@pytest.mark.parametrize("verb", [["migrate"], ["tokens", "list"], ["serve"]])
+def test_a_missing_database_is_one_line_naming_store_url_and_createdb(verb: list[str]) -> None:
+    """A PostgreSQL server without the configured database: one line, password masked, the fix named."""
+    missing = f"gw_missing_{uuid.uuid4().hex[:8]}"
+    server = make_url(PG_ADMIN_DSN).set(password="hunter2secret", database=missing)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+        "GATEWAY_STORE__URL": server.render_as_string(hide_password=False),
+        "GATEWAY_STORE__AUTO_MIGRATE": "true",
+        "GATEWAY_ENCRYPTION_KEYS": generate_key("k1"),
+        "GATEWAY_SERVER__PORT": "0",
+        "GATEWAY_METRICS__PORT": "0",
+        "GATEWAY_LOG__FORMAT": "json",
+    }
+    result = gateway(*verb, env=env)
+    assert result.returncode == 1, result.stderr
+    said = [line for line in result.stderr.splitlines() if not line.startswith("{")]  # JSON lines are logs
+    assert said == [
+        f"gateway: store.url {server.render_as_string(hide_password=True)}: "
+        f'database "{missing}" does not exist; create it: createdb -h {server.host} -p {server.port} '
+        f"-U {server.username} {missing} (then `gateway migrate`)"
+    ]
+    assert "hunter2secret" not in result.stderr + result.stdout

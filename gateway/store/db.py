@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.config import StoreConfig
 from gateway.errors import ConfigError, GatewayError
+from gateway.store.failures import open_connection
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -80,7 +81,7 @@ def _is_current(connection: Connection) -> bool:
 
 async def migrate(engine: AsyncEngine) -> None:
     """Create or upgrade the schema to the newest migration; safe to run again."""
-    async with engine.begin() as conn:
+    async with open_connection(engine) as conn, conn.begin():
         await conn.run_sync(_upgrade)
 
 
@@ -89,11 +90,8 @@ async def ensure_schema(engine: AsyncEngine, config: StoreConfig) -> None:
     if config.migrates_itself:
         await migrate(engine)
         return
-    try:
-        async with engine.connect() as conn:
-            current = await conn.run_sync(_is_current)
-    except (SQLAlchemyError, OSError) as exc:
-        raise StoreNotMigrated(f"cannot reach the store: {exc.__class__.__name__}") from None
+    async with open_connection(engine) as conn:
+        current = await conn.run_sync(_is_current)
     if not current:
         raise StoreNotMigrated(
             "the store's schema is not up to date: run `gateway migrate` (or set store.auto_migrate = true)"
