@@ -22,6 +22,7 @@ from gateway.mutations.recovery import Recovery
 from gateway.observability.metrics import Metrics
 from gateway.pacing.pacer import GatewayPacer
 from gateway.store.db import create_engine, ensure_schema, ping
+from gateway.store.declared import declare_objects
 from gateway.store.objects import Objects
 from gateway.store.tokens import Tokens
 from gateway.stream.consumers.workers import Workers
@@ -103,20 +104,6 @@ async def _store(app: web.Application, *, prepare: bool) -> AsyncIterator[None]:
         await declare_objects(app[appkeys.CONFIG], app[appkeys.OBJECTS])
     yield
     await app[appkeys.ENGINE].dispose()
-
-
-async def declare_objects(config: Config, objects: Objects) -> None:
-    """Create or update the config's ``[[credentials]]``, ``[[syncs]]`` and ``[[consumers]]``.
-
-    Once per start, by one process: an upsert reads then writes, so two processes upserting the same
-    new object at once would both try to create it and one would fail.
-    """
-    for credential in config.credentials:
-        await objects.upsert_credential(credential)
-    for sync in config.syncs:
-        await objects.upsert_sync(sync)
-    for consumer in config.consumers:
-        await objects.upsert_consumer(consumer)
 
 
 def readiness(value: bool) -> appkeys.ReadyCheck:

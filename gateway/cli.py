@@ -23,6 +23,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.http.bodies import validate
 from gateway.models import ConsumerIn, CredentialIn, SyncIn, TokenIn
 from gateway.observability.logs import configure_logging
+from gateway.preflight import preflight
 from gateway.server import keyring_for, run_async, run_migrations, serve, stderr, store_session
 from gateway.store.db import utcnow
 from gateway.store.objects import Objects
@@ -118,7 +119,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if not args.verbose:  # Alembic narrates every migration step at INFO: noise unless asked for
         logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.verb == "check-config":
-        keyring_for(config, allow_empty=True)
+        keyring = keyring_for(config)
+        run_async(lambda: preflight(config, keyring))
         print(json.dumps(masked_config(config), indent=2))
         return 0
     if args.verb == "serve":

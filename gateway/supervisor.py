@@ -38,12 +38,12 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-from gateway.app import declare_objects
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.http import appkeys, ops
 from gateway.observability.logs import configure_logging
 from gateway.server import WorkerRole, serve_worker, store_session, until_signalled
+from gateway.store.declared import declare_objects
 from gateway.vault.crypto import Keyring
 
 log = structlog.get_logger(__name__)

@@ -152,6 +152,14 @@ def test_check_config_masks_and_validates(env: dict[str, str], tmp_path: Path) -
     assert result.returncode == 2 and "pacing.backend" in result.stderr
 
 
+def test_check_config_refuses_a_sync_whose_credential_does_not_exist(env: dict[str, str], tmp_path: Path) -> None:
+    """What `serve` would refuse at start, `check-config` refuses first: exit 2 naming the key."""
+    path = tmp_path / "g.toml"
+    path.write_text('[[syncs]]\nid = "my-sync-id"\ncredential_id = "credential-missing"\n')
+    result = gateway("check-config", "--config", str(path), env=env)
+    assert result.returncode == 2 and "syncs[0].credential_id: credential 'credential-missing'" in result.stderr
+
+
 def test_serve_refuses_to_start_without_a_key(env: dict[str, str]) -> None:
     """With no encryption key, serve exits 2 and says how to make one, with the documented variable."""
     result = gateway("serve", env={k: v for k, v in env.items() if k != "GATEWAY_ENCRYPTION_KEYS"})

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.config import StoreConfig
 from gateway.errors import ConfigError, GatewayError
-from gateway.store.failures import open_connection
+from gateway.store.failures import StoreUnavailable, describe, open_connection
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -90,12 +90,31 @@ async def ensure_schema(engine: AsyncEngine, config: StoreConfig) -> None:
     if config.migrates_itself:
         await migrate(engine)
         return
+    await check_schema(engine, config)
+
+
+async def check_schema(engine: AsyncEngine, config: StoreConfig) -> bool:
+    """Whether the store is at the newest schema, changing nothing (a SQLite file is not even created);
+    raises what ``ensure_schema`` would for a store that ``serve`` cannot use."""
+    if config.is_sqlite and not _sqlite_file_exists(engine):
+        return False
     async with open_connection(engine) as conn:
-        current = await conn.run_sync(_is_current)
-    if not current:
+        current: bool = await conn.run_sync(_is_current)
+    if not current and not config.migrates_itself:
         raise StoreNotMigrated(
             "the store's schema is not up to date: run `gateway migrate` (or set store.auto_migrate = true)"
         )
+    return current
+
+
+def _sqlite_file_exists(engine: AsyncEngine) -> bool:
+    """True when the file is there; a missing directory is the error opening it would be."""
+    path = Path(engine.url.database or "")
+    if path.exists() or str(path) in ("", ":memory:"):
+        return True
+    if not path.parent.is_dir():
+        raise StoreUnavailable(describe(engine.url, FileNotFoundError(f"no directory {str(path.parent)!r}")))
+    return False
 
 
 async def ping(engine: AsyncEngine) -> bool:

@@ -49,6 +49,9 @@ def describe(url: URL, exc: BaseException) -> str:
 
 def _reason(url: URL, exc: BaseException) -> str:
     where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    if url.get_backend_name() == "sqlite":
+        cause = getattr(exc, "orig", exc)
+        return f"cannot open the SQLite file {url.database!r} ({cause}); create its directory or fix store.url"
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
         return f'database "{url.database}" does not exist; create it: {_createdb(url)} (then `gateway migrate`)'
     if isinstance(exc, (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError)):
@@ -57,9 +60,6 @@ def _reason(url: URL, exc: BaseException) -> str:
         return f"cannot resolve the host {url.host!r}; fix the host in store.url"
     if isinstance(exc, OSError):
         return f"nothing accepts connections at {where} ({exc.strerror or exc}); start PostgreSQL or fix store.url"
-    if url.get_backend_name() == "sqlite":
-        cause = getattr(exc, "orig", exc)
-        return f"cannot open the SQLite file {url.database!r} ({cause}); create its directory or fix store.url"
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"cannot open the store ({exc.__class__.__name__}: {first_line[:200]})"
 
