@@ -13,7 +13,9 @@ from functools import partial
 from aiohttp import web
 
 from gateway.config import Config
+from gateway.errors import DEFAULT_DOCS, set_docs_base
 from gateway.http import appkeys, consumers, management, mutations, proxy, tokens
+from gateway.http.docs import add_docs_routes
 from gateway.http.middlewares import add_request_id, gateway_middleware
 from gateway.http.openapi import Endpoint, add_endpoints
 from gateway.http.ops import add_ops_routes
@@ -42,6 +44,7 @@ def create_app(
     """
     metrics = Metrics(per_credential=config.metrics.per_credential)
     engine = create_engine(config.store)
+    set_docs_base(docs_base(config))
     app = web.Application(client_max_size=config.server.max_json_bytes)
     app[appkeys.CONFIG] = config
     app[appkeys.KEYRING] = keyring
@@ -61,6 +64,7 @@ def create_app(
     lease = config.mutations.recovery_lease
     app[appkeys.JOURNAL] = journal = Journal(engine, "mutations:replica-" + uuid.uuid4().hex[:12], grace=lease)
     recovery = Recovery(journal, partial(mutations.service, app), ttl=lease)
+    add_docs_routes(app)
     for view_module in (management, tokens, proxy, consumers, mutations):
         add_endpoints(app, view_module.ENDPOINTS)
     scopes = {e.name: e.scope for e in app[appkeys.ENDPOINTS]}
@@ -87,6 +91,13 @@ def create_app(
     )
     app.on_shutdown.extend([_not_ready, stream.signals.on_shutdown, workers.on_shutdown])
     return app
+
+
+def docs_base(config: Config) -> str:
+    """``server.docs_url``, else this gateway's own ``/docs`` (absolute when ``server.public_url`` is set)."""
+    if config.server.docs_url:
+        return config.server.docs_url
+    return (config.server.public_url or "").rstrip("/") + DEFAULT_DOCS
 
 
 def create_metrics_app(main: web.Application) -> web.Application:

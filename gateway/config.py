@@ -41,6 +41,10 @@ class ServerConfig(Strict):
     max_json_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="limit for JSON APIs")
     shutdown_timeout: float = Field(default=30, ge=0)
     public_url: str | None = Field(default=None, description="base URL printed in the demo banner")
+    docs_url: str | None = Field(
+        default=None,
+        description="base of the docs links in error bodies; default: the gateway's own /docs (public_url + /docs)",
+    )
     token_cache_ttl: float = Field(
         default=5, ge=0, description="seconds a valid API token is cached in-process; 0 = off"
     )

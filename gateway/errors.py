@@ -37,7 +37,18 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-DOCS_BASE = "https://github.com/gateway/gateway/blob/main/docs"
+DEFAULT_DOCS = "/docs"  # the gateway's own copy of docs/errors.md, on its main listener
+_docs = {"base": DEFAULT_DOCS}
+
+
+def set_docs_base(base: str) -> None:
+    """Where the ``docs`` links of error bodies point (``server.docs_url``); one value per process, set by
+    ``create_app``, because bodies are also built where no request is at hand (the journal, the parser)."""
+    _docs["base"] = base.rstrip("/")
+
+
+def docs_link(code: str) -> str:
+    return f"{_docs['base']}/errors#{code}"
 
 
 class GatewayError(Exception):
@@ -45,7 +56,6 @@ class GatewayError(Exception):
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
-    doc: ClassVar[str] = "errors.md"
 
     def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)
@@ -56,7 +66,7 @@ class GatewayError(Exception):
         """The JSON body of SPEC.md's error shape."""
         return {
             "error": self.message,
-            "docs": [f"{DOCS_BASE}/{self.doc}#{self.code}"],
+            "docs": [docs_link(self.code)],
             "code": self.code,
             **self.extra,
         }
