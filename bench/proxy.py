@@ -1,7 +1,10 @@
 """Proxy speed and memory on loopback: direct vs. a bare aiohttp proxy vs. the gateway vs. nginx.
 
-    python bench/proxy.py [--seconds 5] [--json results.json] [--upstream both|nginx|sandbox]
+    python bench/proxy.py [--quick] [--seconds 5] [--json results.json] [--upstream both|nginx|sandbox]
                           [--workers 2] [--small-only]
+
+``--quick`` (CI): the sandbox upstream only, 1 s per row, no workers row, and 32 MiB transfers
+(8 MiB read slowly) instead of 1 GiB: every path runs, the numbers are not for quoting.
 
 Small GETs (64-byte body with a Content-Length) at c=1 and c=50 with wrk (requests/s, p50, p99), one
 warm-up second before each row, against two upstreams in turn: nginx serving a fixed body (a fast
@@ -153,13 +156,12 @@ async def _upload_body(total: int) -> AsyncIterator[bytes]:
         yield block
 
 
-async def transfer(kind: str, url: str, token: str, pid: int, *, slow: bool = False) -> dict[str, float]:
+async def transfer(kind: str, url: str, token: str, pid: int, *, size: int, slow: bool = False) -> dict[str, float]:
     """One big transfer through the gateway; MiB/s and peak RSS growth of the gateway process."""
     base = rss_kib(pid)
     peak = [base]
     sampler = asyncio.create_task(sample_rss(pid, peak))
     headers = {"Authorization": f"Bearer {token}"}
-    size = 256 * MIB if slow else GIB
     started = time.perf_counter()
     moved = 0
     async with aiohttp.ClientSession(auto_decompress=False) as session:
@@ -353,18 +355,25 @@ def small_gets(seconds: int, workdir: Path, kind: str, workers: int, pg_url: str
     return rows
 
 
-async def big_transfers(url: str, token: str, pid: int) -> list[dict[str, Any]]:
+async def big_transfers(url: str, token: str, pid: int, *, size: int = GIB) -> list[dict[str, Any]]:
+    big, slow = _size_label(size), _size_label(size // 4)
     return [
-        {"transfer": "upload 1 GiB", **await transfer("upload", url, token, pid)},
-        {"transfer": "download 1 GiB", **await transfer("download", url, token, pid)},
+        {"transfer": f"upload {big}", **await transfer("upload", url, token, pid, size=size)},
+        {"transfer": f"download {big}", **await transfer("download", url, token, pid, size=size)},
         {
-            "transfer": "download 256 MiB, slow reader (64 MiB/s)",
-            **await transfer("download", url, token, pid, slow=True),
+            "transfer": f"download {slow}, slow reader (64 MiB/s)",
+            **await transfer("download", url, token, pid, size=size // 4, slow=True),
         },
     ]
 
 
-def run(seconds: int, *, upstreams: list[str], workers: int, small_only: bool = False) -> dict[str, Any]:
+def _size_label(size: int) -> str:
+    return f"{size // GIB} GiB" if size >= GIB else f"{size // MIB} MiB"
+
+
+def run(
+    seconds: int, *, upstreams: list[str], workers: int, small_only: bool = False, size: int = GIB
+) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed for the latency rows: apt-get install wrk")
     if "nginx" in upstreams and shutil.which("nginx") is None:
@@ -379,7 +388,7 @@ def run(seconds: int, *, upstreams: list[str], workers: int, small_only: bool = 
             results["small_gets"] += small_gets(seconds, workdir, kind, workers, pg_url)
         if not small_only:
             with upstream_server("sandbox", workdir) as upstream, gateway(workdir, upstream) as gw:
-                results["transfers"] = asyncio.run(big_transfers(gw.url, gw.token, gw.proc.pid))
+                results["transfers"] = asyncio.run(big_transfers(gw.url, gw.token, gw.proc.pid, size=size))
     return results
 
 
@@ -405,13 +414,17 @@ def main() -> None:
     parser.add_argument("--upstream", choices=["both", "nginx", "sandbox"], default="both")
     parser.add_argument("--workers", type=int, default=2, help="processes of the gateway xN row (1: no such row)")
     parser.add_argument("--small-only", action="store_true", help="skip the 1 GiB transfers")
+    parser.add_argument("--quick", action="store_true", help="sandbox upstream, 1 s rows, 32 MiB transfers (CI)")
     ns = parser.parse_args()
+    if ns.quick:
+        ns.seconds, ns.upstream, ns.workers = 1, "sandbox", 1
     if ns.role == "serve-upstream":
         return serve_upstream(int(ns.args[0]))
     if ns.role == "serve-bare":
         return serve_bare(int(ns.args[0]), ns.args[1])
     upstreams = ["nginx", "sandbox"] if ns.upstream == "both" else [ns.upstream]
-    results = run(ns.seconds, upstreams=upstreams, workers=ns.workers, small_only=ns.small_only)
+    size = 32 * MIB if ns.quick else GIB
+    results = run(ns.seconds, upstreams=upstreams, workers=ns.workers, small_only=ns.small_only, size=size)
     print_table(results)
     if ns.json:
         ns.json.write_text(json.dumps(results, indent=2))
