@@ -28,12 +28,12 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import Config
+from gateway.domain.models import CredentialIn, SyncIn, TokenIn
 from gateway.http import appkeys
-from gateway.models import CredentialIn, SyncIn, TokenIn
 from gateway.observability.logs import configure_logging
+from gateway.runtime import install_uvloop
 from gateway.sandbox.common import SANDBOX, Knobs
 from gateway.sandbox.runner import run_sandbox
-from gateway.server import install_uvloop
 from gateway.vault.crypto import Keyring, generate_key
 from tests.mutations.harness import SPECS
 

@@ -42,11 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gateway.config import Config  # noqa: E402
-from gateway.models import BearerAuth, RateLimitOverride  # noqa: E402
+from gateway.domain.models import BearerAuth, RateLimitOverride  # noqa: E402
+from gateway.domain.objects import Credential  # noqa: E402
 from gateway.observability.metrics import Metrics  # noqa: E402
 from gateway.pacing.bucket import worst_excess  # noqa: E402
 from gateway.pacing.pacer import GatewayPacer  # noqa: E402
-from gateway.store.objects import Credential  # noqa: E402
 
 RATE, PER, BURST = 200.0, 1.0, 20
 WAITERS = 10_000

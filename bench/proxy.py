@@ -186,8 +186,8 @@ async def transfer(kind: str, url: str, token: str, pid: int, *, size: int, slow
 def serve_upstream(port: int) -> None:
     from aiohttp import web
 
+    from gateway.runtime import install_uvloop
     from gateway.sandbox.generic import create_generic_app
-    from gateway.server import install_uvloop
 
     install_uvloop()
     web.run_app(create_generic_app(), host="127.0.0.1", port=port, access_log=None, print=None)
@@ -201,7 +201,7 @@ def serve_bare(port: int, upstream: str) -> None:
     """
     from aiohttp import web
 
-    from gateway.server import install_uvloop
+    from gateway.runtime import install_uvloop
 
     install_uvloop()
     session_key = web.AppKey("session", aiohttp.ClientSession)

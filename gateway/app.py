@@ -16,8 +16,9 @@ from gateway.config import Config
 from gateway.errors import DEFAULT_DOCS, set_docs_base
 from gateway.http import appkeys, consumers, management, mutations, proxy, tokens
 from gateway.http.docs import add_docs_routes
+from gateway.http.endpoints import Endpoint
 from gateway.http.middlewares import add_request_id, gateway_middleware
-from gateway.http.openapi import Endpoint, add_endpoints
+from gateway.http.openapi import add_endpoints
 from gateway.http.ops import add_ops_routes
 from gateway.mutations.journal import Journal
 from gateway.mutations.recovery import Recovery

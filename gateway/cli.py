@@ -7,28 +7,33 @@ Verbs that mint a secret (``tokens create``, ``keys generate``) print it alone o
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
 
 from gateway import __version__
 from gateway.config import KEYS_ENV, Config, load_config, masked_config
+from gateway.domain.models import ConsumerIn, CredentialIn, SyncIn, TokenIn
+from gateway.domain.objects import parse_scopes
 from gateway.errors import ConfigError, GatewayError
 from gateway.http.bodies import validate
-from gateway.models import ConsumerIn, CredentialIn, SyncIn, TokenIn
 from gateway.observability.logs import configure_logging
 from gateway.preflight import preflight
-from gateway.server import keyring_for, run_async, run_migrations, serve, stderr, store_session
+from gateway.runtime import keyring_for, run_migrations, store_session
+from gateway.server import serve, serve_worker
 from gateway.store.db import utcnow
 from gateway.store.objects import Objects
-from gateway.store.tokens import parse_scopes
+from gateway.supervisor import supervise
 from gateway.vault.crypto import generate_key
+
+T = TypeVar("T")
 
 # The Management API's resources, verb for verb: plural -> (singular, create body, list columns).
 OBJECT_VERBS: dict[str, tuple[str, Any, tuple[str, ...]]] = {
@@ -132,6 +137,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             config, keyring = demo_config(config)
         else:
             keyring = keyring_for(config)
+        if config.server.workers > 1:
+            return supervise(config, keyring, worker=serve_worker)
         return serve(config, keyring, demo=args.demo)
     if args.verb == "migrate":
         run_async(lambda: run_migrations(config))
@@ -207,3 +214,14 @@ def _cell(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
     return "-" if value is None else str(value)
+
+
+def run_async(factory: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await factory()
+
+    return asyncio.run(main())
+
+
+def stderr(message: str) -> None:
+    print(message, file=sys.stderr)

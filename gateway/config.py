@@ -17,8 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from gateway.errors import ConfigError, describe_validation_error
-from gateway.models import (
+from gateway.domain.models import (
     ConsumerIn,
     CredentialIn,
     Provider,
@@ -28,6 +27,7 @@ from gateway.models import (
     TimeoutsOverride,
     mask_dsn,
 )
+from gateway.errors import ConfigError, describe_validation_error
 
 ENV_PREFIX = "GATEWAY_"
 KEYS_ENV = "GATEWAY_ENCRYPTION_KEYS"  # the documented home of the encryption keys

@@ -4,57 +4,30 @@
 on SIGTERM/SIGINT it stops accepting, lets in-flight requests finish for up to
 ``server.shutdown_timeout`` seconds, runs the cleanup contexts (workers, sessions, store) and
 returns, so the process exits 0. Requests still running when that budget is spent are cancelled by
-``_cut_late_requests``: aiohttp alone would wait as long again. With ``server.workers`` > 1 ``serve``
-hands over to gateway/supervisor.py, whose workers run this same ``_serve``.
+``_cut_late_requests``: aiohttp alone would wait as long again. With ``server.workers`` > 1 the CLI
+runs gateway/supervisor.py instead, whose workers each run ``serve_worker`` (this same ``_serve``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import signal
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
 from aiohttp import web
 
 from gateway.app import create_app, readiness
-from gateway.config import KEYS_ENV, Config
-from gateway.errors import ConfigError
+from gateway.config import Config
 from gateway.http import appkeys
-from gateway.http.middlewares import Handler
+from gateway.http.endpoints import Handler
 from gateway.http.protocol import serve_json_errors
-from gateway.store.db import create_engine, ensure_schema, migrate
-from gateway.store.objects import Objects
-from gateway.store.tokens import Tokens
+from gateway.runtime import WorkerRole, install_uvloop, until_signalled
 from gateway.vault.crypto import Keyring
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 GC_YOUNG_THRESHOLD = 10_000  # allocations (net of frees) between young collections; Python's default is 700
-
-
-def keyring_for(config: Config, *, allow_empty: bool = False) -> Keyring:
-    keyring = Keyring.parse(config.encryption.keys)
-    if not keyring.keys and not allow_empty:
-        raise ConfigError(
-            "encryption.keys: no encryption key configured; create one and export it: "
-            f"`export {KEYS_ENV}=$(gateway keys generate)` (or run `gateway serve --demo` to try it out)"
-        )
-    return keyring
-
-
-def install_uvloop() -> None:
-    """Use uvloop when it is installed (the ``speed`` extra); asyncio's loop otherwise."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    uvloop.install()
 
 
 def settle_heap() -> None:
@@ -72,20 +45,8 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
 
 
-@dataclass(frozen=True)
-class WorkerRole:
-    """What changes when ``_serve`` runs as one of a supervisor's workers (see gateway/supervisor.py)."""
-
-    ops_socket: str  # health, readiness and metrics for the supervisor, instead of the metrics listener
-    parent_sentinel: int  # readable once the supervisor is gone: then drain, rather than outlive it
-
-
 def serve(config: Config, keyring: Keyring, *, demo: bool = False) -> int:
     """Run until SIGTERM/SIGINT, then drain within ``server.shutdown_timeout``; the exit code."""
-    if config.server.workers > 1:
-        from gateway.supervisor import supervise  # it imports this module
-
-        return supervise(config, keyring)
     install_uvloop()
     log.info(
         "starting",
@@ -130,21 +91,6 @@ async def _serve(config: Config, keyring: Keyring, *, demo: bool, worker: Worker
         await runner.cleanup()
 
 
-async def until_signalled(closed_fd: int | None = None) -> None:
-    """Return on SIGTERM or SIGINT, or once ``closed_fd`` turns readable (its other end closed)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if closed_fd is not None:
-        loop.add_reader(closed_fd, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        if closed_fd is not None:
-            loop.remove_reader(closed_fd)  # it stays readable: the callback would spin
-
-
 def _cut_late_requests(app: web.Application, timeout: float) -> None:
     """Cancel the requests still in flight ``timeout`` s after shutdown began, so the exit is on time.
 
@@ -174,33 +120,3 @@ def _cut_late_requests(app: web.Application, timeout: float) -> None:
 
     app.middlewares.insert(0, track)
     app.on_shutdown.append(start_clock)
-
-
-@asynccontextmanager
-async def store_session(config: Config, keyring: Keyring) -> AsyncIterator[tuple[Objects, Tokens]]:
-    """The store for a one-off CLI verb: migrated (or checked), then disposed."""
-    engine = create_engine(config.store)
-    try:
-        await ensure_schema(engine, config.store)
-        yield Objects(engine, keyring), Tokens(engine)
-    finally:
-        await engine.dispose()
-
-
-async def run_migrations(config: Config) -> None:
-    engine = create_engine(config.store)
-    try:
-        await migrate(engine)
-    finally:
-        await engine.dispose()
-
-
-def run_async(factory: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        return await factory()
-
-    return asyncio.run(main())
-
-
-def stderr(message: str) -> None:
-    print(message, file=sys.stderr)

@@ -26,7 +26,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -42,7 +42,7 @@ from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.http import appkeys, ops
 from gateway.observability.logs import configure_logging
-from gateway.server import WorkerRole, serve_worker, store_session, until_signalled
+from gateway.runtime import WorkerRole, store_session, until_signalled
 from gateway.store.declared import declare_objects
 from gateway.vault.crypto import Keyring
 
@@ -56,10 +56,15 @@ STEADY = 60.0  # seconds a worker must have lived for its exit to count as a fre
 # A worker the forwarded SIGTERM killed outright had no handler for it: it was still starting (nothing in
 # flight yet) or had already drained on a SIGINT of its own (Ctrl-C reaches the whole process group).
 CLEAN_EXITS = frozenset({0, -signal.SIGTERM})
+Worker = Callable[[Config, Keyring, WorkerRole], None]  # one worker process's serving, until it drains
 
 
-def supervise(config: Config, keyring: Keyring) -> int:
-    """Run the workers until SIGTERM/SIGINT; 0 when every worker then drained and exited cleanly."""
+def supervise(config: Config, keyring: Keyring, *, worker: Worker) -> int:
+    """Run ``worker`` in N processes until SIGTERM/SIGINT; 0 when every one then drained and exited cleanly.
+
+    ``worker`` (the CLI passes ``server.serve_worker``) must be a module-level function: each spawned
+    process receives it by name.
+    """
     log.info(
         "starting",
         host=config.server.host,
@@ -68,17 +73,17 @@ def supervise(config: Config, keyring: Keyring) -> int:
         store="postgresql",
         pacing=config.pacing.backend,
     )
-    code = asyncio.run(_supervise(config, keyring))
+    code = asyncio.run(_supervise(config, keyring, worker))
     log.info("stopped", exit_code=code)
     return code
 
 
-async def _supervise(config: Config, keyring: Keyring) -> int:
+async def _supervise(config: Config, keyring: Keyring, worker: Worker) -> int:
     await _check_port(config)
     async with store_session(config, keyring) as (objects, _tokens):
         await declare_objects(config, objects)
     with _workdir() as workdir:
-        supervisor = Supervisor(config, keyring, workdir)
+        supervisor = Supervisor(config, keyring, workdir, worker)
         async with supervisor.running():
             await until_signalled()
             return await supervisor.drain()
@@ -117,8 +122,8 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, config: Config, keyring: Keyring, workdir: Path) -> None:
-        self.config, self.keyring, self.workdir = config, keyring, workdir
+    def __init__(self, config: Config, keyring: Keyring, workdir: Path, worker: Worker) -> None:
+        self.config, self.keyring, self.workdir, self.worker = config, keyring, workdir, worker
         self.slots = [Slot(i, str(workdir / f"worker-{i}.sock")) for i in range(config.server.workers)]
         self.draining = asyncio.Event()
         self.keepers: list[asyncio.Task[int | None]] = []
@@ -198,7 +203,7 @@ class Supervisor:
         Path(slot.socket).unlink(missing_ok=True)  # a killed worker leaves its socket behind
         process = SPAWN.Process(
             target=_worker_main,
-            args=(self.config, self.keyring, slot.index, slot.socket),
+            args=(self.worker, self.config, self.keyring, slot.index, slot.socket),
             name=f"gateway-worker-{slot.index}",
             daemon=True,  # should the supervisor fail, multiprocessing's exit handler still stops its workers
         )
@@ -252,13 +257,13 @@ async def _exited(process: BaseProcess) -> None:
     process.join()
 
 
-def _worker_main(config: Config, keyring: Keyring, index: int, ops_socket: str) -> None:
+def _worker_main(worker: Worker, config: Config, keyring: Keyring, index: int, ops_socket: str) -> None:
     """A worker process: the normal app on the shared port, until SIGTERM or the supervisor's death."""
     configure_logging(format=config.log.format, level=config.log.level, worker=index)
     parent = multiprocessing.parent_process()
     assert parent is not None  # a spawned child always knows its parent
     try:
-        serve_worker(config, keyring, WorkerRole(ops_socket, parent.sentinel))
+        worker(config, keyring, WorkerRole(ops_socket, parent.sentinel))
     except (GatewayError, OSError) as exc:  # what the CLI reports in one line for a single process
         message = exc.message if isinstance(exc, GatewayError) else exc.strerror or exc.__class__.__name__
         log.error("worker_failed", error=message)

@@ -22,8 +22,8 @@ from aiohttp.web_runner import BaseRunner
 
 from gateway.app import create_app
 from gateway.config import Config
+from gateway.domain.models import TokenIn
 from gateway.http.protocol import serve_json_errors
-from gateway.models import TokenIn
 from gateway.store.tables import metadata
 from gateway.vault.crypto import Keyring, generate_key
 

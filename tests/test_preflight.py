@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from gateway.domain.models import CredentialIn, PullConsumerIn
 
 from gateway.app import create_app
 from gateway.config import StoreConfig
 from gateway.errors import GatewayError
-from gateway.models import CredentialIn, PullConsumerIn
 from gateway.preflight import preflight
 from gateway.store.db import create_engine, migrate
 from gateway.store.objects import Objects

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import Config
+from gateway.domain.objects import Credential
+from gateway.http.endpoints import Endpoint
 from gateway.mutations.journal import Journal
 from gateway.observability.metrics import Metrics
 from gateway.pacing.api import Pacer
-from gateway.store.objects import Credential, Objects
+from gateway.store.objects import Objects
 from gateway.store.tokens import Tokens
 from gateway.stream.service import Stream
 from gateway.upstream.client import UpstreamClient
 from gateway.vault.crypto import Keyring
-
-if TYPE_CHECKING:
-    from gateway.http.openapi import Endpoint
 
 CONFIG = web.AppKey("config", Config)
 KEYRING = web.AppKey("keyring", Keyring)
@@ -28,7 +27,7 @@ ENGINE = web.AppKey("engine", AsyncEngine)
 OBJECTS = web.AppKey("objects", Objects)
 TOKENS = web.AppKey("tokens", Tokens)
 STREAM = web.AppKey("stream", Stream)
-ENDPOINTS = web.AppKey("endpoints", list["Endpoint"])
+ENDPOINTS = web.AppKey("endpoints", list[Endpoint])
 UPSTREAM = web.AppKey("upstream", UpstreamClient)  # the one upstream client (opened in a cleanup context)
 PACER = web.AppKey("pacer", Pacer)
 JOURNAL = web.AppKey("journal", Journal)  # this replica's mutation journal (its lease, its running mutations)

@@ -11,14 +11,14 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from gateway.domain.models import Event, Strict
+from gateway.domain.objects import Consumer
 from gateway.errors import Conflict
 from gateway.http import appkeys
 from gateway.http.bodies import json_response, read_json, validate
+from gateway.http.endpoints import Endpoint
 from gateway.http.management import object_id
 from gateway.http.middlewares import require_access
-from gateway.http.openapi import Endpoint
-from gateway.models import Event, Strict
-from gateway.store.objects import Consumer
 
 
 class ReceiveRequest(Strict):

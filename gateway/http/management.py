@@ -15,11 +15,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 
-from gateway.errors import InvalidRequest
-from gateway.http import appkeys
-from gateway.http.bodies import json_response, read_json, validate
-from gateway.http.openapi import Endpoint, Handler, openapi_view
-from gateway.models import (
+from gateway.domain.models import (
     ID_PATTERN,
     ConsumerIn,
     ConsumerPatch,
@@ -31,6 +27,11 @@ from gateway.models import (
     SyncPatch,
     SyncView,
 )
+from gateway.errors import InvalidRequest
+from gateway.http import appkeys
+from gateway.http.bodies import json_response, read_json, validate
+from gateway.http.endpoints import Endpoint, Handler
+from gateway.http.openapi import openapi_view
 
 ADMIN_ERRORS = {400: "invalid request", 401: "missing or bad token", 403: "token lacks the scope", 404: "not found"}
 Enrich = Callable[[web.Request, Any], Awaitable[Any]]

@@ -17,6 +17,7 @@ from aiohttp.typedefs import Middleware
 from aiohttp.web_exceptions import HTTPException, HTTPMethodNotAllowed
 from prometheus_client import Counter, Histogram
 
+from gateway.domain.objects import Principal
 from gateway.errors import (
     Forbidden,
     GatewayError,
@@ -27,11 +28,11 @@ from gateway.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+from gateway.http.endpoints import Handler
 from gateway.observability.metrics import ROUTES, Metrics, method_label
-from gateway.store.tokens import Principal, Tokens
+from gateway.store.tokens import Tokens
 
 log = structlog.get_logger(__name__)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 REQUEST_ID = web.RequestKey("request_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)

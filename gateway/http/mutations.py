@@ -10,8 +10,8 @@ from aiohttp import web
 from gateway.errors import InvalidRequest
 from gateway.http import appkeys
 from gateway.http.bodies import read_json, validate
+from gateway.http.endpoints import Endpoint
 from gateway.http.middlewares import PRINCIPAL, require_access
-from gateway.http.openapi import Endpoint
 from gateway.http.priority import apply_share, stamp
 from gateway.mutations.idempotency import KEY_PATTERN, IdempotencyKeys, request_hash
 from gateway.mutations.models import BY_KIND, Mutation, MutationRequest, MutationResponse

@@ -6,8 +6,6 @@ registers the routes from the same list, so the document cannot drift from what 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
@@ -16,26 +14,11 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from gateway import __version__
+from gateway.domain.models import ID_PATTERN
 from gateway.http import appkeys
-from gateway.models import ID_PATTERN
+from gateway.http.endpoints import Endpoint
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REF = "#/components/schemas/{model}"
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    method: str
-    path: str
-    handler: Handler
-    name: str  # "<route label>.<action>": the label feeds metrics and scope checks
-    summary: str
-    scope: str | None
-    request: Any = None  # a pydantic model or annotated type, or None
-    response: Any = None
-    statuses: dict[int, str] = field(default_factory=dict)
-    raw_body: bool = False  # streamed bytes, not JSON (the proxy)
-    success: int = 200  # 201 for creations, 204 (no body) for deletions
 
 
 def add_endpoints(app: web.Application, endpoints: list[Endpoint]) -> None:

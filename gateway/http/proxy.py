@@ -21,12 +21,12 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.domain.objects import Credential
 from gateway.errors import GatewayError, InvalidPath, PayloadTooLarge
 from gateway.http import appkeys
+from gateway.http.endpoints import Endpoint
 from gateway.http.middlewares import PACING_WAIT_MS, REQUEST_ID, UPSTREAM_PROVIDER, require_access
-from gateway.http.openapi import Endpoint
 from gateway.http.priority import apply_share, stamp
-from gateway.store.objects import Credential
 from gateway.upstream.body import REPLAYABLE_BYTES, StreamedBody, read_small
 from gateway.upstream.headers import end_to_end
 from gateway.upstream.response import UpstreamResponse

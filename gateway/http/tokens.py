@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.domain.models import TokenCreated, TokenIn, TokenView
 from gateway.http import appkeys
 from gateway.http.bodies import json_response, read_json, validate
+from gateway.http.endpoints import Endpoint
 from gateway.http.management import ADMIN_ERRORS, object_id
-from gateway.http.openapi import Endpoint
-from gateway.models import TokenCreated, TokenIn, TokenView
 
 
 def _name(request: web.Request) -> str:

@@ -28,8 +28,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.domain.models import Record
 from gateway.errors import MutationInterrupted
-from gateway.models import Record
 from gateway.mutations.idempotency import AWAITING_CAPTURE, TTL_SECONDS, UNKNOWN, store_answer
 from gateway.providers.base import Item
 from gateway.store import tables as t

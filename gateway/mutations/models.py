@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-from gateway.models import CollectionId, ObjectId, Record
+from gateway.domain.models import CollectionId, ObjectId, Record
 
 MAX_RECORDS = 1000
 UPSTREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$"

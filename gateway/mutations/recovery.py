@@ -46,8 +46,8 @@ from gateway.mutations.journal import UNKNOWN, Entry, Journal
 from gateway.mutations.models import BY_KIND, Mutation
 from gateway.mutations.service import MutationService, Run
 from gateway.providers.base import Item, UpstreamRecord, Written
+from gateway.store.leases import Leases
 from gateway.stream.events import RecordChange, last_known
-from gateway.stream.leases import Leases
 
 log = structlog.get_logger(__name__)
 TRANSIENT = (RateLimited, UpstreamUnavailable, UpstreamTimeout, UpstreamAuthFailed, BackendUnavailable)

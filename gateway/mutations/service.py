@@ -24,6 +24,8 @@ import structlog
 from multidict import MultiDict
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.domain.models import Event, Record
+from gateway.domain.objects import Consumer, Credential
 from gateway.errors import (
     ConsumerTimeout,
     GatewayError,
@@ -33,14 +35,13 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamValidationError,
 )
-from gateway.models import Event, Record
 from gateway.mutations.idempotency import IdempotencyKeys
 from gateway.mutations.journal import Journal
 from gateway.mutations.models import DeleteMutation, Mutation, MutationResponse, UpdateMutation
 from gateway.observability.metrics import Metrics
 from gateway.providers import translator as translator_for
 from gateway.providers.base import Call, Item, Query, Target, Translator, UpstreamRecord, Written
-from gateway.store.objects import Consumer, Credential, Objects
+from gateway.store.objects import Objects
 from gateway.stream.events import RecordChange, append_changes, last_known
 
 log = structlog.get_logger(__name__)

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol
 
+from gateway.domain.objects import Credential
 from gateway.pacing.scheduler import DEFAULT_SHARE, Share
-from gateway.store.objects import Credential
 
 # The share of the upstream calls made by the running request: set once at the edge (priority
 # header, token), read by the upstream client for every call, however deep in a mutation it is made.

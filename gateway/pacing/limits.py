@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from gateway.config import Config
-from gateway.models import Provider, RateLimitOverride
+from gateway.domain.models import Provider, RateLimitOverride
 from gateway.pacing.bucket import Limit
 
 DEFAULT_MAX_WAIT = 30.0

@@ -25,8 +25,9 @@ import structlog
 from prometheus_client import Histogram
 
 from gateway.config import Config
+from gateway.domain.models import RateLimitOverride
+from gateway.domain.objects import Credential
 from gateway.errors import BackendUnavailable, ConfigError, RateLimited
-from gateway.models import RateLimitOverride
 from gateway.observability.metrics import Metrics
 from gateway.pacing import adaptive, queue
 from gateway.pacing.backend import Backend, BackendError, Refused, Reservation
@@ -36,7 +37,6 @@ from gateway.pacing.queue import Permits, Ticket
 from gateway.pacing.redis import RedisBackend
 from gateway.pacing.registry import Route, airtable_base, route
 from gateway.pacing.scheduler import DEFAULT_SHARE, PRIORITIES, Share
-from gateway.store.objects import Credential
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from gateway.config import Config
+from gateway.domain.objects import Credential
 from gateway.pacing.limits import EffectiveLimit, credential_limit, shared_limit
-from gateway.store.objects import Credential
 
 _BASE_ID = re.compile(r"[A-Za-z0-9]{1,64}")
 

@@ -26,8 +26,8 @@ from aiohttp import web
 from pydantic import TypeAdapter
 
 from gateway.config import Config, StoreConfig
+from gateway.domain.models import ConsumerIn, CredentialIn, SyncIn, TokenIn
 from gateway.http import appkeys
-from gateway.models import ConsumerIn, CredentialIn, SyncIn, TokenIn
 from gateway.observability.logs import register_secret
 from gateway.sandbox import airtable, hubspot, salesforce, stripe
 from gateway.sandbox.common import SANDBOX, SandboxState

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -11,8 +10,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.errors import Conflict, NotFound, invalid_request
-from gateway.models import (
+from gateway.domain.models import (
     MASK,
     ConsumerIn,
     ConsumerPatch,
@@ -20,6 +18,8 @@ from gateway.models import (
     mask_dsn,
     reveal,
 )
+from gateway.domain.objects import Consumer
+from gateway.errors import Conflict, NotFound, invalid_request
 from gateway.store import tables as t
 from gateway.store.db import as_utc, utcnow
 from gateway.store.rows import Rows, insert_unique, new_id
@@ -27,28 +27,6 @@ from gateway.store.rows import Rows, insert_unique, new_id
 _CONSUMER = TypeAdapter[Any](ConsumerIn)
 _VIEW = TypeAdapter[Any](ConsumerView)
 _SECRET_SETTINGS = ("secret", "dsn")
-
-
-@dataclass(frozen=True)
-class Consumer:
-    """A consumer with its secret settings (webhook secret, DSN) decrypted into ``settings``."""
-
-    id: str
-    kind: str
-    sync_id: str | None
-    collections: tuple[str, ...] | None
-    settings: dict[str, Any]
-    position: int
-    status: str
-
-    def __repr__(self) -> str:
-        return f"Consumer(id={self.id!r}, kind={self.kind!r})"
-
-    def wants(self, sync_id: str, collection_id: str) -> bool:
-        """Whether this consumer's filter lets events of that sync and collection through."""
-        if self.sync_id is not None and self.sync_id != sync_id:
-            return False
-        return self.collections is None or collection_id in self.collections
 
 
 class ConsumerRows(Rows):

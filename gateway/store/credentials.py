@@ -3,47 +3,29 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Row
 
-from gateway.errors import Conflict, NotFound
-from gateway.models import (
+from gateway.domain.models import (
     Auth,
     CredentialIn,
     CredentialPatch,
     CredentialView,
-    Provider,
     RateLimitOverride,
     TimeoutsOverride,
     masked_auth,
     reveal,
 )
+from gateway.domain.objects import Credential
+from gateway.errors import Conflict, NotFound
 from gateway.store import tables as t
 from gateway.store.db import as_utc, utcnow
 from gateway.store.rows import Rows, insert_unique, new_id
 
 _AUTH = TypeAdapter[Any](Auth)
-
-
-@dataclass(frozen=True)
-class Credential:
-    """A credential with its auth decrypted: handed to the upstream client, never serialized."""
-
-    id: str
-    provider: Provider
-    base_url: str
-    auth: Auth
-    rate_limit: RateLimitOverride | None
-    timeouts: TimeoutsOverride | None
-    ca_bundle: str | None
-    version: int
-
-    def __repr__(self) -> str:
-        return f"Credential(id={self.id!r}, provider={self.provider!r}, auth_type={self.auth.type!r})"
 
 
 class CredentialRows(Rows):

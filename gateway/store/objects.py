@@ -3,7 +3,7 @@
 ``Objects`` is the only code that reads or writes those tables. Secrets go in and out through the
 ``Keyring``: the whole ``auth`` object of a credential and the secret settings of a consumer (webhook
 secret, postgres DSN) are one ciphertext each. Reads for the Management API return masked views;
-``credential()``/``consumer()`` return decrypted domain objects for the proxy and the workers.
+``credential()``/``consumer()`` return decrypted ``gateway.domain.objects`` for the proxy and the workers.
 """
 
 from __future__ import annotations
@@ -11,12 +11,9 @@ from __future__ import annotations
 from sqlalchemy import select, update
 
 from gateway.store import tables as t
-from gateway.store.consumers import Consumer, ConsumerRows
-from gateway.store.credentials import Credential, CredentialRows
-from gateway.store.rows import new_id
-from gateway.store.syncs import Sync, SyncRows
-
-__all__ = ["Consumer", "Credential", "Objects", "Sync", "new_id"]
+from gateway.store.consumers import ConsumerRows
+from gateway.store.credentials import CredentialRows
+from gateway.store.syncs import SyncRows
 
 
 class Objects(CredentialRows, SyncRows, ConsumerRows):

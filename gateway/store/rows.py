@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import string
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Table, insert, select, update
 from sqlalchemy.engine import Row
@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.errors import Conflict, NotFound
 from gateway.store.db import utcnow
-from gateway.vault.crypto import Keyring
 
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -23,10 +22,20 @@ def new_id(kind: str) -> str:
     return f"{kind}-" + "".join(secrets.choice(_ALPHABET) for _ in range(12))
 
 
-class Rows:
-    """Engine, keyring and the row helpers every object kind shares."""
+class Sealer(Protocol):
+    """What the store needs of the vault's ``Keyring``: it seals secrets but never sees a key."""
 
-    def __init__(self, engine: AsyncEngine, keyring: Keyring) -> None:
+    def seal(self, plaintext: str) -> str: ...
+
+    def open(self, sealed: str) -> str: ...
+
+    def reseal(self, sealed: str) -> str: ...
+
+
+class Rows:
+    """Engine, sealer and the row helpers every object kind shares."""
+
+    def __init__(self, engine: AsyncEngine, keyring: Sealer) -> None:
         self.engine = engine
         self.keyring = keyring
 

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.errors import InvalidRequest, NotFound
-from gateway.models import (
+from gateway.domain.models import (
     SyncIn,
     SyncPatch,
     SyncView,
 )
+from gateway.domain.objects import Sync
+from gateway.errors import InvalidRequest, NotFound
 from gateway.store import tables as t
 from gateway.store.db import as_utc, utcnow
 from gateway.store.rows import Rows, insert_unique, new_id
-
-
-@dataclass(frozen=True)
-class Sync:
-    id: str
-    credential_id: str
-    collections: tuple[str, ...]
-    options: dict[str, str]
 
 
 class SyncRows(Rows):

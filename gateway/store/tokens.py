@@ -22,7 +22,6 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -30,8 +29,9 @@ from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.errors import Conflict, InvalidRequest, NotFound
-from gateway.models import TOKEN_SCOPES, TokenIn, TokenPriority, TokenScope, TokenView
+from gateway.domain.models import TokenIn, TokenView
+from gateway.domain.objects import Principal
+from gateway.errors import Conflict, NotFound
 from gateway.singleflight import SingleFlight
 from gateway.store import tables as t
 from gateway.store.db import as_utc, utcnow
@@ -43,41 +43,8 @@ CACHE_SIZE = 10_000  # entries per cache (positive, negative); beyond it expired
 TOUCH_INTERVAL = 60.0  # seconds between two writes of one token's last_used_at by one process
 
 
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the token's name, scopes, optional id restriction and pacing class.
-
-    ``priority`` and ``weight`` say how the token's upstream calls share a credential's budget;
-    ``expires_at`` (epoch seconds) is when the token stops working.
-    """
-
-    name: str
-    scopes: frozenset[str]
-    only: frozenset[str] | None
-    priority: TokenPriority = "normal"
-    weight: int = 1
-    expires_at: float | None = None
-
-    def expired(self, now: float) -> bool:
-        return self.expires_at is not None and now >= self.expires_at
-
-    def has_scope(self, scope: str) -> bool:
-        return "admin" in self.scopes or scope in self.scopes
-
-    def may_use(self, object_id: str) -> bool:
-        return self.only is None or object_id in self.only
-
-
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def parse_scopes(text: str) -> list[TokenScope]:
-    scopes = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in scopes if s not in TOKEN_SCOPES]
-    if unknown or not scopes:
-        raise InvalidRequest(f"scope: unknown {unknown or 'empty'}; choose from {', '.join(TOKEN_SCOPES)}")
-    return [s for s in TOKEN_SCOPES if s in scopes]
 
 
 class _TTLCache:

@@ -28,10 +28,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.models import Event, Record
+from gateway.domain.models import Event, Record
+from gateway.domain.objects import Consumer
 from gateway.store import tables as t
 from gateway.store.db import as_utc, utcnow
-from gateway.store.objects import Consumer
 from gateway.stream.signals import mark
 
 Action = Literal["insert", "update", "delete"]

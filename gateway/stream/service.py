@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.observability.metrics import Metrics
-from gateway.stream.consumers.awaiting import Awaiter
-from gateway.stream.consumers.pull import DeliveryQueue
+from gateway.stream.awaiting import Awaiter
+from gateway.stream.delivery import DeliveryQueue
 from gateway.stream.signals import Signals
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 
-from gateway.models import Auth
+from gateway.domain.models import Auth
 
 
 @dataclass(frozen=True)

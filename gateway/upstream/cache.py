@@ -14,8 +14,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from gateway.domain.objects import Credential
 from gateway.singleflight import SingleFlight
-from gateway.store.objects import Credential, Objects
+from gateway.store.objects import Objects
 
 
 class CredentialCache:

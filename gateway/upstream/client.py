@@ -45,12 +45,13 @@ from prometheus_client import Counter, Histogram
 from yarl import URL
 
 from gateway.config import Config
+from gateway.domain.models import OAuth2Auth
+from gateway.domain.objects import Credential
 from gateway.errors import UpstreamAuthFailed, UpstreamUnavailable
-from gateway.models import OAuth2Auth
 from gateway.observability.metrics import Metrics
 from gateway.pacing import adaptive
 from gateway.pacing.api import Pacer, Permit, current_share
-from gateway.store.objects import Credential, Objects
+from gateway.store.objects import Objects
 from gateway.upstream import auth, paths
 from gateway.upstream.body import StreamedBody
 from gateway.upstream.cache import CredentialCache

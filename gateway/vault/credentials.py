@@ -27,11 +27,12 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 from sqlalchemy import delete, insert, or_, update
 from sqlalchemy.exc import IntegrityError
 
+from gateway.domain.models import OAuth2Auth
+from gateway.domain.objects import Credential
 from gateway.errors import GatewayError, UpstreamAuthFailed
-from gateway.models import OAuth2Auth
 from gateway.observability.metrics import Metrics
 from gateway.store import tables as t
-from gateway.store.objects import Credential, Objects
+from gateway.store.objects import Objects
 
 log = structlog.get_logger(__name__)
 # (token_url, form fields) -> (HTTP status, parsed JSON body or None); raises GatewayError on I/O faults.

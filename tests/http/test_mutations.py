@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
+from gateway.domain.models import ConsumerIn
 from gateway.http import appkeys
-from gateway.models import ConsumerIn
 from gateway.sandbox.common import Knobs
 from tests.conftest import GatewayFactory
 from tests.mutations.harness import SPECS, SYNC, connect

@@ -8,8 +8,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestServer
 
+from gateway.domain.models import CredentialIn, SyncIn
 from gateway.http import appkeys
-from gateway.models import CredentialIn, SyncIn
 from gateway.sandbox.common import SANDBOX, Knobs, SandboxState
 from tests.conftest import Gateway
 

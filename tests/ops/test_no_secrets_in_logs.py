@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.sandbox import SANDBOX, run_sandbox, salesforce, stripe
 from gateway.sandbox.generic import GenericState, create_generic_app
-from gateway.sandbox.salesforce_oauth import OAUTH
+from gateway.sandbox.salesforce.oauth import OAUTH
 from tests.ops.process import Deployment, GatewayProcess, free_port, poll, start_gateway
 
 FAST = {"rate": 1000, "per": 1, "burst": 1000}

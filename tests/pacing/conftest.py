@@ -13,11 +13,11 @@ import pytest
 from aiohttp import web
 
 from gateway.config import Config
-from gateway.models import BearerAuth, Provider, RateLimitOverride
+from gateway.domain.models import BearerAuth, Provider, RateLimitOverride
+from gateway.domain.objects import Credential
 from gateway.observability.metrics import Metrics
 from gateway.pacing.concurrency import LEASE_TTL
 from gateway.pacing.pacer import GatewayPacer
-from gateway.store.objects import Credential
 
 
 def make_credential(cid: str = "cred1", provider: Provider = "rest", **limit: Any) -> Credential:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.config import Config
-from gateway.models import BearerAuth, Provider, RateLimitOverride
+from gateway.domain.models import BearerAuth, Provider, RateLimitOverride
+from gateway.domain.objects import Credential
 from gateway.pacing.limits import PROVIDER_DEFAULTS, EffectiveLimit, credential_limit
 from gateway.pacing.registry import airtable_base, route
-from gateway.store.objects import Credential
 
 
 def credential(provider: Provider = "rest", base_url: str = "https://api.example.com", **limit: Any) -> Credential:

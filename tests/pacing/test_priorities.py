@@ -10,11 +10,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.domain.objects import Credential
 from gateway.errors import RateLimited
 from gateway.pacing.bucket import worst_excess
 from gateway.pacing.pacer import GatewayPacer
 from gateway.pacing.scheduler import PRIORITIES, Share
-from gateway.store.objects import Credential
 from tests.pacing.conftest import CountingUpstream, make_credential, warm_up
 
 pytestmark = pytest.mark.slow

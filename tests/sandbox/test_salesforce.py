@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from gateway.sandbox import salesforce
-from gateway.sandbox.salesforce import SALESFORCE, SalesforceState, id_18, salesforce_id
+from gateway.sandbox.salesforce.state import SALESFORCE, SalesforceState, id_18, salesforce_id
 from tests.sandbox.conftest import Running, Start
 
 AUTH = {"Authorization": f"Bearer {salesforce.DEFAULT_TOKEN}"}

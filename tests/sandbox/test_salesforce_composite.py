@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from gateway.sandbox import salesforce
-from gateway.sandbox.salesforce import salesforce_id
-from gateway.sandbox.salesforce_composite import HALTED
+from gateway.sandbox.salesforce.composite import HALTED
+from gateway.sandbox.salesforce.state import salesforce_id
 from tests.sandbox.conftest import Running
 from tests.sandbox.test_salesforce import COLLECTION, DATA, sf, state
 

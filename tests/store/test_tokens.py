@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import gateway.store
 from gateway.config import StoreConfig
-from gateway.models import TokenIn
+from gateway.domain.models import TokenIn
 from gateway.store import tables as t
 from gateway.store.db import create_engine, migrate, utcnow
 from gateway.store.tokens import NEGATIVE_TTL, TOUCH_INTERVAL, Tokens, hash_token

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from gateway.domain.models import ConsumerIn, CredentialIn, Event, SyncIn
 from gateway.http import appkeys
-from gateway.models import ConsumerIn, CredentialIn, Event, SyncIn
 from gateway.stream.events import RecordChange, append_changes
 
 CONSUMER = TypeAdapter[Any](ConsumerIn)

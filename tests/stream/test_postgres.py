@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway.store.objects import Consumer
+from gateway.domain.objects import Consumer
 from gateway.stream.consumers.postgres import PostgresSink, table_name
 from gateway.stream.events import RecordChange
 from tests.conftest import Gateway, GatewayFactory

@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.app import create_app
 from gateway.http import appkeys
-from gateway.stream.consumers.pull import DeliveryQueue
+from gateway.stream.delivery import DeliveryQueue
 from gateway.vault.crypto import Keyring
 from tests.conftest import GatewayFactory, make_config
 from tests.stream.helpers import add_consumer, append, insert, seed_sync

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from gateway.models import Event
-from gateway.store.objects import Consumer
+from gateway.domain.models import Event
+from gateway.domain.objects import Consumer
 from gateway.stream.consumers.webhook import DeliveryFailed
 
 _UNSAFE = re.compile(r"[^a-z0-9_]+")

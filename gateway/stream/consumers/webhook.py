@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from gateway.models import Event
-from gateway.store.objects import Consumer
+from gateway.domain.models import Event
+from gateway.domain.objects import Consumer
 
 SECRET_PREFIX = "whsec_"
 

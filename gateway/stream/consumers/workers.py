@@ -28,14 +28,15 @@ import aiohttp
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.domain.models import Event
+from gateway.domain.objects import Consumer
 from gateway.errors import NotFound
-from gateway.models import Event
-from gateway.store.objects import Consumer, Objects
+from gateway.store.leases import Leases
+from gateway.store.objects import Objects
 from gateway.stream.consumers.postgres import PostgresSink
-from gateway.stream.consumers.pull import RECHECK_SECONDS, Delivery
 from gateway.stream.consumers.webhook import DeliveryFailed, WebhookSink
+from gateway.stream.delivery import RECHECK_SECONDS, Delivery
 from gateway.stream.events import purge_expired
-from gateway.stream.leases import Leases
 from gateway.stream.service import Stream
 
 log = structlog.get_logger(__name__)

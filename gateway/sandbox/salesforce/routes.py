@@ -2,7 +2,7 @@
 
 Each handler is a plain function of the org and a ``Sub`` (version, path parameters, query, parsed
 body), so the same code answers a direct HTTP request and a Composite subrequest
-(``salesforce_composite``); ``OPERATIONS`` lists them once, for both routers.
+(``composite.py``); ``OPERATIONS`` lists them once, for both routers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.sandbox.common import Reject, json_body
-from gateway.sandbox.salesforce import (
+from gateway.sandbox.salesforce.state import (
     MAX_COLLECTION,
     ROLLED_BACK,
     SALESFORCE,

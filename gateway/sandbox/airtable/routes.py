@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.sandbox.airtable import (
+from gateway.sandbox.airtable.state import (
     AIRTABLE,
     MAX_WRITE,
     AirtableState,

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.sandbox.common import Flavor, Knobs, Reject, SandboxState, is_email, now, random_id, sandbox_app
+from gateway.sandbox.common import Flavor, Knobs, Reject, SandboxState, is_email, now, random_id
 
 DEFAULT_KEY = "sk_test_sandbox_key_0123456789"  # a sandbox credential, not a secret
 CUSTOMER_PARAMS = frozenset(
@@ -204,16 +204,6 @@ def apply_params(customer: dict[str, Any], params: dict[str, Any]) -> None:
             customer[name] = int(value)
         else:
             customer[name] = None if value == "" else value
-
-
-def create_app(*, secret_key: str = DEFAULT_KEY, knobs: Knobs | None = None) -> web.Application:
-    """A Stripe account accepting ``secret_key`` (basic username or bearer)."""
-    from gateway.sandbox.stripe_routes import ROUTES
-
-    state = StripeState(secret_key=secret_key, knobs=knobs or Knobs(rate_limit=100, rate_window=1))
-    app = sandbox_app(state, ROUTES)
-    app[STRIPE] = state
-    return app
 
 
 def seed(state: StripeState) -> None:

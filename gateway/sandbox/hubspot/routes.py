@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.sandbox.common import Reject, json_body, now, utc_iso
-from gateway.sandbox.hubspot import (
+from gateway.sandbox.hubspot.state import (
     HUBSPOT,
     MAX_BATCH,
     PROPERTIES,

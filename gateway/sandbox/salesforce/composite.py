@@ -1,6 +1,6 @@
 """Salesforce Composite stand-in: ``POST /services/data/vXX.X/composite``, one API call for many.
 
-Subrequests run in order through the same handlers as direct requests (``salesforce_routes``), so a
+Subrequests run in order through the same handlers as direct requests (``routes.py``), so a
 collection inside a Composite call validates and answers exactly as it would alone. Limits as
 Salesforce documents them: at most 25 subrequests, at most 5 of them sObject Collections or query
 operations (each collection still at most 200 records). With ``allOrNone: true`` the outer flag also
@@ -22,8 +22,8 @@ from urllib.parse import parse_qsl, urlsplit
 from aiohttp import web
 
 from gateway.sandbox.common import Reject, json_body
-from gateway.sandbox.salesforce import SALESFORCE, SalesforceState, sf_error
-from gateway.sandbox.salesforce_routes import DATA, Sub, operation_for
+from gateway.sandbox.salesforce.routes import DATA, Sub, operation_for
+from gateway.sandbox.salesforce.state import SALESFORCE, SalesforceState, sf_error
 
 MAX_SUBREQUESTS = 25
 MAX_COLLECTIONS = 5  # sObject Collections and query subrequests together

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import String, cast, delete, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.models import Event
+from gateway.domain.models import Event
 from gateway.observability.metrics import Metrics
 from gateway.store import tables as t
 from gateway.stream.events import event_from_row

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from gateway.sandbox.common import Reject
-from gateway.sandbox.stripe import STRIPE, StripeState, apply_params, check_customer, parse_form, stripe_error
+from gateway.sandbox.stripe.state import STRIPE, StripeState, apply_params, check_customer, parse_form, stripe_error
 
 View = Callable[[web.Request], Awaitable[web.Response]]
 

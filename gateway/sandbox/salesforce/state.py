@@ -23,10 +23,9 @@ from gateway.sandbox.common import (
     SandboxState,
     is_email,
     now,
-    sandbox_app,
     utc_iso,
 )
-from gateway.sandbox.salesforce_oauth import OAUTH, OAuthClient, oauth_token, valid_session
+from gateway.sandbox.salesforce.oauth import OAuthClient, valid_session
 
 MAX_COLLECTION = 200
 # Sandbox credentials, not secrets: what the demo and the tests present.
@@ -270,28 +269,6 @@ def field_list(query: Mapping[str, str], sobject: str) -> list[str] | None:
         if name not in known:
             raise Reject(sf_error(400, "INVALID_FIELD", f"No such column '{name}' on entity '{sobject}'"))
     return names
-
-
-def create_app(
-    *,
-    token: str = DEFAULT_TOKEN,
-    client_id: str = DEFAULT_CLIENT_ID,
-    client_secret: str = DEFAULT_CLIENT_SECRET,
-    refresh_token: str = DEFAULT_REFRESH_TOKEN,
-    knobs: Knobs | None = None,
-) -> web.Application:
-    """A Salesforce org; ``token`` never expires, tokens from the OAuth endpoint live ``token_ttl`` s."""
-    from gateway.sandbox.salesforce_composite import COMPOSITE_ROUTES
-    from gateway.sandbox.salesforce_routes import ROUTES
-
-    oauth = OAuthClient(
-        static_token=token, client_id=client_id, client_secret=client_secret, refresh_token=refresh_token
-    )
-    state = SalesforceState(oauth=oauth, knobs=knobs or Knobs(daily_limit=15000))
-    app = sandbox_app(state, [*ROUTES, *COMPOSITE_ROUTES, web.post("/services/oauth2/token", oauth_token)])
-    app[SALESFORCE] = state
-    app[OAUTH] = oauth
-    return app
 
 
 def seed(state: SalesforceState) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.sandbox.common import Flavor, Knobs, Reject, SandboxState, is_email, now, random_id, sandbox_app, utc_iso
+from gateway.sandbox.common import Flavor, Knobs, Reject, SandboxState, is_email, now, random_id, utc_iso
 
 MAX_WRITE = 10
 DEFAULT_TOKEN = "patSandbox.0123456789abcdef"  # a sandbox credential, not a secret
@@ -147,25 +147,6 @@ def view(record: dict[str, Any]) -> dict[str, Any]:
     """Airtable leaves empty cells out of ``fields``."""
     fields = {k: v for k, v in record["fields"].items() if v not in (None, "", False, [])}
     return {"id": record["id"], "createdTime": record["createdTime"], "fields": fields}
-
-
-def create_app(
-    *,
-    token: str = DEFAULT_TOKEN,
-    bases: dict[str, dict[str, dict[str, str]]] | None = None,
-    knobs: Knobs | None = None,
-) -> web.Application:
-    """Airtable with ``bases`` (default: ``appSandboxBase001`` with Contacts and Companies)."""
-    from gateway.sandbox.airtable_routes import ROUTES
-
-    state = AirtableState(
-        token=token,
-        bases=bases or {DEFAULT_BASE: DEFAULT_TABLES},
-        knobs=knobs or Knobs(rate_limit=5, rate_window=1, penalty=30),
-    )
-    app = sandbox_app(state, ROUTES)
-    app[AIRTABLE] = state
-    return app
 
 
 def seed(state: AirtableState, base_id: str = DEFAULT_BASE) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.sandbox.common import Flavor, Knobs, SandboxState, is_email, now, sandbox_app, utc_iso
+from gateway.sandbox.common import Flavor, Knobs, SandboxState, is_email, now, utc_iso
 
 MAX_BATCH = 100
 DEFAULT_TOKEN = "pat-na1-sandbox-token"  # a sandbox credential, not a secret
@@ -160,16 +160,6 @@ def view(object_type: str, obj: dict[str, Any], names: list[str] | None) -> dict
     wanted = [*(names if names is not None else DEFAULT_PROPERTIES[object_type]), *SYSTEM_PROPERTIES]
     props = obj["properties"]
     return {**obj, "properties": {n: props.get(n) for n in dict.fromkeys(wanted)}}
-
-
-def create_app(*, token: str = DEFAULT_TOKEN, knobs: Knobs | None = None) -> web.Application:
-    """A HubSpot portal accepting ``Authorization: Bearer <token>`` (a private app token)."""
-    from gateway.sandbox.hubspot_routes import ROUTES
-
-    state = HubSpotState(token=token, knobs=knobs or Knobs(rate_limit=100, rate_window=10, daily_limit=250_000))
-    app = sandbox_app(state, ROUTES)
-    app[HUBSPOT] = state
-    return app
 
 
 def seed(state: HubSpotState) -> None:

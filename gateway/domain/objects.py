@@ -1,0 +1,100 @@
+"""The stored objects as the services use them: decrypted, immutable, never serialized as they are.
+
+The store builds them from rows (opening the sealed secrets); ``repr()`` names them without secrets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.domain.models import (
+    TOKEN_SCOPES,
+    Auth,
+    Provider,
+    RateLimitOverride,
+    TimeoutsOverride,
+    TokenPriority,
+    TokenScope,
+)
+from gateway.errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A credential with its auth decrypted: handed to the upstream client, never serialized."""
+
+    id: str
+    provider: Provider
+    base_url: str
+    auth: Auth
+    rate_limit: RateLimitOverride | None
+    timeouts: TimeoutsOverride | None
+    ca_bundle: str | None
+    version: int
+
+    def __repr__(self) -> str:
+        return f"Credential(id={self.id!r}, provider={self.provider!r}, auth_type={self.auth.type!r})"
+
+
+@dataclass(frozen=True)
+class Sync:
+    id: str
+    credential_id: str
+    collections: tuple[str, ...]
+    options: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A consumer with its secret settings (webhook secret, DSN) decrypted into ``settings``."""
+
+    id: str
+    kind: str
+    sync_id: str | None
+    collections: tuple[str, ...] | None
+    settings: dict[str, Any]
+    position: int
+    status: str
+
+    def __repr__(self) -> str:
+        return f"Consumer(id={self.id!r}, kind={self.kind!r})"
+
+    def wants(self, sync_id: str, collection_id: str) -> bool:
+        """Whether this consumer's filter lets events of that sync and collection through."""
+        if self.sync_id is not None and self.sync_id != sync_id:
+            return False
+        return self.collections is None or collection_id in self.collections
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the token's name, scopes, optional id restriction and pacing class.
+
+    ``priority`` and ``weight`` say how the token's upstream calls share a credential's budget;
+    ``expires_at`` (epoch seconds) is when the token stops working.
+    """
+
+    name: str
+    scopes: frozenset[str]
+    only: frozenset[str] | None
+    priority: TokenPriority = "normal"
+    weight: int = 1
+    expires_at: float | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+    def has_scope(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+    def may_use(self, object_id: str) -> bool:
+        return self.only is None or object_id in self.only
+
+
+def parse_scopes(text: str) -> list[TokenScope]:
+    scopes = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in scopes if s not in TOKEN_SCOPES]
+    if unknown or not scopes:
+        raise InvalidRequest(f"scope: unknown {unknown or 'empty'}; choose from {', '.join(TOKEN_SCOPES)}")
+    return [s for s in TOKEN_SCOPES if s in scopes]
