@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from gateway.domain.models import CredentialIn, PullConsumerIn
 
 from gateway.app import create_app
 from gateway.config import StoreConfig
+from gateway.domain.models import CredentialIn, PullConsumerIn
 from gateway.errors import GatewayError
 from gateway.preflight import preflight
 from gateway.store.db import create_engine, migrate
