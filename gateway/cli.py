@@ -27,6 +27,7 @@ from gateway.http.bodies import validate
 from gateway.observability.logs import configure_logging
 from gateway.preflight import preflight
 from gateway.runtime import keyring_for, run_migrations, store_session
+from gateway.sandbox.standalone import PROVIDERS, run_one
 from gateway.server import serve, serve_worker
 from gateway.store.db import utcnow
 from gateway.store.objects import Objects
@@ -87,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         remove = group.add_parser("remove", parents=[common], help=f"remove a {singular}")
         remove.add_argument("id", help=f"the {singular}'s id")
 
+    sandbox = verbs.add_parser("sandbox", help="sandbox upstreams").add_subparsers(dest="action", required=True)
+    run = sandbox.add_parser("run", parents=[common], help="serve one provider's sandbox on loopback (offline trials)")
+    run.add_argument("provider", choices=PROVIDERS, help="which provider the sandbox stands in for")
+    run.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one, printed)")
+    run.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    run.add_argument("--seed", action="store_true", help="start with a few demo records")
+
     keys = verbs.add_parser("keys", help="encryption keys").add_subparsers(dest="action", required=True)
     generate = keys.add_parser("generate", parents=[common], help="print a new key-id:base64 key")
     generate.add_argument("--id", default=None, help="key id (default: k<unix time>)")
@@ -118,6 +126,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(generate_key(args.id or f"k{int(time.time())}"))
         stderr(f"put it first in {KEYS_ENV} (encryption.keys), comma-separated, then run `gateway keys rotate`")
+        return 0
+    if args.verb == "sandbox":  # needs no config, store or key
+        configure_logging(format="console", level="warning")
+        run_async(lambda: run_one(args.provider, host=args.host, port=args.port, seed=args.seed))
         return 0
     config = load_config(args.config)
     configure_logging(format=config.log.format, level=config.log.level)
