@@ -26,6 +26,8 @@ from pydantic import (
     field_validator,
 )
 
+from gateway.urltext import check_base_path
+
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 ObjectId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 Provider = Literal["salesforce", "hubspot", "stripe", "airtable", "rest"]
@@ -48,8 +50,9 @@ def _http_url(value: str) -> str:
         raise ValueError("must be an absolute http(s) URL with a host")
     if parts.query or parts.fragment:
         raise ValueError("must not carry a query string or fragment")
-    if parts.username or parts.password:
+    if "@" in parts.netloc:
         raise ValueError("must not carry user info; put secrets in auth")
+    check_base_path(value)
     return value.rstrip("/")
 
 

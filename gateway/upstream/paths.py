@@ -9,6 +9,10 @@ could make any upstream, however sloppy its own decoding, leave the base URL:
 * a path that starts with ``/`` (``//host`` is a scheme-relative URL), raw or encoded;
 * dot segments (``.``, ``..``, ``%2e%2E``, ``%252e%252e`` ...) that climb above the base path;
 * encoded slashes that hide a dot segment inside one segment (``a%2F..%2F..``);
+* dot segments carrying ``;`` parameters (``..;/``, ``.;x``): Tomcat and Jetty strip the parameter
+  and then resolve the ``..``;
+* characters that Unicode compatibility normalisation (NFKC, which some upstreams apply) folds into
+  ``..``, ``/`` or ``\\``: fullwidth dots ``%ef%bc%8e``, the division slash ``%e2%88%95``, ...;
 * percent-encoding nested so deep it never settles (a decoder bomb).
 
 Dot segments that stay below the base are resolved here, so what is sent has none left. The joined
@@ -24,20 +28,10 @@ from urllib.parse import unquote, urlencode
 from yarl import URL
 
 from gateway.errors import InvalidPath
+from gateway.urltext import CONTROL as _CONTROL
+from gateway.urltext import folds_into_separators, fully_decode
 
-_MAX_DECODES = 4
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FORBIDDEN_RAW = re.compile(r"[\\#?\s]")
-
-
-def fully_decode(text: str) -> str:
-    """Percent-decode until nothing changes; refuse encodings nested deeper than any client needs."""
-    for _ in range(_MAX_DECODES):
-        decoded = unquote(text, errors="strict")
-        if decoded == text:
-            return text
-        text = decoded
-    raise InvalidPath("path: percent-encoding is nested too deeply", field="path")
 
 
 def _refuse(reason: str) -> InvalidPath:
@@ -56,10 +50,14 @@ def normalize_path(raw: str) -> str:
         raise _refuse("encoded control characters or backslashes are not allowed")
     if decoded.startswith("/"):
         raise _refuse("a path starting with '/' could name another host")
+    if folds_into_separators(decoded):
+        raise _refuse("characters that Unicode normalisation turns into '..', '/' or '\\' are not allowed")
     segments = raw.split("/")
     kept: list[str] = []
     for segment in segments:
         plain = fully_decode(segment)
+        if ";" in plain and plain.split(";", 1)[0] in (".", ".."):
+            raise _refuse("dot segments with ';' parameters are not allowed")
         if plain == "..":
             if not kept:
                 raise _refuse("dot segments climb above the base path")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import posixpath
+import unicodedata
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from gateway.errors import InvalidPath
+from gateway.models import CredentialIn
 from gateway.upstream.paths import join, normalize_path
 
 BASE = "https://api.example.com:8443/base/v2"
@@ -17,17 +21,25 @@ PIECES = [
     "a", "b", "..", ".", "%2e", "%2E", "%2e%2e", "%2E%2e", ".%2e", "%252e", "%252e%252e", "%25252e",
     "/", "//", "%2f", "%2F", "%252f", "\\", "%5c", "%5C", "@", ":", "evil.com", "%40", "%3a", "%00", "%0a",
     "%", "%zz", "?", "#", "%3f", "%23", "~", ";", "=", "%20", "é", "%c3%a9", "%ff",
+    # ';' parameters (Tomcat/Jetty strip them, then resolve dots) and what NFKC folds into '.', '/', '\\'
+    "..;", ".;x", "%3b", "%3B", "%2e%2e%3b", "%ef%bc%8e", "\uff0e", "%ef%b9%92", "\u2025", "%e2%80%a5",
+    "%e2%88%95", "\u2215", "%e2%81%84", "%ef%bc%8f", "\uff0f", "%ef%bc%bc", "\uff3c", "%e2%88%96",
 ]
 
 
+_BEST_FIT = str.maketrans({"\u2215": "/", "\u2044": "/", "\u2216": "\\"})  # Windows code-page look-alikes
+
+
 def _as_upstream_sees_it(path: str) -> str:
-    """A worst-case upstream: decodes repeatedly, treats backslashes as slashes, then resolves dots."""
+    """A worst-case upstream: decodes repeatedly, folds Unicode compatibility forms (NFKC) and best-fit
+    look-alikes, treats backslashes as slashes, drops ';' parameters from each segment, resolves dots."""
     for _ in range(6):
         path = unquote(path)
-    return posixpath.normpath(path.replace("\\", "/"))
+    path = unicodedata.normalize("NFKC", path).translate(_BEST_FIT).replace("\\", "/")
+    return posixpath.normpath("/".join(segment.split(";", 1)[0] for segment in path.split("/")))
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=3000, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), max_size=12).map("".join))
 def test_no_generated_path_escapes_the_base(raw: str) -> None:
     """Every generated path is refused or lands below the base path on the base origin."""
@@ -66,3 +78,39 @@ def test_query_auth_replaces_a_client_parameter_of_the_same_name() -> None:
     """The credential's query parameter wins over one the client sent."""
     url = join(BASE, "x", "api_key=mine&b=2", {"api_key": "secret"})
     assert url.raw_query_string == "b=2&api_key=secret"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["..;/secret", "a/..;/..;/secret", "a/.;x/../../b", "a/%2e%2e%3b/b", "%ef%bc%8e%ef%bc%8e/secret",
+     "a/%ef%bc%8e%ef%bc%8e/%ef%bc%8e%ef%bc%8e/x", ".%ef%bc%8e/x", "a%e2%88%95..%e2%88%95..%e2%88%95x",
+     "%e2%80%a5/x", "a%ef%bc%bcb"],
+)
+def test_parameter_and_compatibility_forms_of_dot_segments_are_refused(raw: str) -> None:
+    with pytest.raises(InvalidPath):
+        normalize_path(raw)
+
+
+@pytest.mark.parametrize("raw", ["a;b/c", "matrix;p=1/x", "caf%c3%a9/%ef%bc%a1", "a.b..c"])
+def test_parameters_and_unicode_that_fold_to_nothing_dangerous_pass(raw: str) -> None:
+    assert normalize_path(raw) == raw
+
+
+CREDENTIAL: dict[str, Any] = {"provider": "rest", "auth": {"type": "bearer", "token": "t0k3n"}}
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["https://api.example.com/v1/../..", "https://api.example.com/a/%2e%2e/b", "https://api.example.com/./v1",
+     "https://api.example.com/a/..;/b", "https://api.example.com/%ef%bc%8e%ef%bc%8e/x",
+     "https://api.example.com/a%e2%88%95b", "https://user@api.example.com/", "https://@api.example.com/",
+     "https://u:p@api.example.com/", "https://api.example.com/a%5cb"],
+)
+def test_base_urls_that_climb_or_carry_userinfo_are_refused(base_url: str) -> None:
+    with pytest.raises(ValidationError, match="base_url"):
+        CredentialIn.model_validate({**CREDENTIAL, "base_url": base_url})
+
+
+@pytest.mark.parametrize("base_url", ["https://api.example.com", "https://api.example.com/v1/", "http://h:8080/a.b/c..d"])
+def test_plain_base_urls_pass(base_url: str) -> None:
+    assert CredentialIn.model_validate({**CREDENTIAL, "base_url": base_url}).base_url == base_url.rstrip("/")
