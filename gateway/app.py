@@ -20,6 +20,7 @@ from gateway.http.endpoints import Endpoint
 from gateway.http.middlewares import add_request_id, gateway_middleware
 from gateway.http.openapi import add_endpoints
 from gateway.http.ops import add_ops_routes
+from gateway.http.protocol import start_runner
 from gateway.mutations.journal import Journal
 from gateway.mutations.recovery import Recovery
 from gateway.observability.metrics import Metrics
@@ -159,8 +160,7 @@ def _ops_site(config: Config, worker_socket: str | None) -> SiteFactory:
 
 async def _ops_listener(site: SiteFactory, app: web.Application) -> AsyncIterator[None]:
     """Serve /healthz, /readyz, /metrics apart from the API (the default)."""
-    runner = web.AppRunner(create_metrics_app(app), access_log=None)
-    await runner.setup()
+    runner = await start_runner(create_metrics_app(app), app[appkeys.CONFIG].server)
     await site(runner).start()
     yield
     await runner.cleanup()

@@ -50,6 +50,12 @@ class ServerConfig(Strict):
     )
     workers: int = Field(default=1, ge=1, description="processes accepting on server.port (a supervisor)")
     max_json_depth: int = Field(default=64, ge=2, le=128, description="deepest nesting a JSON body may have")
+    header_timeout: float = Field(
+        default=10, gt=0, le=3600, description="seconds to send a request head; idle keep-alive closes too"
+    )
+    max_connections: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="open client connections per listener; more get 503"
+    )
     body_idle_timeout: float = Field(
         default=30, gt=0, le=3600, description="longest gap between request body chunks, seconds"
     )

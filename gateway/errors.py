@@ -24,6 +24,7 @@ SQLAlchemy, pydantic) are translated into a leaf in exactly one place each, with
     ├── UpstreamUnavailable       502 upstream_unavailable
     ├── UpstreamAuthFailed        502 upstream_auth_failed
     ├── BackendUnavailable        503 backend_unavailable
+    ├── Overloaded                503 overloaded (Retry-After)
     └── UpstreamTimeout           504 upstream_timeout
 
 Configuration and key problems outside a request (``ConfigError``, ``KeyNotFound``) are
@@ -203,6 +204,16 @@ class UpstreamAuthFailed(GatewayError):
 class BackendUnavailable(GatewayError):
     status = 503
     code = "backend_unavailable"
+
+
+class Overloaded(GatewayError):
+    """A listener holds ``server.max_connections`` connections already; this one is turned away."""
+
+    status = 503
+    code = "overloaded"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
 
 
 class UpstreamTimeout(GatewayError):

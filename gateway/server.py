@@ -21,7 +21,7 @@ from gateway.app import create_app, readiness
 from gateway.config import Config
 from gateway.http import appkeys
 from gateway.http.endpoints import Handler
-from gateway.http.protocol import serve_json_errors
+from gateway.http.protocol import start_runner
 from gateway.runtime import WorkerRole, install_uvloop, until_signalled
 from gateway.vault.crypto import Keyring
 
@@ -76,9 +76,7 @@ async def _serve(config: Config, keyring: Keyring, *, demo: bool, worker: Worker
         install_demo(app)
     checks = app[appkeys.READY_CHECKS]
     checks["accepting"] = readiness(False)  # ready only once the API port really accepts
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout)
-    await runner.setup()
-    serve_json_errors(runner)
+    runner = await start_runner(app, config.server, shutdown_timeout=config.server.shutdown_timeout)
     settle_heap()
     try:
         shared = worker is not None  # SO_REUSEPORT: the kernel spreads connections over the workers

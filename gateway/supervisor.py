@@ -41,6 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.http import appkeys, ops
+from gateway.http.protocol import start_runner
 from gateway.observability.logs import configure_logging
 from gateway.runtime import WorkerRole, store_session, until_signalled
 from gateway.store.declared import declare_objects
@@ -133,8 +134,7 @@ class Supervisor:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """The metrics listener, then the workers; on the way out anything still alive is killed."""
-        runner = web.AppRunner(self._ops_app(), access_log=None)
-        await runner.setup()
+        runner = await start_runner(self._ops_app(), self.config.server)
         try:
             await web.TCPSite(runner, self.config.metrics.host, self.config.metrics.port).start()
             for slot in self.slots:

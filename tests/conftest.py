@@ -192,17 +192,23 @@ class ServedLikeProduction(TestServer):
 
     Handlers run on when their client disconnects: aiohttp's test server cancels them
     (``handler_cancellation=True``), the gateway's runner does not, so a mutation is never cut
-    halfway by a client that left. Requests the HTTP parser refuses get the JSON error.
+    halfway by a client that left. Requests the HTTP parser refuses get the JSON error; the header
+    timeout and the connection cap are the configured ones (``protocol.start_runner``).
     """
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        from gateway.http import appkeys
+
         kwargs["handler_cancellation"] = False
+        kwargs["keepalive_timeout"] = self.app[appkeys.CONFIG].server.header_timeout
         return await super()._make_runner(**kwargs)
 
     async def start_server(self, *args: Any, **kwargs: Any) -> None:
+        from gateway.http import appkeys
+
         await super().start_server(*args, **kwargs)
         assert self.runner is not None
-        serve_json_errors(self.runner)
+        serve_json_errors(self.runner, max_connections=self.app[appkeys.CONFIG].server.max_connections)
 
 
 @pytest.fixture

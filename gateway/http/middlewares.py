@@ -26,6 +26,7 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
 )
 from gateway.http.endpoints import Handler
@@ -122,6 +123,13 @@ async def _answer(
         if request.path.startswith("/v1/"):
             await authenticate(request)
         return await handler(request)
+    except RequestTimeout as exc:
+        # A client dawdling over its body: answer and close, instead of aiohttp lingering up to 10 s
+        # to read the rest of that body at the client's pace.
+        request.content.feed_eof()
+        response = error_response(exc)
+        response.force_close()
+        return response
     except GatewayError as exc:
         return error_response(exc)
     except HTTPException as exc:

@@ -71,7 +71,8 @@ async def forward(request: web.Request, credential: Credential) -> web.StreamRes
     request[UPSTREAM_PROVIDER] = credential.provider
     apply_share(request)
     headers = _upstream_headers(request)
-    body = await _body(request, headers, read_timeout=client.timeouts(credential)["read"])
+    idle = min(client.timeouts(credential)["read"], request.app[appkeys.CONFIG].server.body_idle_timeout)
+    body = await _body(request, headers, read_timeout=idle)
     async with client.stream(
         credential,
         request.method,
@@ -97,7 +98,11 @@ def _upstream_headers(request: web.Request) -> CIMultiDict[str]:
 
 
 async def _body(request: web.Request, headers: CIMultiDict[str], *, read_timeout: float) -> bytes | StreamedBody | None:
-    """No body, the whole body (small, so a 429 can be retried), or the body as it arrives."""
+    """No body, the whole body (small, so a 429 can be retried), or the body as it arrives.
+
+    A small body is read whole before pacing: a client dawdling over it holds no pacing slot and no
+    upstream connection, and is cut off after ``read_timeout`` without a byte.
+    """
     limit = request.app[appkeys.CONFIG].server.max_body_bytes
     length = request.content_length
     if limit and length is not None and length > limit:
