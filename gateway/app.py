@@ -78,6 +78,7 @@ def create_app(
         stream=stream,
         retention=config.stream.retention,
         shutdown_timeout=config.server.shutdown_timeout,
+        egress=app[appkeys.UPSTREAM].egress,
     )
     if ops_on_main is None:
         ops_on_main = config.metrics.port == config.server.port and config.metrics.host == config.server.host

@@ -112,6 +112,18 @@ class MutationsConfig(Strict):
     )
 
 
+class UpstreamConfig(Strict):
+    """Where the gateway's own outbound calls may go (credentials, OAuth2 token URLs, webhooks)."""
+
+    deny: list[str] = Field(
+        default_factory=lambda: ["169.254.0.0/16", "fe80::/10"],
+        description="CIDRs, addresses or host names, each optionally with :port, never connected to",
+    )
+    deny_own_endpoints: bool = Field(default=True, description="also deny our listeners, Redis and PostgreSQL")
+    allow: list[str] = Field(default_factory=list, description="when set, only these may be reached")
+    ca_dir: str | None = Field(default=None, description="the directory a credential's ca_bundle must lie in")
+
+
 class ProviderConfig(Strict):
     rate_limit: RateLimitOverride | None = None
     shared_rate_limit: RateLimitOverride | None = Field(
@@ -129,6 +141,7 @@ class Config(Strict):
     log: LogConfig = LogConfig()
     stream: StreamConfig = StreamConfig()
     mutations: MutationsConfig = MutationsConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
     providers: dict[Provider, ProviderConfig] = Field(default_factory=dict)
     credentials: list[CredentialIn] = Field(default_factory=list)
     syncs: list[SyncIn] = Field(default_factory=list)

@@ -11,6 +11,7 @@ SQLAlchemy, pydantic) are translated into a leaf in exactly one place each, with
     ├── UpstreamValidationError   400 upstream_validation_error
     ├── Unauthorized              401 unauthorized
     ├── Forbidden                 403 forbidden
+    ├── UpstreamDenied            403 upstream_denied
     ├── NotFound                  404 not_found
     ├── MethodNotAllowed          405 method_not_allowed
     ├── RequestTimeout            408 request_timeout
@@ -116,6 +117,13 @@ class Unauthorized(GatewayError):
 class Forbidden(GatewayError):
     status = 403
     code = "forbidden"
+
+
+class UpstreamDenied(GatewayError):
+    """The upstream's address is refused by the egress policy (``upstream.deny``/``upstream.allow``)."""
+
+    status = 403
+    code = "upstream_denied"
 
 
 class NotFound(GatewayError):

@@ -32,9 +32,11 @@ from gateway.http import appkeys
 from gateway.http.bodies import json_response, read_json, validate
 from gateway.http.endpoints import Endpoint, Handler
 from gateway.http.openapi import openapi_view
+from gateway.upstream.egress import ca_bundle_path
 
 ADMIN_ERRORS = {400: "invalid request", 401: "missing or bad token", 403: "token lacks the scope", 404: "not found"}
 Enrich = Callable[[web.Request, Any], Awaitable[Any]]
+Check = Callable[[web.Request, Any], None]
 
 
 def object_id(request: web.Request, key: str = "id") -> str:
@@ -58,6 +60,12 @@ async def _with_pacing_state(request: web.Request, view: CredentialView) -> Cred
     return view.model_copy(update={"pacing": await describe(credential)})
 
 
+def _check_ca_bundle(request: web.Request, body: CredentialIn | CredentialPatch) -> None:
+    """A credential's ``ca_bundle`` must lie inside ``upstream.ca_dir`` (checked on the path, not the file)."""
+    if body.ca_bundle:
+        ca_bundle_path(body.ca_bundle, request.app[appkeys.CONFIG].upstream.ca_dir)
+
+
 @dataclass(frozen=True)
 class Resource:
     plural: str
@@ -66,6 +74,7 @@ class Resource:
     patch_model: type[BaseModel]
     view_model: Any  # a model or an annotated union (consumers read back in the shape of their kind)
     enrich: Enrich | None = None
+    check: Check | None = None  # rules that need the config, after the model's own validation
 
     def _call(self, request: web.Request, method: str) -> Callable[..., Awaitable[Any]]:
         return getattr(request.app[appkeys.OBJECTS], method)  # type: ignore[no-any-return]
@@ -75,6 +84,8 @@ class Resource:
 
     async def create(self, request: web.Request) -> web.Response:
         body = validate(TypeAdapter[Any](self.create_model), await _body(request))
+        if self.check:
+            self.check(request, body)
         return json_response(await self._call(request, f"create_{self.singular}")(body), status=201)
 
     async def get(self, request: web.Request) -> web.Response:
@@ -84,6 +95,8 @@ class Resource:
     async def patch(self, request: web.Request) -> web.Response:
         target = object_id(request)
         patch = validate(self.patch_model, await _body(request))
+        if self.check:
+            self.check(request, patch)
         return json_response(await self._call(request, f"patch_{self.singular}")(target, patch))
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -129,7 +142,9 @@ class Resource:
 
 
 RESOURCES = (
-    Resource("credentials", "credential", CredentialIn, CredentialPatch, CredentialView, _with_pacing_state),
+    Resource(
+        "credentials", "credential", CredentialIn, CredentialPatch, CredentialView, _with_pacing_state, _check_ca_bundle
+    ),
     Resource("syncs", "sync", SyncIn, SyncPatch, SyncView),
     Resource("consumers", "consumer", ConsumerIn, ConsumerPatch, ConsumerView),
 )

@@ -47,7 +47,7 @@ from yarl import URL
 from gateway.config import Config
 from gateway.domain.models import OAuth2Auth
 from gateway.domain.objects import Credential
-from gateway.errors import UpstreamAuthFailed, UpstreamUnavailable
+from gateway.errors import InvalidRequest, UpstreamAuthFailed, UpstreamUnavailable
 from gateway.observability.metrics import Metrics
 from gateway.pacing import adaptive
 from gateway.pacing.api import Pacer, Permit, current_share
@@ -55,6 +55,7 @@ from gateway.store.objects import Objects
 from gateway.upstream import auth, paths
 from gateway.upstream.body import StreamedBody
 from gateway.upstream.cache import CredentialCache
+from gateway.upstream.egress import EgressPolicy, ca_bundle_path
 from gateway.upstream.response import CHUNK, UpstreamResponse, UpstreamResult, display_name, mapped
 from gateway.vault.credentials import OAuth2Refresher, access_token
 
@@ -120,11 +121,12 @@ class UpstreamClient:
         # id(credential) -> (credential, prepared); the credential is kept so its id is not reused.
         self._prepared: dict[int, tuple[Credential, Prepared]] = {}
         self._counted: dict[tuple[str, int | str], tuple[Counter, Histogram]] = {}
+        self.egress = EgressPolicy.from_config(config)
         self.oauth2 = OAuth2Refresher(objects, metrics, self._post_token_form)
         self.credentials = CredentialCache(objects)
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=1024, limit_per_host=256, ttl_dns_cache=300, keepalive_timeout=30)
+        connector = self.egress.connector(limit=1024, limit_per_host=256, ttl_dns_cache=300, keepalive_timeout=30)
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,  # bodies pass through exactly as the upstream encoded them
@@ -343,16 +345,16 @@ class UpstreamClient:
 
     def _ssl_context(self, credential: Credential) -> ssl.SSLContext | bool:
         """TLS is always verified; a credential may name its own CA bundle (cached per path)."""
-        path = credential.ca_bundle
-        if not path:
+        if not credential.ca_bundle:
             return True
-        context = self._ssl.get(path)
+        context = self._ssl.get(credential.ca_bundle)
         if context is None:
             try:
+                path = ca_bundle_path(credential.ca_bundle, self._config.upstream.ca_dir)
                 context = ssl.create_default_context(cafile=path)
-            except (OSError, ssl.SSLError) as exc:
+            except (OSError, ssl.SSLError, InvalidRequest) as exc:
                 raise UpstreamUnavailable(f"Error: the CA bundle of {credential.id!r} cannot be loaded") from exc
-            self._ssl[path] = context
+            self._ssl[credential.ca_bundle] = context
         return context
 
     async def request_json(

@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import GatewayError, UpstreamDenied, UpstreamTimeout, UpstreamUnavailable
+from gateway.upstream.egress import EgressDenied
 
 DISPLAY_NAMES = {"salesforce": "Salesforce", "hubspot": "HubSpot", "stripe": "Stripe", "airtable": "Airtable"}
 RESULT_LIMIT = 64 * 1024 * 1024  # request_json bodies are parsed whole; bigger ones are not JSON APIs
@@ -63,6 +64,10 @@ def display_name(provider: str) -> str:
 def mapped(exc: BaseException, provider: str) -> GatewayError:
     """The one translation of aiohttp/socket failures into the gateway's error tree."""
     name = display_name(provider)
+    if isinstance(getattr(exc, "os_error", None), EgressDenied):
+        return UpstreamDenied(
+            f"Error: the {name} API's address is denied by the gateway's egress policy (upstream.deny/allow)"
+        )
     if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError/ConnectionTimeoutError are TimeoutErrors
         return UpstreamTimeout(f"Error: {name} API timed out")
     reason = "TLS handshake failed" if isinstance(exc, aiohttp.ClientSSLError) else exc.__class__.__name__

@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.domain.models import OAuth2Auth
 from gateway.domain.objects import Credential
-from gateway.errors import GatewayError, UpstreamAuthFailed
+from gateway.errors import GatewayError, UpstreamAuthFailed, UpstreamDenied
 from gateway.observability.metrics import Metrics
 from gateway.store import tables as t
 from gateway.store.objects import Objects
@@ -138,7 +138,7 @@ class OAuth2Refresher:
         except (GatewayError, ValidationError) as exc:
             self._count(credential, "failure")
             log.warning("oauth2_refresh_failed", credential_id=credential.id, reason=exc.__class__.__name__)
-            if isinstance(exc, UpstreamAuthFailed):
+            if isinstance(exc, (UpstreamAuthFailed, UpstreamDenied)):  # a denied token_url says so
                 raise
             raise UpstreamAuthFailed(f"Error: OAuth2 refresh of {credential.id!r} failed") from exc
         fresh = self._renewed(auth, token)

@@ -78,8 +78,24 @@ async def test_credential_ca_bundle_is_trusted(
     make_gateway: GatewayFactory, https_upstream: str, private_ca: tuple[Path, ssl.SSLContext]
 ) -> None:
     """With ``ca_bundle`` naming the private CA, the same upstream is reached over verified TLS."""
-    gw = await make_gateway()
-    await add_credential(gw, https_upstream, ca_bundle=str(private_ca[0]))
+    gw = await make_gateway(upstream={"ca_dir": str(private_ca[0].parent)})
+    await add_credential(gw, https_upstream, ca_bundle=private_ca[0].name)
     resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth())
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["headers"]["x-forwarded-proto"] == ["http"]
+
+
+@pytest.mark.parametrize("ca_dir", [None, "inside"])
+@pytest.mark.parametrize("bundle", ["/etc/passwd", "../outside.pem", "/nonexistent/x.pem"])
+async def test_a_ca_bundle_outside_the_configured_directory_is_refused(
+    make_gateway: GatewayFactory, https_upstream: str, tmp_path: Path, ca_dir: str | None, bundle: str
+) -> None:
+    """Refused on the path alone, the same way whether the file exists or not: no file-existence oracle."""
+    (tmp_path / "inside").mkdir()
+    gw = await make_gateway(upstream={"ca_dir": str(tmp_path / ca_dir) if ca_dir else None})
+    body = {"id": "c", "provider": "rest", "base_url": https_upstream, "auth": {"type": "bearer", "token": "t"},
+            "ca_bundle": bundle}
+    resp = await gw.client.post("/v1/credentials", json=body, headers=gw.auth())
+    assert resp.status == 400
+    error = await resp.json()
+    assert error["field"] == "ca_bundle" and "passwd" not in error["error"]

@@ -20,6 +20,7 @@ import aiohttp
 
 from gateway.domain.models import Event
 from gateway.domain.objects import Consumer
+from gateway.upstream.egress import EgressDenied
 
 SECRET_PREFIX = "whsec_"
 
@@ -69,6 +70,8 @@ class WebhookSink:
         except TimeoutError:
             raise DeliveryFailed("timed out") from None
         except aiohttp.ClientError as exc:
+            if isinstance(getattr(exc, "os_error", None), EgressDenied):
+                raise DeliveryFailed("the URL's address is denied by the egress policy (upstream.deny/allow)") from None
             raise DeliveryFailed(f"connection failed: {exc.__class__.__name__}") from None
         if not 200 <= status < 300:
             raise DeliveryFailed(f"answered HTTP {status}")

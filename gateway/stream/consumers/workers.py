@@ -38,6 +38,7 @@ from gateway.stream.consumers.webhook import DeliveryFailed, WebhookSink
 from gateway.stream.delivery import RECHECK_SECONDS, Delivery
 from gateway.stream.events import purge_expired
 from gateway.stream.service import Stream
+from gateway.upstream.egress import EgressPolicy
 
 log = structlog.get_logger(__name__)
 KINDS = ("webhook", "postgres")
@@ -162,8 +163,11 @@ class Workers:
         lease_ttl: float = 15.0,
         owner: str | None = None,
         backoff: Backoff = Backoff(),
+        egress: EgressPolicy | None = None,
     ) -> None:
+        """``egress``: the policy webhook POSTs connect through (the app passes the configured one)."""
         self.objects, self.stream, self.backoff = objects, stream, backoff
+        self.egress = egress or EgressPolicy(())
         self.retention, self.shutdown_timeout, self.lease_ttl = retention, shutdown_timeout, lease_ttl
         self.leases = Leases(objects.engine, owner or "replica-" + uuid.uuid4().hex[:12], ttl=lease_ttl)
         self.running: dict[str, tuple[ConsumerWorker, asyncio.Task[None]]] = {}
@@ -257,7 +261,7 @@ class Workers:
     def _client(self) -> aiohttp.ClientSession:
         """The webhook sinks' shared session, opened on first use (inside the running loop)."""
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(connector=self.egress.connector())
         return self._session
 
     async def close(self) -> None:
