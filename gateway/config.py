@@ -49,6 +49,10 @@ class ServerConfig(Strict):
         default=5, ge=0, description="seconds a valid API token is cached in-process; 0 = off"
     )
     workers: int = Field(default=1, ge=1, description="processes accepting on server.port (a supervisor)")
+    trust_forwarded: bool = Field(
+        default=False,
+        description="pass the client's Forwarded/X-Forwarded-*/X-Real-IP upstream (only behind your own proxy)",
+    )
     max_json_depth: int = Field(default=64, ge=2, le=128, description="deepest nesting a JSON body may have")
     header_timeout: float = Field(
         default=10, gt=0, le=3600, description="seconds to send a request head; idle keep-alive closes too"

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion10, web
 from aiohttp.typedefs import Middleware
 from aiohttp.web_exceptions import HTTPException, HTTPMethodNotAllowed
 from prometheus_client import Counter, Histogram
@@ -120,6 +120,8 @@ async def _answer(
 ) -> web.StreamResponse:
     """The one place where errors become the JSON bodies of SPEC.md; nothing else leaks."""
     try:
+        if request.version < HttpVersion10:
+            raise InvalidRequest("malformed HTTP request: the request line has no HTTP version")
         if request.path.startswith("/v1/"):
             await authenticate(request)
         return await handler(request)

@@ -37,6 +37,9 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 # The tail matches anything, newlines included, so that a hostile path gets its 400, not a 404.
 _ANY = r"[\s\S]*"
 _NOT_FORWARDED = ("Host", "Authorization", "Content-Length", "Expect")
+# What a client may claim about the proxies it came through: dropped unless server.trust_forwarded.
+_CLIENT_CLAIMS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port",
+                  "X-Real-IP")
 
 
 async def proxy_sync(request: web.Request) -> web.StreamResponse:
@@ -52,9 +55,10 @@ async def proxy_credential(request: web.Request) -> web.StreamResponse:
 
 
 def _checked_id(request: web.Request, name: str) -> str:
-    """The id as routed, refused when the raw segment decodes differently (``a%2Fb`` routes as ``a``)."""
+    """The id as routed, refused when it holds an encoded slash (``a%2Fb``, which aiohttp routes as the
+    id ``a/b``) or the raw segment decodes differently."""
     object_id = request.match_info[name]
-    if unquote(_raw_parts(request)[4]) != object_id:
+    if "/" in object_id or unquote(_raw_parts(request)[4]) != object_id:
         raise InvalidPath(f"{name}: encoded slashes are not allowed in ids", field=name)
     return object_id
 
@@ -86,11 +90,14 @@ async def forward(request: web.Request, credential: Credential) -> web.StreamRes
 
 
 def _upstream_headers(request: web.Request) -> CIMultiDict[str]:
-    headers = end_to_end(request.headers, drop=_NOT_FORWARDED)
+    """The client's end-to-end headers plus ours; what the client claims about the path it came by
+    (``Forwarded``, ``X-Forwarded-*``, ``X-Real-IP``) only with ``server.trust_forwarded``."""
+    trusted = request.app[appkeys.CONFIG].server.trust_forwarded
+    headers = end_to_end(request.headers, drop=_NOT_FORWARDED if trusted else _NOT_FORWARDED + _CLIENT_CLAIMS)
     for name in [name for name in headers if name[:10].lower() == "x-gateway-"]:  # read by the gateway only
         del headers[name]
     peer = request.remote or "unknown"
-    seen = request.headers.get("X-Forwarded-For")
+    seen = ", ".join(request.headers.getall("X-Forwarded-For", ())) if trusted else ""
     headers["X-Forwarded-For"] = f"{seen}, {peer}" if seen else peer
     headers["X-Forwarded-Proto"] = request.scheme
     headers["X-Request-Id"] = request[REQUEST_ID]

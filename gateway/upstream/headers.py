@@ -29,12 +29,23 @@ HOP_BY_HOP = frozenset(
 def end_to_end(
     headers: CIMultiDict[str] | CIMultiDictProxy[str], *, drop: Iterable[str] = ()
 ) -> CIMultiDict[str]:
-    """A copy of ``headers`` without hop-by-hop ones, those ``Connection`` names, and ``drop``."""
+    """A copy of ``headers`` without hop-by-hop ones, those ``Connection`` names, and ``drop``.
+
+    A name repeated in another case (``X-A`` then ``x-a``) keeps its first spelling: aiohttp's client
+    tells repeats apart case-sensitively and would keep only the last value of such a pair, while
+    every value the client sent must reach the upstream, in order.
+    """
     unwanted = _unwanted(tuple(drop))
     connection = headers.getall("Connection", ())
     if connection:
         unwanted = unwanted | {token.strip().lower() for value in connection for token in value.split(",")}
-    return CIMultiDict([(name, value) for name, value in headers.items() if name.lower() not in unwanted])
+    spelling: dict[str, str] = {}
+    kept = []
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered not in unwanted:
+            kept.append((spelling.setdefault(lowered, name), value))
+    return CIMultiDict(kept)
 
 
 @functools.lru_cache(maxsize=64)
