@@ -95,7 +95,7 @@ def _upstream_headers(request: web.Request) -> CIMultiDict[str]:
     trusted = request.app[appkeys.CONFIG].server.trust_forwarded
     headers = end_to_end(request.headers, drop=_NOT_FORWARDED if trusted else _NOT_FORWARDED + _CLIENT_CLAIMS)
     for name in [name for name in headers if name[:10].lower() == "x-gateway-"]:  # read by the gateway only
-        del headers[name]
+        headers.popall(name, None)  # a name repeated in another case is listed twice
     peer = request.remote or "unknown"
     seen = ", ".join(request.headers.getall("X-Forwarded-For", ())) if trusted else ""
     headers["X-Forwarded-For"] = f"{seen}, {peer}" if seen else peer
