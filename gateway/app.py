@@ -21,6 +21,7 @@ from gateway.http.middlewares import add_request_id, gateway_middleware
 from gateway.http.openapi import add_endpoints
 from gateway.http.ops import add_ops_routes
 from gateway.http.protocol import start_runner
+from gateway.http.throttle import AuthThrottle
 from gateway.mutations.journal import Journal
 from gateway.mutations.recovery import Recovery
 from gateway.observability.metrics import Metrics
@@ -70,7 +71,16 @@ def create_app(
     for view_module in (management, tokens, proxy, consumers, mutations):
         add_endpoints(app, view_module.ENDPOINTS)
     scopes = {e.name: e.scope for e in app[appkeys.ENDPOINTS]}
-    app.middlewares.append(gateway_middleware(metrics=metrics, tokens=app[appkeys.TOKENS], scopes=scopes))
+    server = config.server
+    throttle = AuthThrottle(
+        max_failures=server.auth_max_failures, window=server.auth_failure_window, max_backoff=server.auth_max_backoff
+    )
+    app.middlewares.append(
+        gateway_middleware(
+            metrics=metrics, tokens=app[appkeys.TOKENS], scopes=scopes, throttle=throttle,
+            trust_forwarded=server.trust_forwarded,
+        )
+    )
     app.on_response_prepare.append(add_request_id)
 
     workers = Workers(

@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     create = tokens.add_parser("create", parents=[common], help="create a token and print it once")
     create.add_argument("--name", required=True, help="the token's unique name (how list and revoke refer to it)")
     create.add_argument("--scope", required=True, help="comma-separated: proxy,mutations,consumers,admin")
-    create.add_argument("--only", help="comma-separated sync/credential ids the token is limited to")
+    create.add_argument(
+        "--only", help="comma-separated ids the token is limited to: sync:<id>, credential:<id>, consumer:<id>"
+    )
     create.add_argument("--priority", default="normal", help="pacing class: high, normal (default) or low")
     create.add_argument("--weight", type=int, default=1, help="fair share within its priority, 1..1000 (default 1)")
     create.add_argument("--expires", type=float, metavar="DAYS", help="the token stops working after DAYS days")

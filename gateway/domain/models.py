@@ -403,7 +403,10 @@ class TokenIn(Strict):
 
     name: ObjectId
     scopes: list[TokenScope] = Field(min_length=1)
-    only: list[ObjectId] | None = Field(default=None, description="sync/credential ids the token is limited to")
+    only: list[ObjectId] | None = Field(
+        default=None,
+        description="ids the token is limited to: 'sync:<id>', 'credential:<id>', 'consumer:<id>', or plain (any kind)",
+    )
     priority: TokenPriority = Field(default="normal", description="pacing class of this token's calls")
     weight: int = Field(default=1, ge=1, le=1000, strict=True, description="fair share within its priority")
     expires_at: AwareDatetime | None = Field(default=None, description="refused like a revoked token after it")

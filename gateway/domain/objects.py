@@ -6,7 +6,7 @@ The store builds them from rows (opening the sealed secrets); ``repr()`` names t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from gateway.domain.models import (
     TOKEN_SCOPES,
@@ -67,6 +67,10 @@ class Consumer:
         return self.collections is None or collection_id in self.collections
 
 
+ObjectKind = Literal["sync", "credential", "consumer"]
+OBJECT_KINDS: frozenset[str] = frozenset(("sync", "credential", "consumer"))
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: the token's name, scopes, optional id restriction and pacing class.
@@ -88,8 +92,17 @@ class Principal:
     def has_scope(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
 
-    def may_use(self, object_id: str) -> bool:
-        return self.only is None or object_id in self.only
+    def may_use(self, kind: ObjectKind, object_id: str) -> bool:
+        """Whether ``--only`` lets this token use the ``kind`` object ``object_id``.
+
+        A typed entry (``sync:billing``) names one object of one kind; a plain entry (``billing``)
+        keeps the meaning tokens had before ids were typed: any kind with that id. An entry that
+        starts with a kind and a colon is always typed, so a sync literally named ``sync:x`` is
+        granted by ``sync:sync:x``.
+        """
+        if self.only is None or f"{kind}:{object_id}" in self.only:
+            return True
+        return object_id in self.only and object_id.split(":", 1)[0] not in OBJECT_KINDS
 
 
 def parse_scopes(text: str) -> list[TokenScope]:

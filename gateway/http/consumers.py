@@ -54,7 +54,7 @@ class NackResponse(BaseModel):
 
 async def _pull_consumer(request: web.Request) -> Consumer:
     consumer_id = object_id(request)
-    require_access(request, consumer_id)
+    require_access(request, "consumer", consumer_id)
     consumer = await request.app[appkeys.OBJECTS].consumer(consumer_id)
     if consumer.kind != "pull":
         raise Conflict(

@@ -17,7 +17,7 @@ from aiohttp.typedefs import Middleware
 from aiohttp.web_exceptions import HTTPException, HTTPMethodNotAllowed
 from prometheus_client import Counter, Histogram
 
-from gateway.domain.objects import Principal
+from gateway.domain.objects import ObjectKind, Principal
 from gateway.errors import (
     Forbidden,
     GatewayError,
@@ -30,6 +30,7 @@ from gateway.errors import (
     Unauthorized,
 )
 from gateway.http.endpoints import Handler
+from gateway.http.throttle import AuthThrottle
 from gateway.observability.metrics import ROUTES, Metrics, method_label
 from gateway.store.tokens import Tokens
 
@@ -54,7 +55,14 @@ def route_label(request: web.Request) -> str:
     return label if label in ROUTES else "other"
 
 
-def gateway_middleware(*, metrics: Metrics, tokens: Tokens, scopes: dict[str, str | None]) -> Middleware:
+def gateway_middleware(
+    *,
+    metrics: Metrics,
+    tokens: Tokens,
+    scopes: dict[str, str | None],
+    throttle: AuthThrottle,
+    trust_forwarded: bool,
+) -> Middleware:
     """Request context (id, log line, metrics) -> errors -> auth, as one middleware.
 
     One layer instead of three nested ones: aiohttp wraps every middleware in a partial and a
@@ -63,7 +71,7 @@ def gateway_middleware(*, metrics: Metrics, tokens: Tokens, scopes: dict[str, st
     that of an error raised by authentication or by the view.
     """
     count = _request_counter(metrics)
-    authenticate = _authenticator(tokens, scopes)
+    authenticate = _authenticator(tokens, scopes, throttle, trust_forwarded=trust_forwarded)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -168,17 +176,27 @@ def _from_http_exception(exc: HTTPException) -> GatewayError:
     return InvalidRequest(exc.reason or "bad request")
 
 
-def _authenticator(tokens: Tokens, scopes: dict[str, str | None]) -> Callable[[web.Request], Awaitable[None]]:
-    """Require a bearer token on ``/v1/``; ``scopes`` maps route names to the scope they need."""
+def _authenticator(
+    tokens: Tokens, scopes: dict[str, str | None], throttle: AuthThrottle, *, trust_forwarded: bool
+) -> Callable[[web.Request], Awaitable[None]]:
+    """Require a bearer token on ``/v1/``; ``scopes`` maps route names to the scope they need.
+
+    An address that keeps sending bad or missing tokens is paused by ``throttle`` (429).
+    """
 
     async def authenticate(request: web.Request) -> None:
+        address = client_address(request, trust_forwarded=trust_forwarded)
+        throttle.check(address)
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
+            throttle.failed(address)
             raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
         principal = await tokens.authenticate(token.strip())
         if principal is None:
+            throttle.failed(address)
             raise Unauthorized("invalid or revoked token")
+        throttle.succeeded(address)
         needed = scopes.get(request.match_info.route.name or "")
         if needed is not None and not principal.has_scope(needed):
             raise Forbidden(f"this token lacks the {needed!r} scope")
@@ -187,9 +205,18 @@ def _authenticator(tokens: Tokens, scopes: dict[str, str | None]) -> Callable[[w
     return authenticate
 
 
-def require_access(request: web.Request, *object_ids: str) -> None:
-    """403 unless the caller's token may use every one of ``object_ids`` (its ``--only`` list)."""
-    principal = request[PRINCIPAL]
-    for object_id in object_ids:
-        if not principal.may_use(object_id):
-            raise Forbidden(f"this token is not allowed to use {object_id!r}")
+def client_address(request: web.Request, *, trust_forwarded: bool) -> str:
+    """The peer, or behind a trusted proxy (``server.trust_forwarded``) the address that proxy saw:
+    the last ``X-Forwarded-For`` entry, the one it appended itself."""
+    if trust_forwarded:
+        forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
+        last = forwarded.rsplit(",", 1)[-1].strip()
+        if last:
+            return last
+    return request.remote or "unknown"
+
+
+def require_access(request: web.Request, kind: ObjectKind, object_id: str) -> None:
+    """403 unless the caller's token may use that object (its ``--only`` list)."""
+    if not request[PRINCIPAL].may_use(kind, object_id):
+        raise Forbidden(f"this token is not allowed to use the {kind} {object_id!r}")

@@ -55,7 +55,7 @@ def service(app: web.Application) -> MutationService:
 async def run_mutation(request: web.Request) -> web.Response:
     body = await read_json(request, limit=request.app[appkeys.CONFIG].server.max_json_bytes)
     mutation = parse_mutation(body)
-    require_access(request, mutation.sync_id)
+    require_access(request, "sync", mutation.sync_id)
     apply_share(request)
     key = idempotency_key(request)
     outcome = await service(request.app).execute(mutation, key=key, fingerprint=request_hash(body))

@@ -44,13 +44,13 @@ _CLIENT_CLAIMS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forward
 
 async def proxy_sync(request: web.Request) -> web.StreamResponse:
     sync_id = _checked_id(request, "sync_id")
-    require_access(request, sync_id)
+    require_access(request, "sync", sync_id)
     return await forward(request, await request.app[appkeys.UPSTREAM].credentials.for_sync(sync_id))
 
 
 async def proxy_credential(request: web.Request) -> web.StreamResponse:
     credential_id = _checked_id(request, "credential_id")
-    require_access(request, credential_id)
+    require_access(request, "credential", credential_id)
     return await forward(request, await request.app[appkeys.UPSTREAM].credentials.credential(credential_id))
 
 

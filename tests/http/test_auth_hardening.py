@@ -1,0 +1,76 @@
+"""Authentication hardening: per-address backoff after bad tokens, typed ``--only`` ids."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from tests.conftest import GatewayFactory
+from tests.upstream.helpers import add_credential, add_sync, start_upstream
+
+BACKOFF = {"auth_max_failures": 5, "auth_failure_window": 60, "auth_max_backoff": 2, "trust_forwarded": True}
+
+
+async def test_repeated_bad_tokens_from_one_address_get_429(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(server=BACKOFF)
+    attacker = {"X-Forwarded-For": "203.0.113.9"}  # trusted here, so each test "address" is its own
+    statuses = [
+        (await gw.client.get("/v1/credentials", headers={**gw.auth("gw_guess"), **attacker})).status
+        for _ in range(6)
+    ]
+    assert statuses == [401] * 5 + [429]
+    blocked = await gw.client.get("/v1/credentials", headers={**gw.auth(), **attacker})
+    assert blocked.status == 429 and blocked.headers["Retry-After"] == "1"  # even a good token waits
+    assert (await blocked.json())["code"] == "rate_limited"
+    other = await gw.client.get("/v1/credentials", headers={**gw.auth(), "X-Forwarded-For": "203.0.113.10"})
+    assert other.status == 200  # other addresses are not affected
+    deadline = time.monotonic() + 10
+    while (resp := await gw.client.get("/v1/credentials", headers={**gw.auth(), **attacker})).status == 429:
+        assert time.monotonic() < deadline, "the pause never ended"
+        await asyncio.sleep(0.1)  # polling interval
+    assert resp.status == 200
+
+
+async def test_the_backoff_doubles_and_is_capped(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(server={**BACKOFF, "auth_max_failures": 1, "auth_max_backoff": 2})
+    attacker = {**gw.auth("gw_guess"), "X-Forwarded-For": "203.0.113.9"}
+    assert (await gw.client.get("/v1/credentials", headers=attacker)).status == 401
+    retry_afters = []
+    for _ in range(3):
+        resp = await gw.client.get("/v1/credentials", headers=attacker)
+        assert resp.status == 429
+        retry_afters.append(int(resp.headers["Retry-After"]))
+        deadline = time.monotonic() + 10
+        while (await gw.client.get("/v1/credentials", headers=attacker)).status == 429:  # ends on a 401: a strike
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)  # polling interval
+    assert retry_afters == [1, 2, 2]
+
+
+async def test_backoff_is_off_with_zero_failures(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(server={"auth_max_failures": 0})
+    for _ in range(30):
+        assert (await gw.client.get("/v1/credentials", headers=gw.auth("gw_guess"))).status == 401
+
+
+@pytest.mark.parametrize(
+    ("only", "sync_status", "credential_status"),
+    [(["sync:billing"], 200, 403), (["credential:billing"], 403, 200), (["billing"], 200, 200),
+     (["sync:other", "credential:other"], 403, 403)],
+)
+async def test_typed_only_ids_name_one_kind(
+    make_gateway: GatewayFactory, aiohttp_server: Any, only: list[str], sync_status: int, credential_status: int
+) -> None:
+    upstream = await start_upstream(aiohttp_server)
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/echo", cid="billing")
+    await add_sync(gw, "billing", sync_id="billing")
+    token = await gw.token("limited", ["proxy"], only)
+    sync = await gw.client.get("/v1/proxy/sync/billing/x", headers=gw.auth(token))
+    credential = await gw.client.get("/v1/proxy/credential/billing/x", headers=gw.auth(token))
+    assert (sync.status, credential.status) == (sync_status, credential_status)
+    if credential_status == 403:
+        assert "credential 'billing'" in (await credential.json())["error"]
