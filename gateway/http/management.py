@@ -27,12 +27,12 @@ from gateway.domain.models import (
     SyncPatch,
     SyncView,
 )
+from gateway.egress import ca_bundle_path
 from gateway.errors import InvalidRequest
 from gateway.http import appkeys
 from gateway.http.bodies import json_response, read_json, validate
 from gateway.http.endpoints import Endpoint, Handler
 from gateway.http.openapi import openapi_view
-from gateway.upstream.egress import ca_bundle_path
 
 ADMIN_ERRORS = {400: "invalid request", 401: "missing or bad token", 403: "token lacks the scope", 404: "not found"}
 Enrich = Callable[[web.Request, Any], Awaitable[Any]]

@@ -47,6 +47,7 @@ from yarl import URL
 from gateway.config import Config
 from gateway.domain.models import OAuth2Auth
 from gateway.domain.objects import Credential
+from gateway.egress import EgressPolicy, ca_bundle_path
 from gateway.errors import InvalidRequest, UpstreamAuthFailed, UpstreamUnavailable
 from gateway.observability.metrics import Metrics
 from gateway.pacing import adaptive
@@ -55,7 +56,6 @@ from gateway.store.objects import Objects
 from gateway.upstream import auth, paths
 from gateway.upstream.body import StreamedBody
 from gateway.upstream.cache import CredentialCache
-from gateway.upstream.egress import EgressPolicy, ca_bundle_path
 from gateway.upstream.response import CHUNK, UpstreamResponse, UpstreamResult, display_name, mapped
 from gateway.vault.credentials import OAuth2Refresher, access_token
 

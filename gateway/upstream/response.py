@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDictProxy
 
+from gateway.egress import EgressDenied
 from gateway.errors import GatewayError, UpstreamDenied, UpstreamTimeout, UpstreamUnavailable
-from gateway.upstream.egress import EgressDenied
 
 DISPLAY_NAMES = {"salesforce": "Salesforce", "hubspot": "HubSpot", "stripe": "Stripe", "airtable": "Airtable"}
 RESULT_LIMIT = 64 * 1024 * 1024  # request_json bodies are parsed whole; bigger ones are not JSON APIs

@@ -15,11 +15,11 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from gateway.config import Config
+from gateway.domain.objects import Consumer
+from gateway.egress import EgressPolicy, parse_rule
 from gateway.errors import ConfigError
 from gateway.http import appkeys
-from gateway.store.objects import Consumer
 from gateway.stream.consumers.webhook import DeliveryFailed, WebhookSink
-from gateway.upstream.egress import EgressPolicy, parse_rule
 from tests.conftest import GatewayFactory
 from tests.upstream.helpers import add_credential, oauth2_auth, start_upstream
 

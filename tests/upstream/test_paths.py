@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from gateway.domain.models import CredentialIn
 from gateway.errors import InvalidPath
-from gateway.models import CredentialIn
 from gateway.upstream.paths import join, normalize_path
 
 BASE = "https://api.example.com:8443/base/v2"

@@ -20,7 +20,7 @@ import aiohttp
 
 from gateway.domain.models import Event
 from gateway.domain.objects import Consumer
-from gateway.upstream.egress import EgressDenied
+from gateway.egress import EgressDenied
 
 SECRET_PREFIX = "whsec_"
 

@@ -30,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.domain.models import Event
 from gateway.domain.objects import Consumer
+from gateway.egress import EgressPolicy
 from gateway.errors import NotFound
 from gateway.store.leases import Leases
 from gateway.store.objects import Objects
@@ -38,7 +39,6 @@ from gateway.stream.consumers.webhook import DeliveryFailed, WebhookSink
 from gateway.stream.delivery import RECHECK_SECONDS, Delivery
 from gateway.stream.events import purge_expired
 from gateway.stream.service import Stream
-from gateway.upstream.egress import EgressPolicy
 
 log = structlog.get_logger(__name__)
 KINDS = ("webhook", "postgres")
