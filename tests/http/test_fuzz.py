@@ -35,7 +35,7 @@ FIELDS = [
     "delay_ms", "records", "data", "upstream_id", "upstream_ids", "collection_id", "await_consumer_ids",
     "await_consumers_timeout", "only", "priority", "weight",
 ]
-HOSTILE = st.sampled_from([
+HOSTILE: st.SearchStrategy[Any] = st.sampled_from([
     "bearer", "header", "oauth2", "pull", "webhook", "postgres", "create", "update", "delete", "rest", "stripe",
     "rest:items", "stripe:customer", "cred", "sync", "pull", "https://api.example.com", "http://127.0.0.1:1/x",
     "https://x/../..", "whsec_QUJD", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "postgresql://u:p@h/db?password=x",

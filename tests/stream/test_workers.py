@@ -149,7 +149,8 @@ async def test_a_worker_that_cannot_run_marks_its_consumer_failing(
         await workers.tick()
 
         async def failing() -> bool:
-            return (await replica[appkeys.OBJECTS].consumer_view("hooks")).status == "failing"
+            view = await replica[appkeys.OBJECTS].consumer_view("hooks")
+            return bool(view.status == "failing")
 
         await _wait_for(failing)
         view = await replica[appkeys.OBJECTS].consumer_view("hooks")
