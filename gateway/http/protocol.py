@@ -7,8 +7,7 @@ library logger, again with those bytes (the quoted line may be an ``Authorizatio
 connection handler below answers them like every other bad input instead: the JSON body of
 ``gateway.errors``, the parser's reason without the bytes, a ``bad_http_request`` warning line.
 
-aiohttp builds one ``RequestHandler`` per connection inside its ``Server``; ``serve_json_errors``
-makes a runner's server build this subclass (same slots, only ``handle_error`` differs).
+The hook into aiohttp's connection handler is ``gateway.aiohttp_compat.answer_parser_errors``.
 """
 
 from __future__ import annotations
@@ -17,34 +16,28 @@ import re
 
 import structlog
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
+from gateway.aiohttp_compat import answer_parser_errors
 from gateway.errors import GatewayError, InternalError, InvalidRequest, PayloadTooLarge
 from gateway.http.middlewares import error_response
 
 log = structlog.get_logger(__name__)
 
 
-class _JsonErrorHandler(RequestHandler):
-    __slots__ = ()
+def serve_json_errors(runner: web.BaseRunner) -> None:
+    """Call after ``runner.setup()``: connections accepted from then on answer parser errors in JSON."""
+    answer_parser_errors(runner, _json_error)
 
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if request.writer.output_size > 0:  # the head went out already: only closing is left, as aiohttp does
-            raise ConnectionError("the response was already started; cannot send an error body")
-        error = _error_for(status, exc)
-        if error.status >= 500:
-            log.error("unhandled_error", exc_info=exc)
-        else:
-            log.warning("bad_http_request", status=error.status, reason=error.message)
-        response = error_response(error)
-        response.force_close()
-        return response
+
+def _json_error(status: int, exc: BaseException | None) -> web.StreamResponse:
+    error = _error_for(status, exc)
+    if error.status >= 500:
+        log.error("unhandled_error", exc_info=exc)
+    else:
+        log.warning("bad_http_request", status=error.status, reason=error.message)
+    response = error_response(error)
+    response.force_close()
+    return response
 
 
 def _error_for(status: int, exc: BaseException | None) -> GatewayError:
@@ -68,18 +61,3 @@ def _reason(exc: BaseException | None) -> str:
 
 
 _QUOTED = re.compile(r""":|\s(?:b|bytearray\()?['"]""")
-
-
-class _JsonErrorServer(web.Server):
-    def __call__(self) -> RequestHandler:
-        handler = super().__call__()
-        handler.__class__ = _JsonErrorHandler
-        return handler
-
-
-def serve_json_errors(runner: web.BaseRunner) -> None:
-    """Call after ``runner.setup()``: connections accepted from then on answer parser errors in JSON."""
-    server = runner.server
-    if server is None:
-        raise RuntimeError("serve_json_errors() needs a runner that was set up")
-    server.__class__ = _JsonErrorServer

@@ -48,13 +48,18 @@ ROUTE_CACHE_SIZE = 4096
 class GrantedPermit:
     """A slot that was granted; ``release`` gives back the concurrency permit (idempotent)."""
 
-    def __init__(self, waited: float, release: Callable[[], None] | None) -> None:
+    def __init__(self, waited: float, release: Callable[[], None] | None, max_wait: float) -> None:
         self._waited = waited
         self._release = release
+        self._max_wait = max_wait
 
     @property
     def waited(self) -> float:
         return self._waited
+
+    @property
+    def max_wait(self) -> float:
+        return self._max_wait
 
     def release(self) -> None:
         release, self._release = self._release, None
@@ -132,7 +137,7 @@ class GatewayPacer:
                 call.provider, share.priority
             )
         histogram.observe(waited)
-        return GrantedPermit(waited, release)
+        return GrantedPermit(waited, release, budget)
 
     async def observe(self, credential: Credential, path: str, status: int, headers: Mapping[str, str]) -> float | None:
         if status in (429, 503):
