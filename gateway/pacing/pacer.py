@@ -31,10 +31,10 @@ from gateway.errors import BackendUnavailable, ConfigError, RateLimited
 from gateway.observability.metrics import Metrics
 from gateway.pacing import adaptive, queue
 from gateway.pacing.backend import Backend, BackendError, Refused, Reservation
-from gateway.pacing.concurrency import LEASE_TTL, SharedPermits
+from gateway.pacing.concurrency import SharedPermits
 from gateway.pacing.local import LocalBackend
 from gateway.pacing.queue import Permits, Ticket
-from gateway.pacing.redis import RedisBackend
+from gateway.pacing.redis import LEASE_TTL, RedisBackend
 from gateway.pacing.registry import Route, airtable_base, route
 from gateway.pacing.scheduler import DEFAULT_SHARE, PRIORITIES, Share
 
@@ -92,7 +92,7 @@ class GatewayPacer:
         """Connect the shared backend if configured; an unreachable Redis applies the policy now."""
         if self._config.pacing.backend == "redis" and self._shared is None:
             try:
-                self._shared = RedisBackend(self._config.pacing)
+                self._shared = RedisBackend(self._config.pacing, lease_ttl=self._permit_ttl)
             except ValueError as exc:  # redis-py's message names the problem, never the URL's secrets
                 raise ConfigError(f"pacing.redis_url: {exc}") from None
             self._permits = SharedPermits(self._shared, ttl=self._permit_ttl)
@@ -217,13 +217,33 @@ class GatewayPacer:
     async def _wait_shared(
         self, credential_id: str, call: Route, share: Share, give_up_at: float
     ) -> Callable[[], None] | None:
-        """Redis: a shared ``max_concurrency`` lease first, then the shared bucket's slot."""
+        """Redis: a shared ``max_concurrency`` lease first, then the turn in the bucket's shared queue.
+        Redis failing under the ``local`` policy sends the call to the in-process queue instead."""
+        assert self._shared is not None
         try:
             release = await self._concurrency(credential_id, call, give_up_at)
-        except BackendError:  # Redis failed under the ``local`` policy: the whole call waits in-process
+        except BackendError:
             return await self._wait_local(credential_id, call, share, max(0.0, give_up_at - time.monotonic()))
         try:
-            await self._wait_turn(call, share, give_up_at)
+            with self._queued_as(call, share):
+                outcome = await self._shared.wait_turn(call.buckets, share, max(0.0, give_up_at - time.monotonic()))
+        except BackendError as exc:
+            if release is not None:
+                release()
+            self._degrade(str(exc))
+            if self._config.pacing.on_backend_error == "reject":
+                raise BackendUnavailable("the shared pacing backend (Redis) is unavailable") from None
+            return await self._wait_local(credential_id, call, share, max(0.0, give_up_at - time.monotonic()))
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        if isinstance(outcome, Refused):
+            if release is not None:
+                release()
+            raise self._refused(call, outcome)
+        try:
+            await self._sleep(call, share, self._shared, outcome)  # granted up to LOOKAHEAD early
         except BaseException:
             if release is not None:
                 release()
@@ -258,18 +278,6 @@ class GatewayPacer:
     def _refused(self, call: Route, outcome: Refused) -> RateLimited:
         self._metrics.pacing_rejections.labels(call.provider).inc()
         return RateLimited("the pacing queue wait would exceed max_wait", retry_after=outcome.retry_after)
-
-    async def _wait_turn(self, call: Route, share: Share, give_up_at: float) -> None:
-        """Reserve, sleep until the slot; reserve again if a pause overtook the slot meanwhile."""
-        while True:
-            budget = max(0.0, give_up_at - time.monotonic())
-            backend, outcome = await self._with_backend(partial(_reserve_on, call=call, budget=budget))
-            if isinstance(outcome, Refused):
-                raise self._refused(call, outcome)
-            if outcome.deadline > asyncio.get_running_loop().time():
-                await self._sleep(call, share, backend, outcome)
-            if not backend.overtaken(outcome):
-                break
 
     def _guard_hold(self, call: Route) -> Reservation | None:
         """Hold back a burst that a stall of this process would send: the same buckets on real time.
@@ -357,11 +365,6 @@ class GatewayPacer:
             await asyncio.sleep(PROBE_INTERVAL)
         self._degraded = False
         log.info("pacing_backend_recovered")
-
-
-async def _reserve_on(backend: Backend, call: Route, budget: float) -> tuple[Backend, Reservation | Refused]:
-    """Reserve on ``backend`` and say which backend holds the reservation (failover may change it)."""
-    return backend, await backend.reserve(call.buckets, budget)
 
 
 def _wake(future: asyncio.Future[None]) -> None:
