@@ -1,19 +1,37 @@
-"""Buckets shared by every replica, in Redis: one Lua script (pacing.lua) per batch of reservations.
+"""Buckets and their queues shared by every replica, in Redis (pacing.lua).
 
-- Atomic and clock-safe: the script reads the Redis server's ``TIME`` and applies bucket.py's math
-  in one step, so replicas never race and their clocks never matter. The slot comes back as an
-  offset from the server's now, which this replica adds to its own loop time.
-- One round trip per batch, not per call: reservations queue per cluster hash tag; one sender per
-  tag sends everything queued (up to ``MAX_BATCH``) in one script call and, while that call is in
-  flight, the next batch gathers. Arrival order is kept because only one call per tag is in flight.
+- One queue per home bucket, in Redis: a sorted set per priority class, scored by the call's
+  virtual start tag (scheduler.py's weighted fair queuing), ties by arrival sequence. Every grant
+  is made by the script, atomically, on the Redis server's clock (``TIME``): the head of the highest
+  non-empty class takes the next slot once bucket.py's GCRA says it is due. Whichever replica polls
+  first makes the grant; it lands in the owner's collection hash, and the owner picks it up at its
+  own next poll. So the order (class, fair share, FIFO per tenant) is one order across replicas, and
+  the bound is the GCRA's, as if one process granted every slot. A test runs the script and
+  bucket.py + scheduler.py side by side on a fake clock and compares every grant.
+- Arrivals: granted at once when nobody waits and the bucket conforms; refused before queueing when
+  the estimate (calls ahead times the interval, plus the time to the next slot) exceeds
+  ``max_wait``; queued otherwise. They travel in batches: one sender per cluster hash tag sends all
+  arrivals queued meanwhile in one script call (group commit), one call in flight per tag, so Redis
+  sees them in arrival order.
+- Waiting: shared_queue.py, one poller per bucket per replica. Slots are granted up to
+  ``LOOKAHEAD`` before they come and the owner sleeps until its slot (server time plus the
+  smallest clock offset seen), so a poll's round trip never makes a call late; the pacer gives back
+  a grant it wakes up for too late (a stalled process) instead of sending it late.
+- A replica that dies with calls queued: each queue holds a lease per replica (``H:r``), renewed by
+  every enter and poll of that replica (at least every third of ``lease_ttl``). A call is granted
+  only while its replica's lease lives; past it, the script drops that replica's calls as they
+  reach the head, without granting them. Until then they are granted normally (each takes one slot
+  from the bucket, which the GCRA counts, so the bound holds), and a grant nobody collects is a
+  lost slot. Hence a dead replica's calls hold the bucket back for at most one lease TTL, and never
+  break the bound or the order of the others.
 - ``NOSCRIPT`` (Redis restarted or failed over) is the only error retried: the script did not run.
-  A timed-out call is never retried, since it may have reserved already and would count twice;
-  it raises ``BackendError`` and the pacer applies ``on_backend_error``.
-- Keys: ``<prefix>:{<tag>}:<bucket>`` (hash) and ``...:holes`` (sorted set); the ``{tag}`` puts all
-  keys of one reservation in one cluster hash slot. Keys expire a minute after they stop mattering.
-- Pauses another replica set are learned from every reservation's answer (``overtaken``).
+  A timed-out call is never retried, since it may have acted already; it raises ``BackendError`` and
+  the pacer applies ``on_backend_error`` (waiting calls fail over to the in-process queue).
+- Keys: ``<prefix>:{<tag>}:<bucket>`` (hash) and the queue keys hanging off a home bucket's name;
+  the ``{tag}`` puts all keys of one call in one cluster hash slot. Keys expire a minute after they
+  stop mattering (queue keys: a minute after the last replica's lease).
 - ``max_concurrency`` permits are leases in ``<prefix>:{<tag>}:cred:<id>:permits`` (permits.lua;
-  waiting and renewal live in concurrency.py).
+  waiting and renewal live in concurrency.py; across replicas first come at poll time).
 """
 
 from __future__ import annotations
