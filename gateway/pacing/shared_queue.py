@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from gateway.pacing.backend import BackendError, Refused, Reservation
 
 MIN_GAP = 0.001  # seconds between two polls of one queue: the clock offset is an estimate
+CLOSE_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class SharedQueue:
         self._wake_at = math.inf
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def __bool__(self) -> bool:
         return bool(self._waiters or self._cancels)
@@ -63,8 +65,7 @@ class SharedQueue:
         heapq.heappush(self._deadlines, (deadline, member))
         self._wake_at = min(self._wake_at, wake)
         self._changed.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._start()
         return future
 
     def leave(self, member: str) -> None:
@@ -73,14 +74,19 @@ class SharedQueue:
         self._left.add(member)
         self._cancels.append(member)
         self._changed.set()
-        if self._task is None or self._task.done():
+        self._start()
+
+    def _start(self) -> None:
+        if not self._closed and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
+        """Stop polling for good; the calls still queued in Redis lapse with this replica's lease."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, CLOSE_TIMEOUT)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
