@@ -32,9 +32,22 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 ObjectId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 Provider = Literal["salesforce", "hubspot", "stripe", "airtable", "rest"]
 PROVIDERS: tuple[Provider, ...] = ("salesforce", "hubspot", "stripe", "airtable", "rest")
+# How error sentences name each provider ("Error: HubSpot API timed out").
+DISPLAY_NAMES: dict[str, str] = {
+    "salesforce": "Salesforce",
+    "hubspot": "HubSpot",
+    "stripe": "Stripe",
+    "airtable": "Airtable",
+    "rest": "REST",
+}
 MASK = "***"
 # Auth fields that are not secret and read back as they are (SPEC.md "Object shapes").
 PUBLIC_AUTH_FIELDS = frozenset({"type", "name", "prefix", "token_url", "client_id"})
+
+
+def display_name(provider: str) -> str:
+    """The provider's name as error sentences spell it; ``REST`` for anything else."""
+    return DISPLAY_NAMES.get(provider, "REST")
 
 
 class Strict(BaseModel):

@@ -1,14 +1,13 @@
 """Management API (scope ``admin``): credentials, syncs and consumers; secrets are write-only.
 
 The three resources behave alike (list, create, get, patch, delete), so one ``Resource`` describes
-each and builds its views and OpenAPI entries; ``store.objects.Objects`` names its methods to match
-(``list_credentials``, ``create_credential``, ``credential_view``, ``patch_credential``, ...).
+each and builds its views and OpenAPI entries; its ``Crud`` names the ``Objects`` methods it calls.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +32,7 @@ from gateway.http import appkeys
 from gateway.http.bodies import json_response, read_json, validate
 from gateway.http.endpoints import Endpoint, Handler
 from gateway.http.openapi import openapi_view
+from gateway.store.objects import Objects
 
 ADMIN_ERRORS = {400: "invalid request", 401: "missing or bad token", 403: "token lacks the scope", 404: "not found"}
 Enrich = Callable[[web.Request, Any], Awaitable[Any]]
@@ -67,29 +67,38 @@ def _check_ca_bundle(request: web.Request, body: CredentialIn | CredentialPatch)
 
 
 @dataclass(frozen=True)
+class Crud:
+    """The ``Objects`` methods behind one resource's five views."""
+
+    list_all: Callable[[Objects], Awaitable[Sequence[BaseModel]]]
+    create: Callable[[Objects, Any], Awaitable[BaseModel]]
+    view: Callable[[Objects, str], Awaitable[BaseModel]]
+    patch: Callable[[Objects, str, Any], Awaitable[BaseModel]]
+    delete: Callable[[Objects, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
 class Resource:
     plural: str
     singular: str
     create_model: Any  # a model or an annotated union (consumers are discriminated by kind)
     patch_model: type[BaseModel]
     view_model: Any  # a model or an annotated union (consumers read back in the shape of their kind)
+    crud: Crud
     enrich: Enrich | None = None
     check: Check | None = None  # rules that need the config, after the model's own validation
 
-    def _call(self, request: web.Request, method: str) -> Callable[..., Awaitable[Any]]:
-        return getattr(request.app[appkeys.OBJECTS], method)  # type: ignore[no-any-return]
-
     async def list_all(self, request: web.Request) -> web.Response:
-        return json_response({"data": await self._call(request, f"list_{self.plural}")()})
+        return json_response({"data": await self.crud.list_all(request.app[appkeys.OBJECTS])})
 
     async def create(self, request: web.Request) -> web.Response:
         body = validate(TypeAdapter[Any](self.create_model), await _body(request))
         if self.check:
             self.check(request, body)
-        return json_response(await self._call(request, f"create_{self.singular}")(body), status=201)
+        return json_response(await self.crud.create(request.app[appkeys.OBJECTS], body), status=201)
 
     async def get(self, request: web.Request) -> web.Response:
-        view = await self._call(request, f"{self.singular}_view")(object_id(request))
+        view = await self.crud.view(request.app[appkeys.OBJECTS], object_id(request))
         return json_response(await self.enrich(request, view) if self.enrich else view)
 
     async def patch(self, request: web.Request) -> web.Response:
@@ -97,10 +106,10 @@ class Resource:
         patch = validate(self.patch_model, await _body(request))
         if self.check:
             self.check(request, patch)
-        return json_response(await self._call(request, f"patch_{self.singular}")(target, patch))
+        return json_response(await self.crud.patch(request.app[appkeys.OBJECTS], target, patch))
 
     async def delete(self, request: web.Request) -> web.Response:
-        await self._call(request, f"delete_{self.singular}")(object_id(request))
+        await self.crud.delete(request.app[appkeys.OBJECTS], object_id(request))
         return web.Response(status=204)
 
     def endpoints(self) -> list[Endpoint]:
@@ -143,10 +152,43 @@ class Resource:
 
 RESOURCES = (
     Resource(
-        "credentials", "credential", CredentialIn, CredentialPatch, CredentialView, _with_pacing_state, _check_ca_bundle
+        "credentials",
+        "credential",
+        CredentialIn,
+        CredentialPatch,
+        CredentialView,
+        Crud(
+            Objects.list_credentials,
+            Objects.create_credential,
+            Objects.credential_view,
+            Objects.patch_credential,
+            Objects.delete_credential,
+        ),
+        _with_pacing_state,
+        _check_ca_bundle,
     ),
-    Resource("syncs", "sync", SyncIn, SyncPatch, SyncView),
-    Resource("consumers", "consumer", ConsumerIn, ConsumerPatch, ConsumerView),
+    Resource(
+        "syncs",
+        "sync",
+        SyncIn,
+        SyncPatch,
+        SyncView,
+        Crud(Objects.list_syncs, Objects.create_sync, Objects.sync_view, Objects.patch_sync, Objects.delete_sync),
+    ),
+    Resource(
+        "consumers",
+        "consumer",
+        ConsumerIn,
+        ConsumerPatch,
+        ConsumerView,
+        Crud(
+            Objects.list_consumers,
+            Objects.create_consumer,
+            Objects.consumer_view,
+            Objects.patch_consumer,
+            Objects.delete_consumer,
+        ),
+    ),
 )
 
 ENDPOINTS: list[Endpoint] = [

@@ -7,8 +7,7 @@ library logger, again with those bytes (the quoted line may be an ``Authorizatio
 connection handler below answers them like every other bad input instead: the JSON body of
 ``gateway.errors``, the parser's reason without the bytes, a ``bad_http_request`` warning line.
 
-aiohttp builds one ``RequestHandler`` per connection inside its ``Server``; ``serve_json_errors``
-makes a runner's server build this subclass (same slots, only ``handle_error`` differs).
+The hook into aiohttp's connection handler is ``gateway.aiohttp_compat.answer_parser_errors``.
 
 The same server guards every listener against slow and numerous clients (``start_runner``):
 
@@ -24,15 +23,14 @@ Body gaps are bounded where bodies are read (``server.body_idle_timeout``, see h
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from typing import Any
 
 import structlog
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
+from gateway.aiohttp_compat import answer_parser_errors
 from gateway.config import ServerConfig
 from gateway.errors import GatewayError, InternalError, InvalidRequest, Overloaded, PayloadTooLarge
 from gateway.http.middlewares import error_response
@@ -40,26 +38,44 @@ from gateway.http.middlewares import error_response
 log = structlog.get_logger(__name__)
 
 
-class _JsonErrorHandler(RequestHandler):
-    __slots__ = ()
+def serve_json_errors(runner: web.BaseRunner, *, max_connections: int = 0) -> None:
+    """Call after ``runner.setup()``: connections accepted from then on answer parser errors in JSON,
+    and past ``max_connections`` (0 = no cap) get a 503."""
+    answer_parser_errors(runner, _json_error, max_connections=max_connections, refusal=_TOO_MANY)
 
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if request.writer.output_size > 0:  # the head went out already: only closing is left, as aiohttp does
-            raise ConnectionError("the response was already started; cannot send an error body")
-        error = _error_for(status, exc)
-        if error.status >= 500:
-            log.error("unhandled_error", exc_info=exc)
-        else:
-            log.warning("bad_http_request", status=error.status, reason=error.message)
-        response = error_response(error)
-        response.force_close()
-        return response
+
+async def start_runner(app: web.Application, limits: ServerConfig, **kwargs: Any) -> web.AppRunner:
+    """A set-up runner guarded as every gateway listener is: JSON errors, header timeout, connection cap."""
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.header_timeout, **kwargs)
+    await runner.setup()
+    serve_json_errors(runner, max_connections=limits.max_connections)
+    return runner
+
+
+def _too_many() -> bytes:
+    """The whole 503 answer, built once: it is written before any parsing, without a request object."""
+    error = Overloaded("too many open connections (server.max_connections); retry shortly")
+    body = json.dumps(error.body()).encode()
+    headers = "".join(f"{name}: {value}\r\n" for name, value in error.headers().items())
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        f"{headers}Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+_TOO_MANY = _too_many()
+
+
+def _json_error(status: int, exc: BaseException | None) -> web.StreamResponse:
+    error = _error_for(status, exc)
+    if error.status >= 500:
+        log.error("unhandled_error", exc_info=exc)
+    else:
+        log.warning("bad_http_request", status=error.status, reason=error.message)
+    response = error_response(error)
+    response.force_close()
+    return response
 
 
 def _error_for(status: int, exc: BaseException | None) -> GatewayError:
@@ -83,52 +99,3 @@ def _reason(exc: BaseException | None) -> str:
 
 
 _QUOTED = re.compile(r""":|\s(?:b|bytearray\()?['"]""")
-
-
-def _too_many() -> bytes:
-    """The whole 503 answer, built once: it is written before any parsing, without a request object."""
-    error = Overloaded("too many open connections (server.max_connections); retry shortly")
-    body = json.dumps(error.body()).encode()
-    headers = "".join(f"{name}: {value}\r\n" for name, value in error.headers().items())
-    head = (
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
-        f"{headers}Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-_TOO_MANY = _too_many()
-
-
-class _JsonErrorServer(web.Server):
-    max_connections = 0  # 0: no cap (set per instance by serve_json_errors)
-
-    def __call__(self) -> RequestHandler:
-        handler = super().__call__()
-        handler.__class__ = _JsonErrorHandler
-        return handler
-
-    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        super().connection_made(handler, transport)
-        if self.max_connections and len(self._connections) > self.max_connections:
-            log.warning("connection_refused", reason="server.max_connections", limit=self.max_connections)
-            transport.write(_TOO_MANY)
-            transport.close()
-
-
-def serve_json_errors(runner: web.BaseRunner, *, max_connections: int = 0) -> None:
-    """Call after ``runner.setup()``: connections accepted from then on answer parser errors in JSON,
-    and past ``max_connections`` (0 = no cap) get a 503."""
-    server = runner.server
-    if server is None:
-        raise RuntimeError("serve_json_errors() needs a runner that was set up")
-    server.__class__ = _JsonErrorServer
-    server.max_connections = max_connections  # type: ignore[attr-defined]
-
-
-async def start_runner(app: web.Application, limits: ServerConfig, **kwargs: Any) -> web.AppRunner:
-    """A set-up runner guarded as every gateway listener is: JSON errors, header timeout, connection cap."""
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.header_timeout, **kwargs)
-    await runner.setup()
-    serve_json_errors(runner, max_connections=limits.max_connections)
-    return runner

@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.aiohttp_compat import BufferedHeadResponse
 from gateway.domain.objects import Credential
 from gateway.errors import GatewayError, InvalidPath, PayloadTooLarge
 from gateway.http import appkeys
@@ -123,25 +124,13 @@ async def _body(request: web.Request, headers: CIMultiDict[str], *, read_timeout
     return StreamedBody(request.content, limit=limit, read_timeout=read_timeout)
 
 
-class _SmallResponse(web.StreamResponse):
-    """A relayed answer announced as small: its head goes out with the body in one write.
-
-    ``StreamResponse`` sends the head at ``prepare()`` in a write of its own, so a small answer cost
-    three socket writes (head, body, end); aiohttp's buffered-head mode, which ``web.Response``
-    uses, joins head and first chunk. Only for a Content-Length up to ``SMALL_BODY``, so a streamed
-    or long answer still shows its head to the client at once.
-    """
-
-    _send_headers_immediately = False
-
-
-SMALL_BODY = 64 * 1024
+SMALL_BODY = 64 * 1024  # bytes: an answer up to this goes out with its head in one write
 
 
 async def _relay(request: web.Request, upstream: UpstreamResponse) -> web.StreamResponse:
     length = upstream.headers.get("Content-Length", "")
     small = length.isdigit() and int(length) <= SMALL_BODY
-    kind = _SmallResponse if small else web.StreamResponse
+    kind = BufferedHeadResponse if small else web.StreamResponse
     response = kind(status=upstream.status, headers=end_to_end(upstream.headers))
     response.headers["x-gateway-pacing-wait-ms"] = str(request[PACING_WAIT_MS])
     stamp(request, response)

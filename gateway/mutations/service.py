@@ -43,6 +43,7 @@ from gateway.providers import translator as translator_for
 from gateway.providers.base import Call, Item, Query, Target, Translator, UpstreamRecord, Written
 from gateway.store.objects import Objects
 from gateway.stream.events import RecordChange, append_changes, last_known
+from gateway.upstream.cache import CredentialCache
 
 log = structlog.get_logger(__name__)
 _ACTIONS: dict[str, Literal["insert", "update", "delete"]] = {
@@ -61,8 +62,12 @@ class UpstreamAnswer(Protocol):
     def body_json(self) -> Any: ...
 
 
-class UpstreamClient(Protocol):
-    """The part of ``upstream.client`` mutations use: one paced, authenticated JSON exchange."""
+class Upstream(Protocol):
+    """The part of ``upstream.client.UpstreamClient`` mutations use: its credential cache and one paced,
+    authenticated JSON exchange."""
+
+    @property
+    def credentials(self) -> CredentialCache: ...
 
     async def request_json(
         self,
@@ -153,7 +158,7 @@ class MutationService:
         *,
         engine: AsyncEngine,
         objects: Objects,
-        client: UpstreamClient,
+        client: Upstream,
         stream: ConsumerAwaiter,
         metrics: Metrics,
         keys: IdempotencyKeys,
@@ -243,7 +248,7 @@ class MutationService:
         translator = translator_for(provider)
         if translator is None:
             raise InvalidRequest(f"collection_id: {provider!r} collections cannot be mutated", field="collection_id")
-        credential = await self.objects.credential(sync.credential_id)
+        credential = await self.client.credentials.credential(sync.credential_id)
         consumers = tuple(await self.objects.all_consumers())
         unknown = sorted(set(mutation.await_consumer_ids) - {c.id for c in consumers})
         if unknown:

@@ -2,8 +2,10 @@
 
 Redaction runs last before rendering, on every event: values of secret-looking keys are replaced,
 bearer/basic credentials and secret query parameters inside any string are masked, and values
-registered at runtime (tokens minted by the demo, decrypted credentials) are scrubbed wherever they
-appear. Nothing here can be turned off by configuration.
+registered at runtime with ``register_secret`` (today: the token the demo mints) are scrubbed wherever
+they appear. Decrypted credentials are not registered: OAuth2 refreshes would grow the set without
+bound; they never reach a log call, and the patterns above catch them in headers and URLs.
+Nothing here can be turned off by configuration.
 """
 
 from __future__ import annotations

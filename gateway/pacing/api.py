@@ -25,6 +25,10 @@ class Permit(Protocol):
     @property
     def waited(self) -> float: ...
 
+    @property
+    def max_wait(self) -> float:
+        """The longest this call may wait in all, from its limits: retries spend what is left of it."""
+
     def release(self) -> None:
         """Give back the ``max_concurrency`` permit, if any; safe to call more than once."""
 

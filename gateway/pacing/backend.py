@@ -1,13 +1,13 @@
-"""What a pacing backend does for the pacer: reserve a slot, give it back, pause, describe.
+"""What every pacing backend does for the pacer: give a slot back, pause, describe.
 
-A backend holds bucket state (in-process or in Redis) and applies ``bucket.py``'s math to it; the
-pacer does the waiting. ``Reservation.deadline`` is in the event loop's clock (``loop.time()``)
-whatever clock the backend schedules with, so the pacer can sleep with ``loop.call_at``.
+A backend holds bucket state (in-process or in Redis) and applies ``bucket.py``'s math and
+``scheduler.py``'s order to it; waiting differs (local: queue.py; Redis: shared_queue.py).
+``Reservation.deadline`` is the granted slot in the event loop's clock (``loop.time()``) whatever
+clock the backend schedules with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,20 +34,12 @@ class Refused:
 class Backend(Protocol):
     name: str
 
-    async def reserve(self, buckets: Sequence[BucketSpec], max_wait: float) -> Reservation | Refused:
-        """Take a slot in every bucket at once, or refuse (without reserving) beyond ``max_wait``."""
-        ...
-
     async def release(self, reservation: Reservation) -> None:
         """Give back a slot whose caller went away before it."""
         ...
 
     async def pause(self, bucket: BucketSpec, seconds: float) -> None:
         """No call through ``bucket`` for ``seconds``, for every caller of this backend."""
-        ...
-
-    def overtaken(self, reservation: Reservation) -> bool:
-        """Whether a pause learned since the reservation now covers its slot (then reserve again)."""
         ...
 
     async def describe(self, bucket: BucketSpec) -> dict[str, Any]:

@@ -29,10 +29,9 @@ from typing import Any
 import structlog
 
 from gateway.pacing.backend import BackendError
-from gateway.pacing.redis import RedisBackend
+from gateway.pacing.redis import LEASE_TTL, RedisBackend
 
 log = structlog.get_logger(__name__)
-LEASE_TTL = 30.0
 FIRST_POLL = 0.005
 LAST_POLL = 0.05
 

@@ -73,11 +73,8 @@ class LocalBackend:
         if self._queues.get(queue.buckets[0].key) is queue:
             del self._queues[queue.buckets[0].key]
 
-    async def reserve(self, buckets: Sequence[BucketSpec], max_wait: float) -> Reservation | Refused:
-        return self.reserve_now(buckets, max_wait)
-
     def reserve_now(self, buckets: Sequence[BucketSpec], max_wait: float) -> Reservation | Refused:
-        """``reserve`` without the coroutine: the pacer calls it directly on its hot path."""
+        """A plain arrival-order reservation (no queue): the pacer's stall guard."""
         now = self._now()
         pairs = [(self._state(b.key), b.limit.schedule) for b in buckets]
         outcome = bucket.reserve(pairs, now, int(max_wait * bucket.US))
@@ -95,12 +92,6 @@ class LocalBackend:
 
     async def pause(self, spec: BucketSpec, seconds: float) -> None:
         bucket.pause(self._state(spec.key), spec.limit.schedule, self._now() + int(seconds * bucket.US))
-
-    def overtaken(self, reservation: Reservation) -> bool:
-        return any(
-            self._state(spec.key).paused_until > charge.slot
-            for spec, charge in zip(reservation.buckets, reservation.charges, strict=True)
-        )
 
     async def describe(self, spec: BucketSpec) -> dict[str, Any]:
         now = self._now()

@@ -1,9 +1,10 @@
 """``GatewayPacer``: the ``Pacer`` every upstream call goes through.
 
-``acquire`` resolves the buckets of the call (registry.py), waits for a ``max_concurrency`` permit if
-the credential has one (in-process, or a lease in Redis with that backend: concurrency.py), reserves
-a slot in every bucket at once (backend), and sleeps until that instant with one timer: no polling,
-FIFO by arrival. Beyond ``max_wait`` it refuses before queueing.
+``acquire`` resolves the buckets of the call (registry.py) and waits for its turn: in-process, in the
+home bucket's queue (queue.py), which grants slot and ``max_concurrency`` permit together; on Redis,
+a shared permit lease first (concurrency.py), then the bucket's shared queue (redis.py). Either way
+the order is scheduler.py's (priority class, fair share between tenants, FIFO per tenant) and a
+call whose wait would exceed ``max_wait`` is refused before queueing.
 
 Backends: ``local`` (in-process), or ``redis`` shared by every replica. When Redis fails, the policy
 ``pacing.on_backend_error`` decides: ``local`` switches to in-process buckets (logged once per outage,
@@ -31,16 +32,18 @@ from gateway.errors import BackendUnavailable, ConfigError, RateLimited
 from gateway.observability.metrics import Metrics
 from gateway.pacing import adaptive, queue
 from gateway.pacing.backend import Backend, BackendError, Refused, Reservation
-from gateway.pacing.concurrency import LEASE_TTL, SharedPermits
+from gateway.pacing.bucket import JITTER
+from gateway.pacing.concurrency import SharedPermits
 from gateway.pacing.local import LocalBackend
 from gateway.pacing.queue import Permits, Ticket
-from gateway.pacing.redis import RedisBackend
+from gateway.pacing.redis import LEASE_TTL, RedisBackend
 from gateway.pacing.registry import Route, airtable_base, route
 from gateway.pacing.scheduler import DEFAULT_SHARE, PRIORITIES, Share
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 PROBE_INTERVAL = 1.0
+LATE = JITTER  # a shared grant woken later than this after its slot is not sent (see _turn_on_redis)
 GUARD_HORIZON = 3600.0
 ROUTE_CACHE_SIZE = 4096
 
@@ -48,13 +51,18 @@ ROUTE_CACHE_SIZE = 4096
 class GrantedPermit:
     """A slot that was granted; ``release`` gives back the concurrency permit (idempotent)."""
 
-    def __init__(self, waited: float, release: Callable[[], None] | None) -> None:
+    def __init__(self, waited: float, release: Callable[[], None] | None, max_wait: float) -> None:
         self._waited = waited
         self._release = release
+        self._max_wait = max_wait
 
     @property
     def waited(self) -> float:
         return self._waited
+
+    @property
+    def max_wait(self) -> float:
+        return self._max_wait
 
     def release(self) -> None:
         release, self._release = self._release, None
@@ -87,7 +95,7 @@ class GatewayPacer:
         """Connect the shared backend if configured; an unreachable Redis applies the policy now."""
         if self._config.pacing.backend == "redis" and self._shared is None:
             try:
-                self._shared = RedisBackend(self._config.pacing)
+                self._shared = RedisBackend(self._config.pacing, lease_ttl=self._permit_ttl)
             except ValueError as exc:  # redis-py's message names the problem, never the URL's secrets
                 raise ConfigError(f"pacing.redis_url: {exc}") from None
             self._permits = SharedPermits(self._shared, ttl=self._permit_ttl)
@@ -117,14 +125,6 @@ class GatewayPacer:
             release = await self._wait_local(credential.id, call, share, budget)
         else:
             release = await self._wait_shared(credential.id, call, share, started + budget)
-        try:
-            hold = self._guard_hold(call)
-            if hold is not None:
-                await self._sleep(call, share, self._guard, hold)
-        except BaseException:
-            if release is not None:
-                release()
-            raise
         waited = time.monotonic() - started
         histogram = self._waits.get((call.provider, share.priority))
         if histogram is None:
@@ -132,7 +132,7 @@ class GatewayPacer:
                 call.provider, share.priority
             )
         histogram.observe(waited)
-        return GrantedPermit(waited, release)
+        return GrantedPermit(waited, release, budget)
 
     async def observe(self, credential: Credential, path: str, status: int, headers: Mapping[str, str]) -> float | None:
         if status in (429, 503):
@@ -198,7 +198,29 @@ class GatewayPacer:
                 outcome = await queue.wait(outcome)
         if isinstance(outcome, Refused):
             raise self._refused(call, outcome)
+        hold = self._guard_hold(call)
+        if hold is not None:
+            try:
+                await self._sleep(call, share, self._guard, hold)
+            except BaseException:
+                if permits is not None:
+                    permits.give_back()
+                raise
         return None if permits is None else permits.give_back
+
+    def _guard_hold(self, call: Route) -> Reservation | None:
+        """Hold back a burst that a stall of this process would send: the same buckets on real time.
+
+        If the process stalls (GC, CPU contention), every waiter granted just before it resumes
+        after it, together with those granted after it. Re-pacing each resumed call through
+        in-process copies of the buckets keeps the actual sends within the bound; without a stall it
+        never delays anything. Local only: on Redis the other replicas went on time, so a late call
+        is given back instead (``_turn_on_redis``).
+        """
+        outcome = self._guard.reserve_now(call.buckets, GUARD_HORIZON)
+        if isinstance(outcome, Reservation) and outcome.deadline > asyncio.get_running_loop().time():
+            return outcome
+        return None  # nothing to hold back (a refusal would take a stall of an hour: then just go)
 
     def _local_permits(self, credential_id: str, limit: int | None) -> Permits | None:
         if limit is None:
@@ -212,18 +234,44 @@ class GatewayPacer:
     async def _wait_shared(
         self, credential_id: str, call: Route, share: Share, give_up_at: float
     ) -> Callable[[], None] | None:
-        """Redis: a shared ``max_concurrency`` lease first, then the shared bucket's slot."""
+        """Redis: a shared ``max_concurrency`` lease first, then the turn in the bucket's shared queue.
+        Redis failing under the ``local`` policy sends the call to the in-process queue instead."""
+        assert self._shared is not None
         try:
             release = await self._concurrency(credential_id, call, give_up_at)
-        except BackendError:  # Redis failed under the ``local`` policy: the whole call waits in-process
+        except BackendError:
             return await self._wait_local(credential_id, call, share, max(0.0, give_up_at - time.monotonic()))
         try:
-            await self._wait_turn(call, share, give_up_at)
+            await self._turn_on_redis(call, share, give_up_at)
+        except BackendError as exc:
+            if release is not None:
+                release()
+            self._degrade(str(exc))
+            if self._config.pacing.on_backend_error == "reject":
+                raise BackendUnavailable("the shared pacing backend (Redis) is unavailable") from None
+            return await self._wait_local(credential_id, call, share, max(0.0, give_up_at - time.monotonic()))
         except BaseException:
             if release is not None:
                 release()
             raise
         return release
+
+    async def _turn_on_redis(self, call: Route, share: Share, give_up_at: float) -> None:
+        """Queue, then sleep until the slot (granted up to LOOKAHEAD early). A grant this replica
+        wakes up for more than ``LATE`` after its slot (the process stalled) is given back and the
+        call queues again: sent now, it would squeeze the gap to the other replicas' calls, which
+        went on time. That costs a slot only when the process stalls, and keeps the bound."""
+        assert self._shared is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._queued_as(call, share):
+                outcome = await self._shared.wait_turn(call.buckets, share, max(0.0, give_up_at - time.monotonic()))
+            if isinstance(outcome, Refused):
+                raise self._refused(call, outcome)
+            await self._sleep(call, share, self._shared, outcome)
+            if loop.time() - outcome.deadline <= LATE:
+                return
+            await self._release(self._shared, outcome)
 
     async def _concurrency(self, credential_id: str, call: Route, give_up_at: float) -> Callable[[], None] | None:
         """Wait for a ``max_concurrency`` lease shared through Redis (the active backend here)."""
@@ -253,31 +301,6 @@ class GatewayPacer:
     def _refused(self, call: Route, outcome: Refused) -> RateLimited:
         self._metrics.pacing_rejections.labels(call.provider).inc()
         return RateLimited("the pacing queue wait would exceed max_wait", retry_after=outcome.retry_after)
-
-    async def _wait_turn(self, call: Route, share: Share, give_up_at: float) -> None:
-        """Reserve, sleep until the slot; reserve again if a pause overtook the slot meanwhile."""
-        while True:
-            budget = max(0.0, give_up_at - time.monotonic())
-            backend, outcome = await self._with_backend(partial(_reserve_on, call=call, budget=budget))
-            if isinstance(outcome, Refused):
-                raise self._refused(call, outcome)
-            if outcome.deadline > asyncio.get_running_loop().time():
-                await self._sleep(call, share, backend, outcome)
-            if not backend.overtaken(outcome):
-                break
-
-    def _guard_hold(self, call: Route) -> Reservation | None:
-        """Hold back a burst that a stall of this process would send: the same buckets on real time.
-
-        If the process stalls (GC, CPU contention), every waiter whose slot passed meanwhile wakes at
-        once, and the calls after them keep their slots, squeezing the gap. Re-pacing each wake-up
-        through in-process copies of the buckets keeps this replica's actual sends within the bound;
-        without a stall it never delays anything. Wake-ups come in slot order, so FIFO holds.
-        """
-        outcome = self._guard.reserve_now(call.buckets, GUARD_HORIZON)
-        if isinstance(outcome, Reservation) and outcome.deadline > asyncio.get_running_loop().time():
-            return outcome
-        return None  # nothing to hold back (a refusal would take a stall of an hour: then just go)
 
     async def _sleep(self, call: Route, share: Share, backend: Backend, reservation: Reservation) -> None:
         loop = asyncio.get_running_loop()
@@ -352,11 +375,6 @@ class GatewayPacer:
             await asyncio.sleep(PROBE_INTERVAL)
         self._degraded = False
         log.info("pacing_backend_recovered")
-
-
-async def _reserve_on(backend: Backend, call: Route, budget: float) -> tuple[Backend, Reservation | Refused]:
-    """Reserve on ``backend`` and say which backend holds the reservation (failover may change it)."""
-    return backend, await backend.reserve(call.buckets, budget)
 
 
 def _wake(future: asyncio.Future[None]) -> None:

@@ -1,124 +1,208 @@
--- Shared pacing buckets: the math of gateway/pacing/bucket.py, run atomically inside Redis.
+-- Shared pacing buckets and their queues: bucket.py's GCRA and scheduler.py's order, run atomically
+-- inside Redis.
 --
 -- Times are integer microseconds from the Redis server's clock (TIME), so replica clocks never
--- matter. Each bucket has two keys, in one cluster hash slot (the caller adds a {tag}):
---   KEYS[i]     hash  tat, paused   (theoretical arrival time, paused-until)
---   KEYS[i+1]   zset  holes: member = the freed reservation's tat-after (zero-padded), score = slot
--- ARGV[1] is the operation, ARGV[2] the cap on holes per bucket, ARGV[3] a fixed now for tests ('' in
--- production: TIME); the rest (from ARGV[4]) depends on the operation:
---   reserve  n, then per call: max_wait, nb, then per bucket: key index, interval, tolerance
---            -> {now, {0, retry_after} | {1, slot, key_1..key_nb, paused_1..paused_nb}, ...}
---   release  nb, then per bucket: key index, interval, slot, key        -> {now}
---   pause    key index, tolerance, seconds_us                           -> {now, paused}
---   state    key index                                                  -> {now, tat, paused}
+-- matter. Keys of one home bucket share its cluster hash slot (the caller adds a {tag}); KEYS[i] is
+-- a bucket's hash (tat, paused, and for a home bucket: v0..v2 class virtual times, seq); the
+-- queue keys hang off a home bucket's name H:
+--   H:q<c>     zset   calls queued in class c: member "seq|replica|arrival|tenant", score = start tag
+--   H:f<c>     hash   tenant -> last finish tag in class c
+--   H:r        hash   replica -> its lease expiry (µs); a replica's calls count only while it lives
+--   H:g:<rep>  hash   member -> "slot,key_1,..": granted calls waiting for their replica to collect
+-- ARGV[1] is the operation, ARGV[2] a fixed now for tests ('' in production: TIME); then:
+--   enter   n, catchup, ahead, replica, lease, then per call: home index, nb, per bucket (index, interval,
+--           tolerance), class, tenant, step, max_wait
+--           -> {now, {1, slot, key_1..key_nb} | {0, retry_after} | {2, member, wake}, ...}
+--   poll    home index, nb, buckets..., catchup, ahead, replica, lease, members to cancel...
+--           -> {now, wake, {member, "slot,key..", ...}, depth_0, depth_1, depth_2}
+--   release nb, then per bucket: index, interval, key                -> {now}
+--   pause   index, tolerance, seconds_us                             -> {now, paused}
+--   state   index                                                    -> {now, tat, paused, depth_0..2}
 
-local now = tonumber(ARGV[3])
+local now = tonumber(ARGV[2])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local op = ARGV[1]
-local max_holes = tonumber(ARGV[2])
 local KEEP_MS = 60000
+local MAX_GRANTS = 1000 -- grants (and dead calls dropped) per script call: keeps each call short
 
 local function fmt(x) return string.format('%.0f', x) end
-local function member(k) return string.format('%020.0f', k) end
 
 local function load(i)
   local v = redis.call('HMGET', KEYS[i], 'tat', 'paused')
   return tonumber(v[1]) or 0, tonumber(v[2]) or 0
 end
 
--- Keep a bucket's keys only as long as its state matters.
+-- Keep a bucket's key only as long as its state matters.
 local function touch(i, tat, paused)
-  local ms = math.floor((math.max(tat, paused) - now) / 1000) + KEEP_MS
-  redis.call('PEXPIRE', KEYS[i], ms)
-  redis.call('PEXPIRE', KEYS[i + 1], ms)
+  redis.call('PEXPIRE', KEYS[i], math.floor((math.max(tat, paused) - now) / 1000) + KEEP_MS)
 end
 
-local function first_hole(i, paused)
-  redis.call('ZREMRANGEBYSCORE', KEYS[i + 1], '-inf', '(' .. fmt(math.max(now, paused)))
-  local h = redis.call('ZRANGE', KEYS[i + 1], 0, 0, 'WITHSCORES')
-  if #h == 0 then return nil, nil end
-  return tonumber(h[2]), tonumber(h[1])
-end
+local function qkey(h, c) return KEYS[h] .. ':q' .. c end
+local function fkey(h, c) return KEYS[h] .. ':f' .. c end
 
-local function add_hole(i, slot, key)
-  if redis.call('ZCARD', KEYS[i + 1]) < max_holes then
-    redis.call('ZADD', KEYS[i + 1], fmt(slot), member(key))
-  end
-end
-
-local function reserve_one(pos)
-  local max_wait, nb = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1])
-  pos = pos + 2
-  local idx, iv, tol, tat, paused, hs, hk = {}, {}, {}, {}, {}, {}, {}
-  local regular, candidates = now, {}
+-- Parse "index, interval, tolerance" triples from ARGV[pos..]; returns them and the next position.
+local function buckets_at(pos)
+  local nb, bs = tonumber(ARGV[pos]), {}
+  pos = pos + 1
   for b = 1, nb do
-    idx[b], iv[b], tol[b] = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
+    bs[b] = {tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])}
     pos = pos + 3
-    tat[b], paused[b] = load(idx[b])
-    regular = math.max(regular, tat[b] - tol[b], paused[b])
-    hs[b], hk[b] = first_hole(idx[b], paused[b])
-    if hs[b] then table.insert(candidates, hs[b]) end
   end
-  table.sort(candidates)
-  local slot = regular
-  for _, h in ipairs(candidates) do
-    if h < regular then
-      local fits = true
-      for b = 1, nb do
-        if not (hs[b] == h or math.max(now, tat[b] - tol[b], paused[b]) <= h) then fits = false break end
-      end
-      if fits then slot = h break end
-    end
-  end
-  if slot - now > max_wait then return {0, slot - now}, pos end
-  local out = {1, slot}
-  for b = 1, nb do
-    if hs[b] == slot then
-      redis.call('ZREM', KEYS[idx[b] + 1], member(hk[b]))
-      out[#out + 1] = hk[b]
-    else
-      tat[b] = math.max(tat[b], slot) + iv[b]
-      redis.call('HSET', KEYS[idx[b]], 'tat', fmt(tat[b]))
-      out[#out + 1] = tat[b]
-    end
-    touch(idx[b], tat[b], paused[b])
-  end
-  for b = 1, nb do out[#out + 1] = paused[b] end
-  return out, pos
+  return bs, pos
 end
 
-if op == 'reserve' then
-  local out, pos = {now}, 5
-  for _ = 1, tonumber(ARGV[4]) do
+-- The earliest instant every bucket conforms (bucket.py: tat - tolerance, and no earlier than a pause).
+local function due_of(bs)
+  local due = 0
+  for _, b in ipairs(bs) do
+    local tat, paused = load(b[1])
+    due = math.max(due, tat - b[3], paused)
+  end
+  return due
+end
+
+-- bucket.take: charge slot in every bucket; returns "slot,key_1,..,key_nb" and the keys.
+local function take(bs, slot)
+  local keys, text = {}, fmt(slot)
+  for b, spec in ipairs(bs) do
+    local tat, paused = load(spec[1])
+    tat = math.max(tat, slot) + spec[2]
+    redis.call('HSET', KEYS[spec[1]], 'tat', fmt(tat))
+    touch(spec[1], tat, paused)
+    keys[b] = tat
+    text = text .. ',' .. fmt(tat)
+  end
+  return text, keys
+end
+
+local function depth(h, c) return redis.call('ZCARD', qkey(h, c)) end
+
+-- A class that runs empty restarts its virtual time and tenant table (scheduler.py does the same).
+local function left(h, c, member)
+  redis.call('ZREM', qkey(h, c), member)
+  if depth(h, c) == 0 then
+    redis.call('DEL', fkey(h, c))
+    redis.call('HSET', KEYS[h], 'v' .. c, 0)
+  end
+end
+
+local function lease_of(h, rep, cache)
+  if cache[rep] == nil then cache[rep] = tonumber(redis.call('HGET', KEYS[h] .. ':r', rep) or '0') end
+  return cache[rep]
+end
+
+-- Grant every slot due before now + ahead to the head of the highest non-empty class (scheduler.py's
+-- order), into the owner's collection hash; calls of replicas whose lease ran out are dropped on the
+-- way. Returns the instant the next grant can be made (0: nobody waits).
+local function grant(h, bs, catchup, ahead)
+  local leases = {}
+  for _ = 1, MAX_GRANTS do
+    local c = nil
+    for k = 0, 2 do
+      if depth(h, k) > 0 then c = k break end
+    end
+    if c == nil then return 0 end
+    local head = redis.call('ZRANGE', qkey(h, c), 0, 0, 'WITHSCORES')
+    local member, start = head[1], tonumber(head[2])
+    local rep, arrival = string.match(member, '^%d+|([^|]+)|(%d+)|')
+    if lease_of(h, rep, leases) < now then
+      left(h, c, member)
+    else
+      local slot = math.max(due_of(bs), tonumber(arrival), now - catchup)
+      if slot > now + ahead then return slot - ahead end
+      local virtual = math.max(tonumber(redis.call('HGET', KEYS[h], 'v' .. c) or '0'), start)
+      redis.call('HSET', KEYS[h], 'v' .. c, fmt(virtual))
+      left(h, c, member)
+      redis.call('HSET', KEYS[h] .. ':g:' .. rep, member, (take(bs, slot)))
+      redis.call('PEXPIRE', KEYS[h] .. ':g:' .. rep, KEEP_MS)
+    end
+  end
+  return now
+end
+
+-- A replica that queues or polls keeps its calls alive for another lease; the queue keys live as
+-- long as anyone does.
+local function renew(h, rep, lease)
+  redis.call('HSET', KEYS[h] .. ':r', rep, fmt(now + lease))
+  local ms = math.floor(lease / 1000) + KEEP_MS
+  redis.call('PEXPIRE', KEYS[h] .. ':r', ms)
+  for c = 0, 2 do
+    redis.call('PEXPIRE', qkey(h, c), ms)
+    redis.call('PEXPIRE', fkey(h, c), ms)
+  end
+end
+
+local function enter_one(pos, catchup, ahead, rep)
+  local h = tonumber(ARGV[pos])
+  local bs
+  bs, pos = buckets_at(pos + 1)
+  local c, tenant, step, max_wait = tonumber(ARGV[pos]), ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
+  pos = pos + 4
+  grant(h, bs, catchup, ahead)
+  local due = due_of(bs)
+  if depth(h, 0) + depth(h, 1) + depth(h, 2) == 0 and due <= now then
+    local _, keys = take(bs, now)
+    local out = {1, now}
+    for _, k in ipairs(keys) do out[#out + 1] = k end
+    return out, pos
+  end
+  local start = math.max(tonumber(redis.call('HGET', KEYS[h], 'v' .. c) or '0'),
+                         tonumber(redis.call('HGET', fkey(h, c), tenant) or '0'))
+  local ahead = redis.call('ZCOUNT', qkey(h, c), '-inf', fmt(start))
+  for k = 0, c - 1 do ahead = ahead + depth(h, k) end
+  local interval = 0
+  for _, b in ipairs(bs) do interval = math.max(interval, b[2]) end
+  local wait = math.max(0, due - now) + ahead * interval
+  if wait > max_wait then return {0, wait}, pos end
+  local seq = redis.call('HINCRBY', KEYS[h], 'seq', 1)
+  local member = string.format('%016d|%s|%s|%s', seq, rep, fmt(now), tenant)
+  redis.call('ZADD', qkey(h, c), fmt(start), member)
+  redis.call('HSET', fkey(h, c), tenant, fmt(start + step))
+  return {2, member, math.max(due - ahead, now)}, pos
+end
+
+if op == 'enter' then
+  local catchup, ahead, rep, lease = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+  local out, pos = {now}, 8
+  for _ = 1, tonumber(ARGV[3]) do
+    renew(tonumber(ARGV[pos]), rep, lease)
     local one
-    one, pos = reserve_one(pos)
+    one, pos = enter_one(pos, catchup, ahead, rep)
     out[#out + 1] = one
   end
   return out
-elseif op == 'release' then
-  local pos = 5
-  for _ = 1, tonumber(ARGV[4]) do
-    local i, iv, slot, key = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
-    pos = pos + 4
-    local tat, paused = load(i)
-    if tat ~= key then
-      if slot >= now then add_hole(i, slot, key) end
-    else
-      tat = tat - iv
-      while redis.call('ZSCORE', KEYS[i + 1], member(tat)) do
-        redis.call('ZREM', KEYS[i + 1], member(tat))
-        tat = tat - iv
-      end
-      redis.call('HSET', KEYS[i], 'tat', fmt(tat))
+elseif op == 'poll' then
+  local h = tonumber(ARGV[3])
+  local bs, pos = buckets_at(4)
+  local catchup, ahead, rep, lease = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), ARGV[pos + 2], tonumber(ARGV[pos + 3])
+  renew(h, rep, lease)
+  for i = pos + 4, #ARGV do
+    for c = 0, 2 do
+      if redis.call('ZSCORE', qkey(h, c), ARGV[i]) then left(h, c, ARGV[i]) break end
     end
-    touch(i, tat, paused)
+  end
+  local wake = grant(h, bs, catchup, ahead)
+  local mine = KEYS[h] .. ':g:' .. rep
+  local granted = redis.call('HGETALL', mine)
+  redis.call('DEL', mine)
+  return {now, fmt(wake), granted, depth(h, 0), depth(h, 1), depth(h, 2)}
+elseif op == 'release' then
+  local pos = 4
+  for _ = 1, tonumber(ARGV[3]) do
+    local i, iv, key = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
+    pos = pos + 3
+    local tat, paused = load(i)
+    if tat == key then -- the last slot taken: rewind (another one taken since stays lost, as in bucket.py's past slots)
+      redis.call('HSET', KEYS[i], 'tat', fmt(tat - iv))
+      touch(i, tat - iv, paused)
+    end
   end
   return {now}
 elseif op == 'pause' then
-  local i, tol, span = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+  local i, tol, span = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
   local tat, paused = load(i)
   paused = math.max(paused, now + span)
   tat = math.max(tat, now + span + tol)
@@ -126,7 +210,8 @@ elseif op == 'pause' then
   touch(i, tat, paused)
   return {now, paused}
 elseif op == 'state' then
-  local tat, paused = load(tonumber(ARGV[4]))
-  return {now, tat, paused}
+  local i = tonumber(ARGV[3])
+  local tat, paused = load(i)
+  return {now, tat, paused, depth(i, 0), depth(i, 1), depth(i, 2)}
 end
 return redis.error_reply('unknown pacing operation')

@@ -1,19 +1,37 @@
-"""Buckets shared by every replica, in Redis: one Lua script (pacing.lua) per batch of reservations.
+"""Buckets and their queues shared by every replica, in Redis (pacing.lua).
 
-- Atomic and clock-safe: the script reads the Redis server's ``TIME`` and applies bucket.py's math
-  in one step, so replicas never race and their clocks never matter. The slot comes back as an
-  offset from the server's now, which this replica adds to its own loop time.
-- One round trip per batch, not per call: reservations queue per cluster hash tag; one sender per
-  tag sends everything queued (up to ``MAX_BATCH``) in one script call and, while that call is in
-  flight, the next batch gathers. Arrival order is kept because only one call per tag is in flight.
+- One queue per home bucket, in Redis: a sorted set per priority class, scored by the call's
+  virtual start tag (scheduler.py's weighted fair queuing), ties by arrival sequence. Every grant
+  is made by the script, atomically, on the Redis server's clock (``TIME``): the head of the highest
+  non-empty class takes the next slot once bucket.py's GCRA says it is due. Whichever replica polls
+  first makes the grant; it lands in the owner's collection hash, and the owner picks it up at its
+  own next poll. So the order (class, fair share, FIFO per tenant) is one order across replicas, and
+  the bound is the GCRA's, as if one process granted every slot. A test runs the script and
+  bucket.py + scheduler.py side by side on a fake clock and compares every grant.
+- Arrivals: granted at once when nobody waits and the bucket conforms; refused before queueing when
+  the estimate (calls ahead times the interval, plus the time to the next slot) exceeds
+  ``max_wait``; queued otherwise. They travel in batches: one sender per cluster hash tag sends all
+  arrivals queued meanwhile in one script call (group commit), one call in flight per tag, so Redis
+  sees them in arrival order.
+- Waiting: shared_queue.py, one poller per bucket per replica. Slots are granted up to
+  ``LOOKAHEAD`` before they come and the owner sleeps until its slot (server time plus the
+  smallest clock offset seen), so a poll's round trip never makes a call late; the pacer gives back
+  a grant it wakes up for too late (a stalled process) instead of sending it late.
+- A replica that dies with calls queued: each queue holds a lease per replica (``H:r``), renewed by
+  every enter and poll of that replica (at least every third of ``lease_ttl``). A call is granted
+  only while its replica's lease lives; past it, the script drops that replica's calls as they
+  reach the head, without granting them. Until then they are granted normally (each takes one slot
+  from the bucket, which the GCRA counts, so the bound holds), and a grant nobody collects is a
+  lost slot. Hence a dead replica's calls hold the bucket back for at most one lease TTL, and never
+  break the bound or the order of the others.
 - ``NOSCRIPT`` (Redis restarted or failed over) is the only error retried: the script did not run.
-  A timed-out call is never retried, since it may have reserved already and would count twice;
-  it raises ``BackendError`` and the pacer applies ``on_backend_error``.
-- Keys: ``<prefix>:{<tag>}:<bucket>`` (hash) and ``...:holes`` (sorted set); the ``{tag}`` puts all
-  keys of one reservation in one cluster hash slot. Keys expire a minute after they stop mattering.
-- Pauses another replica set are learned from every reservation's answer (``overtaken``).
+  A timed-out call is never retried, since it may have acted already; it raises ``BackendError`` and
+  the pacer applies ``on_backend_error`` (waiting calls fail over to the in-process queue).
+- Keys: ``<prefix>:{<tag>}:<bucket>`` (hash) and the queue keys hanging off a home bucket's name;
+  the ``{tag}`` puts all keys of one call in one cluster hash slot. Keys expire a minute after they
+  stop mattering (queue keys: a minute after the last replica's lease).
 - ``max_concurrency`` permits are leases in ``<prefix>:{<tag>}:cred:<id>:permits`` (permits.lua;
-  waiting and renewal live in concurrency.py).
+  waiting and renewal live in concurrency.py; across replicas first come at poll time).
 """
 
 from __future__ import annotations
@@ -22,7 +40,10 @@ import asyncio
 import contextlib
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -34,17 +55,28 @@ from redis.exceptions import NoScriptError, RedisError
 from gateway.config import PacingConfig
 from gateway.pacing import bucket
 from gateway.pacing.backend import BackendError, Refused, Reservation
-from gateway.pacing.bucket import MAX_HOLES, US, Charge
+from gateway.pacing.bucket import CATCHUP, US, Charge
 from gateway.pacing.registry import BucketSpec
+from gateway.pacing.scheduler import PRIORITIES, Share, step
+from gateway.pacing.shared_queue import Polled, SharedQueue
 
 SCRIPT = resources.files("gateway.pacing").joinpath("pacing.lua").read_text(encoding="utf-8")
 PERMITS_SCRIPT = resources.files("gateway.pacing").joinpath("permits.lua").read_text(encoding="utf-8")
 T = TypeVar("T")
 TIMEOUT = 1.0
+LEASE_TTL = 30.0  # how long a replica's queued calls and concurrency permits outlive it
+LOOKAHEAD = 20_000  # µs: slots are granted this long before they come, so a poll's round trip makes no call late
 MAX_BATCH = 256  # reservations per script call: keeps each call short, since Redis runs scripts one at a time
 
 
-_Call = tuple[Sequence[BucketSpec], float, "asyncio.Future[Reservation | Refused]"]
+
+@dataclass(frozen=True)
+class _Queued:
+    member: str
+    wake: float  # loop time of the next grant the script foresaw
+
+
+_Call = tuple[tuple[BucketSpec, ...], Share, float, "asyncio.Future[Reservation | Refused | _Queued]"]
 
 
 class ClockOffset:
@@ -73,9 +105,15 @@ class RedisBackend:
     name = "redis"
 
     def __init__(
-        self, config: PacingConfig, *, client: aioredis.Redis | None = None, clock: Callable[[], int] | None = None
+        self,
+        config: PacingConfig,
+        *,
+        client: aioredis.Redis | None = None,
+        clock: Callable[[], int] | None = None,
+        lease_ttl: float = LEASE_TTL,
     ) -> None:
-        """``clock`` (microseconds) replaces the server's ``TIME``: for tests comparing with bucket.py only."""
+        """``clock`` (microseconds) replaces the server's ``TIME``: for tests comparing with Python only.
+        ``lease_ttl``: how long the queued calls of a replica that stopped polling keep their places."""
         self._clock = clock
         self._prefix = config.key_prefix
         self._client = client or aioredis.from_url(
@@ -83,38 +121,64 @@ class RedisBackend:
         )
         self._script = self._client.register_script(SCRIPT)
         self._permits = self._client.register_script(PERMITS_SCRIPT)
-        self._queues: dict[str, list[_Call]] = {}
+        self._replica = uuid.uuid4().hex[:16]
+        self._lease = int(lease_ttl * US)
+        self._renew_every = lease_ttl / 3
+        self._calls: dict[str, list[_Call]] = {}
         self._senders: dict[str, asyncio.Task[None]] = {}
         self._clock_offset = ClockOffset()
-        self._paused: dict[str, int] = {}  # bucket key -> paused-until (server µs), as last seen
+        self._queues: dict[str, SharedQueue] = {}
         self._background: set[asyncio.Task[None]] = set()
 
-    def _keys(self, spec: BucketSpec) -> list[str]:
-        base = f"{self._prefix}:{{{spec.tag}}}:{spec.key}"
-        return [base, base + ":holes"]
+    def _key(self, spec: BucketSpec) -> str:
+        return f"{self._prefix}:{{{spec.tag}}}:{spec.key}"
 
     async def _run(self, keys: list[str], args: list[Any]) -> Any:
         """One call of the bucket script."""
         now = "" if self._clock is None else self._clock()
-        return await _translated(self._script(keys=keys, args=[args[0], MAX_HOLES, now, *args[1:]]))
+        return await _translated(self._script(keys=keys, args=[args[0], now, *args[1:]]))
 
-    async def reserve(self, buckets: Sequence[BucketSpec], max_wait: float) -> Reservation | Refused:
+    def _offset(self, server_now: int) -> float:
+        return self._clock_offset.observe(asyncio.get_running_loop().time(), server_now / US)
+
+    async def wait_turn(self, buckets: Sequence[BucketSpec], share: Share, max_wait: float) -> Reservation | Refused:
+        """Grant now, refuse now, or queue in the home bucket's shared queue and wait for the grant."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait
+        future: asyncio.Future[Reservation | Refused | _Queued] = loop.create_future()
         tag = buckets[0].tag
-        future: asyncio.Future[Reservation | Refused] = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(tag, []).append((buckets, max_wait, future))
+        self._calls.setdefault(tag, []).append((tuple(buckets), share, max_wait, future))
         if tag not in self._senders:
-            self._senders[tag] = asyncio.get_running_loop().create_task(self._sender(tag))
-        return await future
+            self._senders[tag] = loop.create_task(self._sender(tag))
+        outcome = await future
+        if not isinstance(outcome, _Queued):
+            return outcome
+        queue = self._queue(tuple(buckets))
+        waiting = queue.add(outcome.member, deadline, outcome.wake)
+        try:
+            return await waiting
+        except asyncio.CancelledError:
+            queue.leave(outcome.member)
+            raise
+
+    def _queue(self, buckets: tuple[BucketSpec, ...]) -> SharedQueue:
+        home = self._key(buckets[0])
+        queue = self._queues.get(home)
+        if queue is None:
+            queue = self._queues[home] = SharedQueue(
+                partial(self._poll, buckets), self._release_soon, self._renew_every
+            )
+        return queue
 
     async def _sender(self, tag: str) -> None:
-        """Send the queued reservations of ``tag``, one script call at a time, oldest first.
+        """Send the queued arrivals of ``tag``, one script call at a time, oldest first.
 
         One call in flight per tag keeps arrival order in Redis (two connections could reorder two
         batches), and everything that queues meanwhile rides in the next call (group commit).
         """
         try:
-            while queue := self._queues.get(tag):
-                batch, self._queues[tag] = queue[:MAX_BATCH], queue[MAX_BATCH:]
+            while calls := self._calls.get(tag):
+                batch, self._calls[tag] = calls[:MAX_BATCH], calls[MAX_BATCH:]
                 try:
                     await self._send(batch)
                 except Exception as exc:  # whatever went wrong, no caller of this batch may wait forever
@@ -123,64 +187,95 @@ class RedisBackend:
                         if not future.done():
                             future.set_exception(failure)
         finally:
-            self._queues.pop(tag, None)
+            self._calls.pop(tag, None)
             del self._senders[tag]
 
     async def _send(self, batch: list[_Call]) -> None:
         keys: list[str] = []
         index: dict[str, int] = {}
-        args: list[Any] = ["reserve", len(batch)]
-        for buckets, max_wait, _ in batch:
-            args += [int(max_wait * US), len(buckets)]
-            for spec in buckets:
-                if spec.key not in index:
-                    index[spec.key] = len(keys) + 1
-                    keys += self._keys(spec)
-                limit = spec.limit.schedule
-                args += [index[spec.key], limit.interval, limit.tolerance]
+        args: list[Any] = ["enter", len(batch), CATCHUP, LOOKAHEAD, self._replica, self._lease]
+        for buckets, share, max_wait, _ in batch:
+            args += [self._index(buckets[0], keys, index)]
+            args += self._bucket_args(buckets, keys, index)
+            args += [share.cls, share.tenant, step(share.weight), int(max_wait * US)]
         reply = await self._run(keys, args)
-        offset = self._clock_offset.observe(asyncio.get_running_loop().time(), int(reply[0]) / US)
-        for (buckets, _, future), answer in zip(batch, reply[1:], strict=True):
+        offset = self._offset(int(reply[0]))
+        for (buckets, _, _, future), answer in zip(batch, reply[1:], strict=True):
             outcome = self._outcome(buckets, answer, offset)
             if not future.done():
                 future.set_result(outcome)
             elif isinstance(outcome, Reservation):  # the caller left while the answer was on its way
-                self._spawn(self.release(outcome))
+                self._release_soon(outcome)
+            elif isinstance(outcome, _Queued):
+                self._queue(buckets).leave(outcome.member)
 
-    def _outcome(self, buckets: Sequence[BucketSpec], answer: list[int], offset: float) -> Reservation | Refused:
-        if int(answer[0]) == 0:
+    def _index(self, spec: BucketSpec, keys: list[str], index: dict[str, int]) -> int:
+        key = self._key(spec)
+        if key not in index:
+            keys.append(key)
+            index[key] = len(keys)
+        return index[key]
+
+    def _bucket_args(self, buckets: Sequence[BucketSpec], keys: list[str], index: dict[str, int]) -> list[int]:
+        args = [len(buckets)]
+        for spec in buckets:
+            limit = spec.limit.schedule
+            args += [self._index(spec, keys, index), limit.interval, limit.tolerance]
+        return args
+
+    def _outcome(
+        self, buckets: tuple[BucketSpec, ...], answer: list[Any], offset: float
+    ) -> Reservation | Refused | _Queued:
+        kind = int(answer[0])
+        if kind == 0:
             return Refused(retry_after=int(answer[1]) / US)
-        slot, n = int(answer[1]), len(buckets)
-        for spec, paused in zip(buckets, answer[2 + n :], strict=True):
-            self._paused[spec.key] = max(self._paused.get(spec.key, 0), int(paused))
-        charges = tuple(Charge(slot=slot, key=int(key)) for key in answer[2 : 2 + n])
-        return Reservation(tuple(buckets), charges, deadline=slot / US + offset)
+        if kind == 2:
+            return _Queued(member=_text(answer[1]), wake=int(answer[2]) / US + offset)
+        slot = int(answer[1])
+        charges = tuple(Charge(slot=slot, key=int(key)) for key in answer[2:])
+        return Reservation(buckets, charges, deadline=slot / US + offset)
+
+    async def _poll(self, buckets: tuple[BucketSpec, ...], leaving: list[str]) -> Polled:
+        """One poll of a home bucket's queue for this replica (see shared_queue.py)."""
+        keys: list[str] = []
+        home = self._index(buckets[0], keys, {})  # KEYS[1]
+        args = ["poll", home, *self._bucket_args(buckets, keys, {self._key(buckets[0]): home})]
+        args += [CATCHUP, LOOKAHEAD, self._replica, self._lease, *leaving]
+        now, wake, granted, *depth = await self._run(keys, args)
+        offset = self._offset(int(now))
+        reservations = {}
+        for member, text in zip(granted[::2], granted[1::2], strict=True):
+            slot, *tats = (int(v) for v in _text(text).split(","))
+            charges = tuple(Charge(slot=slot, key=tat) for tat in tats)
+            reservations[_text(member)] = Reservation(buckets, charges, deadline=slot / US + offset)
+        interval = max(spec.limit.schedule.interval for spec in buckets)
+        return Polled(
+            granted=reservations,
+            wake=int(wake) / US + offset if int(wake) else math.inf,
+            retry_after=max(1, sum(int(d) for d in depth)) * interval / US,
+        )
 
     async def release(self, reservation: Reservation) -> None:
         keys: list[str] = []
         args: list[Any] = ["release", len(reservation.buckets)]
         for spec, charge in zip(reservation.buckets, reservation.charges, strict=True):
-            keys += self._keys(spec)
-            args += [len(keys) - 1, spec.limit.schedule.interval, charge.slot, charge.key]
+            keys.append(self._key(spec))
+            args += [len(keys), spec.limit.schedule.interval, charge.key]
         await self._run(keys, args)
 
-    async def pause(self, spec: BucketSpec, seconds: float) -> None:
-        args = ["pause", 1, spec.limit.schedule.tolerance, int(seconds * US)]
-        _, paused = await self._run(self._keys(spec), args)
-        self._paused[spec.key] = max(self._paused.get(spec.key, 0), int(paused))
+    def _release_soon(self, reservation: Reservation) -> None:
+        self._spawn(self.release(reservation))
 
-    def overtaken(self, reservation: Reservation) -> bool:
-        return any(
-            self._paused.get(spec.key, 0) > charge.slot
-            for spec, charge in zip(reservation.buckets, reservation.charges, strict=True)
-        )
+    async def pause(self, spec: BucketSpec, seconds: float) -> None:
+        await self._run([self._key(spec)], ["pause", 1, spec.limit.schedule.tolerance, int(seconds * US)])
 
     async def describe(self, spec: BucketSpec) -> dict[str, Any]:
-        now, tat, paused = (int(v) for v in await self._run(self._keys(spec), ["state", 1]))
+        now, tat, paused, *depth = (int(v) for v in await self._run([self._key(spec)], ["state", 1]))
         state = bucket.BucketState(tat=tat, paused_until=paused)
         return {
             "tokens": round(bucket.tokens(state, spec.limit.schedule, now), 3),
             "paused_until": time.time() + (paused - now) / US if paused > now else None,
+            "queued": dict(zip(PRIORITIES, depth, strict=True)),
         }
 
     # --- max_concurrency leases (permits.lua) ------------------------------------------------------
@@ -208,6 +303,8 @@ class RedisBackend:
             return False
 
     async def close(self) -> None:
+        for queue in self._queues.values():
+            await queue.close()
         for task in [*self._senders.values(), *self._background]:
             with contextlib.suppress(Exception):
                 await task
@@ -217,6 +314,10 @@ class RedisBackend:
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def _translated(call: Awaitable[T]) -> T:

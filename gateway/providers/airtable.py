@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
+from gateway.domain.models import DISPLAY_NAMES
 from gateway.providers.base import Call, Item, Kind, Target, Translator, UpstreamRecord, Written, option
 
 _NOT_FOUND_TYPES = frozenset({"NOT_FOUND", "MODEL_ID_NOT_FOUND", "ROW_DOES_NOT_EXIST", "TABLE_NOT_FOUND"})
 
 
 class Airtable(Translator):
-    name = "Airtable"
+    name = DISPLAY_NAMES["airtable"]
 
     def chunk_size(self, kind: Kind) -> int:
         return 10

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from gateway.domain.models import DISPLAY_NAMES
 from gateway.providers.base import Call, Item, Kind, Target, Translator, UpstreamRecord, Written, checked, parse_time
 
 _PLURALS = {"company": "companies", "line_item": "line_items", "property": "properties"}
@@ -27,7 +28,7 @@ def object_type(obj: str) -> str:
 
 
 class HubSpot(Translator):
-    name = "HubSpot"
+    name = DISPLAY_NAMES["hubspot"]
     read_only = frozenset({"hs_object_id", "createdate", "lastmodifieddate", "hs_lastmodifieddate"})
 
     def chunk_size(self, kind: Kind) -> int:

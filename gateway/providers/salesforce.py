@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
 
+from gateway.domain.models import DISPLAY_NAMES
 from gateway.providers.base import (
     Call,
     Item,
@@ -48,7 +49,7 @@ def sobject_type(obj: str) -> str:
 
 
 class Salesforce(Translator):
-    name = "Salesforce"
+    name = DISPLAY_NAMES["salesforce"]
     read_only = frozenset(
         {
             "attributes",

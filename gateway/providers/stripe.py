@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gateway.domain.models import DISPLAY_NAMES
 from gateway.providers.base import Call, Item, Kind, Query, Target, Translator, UpstreamRecord, Written, checked
 
 _IRREGULAR = {"entity": "entities"}
@@ -40,7 +41,7 @@ def form_encode(data: Mapping[str, Any], prefix: str = "") -> Query:
 
 
 class Stripe(Translator):
-    name = "Stripe"
+    name = DISPLAY_NAMES["stripe"]
     read_only = frozenset({"id", "object", "created", "livemode", "deleted"})
     replays_writes = True
 

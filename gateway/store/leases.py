@@ -1,4 +1,4 @@
-"""Leases: at most one replica works a given job (a webhook or postgres consumer) at a time.
+"""Leases: at most one replica does a given job at a time (works a consumer, refreshes a token).
 
 A lease is a ``leases`` row (name, owner, expires_at in epoch seconds). ``acquire`` creates it, renews
 it when we already own it, or takes it over once the previous owner let it expire (a crashed replica
@@ -43,6 +43,11 @@ class Leases:
                 .values(owner=self.owner, expires_at=expires)
             )
         return bool(taken.rowcount)
+
+    async def release(self, name: str) -> None:
+        """Give up ``name`` if we hold it, so the next taker need not wait for the expiry."""
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(t.leases).where(t.leases.c.name == name, t.leases.c.owner == self.owner))
 
     async def release_all(self) -> None:
         """Give up every lease we hold (clean shutdown), so another replica takes over at once."""

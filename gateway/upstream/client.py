@@ -3,10 +3,11 @@
 One call is a short pipeline, each step a small method:
 
     stream()       retries: after a refusal (429, or 503 with Retry-After) that paused the bucket
-                   (replayable bodies, at most 3 times, within max_wait); any other answer, even one
-                   whose headers report exhaustion, is returned as it is, exactly once
-                   and once after an OAuth2 401 (replayable bodies; otherwise the 401 is returned)
-    _paced_send()  pacer.acquire -> _send -> pacer.observe
+                   (replayable bodies, at most 3 times, within the permit's max_wait); any other
+                   answer, even one whose headers report exhaustion, is returned as it is, exactly
+                   once; and once after an OAuth2 401 (replayable bodies; otherwise the 401 is returned)
+    _attempt()     one async context manager per send: pacer.acquire -> _send -> pacer.observe, and
+                   on leaving it the connection and the permit go back, whatever happened
     _send()        safe URL join -> auth injection -> aiohttp request; foreign errors mapped ONCE here
 
 API (others depend on it)::
@@ -33,7 +34,7 @@ from __future__ import annotations
 import json as jsonlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,8 +45,9 @@ from multidict import CIMultiDict
 from prometheus_client import Counter, Histogram
 from yarl import URL
 
+from gateway.aiohttp_compat import PassThroughRequest
 from gateway.config import Config
-from gateway.domain.models import OAuth2Auth
+from gateway.domain.models import OAuth2Auth, display_name
 from gateway.domain.objects import Credential
 from gateway.egress import EgressPolicy, ca_bundle_path
 from gateway.errors import InvalidRequest, UpstreamAuthFailed, UpstreamUnavailable
@@ -56,32 +58,14 @@ from gateway.store.objects import Objects
 from gateway.upstream import auth, paths
 from gateway.upstream.body import StreamedBody
 from gateway.upstream.cache import CredentialCache
-from gateway.upstream.response import CHUNK, UpstreamResponse, UpstreamResult, display_name, mapped
+from gateway.upstream.response import CHUNK, UpstreamResponse, UpstreamResult, mapped
 from gateway.vault.credentials import OAuth2Refresher, access_token
 
 PREPARED_LIMIT = 1024
 URLS_LIMIT = 256
 DEFAULT_TIMEOUTS = {"connect": 10.0, "total": 60.0, "read": 60.0}
-DEFAULT_MAX_WAIT = 30.0
 MAX_PACING_RETRIES = 3
 Body = bytes | StreamedBody | None
-# Headers aiohttp would add on its own; a proxy forwards the client's, or none.
-_NO_AUTO_HEADERS: CIMultiDict[None] = CIMultiDict(
-    (name, None) for name in ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
-)
-
-
-class _PassThroughRequest(aiohttp.ClientRequest):
-    """A client request to which aiohttp adds no header of its own.
-
-    ``skip_auto_headers`` does the same, but aiohttp rebuilds the skip set on every call (a sort, a
-    ``CIMultiDict``, a copy of the headers): ~5% of the proxy's CPU at c=50. Here the set is built once.
-    """
-
-    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
-        self._skip_auto_headers = _NO_AUTO_HEADERS
-
-
 @dataclass(frozen=True)
 class Prepared:
     """What the send path needs of one credential object, computed once per object.
@@ -100,13 +84,22 @@ class Prepared:
 
 
 @dataclass
-class _Target:
+class _Address:
     """One call's raw path and query, and the URL they join to (computed on first use)."""
 
     path: str
     query: str
     url: URL | None = None
     base_url: str = ""
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One send: the answer (body unread), the pacing permit it holds, the pause it caused (if any)."""
+
+    raw: aiohttp.ClientResponse
+    permit: Permit
+    pause: float | None
 
 
 class UpstreamClient:
@@ -130,7 +123,7 @@ class UpstreamClient:
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,  # bodies pass through exactly as the upstream encoded them
-            request_class=_PassThroughRequest,
+            request_class=PassThroughRequest,  # adds no header of its own (see aiohttp_compat)
             trust_env=False,
             read_bufsize=CHUNK,
         )
@@ -176,13 +169,6 @@ class UpstreamClient:
                 values.update(override.model_dump(exclude_none=True))
         return values
 
-    def _max_wait(self, credential: Credential) -> float:
-        provider = self._config.providers.get(credential.provider)
-        for limits in (credential.rate_limit, provider.rate_limit if provider else None):
-            if limits is not None and limits.max_wait is not None:
-                return limits.max_wait
-        return DEFAULT_MAX_WAIT
-
     @asynccontextmanager
     async def stream(
         self,
@@ -199,113 +185,83 @@ class UpstreamClient:
         outgoing = CIMultiDict(headers or {})
         for name in ("Authorization", "Host"):  # security: the caller's credentials never go upstream
             outgoing.popall(name, None)
-        target = _Target(path, raw_query)
-        self._url(credential, target)  # refuse a bad path before pacing or refreshing
-        fresh = await self.oauth2.current(credential)
-        if fresh is not credential:
-            self.credentials.put(fresh)
-        raw, permit, waited = await self._send_with_retries(fresh, method, target, outgoing, body)
-        try:
-            yield UpstreamResponse(raw, provider=credential.provider, pacing_wait=waited)
-        finally:
-            raw.release()  # back to the pool when fully read, else the connection is closed
-            permit.release()
+        address = _Address(path, raw_query)
+        self._url(credential, address)  # refuse a bad path before pacing or refreshing
+        current = await self.oauth2.current(credential)
+        if current is not credential:
+            self.credentials.put(current)
+        replayable = not isinstance(body, StreamedBody)
+        waited, retries, refreshed = 0.0, 0, False
+        while True:
+            async with self._attempt(current, method, address, outgoing, body) as attempt:
+                waited += attempt.permit.waited
+                if self._retry_after_refusal(attempt, waited, replayable=replayable, retries=retries):
+                    retries += 1
+                    continue
+                if attempt.raw.status == 401 and isinstance(current.auth, OAuth2Auth):
+                    if refreshed:
+                        raise UpstreamAuthFailed(
+                            f"Error: {display_name(current.provider)} rejected the credential even after a token "
+                            "refresh",
+                            upstream_status=401,
+                        )
+                    current, refreshed = await self._refreshed(current), True
+                    if replayable:
+                        continue
+                    # The body is gone: the client gets this 401, the next call the new token.
+                yield UpstreamResponse(attempt.raw, provider=credential.provider, pacing_wait=waited)
+                return
 
-    def _url(self, credential: Credential, target: _Target) -> URL:
+    def _url(self, credential: Credential, address: _Address) -> URL:
         """The checked upstream URL, joined once per base URL (a refresh may bring a new credential)."""
-        if target.url is None or target.base_url != credential.base_url:
+        if address.url is None or address.base_url != credential.base_url:
             prepared = self.prepared(credential)
-            url = prepared.urls.get((target.path, target.query))
+            url = prepared.urls.get((address.path, address.query))
             if url is None:
-                url = paths.join(credential.base_url, target.path, target.query, prepared.injection.query)
+                url = paths.join(credential.base_url, address.path, address.query, prepared.injection.query)
                 if len(prepared.urls) >= URLS_LIMIT:
                     prepared.urls.clear()
-                prepared.urls[(target.path, target.query)] = url
-            target.url = url
-            target.base_url = credential.base_url
-        return target.url
+                prepared.urls[(address.path, address.query)] = url
+            address.url = url
+            address.base_url = credential.base_url
+        return address.url
 
-    async def _send_with_retries(
-        self, credential: Credential, method: str, target: _Target, headers: CIMultiDict[str], body: Body
-    ) -> tuple[aiohttp.ClientResponse, Permit, float]:
-        replayable = not isinstance(body, StreamedBody)
-        waited, pacing_retries, refreshed = 0.0, 0, False
-        while True:
-            raw, permit, pause = await self._paced_send(credential, method, target, headers, body)
-            waited += permit.waited
-            if self._retry_after_refusal(credential, raw, pause, waited, replayable=replayable, retries=pacing_retries):
-                pacing_retries += 1
+    @asynccontextmanager
+    async def _attempt(
+        self, credential: Credential, method: str, address: _Address, headers: CIMultiDict[str], body: Body
+    ) -> AsyncIterator[_Attempt]:
+        """One paced send; leaving the block gives back the connection (closed unless fully read) and the permit."""
+        permit = await self._pacer.acquire(credential, address.path, share=current_share.get())
+        try:
+            raw = await self._send(credential, method, address, headers, body)
+            try:
+                pause = await self._pacer.observe(credential, address.path, raw.status, raw.headers)
+                yield _Attempt(raw, permit, pause)
+            finally:
                 raw.release()
-                permit.release()
-                continue
-            if raw.status != 401 or not isinstance(credential.auth, OAuth2Auth):
-                return raw, permit, waited
-            if refreshed:
-                raw.release()
-                permit.release()
-                raise UpstreamAuthFailed(
-                    f"Error: {display_name(credential.provider)} rejected the credential even after a token refresh",
-                    upstream_status=401,
-                )
-            credential = await self._refresh_after_401(credential, raw, permit)
-            refreshed = True
-            if not replayable:
-                return raw, permit, waited  # the body is gone: the client gets the 401, the next call the new token
-            raw.release()
+        finally:
             permit.release()
 
-    def _retry_after_refusal(
-        self,
-        credential: Credential,
-        raw: aiohttp.ClientResponse,
-        pause: float | None,
-        waited: float,
-        *,
-        replayable: bool,
-        retries: int,
-    ) -> bool:
+    @staticmethod
+    def _retry_after_refusal(attempt: _Attempt, waited: float, *, replayable: bool, retries: int) -> bool:
         """Resend only a refused call (it did nothing upstream), with its body still held, within max_wait.
 
         Security of users' data: an accepted call that reports exhaustion (``200`` with
         ``X-RateLimit-Remaining: 0``) paused the bucket, but sending it again would repeat a write.
         """
-        if pause is None or not replayable or retries >= MAX_PACING_RETRIES:
+        if attempt.pause is None or not replayable or retries >= MAX_PACING_RETRIES:
             return False
-        if not adaptive.is_refusal(raw.status, raw.headers):
+        if not adaptive.is_refusal(attempt.raw.status, attempt.raw.headers):
             return False
-        return waited + pause <= self._max_wait(credential)
+        return waited + attempt.pause <= attempt.permit.max_wait
 
-    async def _refresh_after_401(
-        self, credential: Credential, raw: aiohttp.ClientResponse, permit: Permit
-    ) -> Credential:
-        try:
-            fresh = await self.oauth2.refresh(credential, stale_token=access_token(credential) or "")
-            self.credentials.put(fresh)
-            return fresh
-        except BaseException:
-            raw.release()
-            permit.release()
-            raise
-
-    async def _paced_send(
-        self, credential: Credential, method: str, target: _Target, headers: CIMultiDict[str], body: Body
-    ) -> tuple[aiohttp.ClientResponse, Permit, float | None]:
-        permit = await self._pacer.acquire(credential, target.path, share=current_share.get())
-        try:
-            raw = await self._send(credential, method, target, headers, body)
-        except BaseException:
-            permit.release()
-            raise
-        try:
-            pause = await self._pacer.observe(credential, target.path, raw.status, raw.headers)
-        except BaseException:
-            raw.release()
-            permit.release()
-            raise
-        return raw, permit, pause
+    async def _refreshed(self, credential: Credential) -> Credential:
+        fresh = await self.oauth2.refresh(credential, stale_token=access_token(credential) or "")
+        self.credentials.put(fresh)
+        return fresh
 
     async def _send(
-        self, credential: Credential, method: str, target: _Target, headers: CIMultiDict[str], body: Body
+        self, credential: Credential, method: str, address: _Address, headers: CIMultiDict[str], body: Body
     ) -> aiohttp.ClientResponse:
         prepared = self.prepared(credential)
         headers.update(prepared.injection.headers)  # replaces the previous attempt's, if any
@@ -313,7 +269,7 @@ class UpstreamClient:
         try:
             raw = await self.session.request(
                 method,
-                self._url(credential, target),
+                self._url(credential, address),
                 headers=headers,
                 data=body,
                 timeout=prepared.client_timeout,

@@ -13,10 +13,10 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDictProxy
 
+from gateway.domain.models import display_name
 from gateway.egress import EgressDenied
 from gateway.errors import GatewayError, UpstreamDenied, UpstreamTimeout, UpstreamUnavailable
 
-DISPLAY_NAMES = {"salesforce": "Salesforce", "hubspot": "HubSpot", "stripe": "Stripe", "airtable": "Airtable"}
 RESULT_LIMIT = 64 * 1024 * 1024  # request_json bodies are parsed whole; bigger ones are not JSON APIs
 CHUNK = 256 * 1024
 
@@ -55,10 +55,6 @@ class UpstreamResponse:
                 raise UpstreamUnavailable(f"Error: {display_name(self._provider)} API answered over {limit} bytes")
             parts.append(chunk)
         return b"".join(parts)
-
-
-def display_name(provider: str) -> str:
-    return DISPLAY_NAMES.get(provider, "REST")
 
 
 def mapped(exc: BaseException, provider: str) -> GatewayError:

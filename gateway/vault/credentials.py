@@ -2,7 +2,7 @@
 
 Concurrent requests share one refresh. Within a process a lock per credential serialises them and
 each re-reads the stored credential first, so every waiter behind the first finds the new token and
-returns at once. Across replicas a lease row (``leases`` table: owner + expiry, so a crashed owner
+returns at once. Across replicas a lease (``store.leases``: owner + expiry, so a crashed owner
 cannot block others for long) is taken before calling the token endpoint, and the credential is
 re-read after taking it: a refresh another replica just finished is reused, never repeated (many
 providers revoke the old refresh token on use, so a second refresh would fail).
@@ -24,14 +24,12 @@ from typing import Any
 
 import structlog
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
-from sqlalchemy import delete, insert, or_, update
-from sqlalchemy.exc import IntegrityError
 
 from gateway.domain.models import OAuth2Auth
 from gateway.domain.objects import Credential
 from gateway.errors import GatewayError, UpstreamAuthFailed, UpstreamDenied
 from gateway.observability.metrics import Metrics
-from gateway.store import tables as t
+from gateway.store.leases import Leases
 from gateway.store.objects import Objects
 
 log = structlog.get_logger(__name__)
@@ -70,7 +68,7 @@ class OAuth2Refresher:
         self._post_form = post_form
         self._skew = skew
         self._lease_ttl = lease_ttl
-        self._owner = uuid.uuid4().hex
+        self._leases = Leases(objects.engine, "oauth2-" + uuid.uuid4().hex, ttl=lease_ttl)
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def current(self, credential: Credential) -> Credential:
@@ -103,7 +101,7 @@ class OAuth2Refresher:
     async def _refresh_under_lease(self, credential: Credential, stale_token: str) -> Credential:
         name = f"oauth2-refresh:{credential.id}"
         deadline = time.monotonic() + self._lease_ttl
-        while not await self._take_lease(name):
+        while not await self._leases.acquire(name):
             if time.monotonic() > deadline:
                 self._count(credential, "failure")
                 raise UpstreamAuthFailed(f"Error: timed out waiting for another replica to refresh {credential.id!r}")
@@ -114,7 +112,7 @@ class OAuth2Refresher:
                 return latest
             return await self._exchange(latest)
         finally:
-            await self._drop_lease(name)
+            await self._leases.release(name)
 
     async def _exchange(self, credential: Credential) -> Credential:
         auth = credential.auth
@@ -161,26 +159,3 @@ class OAuth2Refresher:
 
     def _count(self, credential: Credential, outcome: str) -> None:
         self._metrics.oauth_refreshes.labels(credential.provider, outcome).inc()
-
-    async def _take_lease(self, name: str) -> bool:
-        """Take or renew the lease when free, expired or already ours; False when another owner holds it."""
-        now = time.time()
-        values = {"owner": self._owner, "expires_at": now + self._lease_ttl}
-        async with self._objects.engine.begin() as conn:
-            taken = await conn.execute(
-                update(t.leases)
-                .where(t.leases.c.name == name, or_(t.leases.c.expires_at < now, t.leases.c.owner == self._owner))
-                .values(**values)
-            )
-            if taken.rowcount:
-                return True
-            try:
-                async with conn.begin_nested():
-                    await conn.execute(insert(t.leases).values(name=name, **values))
-            except IntegrityError:
-                return False
-        return True
-
-    async def _drop_lease(self, name: str) -> None:
-        async with self._objects.engine.begin() as conn:
-            await conn.execute(delete(t.leases).where(t.leases.c.name == name, t.leases.c.owner == self._owner))

@@ -16,8 +16,8 @@ from gateway.config import Config
 from gateway.domain.models import BearerAuth, Provider, RateLimitOverride
 from gateway.domain.objects import Credential
 from gateway.observability.metrics import Metrics
-from gateway.pacing.concurrency import LEASE_TTL
 from gateway.pacing.pacer import GatewayPacer
+from gateway.pacing.redis import LEASE_TTL
 
 
 def make_credential(cid: str = "cred1", provider: Provider = "rest", **limit: Any) -> Credential:

@@ -1,4 +1,4 @@
-"""The Redis backend: same math as bucket.py, one shared bound across replicas, failure policies."""
+"""The Redis backend: same math and order as bucket.py and scheduler.py, one bound across replicas, failures."""
 
 from __future__ import annotations
 
@@ -15,50 +15,97 @@ import pytest
 from gateway.config import PacingConfig
 from gateway.errors import BackendUnavailable, ConfigError
 from gateway.pacing import bucket
-from gateway.pacing.backend import Refused, Reservation
-from gateway.pacing.bucket import worst_excess
+from gateway.pacing.bucket import CATCHUP, worst_excess
 from gateway.pacing.limits import EffectiveLimit
-from gateway.pacing.redis import RedisBackend
+from gateway.pacing.redis import LOOKAHEAD, RedisBackend
 from gateway.pacing.registry import BucketSpec
+from gateway.pacing.scheduler import PRIORITIES, Scheduler, Share, Waiter, step
 from tests.pacing.conftest import CountingUpstream, make_credential, paced_calls, warm_up
 
 JITTER = 0.05  # slack at the upstream only (see test_local.py); grant times are checked without it
 ROOT = Path(__file__).resolve().parents[2]
 DEAD_REDIS = "redis://127.0.0.1:1/0"
+NEVER = 10**15
 
 
-async def test_the_lua_script_computes_what_bucket_py_computes(redis_url: str, redis_prefix: str) -> None:
-    """500 random reserve/release/pause steps on a fake clock give identical slots in Redis and Python."""
+class Model:
+    """bucket.py + scheduler.py doing what pacing.lua does for one replica: the oracle of the test below."""
+
+    def __init__(self, specs: list[BucketSpec]) -> None:
+        self.pairs = [(bucket.BucketState(), spec.limit.schedule) for spec in specs]
+        self.scheduler: Scheduler[int] = Scheduler()
+        self.granted: dict[int, tuple[int, ...]] = {}
+        self.waiters: dict[int, Waiter[int]] = {}
+
+    def grant(self, now: int) -> None:
+        while (head := self.scheduler.peek()) is not None:
+            slot = bucket.head_slot(self.pairs, head.arrival, now)
+            if slot > now + LOOKAHEAD:
+                return
+            self.scheduler.pop()
+            charges = bucket.take(self.pairs, slot)
+            self.granted[head.ticket] = (slot, *(c.key for c in charges))
+
+    def enter(self, now: int, share: Share, max_wait: int, ticket: int) -> tuple[int, ...]:
+        self.grant(now)
+        if not self.scheduler and bucket.estimate(self.pairs, now, 0) == 0:
+            return (1, now, *(c.key for c in bucket.take(self.pairs, now)))
+        wait = bucket.estimate(self.pairs, now, self.scheduler.ahead(share.cls, share.tenant))
+        if wait > max_wait:
+            return (0, wait)
+        self.waiters[ticket] = self.scheduler.push(
+            share.cls, share.tenant, share.weight, arrival=now, deadline=NEVER, ticket=ticket
+        )
+        return (2,)
+
+
+async def enter_one(
+    backend: RedisBackend, specs: tuple[BucketSpec, ...], share: Share, max_wait: int
+) -> tuple[Any, ...]:
+    """One arrival through the script, its answer as it comes (the backend batches them otherwise)."""
+    keys: list[str] = []
+    index: dict[str, int] = {}
+    args = ["enter", 1, CATCHUP, LOOKAHEAD, backend._replica, backend._lease, backend._index(specs[0], keys, index)]
+    args += [*backend._bucket_args(specs, keys, index), share.cls, share.tenant, step(share.weight), max_wait]
+    answer = (await backend._run(keys, args))[1]
+    return (2, answer[1].decode()) if answer[0] == 2 else tuple(int(v) for v in answer)
+
+
+async def test_the_lua_script_computes_what_bucket_and_scheduler_compute(redis_url: str, redis_prefix: str) -> None:
+    """600 random arrivals (classes, tenants, weights), polls and cancellations on a fake clock: Redis
+    grants the same calls the same slots in the same order as bucket.py and scheduler.py."""
     now = [10**12]
     backend = RedisBackend(PacingConfig(redis_url=redis_url, key_prefix=redis_prefix), clock=lambda: now[0])
     specs = [
         BucketSpec("own", EffectiveLimit(rate=20, per=1, burst=4), "t"),
-        BucketSpec("shared", EffectiveLimit(rate=30, per=1, burst=1), "t"),
+        BucketSpec("shared", EffectiveLimit(rate=30, per=1, burst=2), "t"),
     ]
-    states = {spec.key: bucket.BucketState() for spec in specs}
-    rng, held = random.Random(11), []
+    model, rng = Model(specs), random.Random(11)
+    members: dict[int, str] = {}
+    queued: list[int] = []
     try:
-        for _ in range(500):
-            now[0] += rng.choice([0, 0, 1_000, 30_000, 200_000])
-            step = rng.random()
-            if step < 0.6:
-                chosen = specs[:1] if rng.random() < 0.7 else specs
-                pairs = [(states[s.key], s.limit.schedule) for s in chosen]
-                expected = bucket.reserve(pairs, now[0], 2 * bucket.US)
-                got = await backend.reserve(chosen, 2.0)
-                if isinstance(expected, bucket.Refusal):
-                    assert isinstance(got, Refused) and got.retry_after == expected.retry_after / bucket.US
+        for ticket in range(600):
+            now[0] += rng.choice([0, 0, 1_000, 30_000, 120_000])
+            if rng.random() < 0.7:
+                share = Share(rng.choice(PRIORITIES), rng.choice("abc"), rng.choice([1, 1, 3]))
+                expected = model.enter(now[0], share, 2 * bucket.US, ticket)
+                got = await enter_one(backend, tuple(specs), share, 2 * bucket.US)
+                assert got[0] == expected[0], (got, expected)
+                if expected[0] == 2:
+                    members[ticket] = got[1]
+                    queued.append(ticket)
                 else:
-                    assert isinstance(got, Reservation) and got.charges == expected.charges
-                    held.append(got)
-            elif step < 0.95 and held:
-                gone = held.pop(rng.randrange(len(held)))
-                for spec, charge in zip(gone.buckets, gone.charges, strict=True):
-                    bucket.release(states[spec.key], spec.limit.schedule, charge, now[0])
-                await backend.release(gone)
+                    assert got == expected
             else:
-                bucket.pause(states["own"], specs[0].limit.schedule, now[0] + 300_000)
-                await backend.pause(specs[0], 0.3)
+                leaving = [queued.pop(rng.randrange(len(queued)))] if queued and rng.random() < 0.2 else []
+                for gone in leaving:
+                    model.scheduler.remove(model.waiters[gone])
+                model.grant(now[0])
+                polled = await backend._poll(tuple(specs), [members[t] for t in leaving])
+                got_slots = {m: (r.charges[0].slot, *(c.key for c in r.charges)) for m, r in polled.granted.items()}
+                want = {members[t]: v for t, v in model.granted.items()}
+                assert got_slots == want
+                model.granted.clear()
     finally:
         await backend.close()
 

@@ -1,0 +1,82 @@
+"""Priorities and fair share across replicas on the real Redis: one order for all, dead replicas forgotten."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from gateway.pacing.pacer import GatewayPacer
+from gateway.pacing.scheduler import Share
+from tests.pacing.conftest import make_credential
+
+pytestmark = pytest.mark.slow
+MARGIN = 0.05
+TTL = 2.0  # lease TTL of these tests' pacers
+
+
+@pytest.fixture
+def replicas(make_pacer: Any, redis_url: str, redis_prefix: str) -> Any:
+    async def start(n: int) -> list[GatewayPacer]:
+        pacing = {"backend": "redis", "redis_url": redis_url, "key_prefix": redis_prefix, "on_backend_error": "reject"}
+        return [await make_pacer(pacing=pacing, permit_ttl=TTL) for _ in range(n)]
+
+    return start
+
+
+async def test_a_high_call_on_one_replica_overtakes_a_thousand_low_calls_on_another(replicas: Any) -> None:
+    """20/s: replica A queues 1,000 low calls; replica B's high call goes within two intervals + 50 ms."""
+    a, b = await replicas(2)
+    credential = make_credential(rate=20, burst=1, max_wait=600)
+    lows = [asyncio.ensure_future(a.acquire(credential, "/", share=Share("low", "batch"))) for _ in range(1000)]
+    deadline = time.monotonic() + 10
+    while (await b.describe(credential))["queued"]["low"] < 990:
+        assert time.monotonic() < deadline, "the low calls never queued"
+        await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await b.acquire(credential, "/", share=Share("high", "app"))
+    assert time.monotonic() - started <= 2 / 20 + MARGIN
+    for waiter in lows:
+        waiter.cancel()
+    await asyncio.gather(*lows, return_exceptions=True)
+
+
+async def test_two_tenants_on_two_replicas_share_half_and_half(replicas: Any) -> None:
+    """50/s: tenant a floods from replica A, tenant b from replica B; each gets 50% +- 5% of every 100 grants."""
+    a, b = await replicas(2)
+    credential = make_credential(rate=50, burst=1, max_wait=600)
+    order: list[tuple[float, str]] = []
+
+    async def call(pacer: GatewayPacer, tenant: str) -> None:
+        await pacer.acquire(credential, "/", share=Share("normal", tenant))
+        order.append((time.monotonic(), tenant))
+
+    await asyncio.gather(*(call(pacer, t) for _ in range(150) for pacer, t in ((a, "a"), (b, "b"))))
+    tenants = [t for _, t in sorted(order)][:280]  # while both still have calls queued
+    assert all(45 <= Counter(tenants[i : i + 100])["a"] <= 55 for i in range(len(tenants) - 99))
+
+
+async def test_a_dead_replicas_queued_calls_hold_the_bucket_back_at_most_one_lease(
+    replicas: Any, make_pacer: Any
+) -> None:
+    """Replica A queues 200 high calls and stops polling (dies); B's low call goes within the lease TTL."""
+    a, b = await replicas(2)
+    credential = make_credential(rate=5, burst=1, max_wait=600)
+    await a.acquire(credential, "/")
+    highs = [asyncio.ensure_future(a.acquire(credential, "/", share=Share("high", "x"))) for _ in range(200)]
+    deadline = time.monotonic() + 10
+    while (await b.describe(credential))["queued"]["high"] < 150:
+        assert time.monotonic() < deadline, "the high calls never queued"
+        await asyncio.sleep(0.05)
+    assert a._shared is not None
+    for queue in a._shared._queues.values():  # A dies: its pollers stop, its places stay in Redis
+        await queue.close()
+    started = time.monotonic()
+    await b.acquire(credential, "/", share=Share("low", "y"))
+    assert time.monotonic() - started <= TTL + 1 / 5 + 0.5
+    for waiter in highs:
+        waiter.cancel()
+    await asyncio.gather(*highs, return_exceptions=True)
