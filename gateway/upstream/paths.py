@@ -63,7 +63,7 @@ def normalize_path(raw: str) -> str:
                 raise _refuse("dot segments climb above the base path")
             kept.pop()
         elif plain != ".":
-            if "/" in plain and any(part in (".", "..") for part in plain.split("/")):
+            if "/" in plain and any(part.split(";", 1)[0] in (".", "..") for part in plain.split("/")):
                 raise _refuse("encoded slashes hide a dot segment")
             kept.append(segment)
     if fully_decode(segments[-1]) in (".", ".."):

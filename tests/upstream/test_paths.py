@@ -84,7 +84,7 @@ def test_query_auth_replaces_a_client_parameter_of_the_same_name() -> None:
     "raw",
     ["..;/secret", "a/..;/..;/secret", "a/.;x/../../b", "a/%2e%2e%3b/b", "%ef%bc%8e%ef%bc%8e/secret",
      "a/%ef%bc%8e%ef%bc%8e/%ef%bc%8e%ef%bc%8e/x", ".%ef%bc%8e/x", "a%e2%88%95..%e2%88%95..%e2%88%95x",
-     "%e2%80%a5/x", "a%ef%bc%bcb"],
+     "%e2%80%a5/x", "a%ef%bc%bcb", ";%2f%2e%2e%3b", "a%2f..;x%2fb"],
 )
 def test_parameter_and_compatibility_forms_of_dot_segments_are_refused(raw: str) -> None:
     with pytest.raises(InvalidPath):
