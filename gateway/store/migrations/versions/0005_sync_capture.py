@@ -1,15 +1,15 @@
 """sync change capture: state, cursor, progress, generation and poll times on syncs
 
-Revision ID: 0004_sync_capture
-Revises: 0003_mutation_journal
+Revision ID: 0005_sync_capture
+Revises: 0004_journal_written
 """
 
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0004_sync_capture"
-down_revision = "0003_mutation_journal"
+revision = "0005_sync_capture"
+down_revision = "0004_journal_written"
 
 _JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
