@@ -245,7 +245,7 @@ port = {ops_port}
 [store]
 url = "{store_url}"
 [pacing]
-backend = "{'redis' if shared else 'local'}"
+backend = "{"redis" if shared else "local"}"
 redis_url = "{REDIS_URL}"
 key_prefix = "bench-{port}"
 [log]
@@ -272,8 +272,13 @@ def gateway(workdir: Path, upstream: str, *, workers: int = 1, store_url: str | 
     env = {**os.environ, "GATEWAY_CONFIG": str(config), "GATEWAY_ENCRYPTION_KEYS": ENCRYPTION_KEY}
     cli = [sys.executable, "-m", "gateway"]
     subprocess.run([*cli, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
-    made = subprocess.run([*cli, "tokens", "create", "--name", f"bench-{port}", "--scope", "proxy"],
-                          env=env, check=True, stdout=subprocess.PIPE, text=True)
+    made = subprocess.run(
+        [*cli, "tokens", "create", "--name", f"bench-{port}", "--scope", "proxy"],
+        env=env,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     with child([*cli, "serve"], port, env=env) as proc:
         wait_ready(f"http://127.0.0.1:{ops_port}/readyz")
         yield Gateway(proc, made.stdout.strip(), f"http://127.0.0.1:{port}/v1/proxy/credential/bench")
@@ -336,16 +341,19 @@ def small_gets(seconds: int, workdir: Path, kind: str, workers: int, pg_url: str
         bare_port = free_port()
         stack.enter_context(child([sys.executable, __file__, "serve-bare", str(bare_port), upstream], bare_port))
         single = stack.enter_context(gateway(workdir, upstream))
-        targets = [("direct", upstream + path, {}),
-                   ("bare aiohttp", f"http://127.0.0.1:{bare_port}{path}", {}),
-                   ("gateway", single.url + path, {"Authorization": f"Bearer {single.token}"})]
+        targets = [
+            ("direct", upstream + path, {}),
+            ("bare aiohttp", f"http://127.0.0.1:{bare_port}{path}", {}),
+            ("gateway", single.url + path, {"Authorization": f"Bearer {single.token}"}),
+        ]
         if workers > 1 and pg_url is not None:
             several = stack.enter_context(gateway(workdir, upstream, workers=workers, store_url=pg_url))
             targets.append((f"gateway x{workers}", several.url + path, {"Authorization": f"Bearer {several.token}"}))
         if shutil.which("nginx") is not None:
             nginx_port = free_port()
-            stack.enter_context(nginx(workdir, f"proxy-{nginx_port}", nginx_port, int(upstream.rsplit(":", 1)[1]),
-                                      NGINX_PROXY))
+            stack.enter_context(
+                nginx(workdir, f"proxy-{nginx_port}", nginx_port, int(upstream.rsplit(":", 1)[1]), NGINX_PROXY)
+            )
             targets.append(("nginx", f"http://127.0.0.1:{nginx_port}{path}", {}))
         for connections in (1, 50):
             for name, url, headers in targets:
@@ -395,8 +403,10 @@ def run(
 def print_table(results: dict[str, Any]) -> None:
     print(f"{'upstream':<9} {'path':<14} {'c':>3} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
     for row in results["small_gets"]:
-        print(f"{row['upstream']:<9} {row['path']:<14} {row['c']:>3} {row['rps']:>10.0f} "
-              f"{row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}")
+        print(
+            f"{row['upstream']:<9} {row['path']:<14} {row['c']:>3} {row['rps']:>10.0f} "
+            f"{row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}"
+        )
     if results["transfers"]:
         print()
         print(f"{'transfer':<42} {'MiB/s':>8} {'RSS growth MiB':>15}")

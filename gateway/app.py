@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.errors import DEFAULT_DOCS, set_docs_base
-from gateway.http import appkeys, consumers, management, mutations, proxy, tokens
+from gateway.http import appkeys, consumers, management, mutations, proxy, syncs, tokens
 from gateway.http.docs import add_docs_routes
 from gateway.http.endpoints import Endpoint
 from gateway.http.middlewares import add_request_id, gateway_middleware
@@ -26,12 +26,14 @@ from gateway.mutations.journal import Journal
 from gateway.mutations.recovery import Recovery
 from gateway.observability.metrics import Metrics
 from gateway.pacing.pacer import GatewayPacer
+from gateway.providers.capture import check_sync
 from gateway.store.db import create_engine, ensure_schema, ping
 from gateway.store.declared import declare_objects
 from gateway.store.objects import Objects
 from gateway.store.tokens import Tokens
 from gateway.stream.consumers.workers import Workers
 from gateway.stream.service import Stream
+from gateway.syncs.runner import SyncRunners
 from gateway.upstream.client import UpstreamClient
 from gateway.vault.crypto import Keyring
 
@@ -53,7 +55,7 @@ def create_app(
     app[appkeys.KEYRING] = keyring
     app[appkeys.METRICS] = metrics
     app[appkeys.ENGINE] = engine
-    app[appkeys.OBJECTS] = Objects(engine, keyring)
+    app[appkeys.OBJECTS] = Objects(engine, keyring, collection_check=check_sync)
     app[appkeys.TOKENS] = Tokens(engine, cache_ttl=config.server.token_cache_ttl)
     app[appkeys.STREAM] = stream = Stream(engine, metrics)
     endpoints: list[Endpoint] = []
@@ -68,7 +70,16 @@ def create_app(
     app[appkeys.JOURNAL] = journal = Journal(engine, "mutations:replica-" + uuid.uuid4().hex[:12], grace=lease)
     recovery = Recovery(journal, partial(mutations.service, app), ttl=lease)
     add_docs_routes(app)
-    for view_module in (management, tokens, proxy, consumers, mutations):
+    app[appkeys.SYNC_RUNNERS] = runners = SyncRunners(
+        objects=app[appkeys.OBJECTS],
+        client=app[appkeys.UPSTREAM],
+        pacer=pacer,
+        metrics=metrics,
+        config=config,
+        lease_ttl=config.stream.capture_lease_ttl,
+        shutdown_timeout=min(5.0, config.server.shutdown_timeout),
+    )
+    for view_module in (management, tokens, syncs, proxy, consumers, mutations):
         add_endpoints(app, view_module.ENDPOINTS)
     scopes = {e.name: e.scope for e in app[appkeys.ENDPOINTS]}
     server = config.server
@@ -103,6 +114,9 @@ def create_app(
         [store, stream.signals.context, workers.context, partial(_pacing, pacer), _upstream, recovery.context]
     )
     app.on_shutdown.extend([_not_ready, stream.signals.on_shutdown, workers.on_shutdown])
+    if config.stream.capture:  # after the upstream session: pollers stop before it closes
+        app.cleanup_ctx.append(runners.context)
+        app.on_shutdown.append(runners.on_shutdown)
     return app
 
 

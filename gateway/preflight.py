@@ -10,6 +10,7 @@ from __future__ import annotations
 from gateway.config import Config
 from gateway.observability.metrics import Metrics
 from gateway.pacing.pacer import GatewayPacer
+from gateway.providers.capture import check_sync
 from gateway.store.db import check_schema, create_engine
 from gateway.store.declared import check_declared
 from gateway.store.objects import Objects
@@ -24,6 +25,6 @@ async def preflight(config: Config, keyring: Keyring) -> None:
     engine = create_engine(config.store)
     try:
         current = await check_schema(engine, config.store)
-        await check_declared(config, Objects(engine, keyring) if current else None)
+        await check_declared(config, Objects(engine, keyring, collection_check=check_sync) if current else None)
     finally:
         await engine.dispose()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from gateway.config import KEYS_ENV, Config
 from gateway.errors import ConfigError
+from gateway.providers.capture import check_sync
 from gateway.store.db import create_engine, ensure_schema, migrate
 from gateway.store.objects import Objects
 from gateway.store.tokens import Tokens
@@ -68,7 +69,7 @@ async def store_session(config: Config, keyring: Keyring) -> AsyncIterator[tuple
     engine = create_engine(config.store)
     try:
         await ensure_schema(engine, config.store)
-        yield Objects(engine, keyring), Tokens(engine)
+        yield Objects(engine, keyring, collection_check=check_sync), Tokens(engine)
     finally:
         await engine.dispose()
 

@@ -146,7 +146,12 @@ def keyring() -> Keyring:
 
 def make_config(store_url: str, keyring: Keyring | None = None, **sections: Any) -> Config:
     """A config for tests: the given store, local pacing, plus any section overrides."""
-    data: dict[str, Any] = {"store": {"url": store_url, "auto_migrate": True}, "log": {"format": "json"}}
+    # Syncs do not read their upstreams unless a test asks (stream={"capture": True}): other tests count calls.
+    data: dict[str, Any] = {
+        "store": {"url": store_url, "auto_migrate": True},
+        "log": {"format": "json"},
+        "stream": {"capture": False},
+    }
     if keyring is not None:
         data["encryption"] = {"keys": ",".join(f"{kid}:{_b64(raw)}" for kid, raw in keyring.keys)}
     for name, value in sections.items():

@@ -18,6 +18,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -243,19 +244,51 @@ class CredentialView(Strict):
     pacing: dict[str, Any] | None = None
 
 
+def _number_option(options: dict[str, str], name: str, low: float, high: float | None, unit: str) -> None:
+    if name not in options:
+        return
+    try:
+        value = float(options[name])
+    except ValueError:
+        value = float("nan")
+    if not (value >= low and (high is None or value <= high)):
+        bound = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+        raise ValueError(f"options.{name}: must be a number {bound}{unit}, not {options[name][:32]!r}")
+
+
+def _sync_options(value: Any) -> Any:
+    """Numbers are accepted for the numeric options and kept as strings, like every other option."""
+    if isinstance(value, dict):
+        value = {k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for k, v in value.items()}
+    return value
+
+
+def _check_sync_options(options: dict[str, str]) -> dict[str, str]:
+    _number_option(options, "poll_interval", 1, None, " (seconds)")
+    _number_option(options, "max_share", 0, 1, "")
+    return options
+
+
+SyncOptions = Annotated[dict[str, str], BeforeValidator(_sync_options), AfterValidator(_check_sync_options)]
+
+
 class SyncIn(Strict):
     id: ObjectId | None = None
     credential_id: ObjectId
     collections: list[CollectionId] = Field(
         default_factory=list, description="empty or absent: a proxy-only sync, which reads nothing upstream"
     )
-    options: dict[str, str] = Field(default_factory=dict)
+    options: SyncOptions = Field(
+        default_factory=dict,
+        description="provider options (base_id, api_version) and poll_interval (s, >= 1, default 10), "
+        "max_share (0-1, default 0.5)",
+    )
 
 
 class SyncPatch(Strict):
     credential_id: ObjectId | None = None
     collections: list[CollectionId] | None = None
-    options: dict[str, str] | None = None
+    options: SyncOptions | None = None
 
 
 class SyncView(Strict):
@@ -265,6 +298,14 @@ class SyncView(Strict):
     options: dict[str, str]
     created_at: datetime
     updated_at: datetime
+    state: Literal["backfilling", "live", "paused", "failing", "idle"] = Field(
+        description="idle: a proxy-only sync (no collections), which reads nothing"
+    )
+    last_error: str | None = None
+    progress: dict[str, int] = Field(description="records read by the backfill, per collection")
+    cursor: dict[str, Any] = Field(description="where reading stands, per collection")
+    last_poll_at: datetime | None = None
+    lag_seconds: float | None = Field(description="seconds since the sync last had read every change")
 
 
 MAX_RETRY_DURATION = 30 * 86400

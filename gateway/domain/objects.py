@@ -5,7 +5,8 @@ The store builds them from rows (opening the sealed secrets); ``repr()`` names t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from gateway.domain.models import (
@@ -43,6 +44,15 @@ class Sync:
     credential_id: str
     collections: tuple[str, ...]
     options: dict[str, str]
+    # change capture (see gateway/syncs)
+    state: str = "backfilling"
+    paused: bool = False
+    cursor: dict[str, Any] = field(default_factory=dict)
+    progress: dict[str, int] = field(default_factory=dict)
+    generation: int = 0
+    last_error: str | None = None
+    last_poll_at: datetime | None = None
+    caught_up_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from gateway.pacing.api import Pacer
 from gateway.store.objects import Objects
 from gateway.store.tokens import Tokens
 from gateway.stream.service import Stream
+from gateway.syncs.runner import SyncRunners
 from gateway.upstream.client import UpstreamClient
 from gateway.vault.crypto import Keyring
 
@@ -31,6 +32,7 @@ ENDPOINTS = web.AppKey("endpoints", list[Endpoint])
 UPSTREAM = web.AppKey("upstream", UpstreamClient)  # the one upstream client (opened in a cleanup context)
 PACER = web.AppKey("pacer", Pacer)
 JOURNAL = web.AppKey("journal", Journal)  # this replica's mutation journal (its lease, its running mutations)
+SYNC_RUNNERS = web.AppKey("sync_runners", SyncRunners)
 # Optional hooks other capabilities install: pacing state for GET /v1/credentials/{id}, readiness checks.
 PacingState = Callable[[Credential], Awaitable[dict[str, Any]]]
 ReadyCheck = Callable[[], Awaitable[bool]]

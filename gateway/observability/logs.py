@@ -103,9 +103,7 @@ def _redact(value: Any, key: str = "") -> Any:
 
 def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
     """structlog processor: the redaction every log line passes through."""
-    return {
-        k: v if k in _GENERATED else _redact(v, k if k != "event" else "") for k, v in event_dict.items()
-    }
+    return {k: v if k in _GENERATED else _redact(v, k if k != "event" else "") for k, v in event_dict.items()}
 
 
 class _StderrLogger:

@@ -93,6 +93,23 @@ class Metrics:
         self.pacing_backend_fallbacks = Counter(
             "gateway_pacing_backend_fallbacks_total", "Times the shared pacing backend failed over to local", registry=r
         )
+        self.sync_events = Counter(
+            "gateway_sync_events_total",
+            "Events syncs appended from upstream changes",
+            ["provider", "action"],
+            registry=r,
+        )
+        self.sync_polls = Counter(
+            "gateway_sync_polls_total", "Upstream pages syncs read", ["provider", "outcome"], registry=r
+        )
+        # Per sync only with per_credential (sync ids are operator-made but unbounded); else the largest lag.
+        self.sync_lag = Gauge(
+            "gateway_sync_lag_seconds",
+            "Seconds since a sync last had read every upstream change",
+            ["sync"] if per_credential else [],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         if per_credential:
             self.credential_upstream_requests = Counter(
                 "gateway_credential_upstream_requests_total",

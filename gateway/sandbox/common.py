@@ -198,6 +198,13 @@ class SandboxState:
         self.limiter = WindowLimiter()
         self.daily_used = 0
 
+    def change(self, obj: str, action: str, record_id: str | None, data: dict[str, Any]) -> dict[str, Any] | None:
+        """Create, update or delete a record as if someone changed it in the provider's own UI.
+
+        Returns the record (None after a delete); ``KeyError`` when the object or record is unknown.
+        """
+        raise KeyError(obj)
+
     def table(self, name: str) -> dict[str, dict[str, Any]]:
         return self.objects.setdefault(name, {})
 
@@ -348,6 +355,23 @@ async def _admin_knobs(request: web.Request) -> web.Response:
     return web.json_response(state.knobs.model_dump())
 
 
+async def _admin_change(request: web.Request) -> web.Response:
+    """``POST /_sandbox/records/{object}`` ``{"action": "create|update|delete", "id": ..., "data": {...}}``."""
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except ValueError:
+        body = None
+    action = body.get("action") if isinstance(body, dict) else None
+    data = body.get("data", {}) if isinstance(body, dict) else None
+    if action not in ("create", "update", "delete") or not isinstance(data, dict):
+        return web.json_response({"error": 'expected {"action": "create|update|delete", "id", "data": {}}'}, status=400)
+    try:
+        record = request.app[SANDBOX].change(request.match_info["object"], action, body.get("id"), data)
+    except KeyError as exc:
+        return web.json_response({"error": f"not found: {exc}"}, status=404)
+    return web.json_response({"record": record})
+
+
 async def _admin_reset(request: web.Request) -> web.Response:
     request.app[SANDBOX].reset()
     return web.Response(status=204)
@@ -358,6 +382,7 @@ ADMIN_ROUTES = [
     web.get("/_sandbox/knobs", _admin_knobs),
     web.post("/_sandbox/knobs", _admin_knobs),
     web.post("/_sandbox/reset", _admin_reset),
+    web.post("/_sandbox/records/{object:.+}", _admin_change),
 ]
 
 

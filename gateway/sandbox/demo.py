@@ -10,12 +10,14 @@ that banner: it is registered with the log redaction before anything else happen
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import shlex
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -32,9 +34,12 @@ from gateway.observability.logs import register_secret
 from gateway.sandbox import airtable, hubspot, salesforce, stripe
 from gateway.sandbox.common import SANDBOX, SandboxState
 from gateway.sandbox.runner import run_sandbox
+from gateway.store.objects import Objects
 from gateway.vault.crypto import Keyring, generate_key
 
 CONSUMER_ID = "demo-consumer"
+DEMO_POLL_INTERVAL = "2"  # seconds: a change made in a sandbox reaches the consumer quickly
+BACKFILL_DEADLINE = 20.0
 TOKEN_NAME = "demo-admin"
 
 
@@ -136,11 +141,13 @@ async def _demo_context(app: web.Application) -> AsyncIterator[None]:
                     {"id": credential_id, "provider": upstream.provider, "base_url": url, "auth": upstream.auth(url)}
                 )
             )
+            options = {**upstream.options, "poll_interval": DEMO_POLL_INTERVAL}
             await objects.upsert_sync(
-                SyncIn(
-                    id=sync_id, credential_id=credential_id, collections=upstream.collections, options=upstream.options
-                )
+                SyncIn(id=sync_id, credential_id=credential_id, collections=upstream.collections, options=options)
             )
+            app[appkeys.SYNC_RUNNERS].poke(sync_id)
+        await _backfilled(objects, [f"sync-{u.provider}" for u in UPSTREAMS])
+        # Created after the backfill, so it receives the changes made from now on, not the seed rows.
         consumer: ConsumerIn = TypeAdapter(ConsumerIn).validate_python({"id": CONSUMER_ID, "kind": "pull"})
         await objects.upsert_consumer(consumer)
         token = await app[appkeys.TOKENS].create(TokenIn(name=TOKEN_NAME, scopes=["admin"]))
@@ -148,6 +155,16 @@ async def _demo_context(app: web.Application) -> AsyncIterator[None]:
         demo.banner = banner(_public_url(app[appkeys.CONFIG]), token, demo.urls)
         print(demo.banner, flush=True)
         yield
+
+
+async def _backfilled(objects: Objects, sync_ids: list[str]) -> None:
+    """Wait (a few seconds at most) for the syncs to finish reading the seed rows."""
+    deadline = time.monotonic() + BACKFILL_DEADLINE
+    while time.monotonic() < deadline:
+        views = [await objects.sync_view(sync_id) for sync_id in sync_ids]
+        if all(v.state != "backfilling" for v in views):
+            return
+        await asyncio.sleep(0.1)  # poll interval while the syncs read the sandboxes
 
 
 def _public_url(config: Config) -> str:
@@ -166,7 +183,7 @@ def curl(method: str, url: str, token: str, body: dict[str, Any] | None = None) 
 
 
 def banner(base: str, token: str, urls: dict[str, str]) -> str:
-    """The text printed at start: where things run, the token once, and three commands to try."""
+    """The text printed at start: where things run, the token once, and four commands to try."""
     create = {
         "kind": "create",
         "sync_id": "sync-salesforce",
@@ -174,6 +191,11 @@ def banner(base: str, token: str, urls: dict[str, str]) -> str:
         "records": [{"data": {"FirstName": "Katherine", "LastName": "Johnson", "Email": "katherine@example.com"}}],
     }
     sandboxes = ", ".join(f"{name} {url}" for name, url in urls.items())
+    outside = {"action": "create", "data": {"FirstName": "Dorothy", "LastName": "Vaughan"}}
+    change = shlex.join(
+        ["curl", "-s", "-X", "POST", f"{urls['salesforce']}/_sandbox/records/contact", "-H",
+         "Content-Type: application/json", "-d", json.dumps(outside, separators=(",", ":"))]
+    )  # fmt: skip
     return "\n".join(
         [
             "",
@@ -185,8 +207,10 @@ def banner(base: str, token: str, urls: dict[str, str]) -> str:
             curl("POST", f"{base}/v1/mutations/run", token, create),
             "# list HubSpot contacts through the proxy",
             curl("GET", f"{base}/v1/proxy/sync/sync-hubspot/crm/v3/objects/contacts", token),
-            f"# receive the change from the pull consumer {CONSUMER_ID}",
-            curl("POST", f"{base}/v1/consumers/{CONSUMER_ID}/receive", token, {"batch_size": 10, "wait_for": 1000}),
+            "# change a Salesforce contact in the sandbox itself, as if in Salesforce's own UI (the sync polls it)",
+            change,
+            f"# receive the changes from the pull consumer {CONSUMER_ID}",
+            curl("POST", f"{base}/v1/consumers/{CONSUMER_ID}/receive", token, {"batch_size": 10, "wait_for": 5000}),
             "",
         ]
     )

@@ -198,9 +198,7 @@ async def limited(request: web.Request) -> web.Response:
     state = request.app[GENERIC]
     if state.throttle > 0:
         state.throttle -= 1
-        return web.json_response(
-            {"error": "rate_limited"}, status=429, headers={"Retry-After": str(state.retry_after)}
-        )
+        return web.json_response({"error": "rate_limited"}, status=429, headers={"Retry-After": str(state.retry_after)})
     return await echo(request)
 
 

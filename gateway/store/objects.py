@@ -9,15 +9,27 @@ secret, postgres DSN) are one ciphertext each. Reads for the Management API retu
 from __future__ import annotations
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store import tables as t
 from gateway.store.consumers import ConsumerRows
 from gateway.store.credentials import CredentialRows
-from gateway.store.syncs import SyncRows
+from gateway.store.rows import Sealer
+from gateway.store.syncs import CollectionCheck, SyncRows
 
 
 class Objects(CredentialRows, SyncRows, ConsumerRows):
-    """Every object kind behind one facade; each kind's queries live in its own module."""
+    """Every object kind behind one facade; each kind's queries live in its own module.
+
+    ``collection_check``: the providers' rule of which collections a sync may read (the store knows
+    no providers); the gateway passes ``providers.capture.check_sync``.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, keyring: Sealer, *, collection_check: CollectionCheck | None = None
+    ) -> None:
+        super().__init__(engine, keyring)
+        self.collection_check = collection_check
 
     async def rotate_keys(self) -> int:
         """Re-seal every stored secret with the newest key, all in one transaction; re-runs are no-ops."""

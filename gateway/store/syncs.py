@@ -1,10 +1,19 @@
-"""Syncs in the store: a credential bound to the collections that may be mutated and streamed."""
+"""Syncs in the store: a credential bound to the collections that may be mutated and streamed.
+
+A sync also carries its change-capture state (gateway/syncs). Every cursor write bumps
+``generation`` and is conditional on the generation its writer read, so two pollers that briefly
+overlap (a lease taken over from a stalled replica) cannot both commit the same page: the second
+one's transaction is refused (``advance`` returns None) and it re-reads. A backfill request bumps
+it too, which makes the running poller start over at once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -19,8 +28,13 @@ from gateway.store import tables as t
 from gateway.store.db import as_utc, utcnow
 from gateway.store.rows import Rows, insert_unique, new_id
 
+# Raises InvalidRequest naming the field when ``provider`` cannot read one of the collections.
+CollectionCheck = Callable[[str, list[str], dict[str, str]], None]
+
 
 class SyncRows(Rows):
+    collection_check: CollectionCheck | None = None
+
     async def create_sync(self, body: SyncIn) -> SyncView:
         now = utcnow()
         values = {
@@ -30,9 +44,14 @@ class SyncRows(Rows):
             "options": body.options,
             "created_at": now,
             "updated_at": now,
+            "state": "backfilling",
+            "paused": False,
+            "cursor": {},
+            "progress": {},
+            "generation": 0,
         }
         async with self.engine.begin() as conn:
-            await self._require_credential(conn, body.credential_id, body.collections)
+            await self._require_credential(conn, body.credential_id, body.collections, body.options)
             await insert_unique(conn, t.syncs, values, "sync")
         return await self.sync_view(str(values["id"]))
 
@@ -44,9 +63,13 @@ class SyncRows(Rows):
             rows = (await conn.execute(select(t.syncs).order_by(t.syncs.c.id))).all()
         return [_sync_view(row) for row in rows]
 
+    async def all_syncs(self) -> list[Sync]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(t.syncs).order_by(t.syncs.c.id))).all()
+        return [sync_of(row) for row in rows]
+
     async def sync(self, sync_id: str) -> Sync:
-        row = await self._row(t.syncs, sync_id, "sync")
-        return Sync(row.id, row.credential_id, tuple(row.collections), dict(row.options))
+        return sync_of(await self._row(t.syncs, sync_id, "sync"))
 
     async def patch_sync(self, sync_id: str, patch: SyncPatch) -> SyncView:
         current = await self.sync(sync_id)
@@ -56,6 +79,7 @@ class SyncRows(Rows):
                 conn,
                 changes.get("credential_id", current.credential_id),
                 changes.get("collections", list(current.collections)),
+                changes.get("options", current.options),
             )
         if "collections" in changes:
             changes["collections"] = _check_collections(changes["collections"])
@@ -68,7 +92,9 @@ class SyncRows(Rows):
         if not result.rowcount:
             raise NotFound(f"sync {sync_id!r} not found")
 
-    async def _require_credential(self, conn: AsyncConnection, credential_id: str, collections: list[str]) -> None:
+    async def _require_credential(
+        self, conn: AsyncConnection, credential_id: str, collections: list[str], options: dict[str, str]
+    ) -> None:
         provider = (
             await conn.execute(select(t.credentials.c.provider).where(t.credentials.c.id == credential_id))
         ).scalar()
@@ -80,6 +106,40 @@ class SyncRows(Rows):
                 f"collections: {', '.join(wrong)} do not belong to provider {provider!r} of the credential",
                 field="collections",
             )
+        if self.collection_check is not None:  # the providers' rule, given by whoever opens the store
+            self.collection_check(provider, collections, options)
+
+    async def set_sync_failing(self, sync_id: str, error: str) -> None:
+        """Mark a failed poll; the cursor stays where it was (the next attempt reads the same page)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(t.syncs)
+                .where(t.syncs.c.id == sync_id)
+                .values(state="failing", last_error=error[:1000], last_poll_at=utcnow())
+            )
+
+    async def pause_sync(self, sync_id: str, paused: bool) -> SyncView:
+        await self._update(t.syncs, sync_id, "sync", {"paused": paused})
+        return await self.sync_view(sync_id)
+
+    async def backfill_sync(self, sync_id: str) -> SyncView:
+        """Read every record again from the start (unchanged ones make no event); resumes a paused sync."""
+        async with self.engine.begin() as conn:
+            row = await self._row_in(conn, t.syncs, sync_id, "sync")
+            await conn.execute(
+                update(t.syncs)
+                .where(t.syncs.c.id == sync_id)
+                .values(
+                    cursor={},
+                    progress={},
+                    state="backfilling",
+                    last_error=None,
+                    paused=False,
+                    generation=row.generation + 1,
+                    updated_at=utcnow(),
+                )
+            )
+        return await self.sync_view(sync_id)
 
     async def upsert_sync(self, body: SyncIn) -> None:
         assert body.id is not None
@@ -93,11 +153,59 @@ class SyncRows(Rows):
         )
 
 
+async def advance(
+    conn: AsyncConnection,
+    sync_id: str,
+    generation: int,
+    *,
+    cursor: dict[str, Any],
+    progress: dict[str, int],
+    state: str,
+    caught_up_at: datetime | None = None,
+) -> int | None:
+    """Store the cursor in ``conn``'s transaction if nobody else moved it; the new generation or None."""
+    s = t.syncs.c
+    values: dict[str, Any] = {
+        "cursor": cursor,
+        "progress": progress,
+        "state": state,
+        "last_error": None,
+        "generation": generation + 1,
+        "last_poll_at": utcnow(),
+    }
+    if caught_up_at is not None:
+        values["caught_up_at"] = caught_up_at
+    result = await conn.execute(
+        update(t.syncs).where(s.id == sync_id, s.generation == generation, s.paused.is_(False)).values(values)
+    )
+    return generation + 1 if result.rowcount else None
+
+
 def _check_collections(collections: list[str]) -> list[str]:
     return list(dict.fromkeys(collections))  # keep order, drop repeats
 
 
+def sync_of(row: Row[Any]) -> Sync:
+    return Sync(
+        id=row.id,
+        credential_id=row.credential_id,
+        collections=tuple(row.collections),
+        options=dict(row.options),
+        state=row.state,
+        paused=row.paused,
+        cursor=dict(row.cursor or {}),
+        progress=dict(row.progress or {}),
+        generation=row.generation,
+        last_error=row.last_error,
+        last_poll_at=as_utc(row.last_poll_at),
+        caught_up_at=as_utc(row.caught_up_at),
+    )
+
+
 def _sync_view(row: Row[Any]) -> SyncView:
+    sync = sync_of(row)
+    state = "idle" if not sync.collections else "paused" if sync.paused else sync.state
+    lag = (utcnow() - sync.caught_up_at).total_seconds() if sync.caught_up_at and sync.collections else None
     return SyncView(
         id=row.id,
         credential_id=row.credential_id,
@@ -105,4 +213,10 @@ def _sync_view(row: Row[Any]) -> SyncView:
         options=row.options,
         created_at=as_utc(row.created_at),
         updated_at=as_utc(row.updated_at),
+        state=state,
+        last_error=sync.last_error if state == "failing" else None,
+        progress=sync.progress,
+        cursor=sync.cursor,
+        last_poll_at=sync.last_poll_at,
+        lag_seconds=None if lag is None else round(max(lag, 0.0), 3),
     )

@@ -62,6 +62,15 @@ syncs = Table(
     Column("collections", Json, nullable=False),
     Column("options", Json, nullable=False),
     *_timestamps(),
+    # Change capture (gateway/syncs): written by the one replica polling the sync, and by pause/resume/backfill.
+    Column("state", String(16), nullable=False, default="backfilling"),  # backfilling | live | failing
+    Column("last_error", Text, nullable=True),
+    Column("paused", Boolean, nullable=False, default=False),
+    Column("cursor", Json, nullable=False, default=dict),  # collection id -> the capture's cursor
+    Column("progress", Json, nullable=False, default=dict),  # collection id -> records read by the backfill
+    Column("generation", Integer, nullable=False, default=0),  # bumped by every cursor write: a stale poller's fails
+    Column("last_poll_at", DateTime(timezone=True), nullable=True),
+    Column("caught_up_at", DateTime(timezone=True), nullable=True),
 )
 
 api_tokens = Table(

@@ -56,11 +56,7 @@ class Awaiter:
         if not consumer_ids or not seqs:
             return []
         d = t.deliveries.c
-        query = (
-            select(d.consumer_id)
-            .where(d.consumer_id.in_(list(consumer_ids)), d.seq.in_(list(seqs)))
-            .distinct()
-        )
+        query = select(d.consumer_id).where(d.consumer_id.in_(list(consumer_ids)), d.seq.in_(list(seqs))).distinct()
         async with self.engine.connect() as conn:
             found = set((await conn.execute(query)).scalars().all())
         return [cid for cid in dict.fromkeys(consumer_ids) if cid in found]

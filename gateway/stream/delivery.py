@@ -179,6 +179,4 @@ async def _advance_position(conn: AsyncConnection, consumer_id: str, highest_ack
         await conn.execute(select(func.min(d.seq)).where(d.consumer_id == consumer_id))
     ).scalar_one_or_none()
     position = highest_acked if lowest_pending is None else min(highest_acked, lowest_pending - 1)
-    await conn.execute(
-        update(t.consumers).where(c.id == consumer_id, c.position < position).values(position=position)
-    )
+    await conn.execute(update(t.consumers).where(c.id == consumer_id, c.position < position).values(position=position))

@@ -64,6 +64,13 @@ async def last_known(
     return {row.upstream_id: _record(row) for row in rows}
 
 
+async def live_ids(conn: AsyncConnection, sync_id: str, collection_id: str) -> list[str]:
+    """The upstream ids of the collection's records that are not deleted (a full scan's baseline)."""
+    r = t.records.c
+    query = select(r.upstream_id).where(r.sync_id == sync_id, r.collection_id == collection_id, r.deleted.is_(False))
+    return list((await conn.execute(query)).scalars().all())
+
+
 async def append_changes(
     conn: AsyncConnection,
     *,

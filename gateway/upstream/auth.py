@@ -35,4 +35,3 @@ def inject(auth: Auth) -> Injection:
     if auth.type == "query":
         return Injection(query={auth.name: auth.value.get_secret_value()})
     return Injection(headers={"Authorization": f"Bearer {auth.access_token.get_secret_value()}"})
-

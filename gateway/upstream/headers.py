@@ -26,9 +26,7 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def end_to_end(
-    headers: CIMultiDict[str] | CIMultiDictProxy[str], *, drop: Iterable[str] = ()
-) -> CIMultiDict[str]:
+def end_to_end(headers: CIMultiDict[str] | CIMultiDictProxy[str], *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
     """A copy of ``headers`` without hop-by-hop ones, those ``Connection`` names, and ``drop``.
 
     A name repeated in another case (``X-A`` then ``x-a``) keeps its first spelling: aiohttp's client

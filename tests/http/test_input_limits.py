@@ -36,7 +36,7 @@ async def _seeded(make_gateway: GatewayFactory, **sections: Any) -> Any:
     gw = await make_gateway(**sections)
     for path, body in (
         ("/v1/credentials", CREDENTIAL),
-        ("/v1/syncs", {"id": "sync", "credential_id": "cred", "collections": ["rest:items"]}),
+        ("/v1/syncs", {"id": "sync", "credential_id": "cred"}),  # rest: proxy-only
         ("/v1/consumers", {"id": "pull", "kind": "pull"}),
         ("/v1/consumers", {"id": "hook", "kind": "webhook", "url": "https://example.com/h",
                            "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}),

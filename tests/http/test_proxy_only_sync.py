@@ -37,8 +37,14 @@ async def test_a_sync_without_collections_proxies(
 
 async def test_a_sync_can_drop_all_its_collections(make_gateway: GatewayFactory, upstream: Upstream) -> None:
     gw = await make_gateway()
-    credential = await add_credential(gw, upstream.url)
-    body = {"id": "s", "credential_id": credential, "collections": ["rest:things"]}
+    stripe = {
+        "id": "cred-stripe",
+        "provider": "stripe",
+        "base_url": upstream.url,
+        "auth": {"type": "bearer", "token": "sk"},
+    }
+    assert (await gw.client.post("/v1/credentials", json=stripe, headers=gw.auth())).status == 201
+    body = {"id": "s", "credential_id": "cred-stripe", "collections": ["stripe:customer"]}
     assert (await gw.client.post("/v1/syncs", json=body, headers=gw.auth())).status == 201
     resp = await gw.client.patch("/v1/syncs/s", json={"collections": []}, headers=gw.auth())
     assert resp.status == 200 and (await resp.json())["collections"] == []

@@ -96,13 +96,15 @@ async def test_demo_says_its_key_and_store_are_ephemeral(demo: Running) -> None:
     assert "ephemeral encryption key" in demo.err and "gateway-demo-" in demo.err
 
 
-async def test_banner_has_three_working_commands_and_seeded_sandboxes(demo: Running) -> None:
-    """The banner prints the mutation, proxy and receive commands, and every sandbox holds seed data."""
-    assert [c.url.split("/v1/")[1] for c in demo.calls] == [
-        "mutations/run",
-        "proxy/sync/sync-hubspot/crm/v3/objects/contacts",
-        "consumers/demo-consumer/receive",
+async def test_banner_has_four_working_commands_and_seeded_sandboxes(demo: Running) -> None:
+    """The banner prints the mutation, proxy, sandbox change and receive commands; sandboxes hold seed data."""
+    assert [c.url.split("/", 3)[3] for c in demo.calls] == [
+        "v1/mutations/run",
+        "v1/proxy/sync/sync-hubspot/crm/v3/objects/contacts",
+        "_sandbox/records/contact",
+        "v1/consumers/demo-consumer/receive",
     ]
+    assert "Authorization" not in demo.calls[2].headers  # the admin token never goes to an upstream
     assert set(demo.demo.sandboxes) == {"salesforce", "hubspot", "stripe", "airtable"}
     assert all(state.objects for state in demo.demo.sandboxes.values())
 
@@ -122,18 +124,34 @@ async def test_mutation_line_creates_a_contact_that_the_consumer_receives(demo: 
     salesforce = demo.demo.sandboxes["salesforce"]
     assert isinstance(salesforce, SalesforceState)
     assert salesforce.table("Contact")[record["upstream_id"]]["LastName"] == "Johnson"
-    status, received = await call(demo.calls[2])
+    status, received = await call(demo.calls[3])
     assert status == 200
     events = [item["event"] for item in received["data"]]
     assert [e["record"]["upstream_id"] for e in events] == [record["upstream_id"]]
     assert events[0]["action"] == "insert"
 
 
+async def test_a_change_made_in_the_sandbox_reaches_the_consumer(demo: Running) -> None:
+    """The sandbox line changes Salesforce "from outside"; the sync's poll brings it to the receive line."""
+    status, body = await call(demo.calls[2])
+    assert status == 200, body
+    created = body["record"]["Id"]
+    events: list[dict[str, Any]] = []
+    for _ in range(4):  # each receive long-polls up to 5 s; the sync polls every 2 s
+        status, received = await call(demo.calls[3])
+        assert status == 200
+        events = [item["event"] for item in received["data"]]
+        if events:
+            break
+    assert [(e["action"], e["record"]["upstream_id"]) for e in events] == [("insert", created)]
+    assert events[0]["record"]["data"]["LastName"] == "Vaughan"
+
+
 async def test_token_appears_in_the_banner_only(demo: Running, logs: io.StringIO) -> None:
     """After requests are served, the admin token is in the banner and in no log line."""
     token = demo.calls[1].headers["Authorization"].removeprefix("Bearer ")
     await call(demo.calls[1])
-    await call(demo.calls[2])
+    await call(demo.calls[3])
     lines = logs.getvalue().splitlines()
     assert token in demo.out
     assert any(json.loads(line).get("route") == "proxy_sync" for line in lines)

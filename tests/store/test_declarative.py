@@ -20,7 +20,7 @@ DECLARED: dict[str, Any] = {
             "auth": {"type": "bearer", "token": "declared-token-1"},
         }
     ],
-    "syncs": [{"id": "sync-rest", "credential_id": "cred-rest", "collections": ["rest:things"]}],
+    "syncs": [{"id": "sync-rest", "credential_id": "cred-rest"}],  # proxy-only: rest has no change capture
     "consumers": [{"id": "pull-1", "kind": "pull", "sync_id": "sync-rest"}],
 }
 
@@ -43,12 +43,12 @@ async def test_declared_objects_exist_after_start_and_restarts_are_idempotent(
 
     changed = {
         **DECLARED,
-        "syncs": [{**DECLARED["syncs"][0], "collections": ["rest:things", "rest:others"]}],
+        "syncs": [{**DECLARED["syncs"][0], "options": {"poll_interval": "30"}}],
         "credentials": [{**DECLARED["credentials"][0], "base_url": "https://v2.example.test"}],
     }
     second = await _start(aiohttp_client, store_url, keyring, changed)
     objects = second.app[appkeys.OBJECTS]
-    assert [s.collections for s in await objects.list_syncs()] == [["rest:things", "rest:others"]]
+    assert [s.options for s in await objects.list_syncs()] == [{"poll_interval": "30"}]
     credential = await objects.credential("cred-rest")
     assert credential.base_url == "https://v2.example.test"
     assert credential.auth.type == "bearer"

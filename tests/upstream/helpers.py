@@ -40,7 +40,7 @@ async def add_credential(
 
 
 async def add_sync(gw: Gateway, credential_id: str, sync_id: str = "sync-1") -> str:
-    body = {"id": sync_id, "credential_id": credential_id, "collections": ["rest:things"]}
+    body = {"id": sync_id, "credential_id": credential_id}  # proxy-only: rest has no change capture
     resp = await gw.client.post("/v1/syncs", json=body, headers=gw.auth())
     assert resp.status == 201, await resp.text()
     return sync_id

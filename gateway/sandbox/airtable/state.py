@@ -98,6 +98,23 @@ class AirtableState(SandboxState):
         self.records(base_id, table)[record_id] = record
         return record
 
+    def change(self, obj: str, action: str, record_id: str | None, data: dict[str, Any]) -> dict[str, Any] | None:
+        """A change made "from outside" the gateway (``/_sandbox/records``); ``obj`` is ``[base/]table``."""
+        base_id, _, table = obj.rpartition("/")
+        base_id = base_id or next(iter(self.schema))
+        if table not in self.schema.get(base_id, {}):
+            raise KeyError(obj)
+        if action == "create":
+            return self.insert(base_id, table, data)
+        records = self.records(base_id, table)
+        if record_id not in records:
+            raise KeyError(record_id)
+        if action == "update":
+            records[record_id]["fields"].update(data)
+            return records[record_id]
+        del records[record_id]
+        return None
+
 
 def convert(state: AirtableState, schema: dict[str, str], fields: Any, *, typecast: bool) -> dict[str, Any]:
     """Check (and with ``typecast`` coerce) each value against its column; 422 on the first bad one."""

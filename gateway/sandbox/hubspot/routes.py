@@ -13,27 +13,19 @@ from typing import Any
 from aiohttp import web
 
 from gateway.sandbox.common import Reject, json_body, now, utc_iso
+from gateway.sandbox.hubspot.search import search
 from gateway.sandbox.hubspot.state import (
-    HUBSPOT,
     MAX_BATCH,
-    PROPERTIES,
     HubSpotState,
     as_strings,
+    context,
     hs_error,
+    property_names,
     validation_errors,
     view,
 )
 
 OBJECTS = "/crm/v3/objects/{object_type}"
-_TYPE_IDS = {"0-1": "contacts", "0-2": "companies", "0-3": "deals"}
-
-
-def _context(request: web.Request) -> tuple[HubSpotState, str]:
-    raw = request.match_info["object_type"]
-    object_type = _TYPE_IDS.get(raw, raw.lower())
-    if object_type not in PROPERTIES:
-        raise Reject(hs_error(400, "VALIDATION_ERROR", f"Unable to infer object type from: {raw}"))
-    return request.app[HUBSPOT], object_type
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -56,13 +48,6 @@ def _checked(state: HubSpotState, object_type: str, properties: Any) -> dict[str
     return as_strings(properties)
 
 
-def _names(raw: str | list[Any] | None) -> list[str] | None:
-    if raw is None:
-        return None
-    items = raw.split(",") if isinstance(raw, str) else [str(i) for i in raw]
-    return [i.strip() for i in items if i.strip()]
-
-
 def _missing(object_type: str, object_id: str) -> Reject:
     return Reject(hs_error(404, "OBJECT_NOT_FOUND", f"resource not found: {object_type} {object_id}"))
 
@@ -71,8 +56,8 @@ def _missing(object_type: str, object_id: str) -> Reject:
 
 
 async def list_objects(request: web.Request) -> web.Response:
-    """``GET /crm/v3/objects/{type}?limit=&after=&properties=``: pages ordered by id."""
-    state, object_type = _context(request)
+    """``GET /crm/v3/objects/{type}?limit=&after=&properties=[&archived=true]``: pages ordered by id."""
+    state, object_type = context(request)
     try:
         limit = int(request.query.get("limit", "10"))
         after = int(request.query.get("after", "0"))
@@ -80,8 +65,9 @@ async def list_objects(request: web.Request) -> web.Response:
         raise Reject(hs_error(400, "VALIDATION_ERROR", "limit and after must be integers")) from None
     if not 1 <= limit <= 100:
         raise Reject(hs_error(400, "VALIDATION_ERROR", "limit: must be between 1 and 100"))
-    rows = sorted((o for o in state.table(object_type).values() if int(o["id"]) > after), key=lambda o: int(o["id"]))
-    names = _names(request.query.get("properties"))
+    table = state.table(f"{object_type}:archived" if request.query.get("archived") == "true" else object_type)
+    rows = sorted((o for o in table.values() if int(o["id"]) > after), key=lambda o: int(o["id"]))
+    names = property_names(request.query.get("properties"))
     body: dict[str, Any] = {"results": [view(object_type, o, names) for o in rows[:limit]]}
     if len(rows) > limit:
         next_after = str(int(rows[limit - 1]["id"]))
@@ -91,21 +77,21 @@ async def list_objects(request: web.Request) -> web.Response:
 
 
 async def create_object(request: web.Request) -> web.Response:
-    state, object_type = _context(request)
+    state, object_type = context(request)
     properties = _checked(state, object_type, (await _body(request)).get("properties"))
     return web.json_response(state.insert(object_type, properties), status=201)
 
 
 async def get_object(request: web.Request) -> web.Response:
-    state, object_type = _context(request)
+    state, object_type = context(request)
     obj = state.table(object_type).get(request.match_info["id"])
     if obj is None:
         raise _missing(object_type, request.match_info["id"])
-    return web.json_response(view(object_type, obj, _names(request.query.get("properties"))))
+    return web.json_response(view(object_type, obj, property_names(request.query.get("properties"))))
 
 
 async def update_object(request: web.Request) -> web.Response:
-    state, object_type = _context(request)
+    state, object_type = context(request)
     object_id = request.match_info["id"]
     if object_id not in state.table(object_type):
         raise _missing(object_type, object_id)
@@ -114,7 +100,7 @@ async def update_object(request: web.Request) -> web.Response:
 
 
 async def archive_object(request: web.Request) -> web.Response:
-    state, object_type = _context(request)
+    state, object_type = context(request)
     state.archive(object_type, request.match_info["id"])
     return web.Response(status=204)
 
@@ -161,7 +147,7 @@ def _batch(results: list[dict[str, Any]], missing: list[str], object_type: str, 
 
 
 async def batch_create(request: web.Request) -> web.Response:
-    state, object_type = _context(request)
+    state, object_type = context(request)
     started = utc_iso(now())
     inputs = await _inputs(request)
     checked = [_checked(state, object_type, i.get("properties")) for i in inputs]
@@ -172,7 +158,7 @@ async def batch_create(request: web.Request) -> web.Response:
 
 
 async def batch_update(request: web.Request) -> web.Response:
-    state, object_type = _context(request)
+    state, object_type = context(request)
     started, table = utc_iso(now()), state.table(object_type)
     inputs = await _inputs(request)
     checked = [(str(i.get("id", "")), _checked(state, object_type, i.get("properties"))) for i in inputs]
@@ -182,18 +168,18 @@ async def batch_update(request: web.Request) -> web.Response:
 
 
 async def batch_read(request: web.Request) -> web.Response:
-    state, object_type = _context(request)
+    state, object_type = context(request)
     started, table = utc_iso(now()), state.table(object_type)
     body = await _body(request)
     inputs = await _inputs(request)
-    names = _names(body.get("properties"))
+    names = property_names(body.get("properties"))
     ids = [str(i.get("id", "")) for i in inputs]
     results = [view(object_type, table[i], names) for i in ids if i in table]
     return _batch(results, [i for i in ids if i not in table], object_type, started)
 
 
 async def batch_archive(request: web.Request) -> web.Response:
-    state, object_type = _context(request)
+    state, object_type = context(request)
     for item in await _inputs(request):
         state.archive(object_type, str(item.get("id", "")))
     return web.Response(status=204)
@@ -201,6 +187,7 @@ async def batch_archive(request: web.Request) -> web.Response:
 
 ROUTES = [
     web.get(OBJECTS, list_objects),
+    web.post(OBJECTS + "/search", search),
     web.post(OBJECTS, create_object),
     web.post(OBJECTS + "/batch/create", batch_create),
     web.post(OBJECTS + "/batch/update", batch_update),

@@ -13,9 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.sandbox.common import Flavor, Knobs, SandboxState, is_email, now, utc_iso
+from gateway.sandbox.common import Flavor, Knobs, Reject, SandboxState, is_email, now, utc_iso
 
 MAX_BATCH = 100
+_TYPE_IDS = {"0-1": "contacts", "0-2": "companies", "0-3": "deals"}
 DEFAULT_TOKEN = "pat-na1-sandbox-token"  # a sandbox credential, not a secret
 PROPERTIES = {
     "contacts": ("email", "firstname", "lastname", "phone", "company", "website", "jobtitle", "lifecyclestage"),
@@ -111,7 +112,30 @@ class HubSpotState(SandboxState):
         return obj
 
     def archive(self, object_type: str, object_id: str) -> None:
-        self.table(object_type).pop(object_id, None)
+        """Archived objects stay listable with ``?archived=true`` (HubSpot keeps them 90 days)."""
+        obj = self.table(object_type).pop(object_id, None)
+        if obj is not None:
+            stamp = utc_iso(now())
+            self.table(f"{object_type}:archived")[object_id] = {
+                **obj,
+                "archived": True,
+                "archivedAt": stamp,
+                "updatedAt": stamp,
+            }
+
+    def change(self, obj: str, action: str, record_id: str | None, data: dict[str, Any]) -> dict[str, Any] | None:
+        """A change made "from outside" the gateway (the ``/_sandbox/records`` admin route)."""
+        object_type = {"contact": "contacts", "company": "companies", "deal": "deals"}.get(obj, obj)
+        if object_type not in PROPERTIES:
+            raise KeyError(obj)
+        if action == "create":
+            return self.insert(object_type, as_strings(data))
+        if record_id not in self.table(object_type):
+            raise KeyError(record_id)
+        if action == "update":
+            return self.update(object_type, record_id, as_strings(data))
+        self.archive(object_type, record_id)
+        return None
 
 
 def validation_errors(state: HubSpotState, object_type: str, properties: Any) -> list[dict[str, Any]]:
@@ -160,6 +184,21 @@ def view(object_type: str, obj: dict[str, Any], names: list[str] | None) -> dict
     wanted = [*(names if names is not None else DEFAULT_PROPERTIES[object_type]), *SYSTEM_PROPERTIES]
     props = obj["properties"]
     return {**obj, "properties": {n: props.get(n) for n in dict.fromkeys(wanted)}}
+
+
+def context(request: web.Request) -> tuple[HubSpotState, str]:
+    raw = request.match_info["object_type"]
+    object_type = _TYPE_IDS.get(raw, raw.lower())
+    if object_type not in PROPERTIES:
+        raise Reject(hs_error(400, "VALIDATION_ERROR", f"Unable to infer object type from: {raw}"))
+    return request.app[HUBSPOT], object_type
+
+
+def property_names(raw: str | list[Any] | None) -> list[str] | None:
+    if raw is None:
+        return None
+    items = raw.split(",") if isinstance(raw, str) else [str(i) for i in raw]
+    return [i.strip() for i in items if i.strip()]
 
 
 def seed(state: HubSpotState) -> None:

@@ -7,6 +7,7 @@ from aiohttp import web
 from gateway.sandbox.common import Knobs, sandbox_app
 from gateway.sandbox.salesforce.composite import COMPOSITE_ROUTES
 from gateway.sandbox.salesforce.oauth import OAUTH, OAuthClient, oauth_token
+from gateway.sandbox.salesforce.query import QUERY_ROUTES
 from gateway.sandbox.salesforce.routes import ROUTES
 from gateway.sandbox.salesforce.state import (
     DEFAULT_CLIENT_ID,
@@ -45,7 +46,8 @@ def create_app(
         static_token=token, client_id=client_id, client_secret=client_secret, refresh_token=refresh_token
     )
     state = SalesforceState(oauth=oauth, knobs=knobs or Knobs(daily_limit=15000))
-    app = sandbox_app(state, [*ROUTES, *COMPOSITE_ROUTES, web.post("/services/oauth2/token", oauth_token)])
+    token_route = web.post("/services/oauth2/token", oauth_token)
+    app = sandbox_app(state, [*ROUTES, *COMPOSITE_ROUTES, *QUERY_ROUTES, token_route])
     app[SALESFORCE] = state
     app[OAUTH] = oauth
     return app

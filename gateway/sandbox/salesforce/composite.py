@@ -139,7 +139,7 @@ class _Snapshot:
         # Rows are changed only by ``dict.update`` and replaced whole, never mutated deeper, so a copy
         # of each row dict is exact and far cheaper than a deep copy of a large org.
         self.objects = {name: {i: dict(row) for i, row in rows.items()} for name, rows in state.objects.items()}
-        self.deleted = set(state.deleted)
+        self.deleted = dict(state.deleted)
         self.serial = state.serial
 
     def restore(self, state: SalesforceState) -> None:

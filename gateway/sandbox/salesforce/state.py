@@ -130,12 +130,14 @@ class SalesforceState(SandboxState):
     def __init__(self, *, oauth: OAuthClient, knobs: Knobs) -> None:
         super().__init__(SalesforceFlavor(), knobs=knobs)
         self.oauth = oauth
-        self.deleted: set[str] = set()
+        self.deleted: dict[str, tuple[str, dict[str, Any]]] = {}  # the recycle bin: id -> (sObject, row)
         self.serial = 0
+        self.query_batches: dict[str, tuple[str, list[dict[str, Any]]]] = {}  # locator -> (version, rows left)
 
     def reset(self) -> None:
         super().reset()
         self.deleted.clear()
+        self.query_batches.clear()
         self.oauth.issued.clear()
 
     # --- the store, also used by seeding and tests ---
@@ -153,8 +155,28 @@ class SalesforceState(SandboxState):
         self.table(sobject)[record_id].update(fields, LastModifiedDate=stamp, SystemModstamp=stamp)
 
     def delete(self, sobject: str, record_id: str) -> None:
-        del self.table(sobject)[record_id]
-        self.deleted.add(record_id)
+        """Into the recycle bin, where ``queryAll`` still shows it with ``IsDeleted = true``."""
+        row = self.table(sobject).pop(record_id)
+        self.deleted[record_id] = (
+            sobject,
+            {**row, "IsDeleted": True, "SystemModstamp": utc_iso(now(), offset="+0000")},
+        )
+
+    def change(self, obj: str, action: str, record_id: str | None, data: dict[str, Any]) -> dict[str, Any] | None:
+        """A change made "from outside" the gateway (the ``/_sandbox/records`` admin route)."""
+        sobject = _BY_NAME.get(obj.lower())
+        if sobject is None:
+            raise KeyError(obj)
+        if action == "create":
+            return self.insert(sobject, data)
+        located = self.locate(record_id or "")
+        if located is None or located[0] != sobject:
+            raise KeyError(record_id)
+        if action == "update":
+            self.update(sobject, located[1]["Id"], data)
+            return located[1]
+        self.delete(sobject, located[1]["Id"])
+        return None
 
     def locate(self, record_id: str) -> tuple[str, dict[str, Any]] | None:
         sobject = _BY_PREFIX.get(record_id[:3])

@@ -1,4 +1,4 @@
-"""Stripe sandbox handlers: ``/v1/customers`` create, list, retrieve, update, delete."""
+"""Stripe sandbox handlers: ``/v1/customers`` create, list, retrieve, update, delete; ``/v1/events``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from gateway.sandbox.common import Reject
-from gateway.sandbox.stripe.state import STRIPE, StripeState, apply_params, check_customer, parse_form, stripe_error
+from gateway.sandbox.stripe.state import STRIPE, StripeState, check_customer, parse_form, stripe_error
 
 View = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -81,8 +81,7 @@ async def update_customer(request: web.Request) -> web.Response:
     customer = _customer(state, request.match_info["id"])
     params = await _params(request)
     check_customer(state, params)
-    apply_params(customer, params)
-    return web.json_response(customer)
+    return web.json_response(state.update(customer, params))
 
 
 async def get_customer(request: web.Request) -> web.Response:
@@ -92,10 +91,7 @@ async def get_customer(request: web.Request) -> web.Response:
 
 async def delete_customer(request: web.Request) -> web.Response:
     state = request.app[STRIPE]
-    customer = _customer(state, request.match_info["id"])
-    stub = {"id": customer["id"], "object": "customer", "deleted": True}
-    state.table("customers")[customer["id"]] = stub
-    return web.json_response(stub)
+    return web.json_response(state.delete(_customer(state, request.match_info["id"])))
 
 
 def _limit(raw: str) -> int:
@@ -109,19 +105,14 @@ def _limit(raw: str) -> int:
     return limit
 
 
-async def list_customers(request: web.Request) -> web.Response:
-    """Newest first; ``starting_after``/``ending_before`` cursors are customer ids."""
-    state = request.app[STRIPE]
-    query = request.query
+def _listed(rows: list[dict[str, Any]], query: Any, url: str, noun: str) -> web.Response:
+    """One page of a newest-first list; ``starting_after``/``ending_before`` cursors are object ids."""
     limit = _limit(query.get("limit", "10"))
-    rows = [c for c in reversed(state.table("customers").values()) if not c.get("deleted")]
-    if "email" in query:
-        rows = [c for c in rows if c.get("email") == query["email"]]
-    ids = [c["id"] for c in rows]
+    ids = [r["id"] for r in rows]
     for param in ("starting_after", "ending_before"):
         cursor = query.get(param)
         if cursor is not None and cursor not in ids:
-            raise Reject(stripe_error(400, f"No such customer: '{cursor}'", code="resource_missing", param=param))
+            raise Reject(stripe_error(400, f"No such {noun}: '{cursor}'", code="resource_missing", param=param))
     if "starting_after" in query:
         rows = rows[ids.index(query["starting_after"]) + 1 :]
         page = rows[:limit]
@@ -130,13 +121,30 @@ async def list_customers(request: web.Request) -> web.Response:
         page = rows[-limit:]
     else:
         page = rows[:limit]
-    body = {"object": "list", "data": page, "has_more": len(rows) > len(page), "url": "/v1/customers"}
+    body = {"object": "list", "data": page, "has_more": len(rows) > len(page), "url": url}
     return web.Response(text=json.dumps(body), content_type="application/json")
+
+
+async def list_customers(request: web.Request) -> web.Response:
+    state = request.app[STRIPE]
+    rows = [c for c in reversed(state.table("customers").values()) if not c.get("deleted")]
+    if "email" in request.query:
+        rows = [c for c in rows if c.get("email") == request.query["email"]]
+    return _listed(rows, request.query, "/v1/customers", "customer")
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """``GET /v1/events?type=&types[]=``: newest first, kept 30 days as in Stripe (here: all)."""
+    state = request.app[STRIPE]
+    types = set(request.query.getall("types[]", [])) | set(request.query.getall("type", []))
+    rows = [e for e in reversed(state.events) if not types or e["type"] in types]
+    return _listed(rows, request.query, "/v1/events", "event")
 
 
 ROUTES = [
     web.post("/v1/customers", create_customer),
     web.get("/v1/customers", list_customers),
+    web.get("/v1/events", list_events),
     web.get("/v1/customers/{id}", get_customer),
     web.post("/v1/customers/{id}", update_customer),
     web.delete("/v1/customers/{id}", delete_customer),

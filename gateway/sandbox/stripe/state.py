@@ -10,6 +10,7 @@ Authentication is the secret key as the basic-auth username, or as a bearer toke
 from __future__ import annotations
 
 import base64
+import copy
 import hmac
 import itertools
 import re
@@ -99,10 +100,51 @@ class StripeState(SandboxState):
         super().__init__(StripeFlavor(secret_key), knobs=knobs)
         # key -> (method + path, params, status, body)
         self.idempotency: dict[str, tuple[str, dict[str, Any], int, bytes]] = {}
+        self.events: list[dict[str, Any]] = []  # oldest first, as they happened
 
     def reset(self) -> None:
         super().reset()
         self.idempotency.clear()
+        self.events.clear()
+
+    def emit(self, kind: str, obj: dict[str, Any]) -> None:
+        """Record an event (``customer.created`` ...) with a snapshot of the object, as Stripe does."""
+        self.events.append(
+            {
+                "id": random_id("evt_", 24),
+                "object": "event",
+                "api_version": "2024-06-20",
+                "created": int(now()),
+                "data": {"object": copy.deepcopy(obj)},
+                "livemode": False,
+                "type": kind,
+            }
+        )
+
+    def update(self, customer: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        apply_params(customer, params)
+        self.emit("customer.updated", customer)
+        return customer
+
+    def delete(self, customer: dict[str, Any]) -> dict[str, Any]:
+        stub = {"id": customer["id"], "object": "customer", "deleted": True}
+        self.table("customers")[customer["id"]] = stub
+        self.emit("customer.deleted", customer)
+        return stub
+
+    def change(self, obj: str, action: str, record_id: str | None, data: dict[str, Any]) -> dict[str, Any] | None:
+        """A change made "from outside" the gateway (the ``/_sandbox/records`` admin route)."""
+        if obj not in ("customer", "customers"):
+            raise KeyError(obj)
+        if action == "create":
+            return self.insert(data)
+        customer = self.table("customers").get(record_id or "")
+        if customer is None or customer.get("deleted"):
+            raise KeyError(record_id)
+        if action == "update":
+            return self.update(customer, data)
+        self.delete(customer)
+        return None
 
     def insert(self, params: dict[str, Any]) -> dict[str, Any]:
         customer: dict[str, Any] = {
@@ -136,6 +178,7 @@ class StripeState(SandboxState):
         }
         apply_params(customer, params)
         self.table("customers")[customer["id"]] = customer
+        self.emit("customer.created", customer)
         return customer
 
 

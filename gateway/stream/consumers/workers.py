@@ -114,7 +114,9 @@ class ConsumerWorker:
         consumer = await self.objects.consumer(self.consumer_id)
         ticket = self.stream.signals.appended.ticket()
         batch = await self.stream.queue.claim(
-            consumer.id, batch_size=int(consumer.settings.get("batch_size", 10)), visibility=_hold(consumer),
+            consumer.id,
+            batch_size=int(consumer.settings.get("batch_size", 10)),
+            visibility=_hold(consumer),
             ordered=True,
         )
         if not batch:

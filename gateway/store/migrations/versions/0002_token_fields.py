@@ -17,4 +17,3 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("priority", sa.String(length=8), server_default="normal", nullable=False))
         batch_op.add_column(sa.Column("weight", sa.Integer(), server_default="1", nullable=False))
         batch_op.add_column(sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True))
-

@@ -1,0 +1,68 @@
+"""Stripe change capture: the object's list endpoint (backfill), then ``/v1/events`` (changes).
+
+Stripe lists newest first and ``created`` has one-second resolution, so the cursor is an event id:
+before the backfill the newest ``<object>.*`` event is noted (the anchor), the backfill pages the
+list endpoint with ``starting_after``, then polling asks ``/v1/events?types[]=...&ending_before=
+<anchor>``, which answers the events just newer than the anchor; they are applied oldest first and
+the newest becomes the anchor. With no anchor yet (no event in Stripe's 30-day window when the
+backfill began) a poll that finds more than one page of events re-reads the list instead.
+``upstream_updated_at`` stays empty: Stripe objects carry no modification time (mutations agree).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from gateway.providers.base import Call, Target
+from gateway.providers.capture.base import Capture, CaptureError, Cursor, Page, Seen, rows, text
+from gateway.providers.stripe import resource
+
+LIMIT = 100
+ACTIONS = ("created", "updated", "deleted")
+
+
+def _types(obj: str) -> list[tuple[str, str]]:
+    return [("types[]", f"{obj}.{action}") for action in ACTIONS]
+
+
+def _event_seen(event: dict[str, Any]) -> Seen:
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    kind = event.get("type")
+    if not isinstance(obj, dict) or not isinstance(kind, str):
+        raise CaptureError("an event has no 'type' or 'data.object'")
+    upstream_id = text(obj, "id")
+    return Seen(upstream_id, None if kind.endswith(".deleted") else dict(obj))
+
+
+class StripeCapture(Capture):
+    def start(self, now: datetime) -> Cursor:
+        return {"phase": "backfill", "anchored": False, "event": None, "after": None}
+
+    def request(self, cursor: Cursor, target: Target) -> Call:
+        obj = target.obj
+        if cursor.get("phase") == "backfill" and not cursor.get("anchored"):
+            return Call("GET", "/v1/events", query=[("limit", "1"), *_types(obj)])
+        if cursor.get("phase") == "backfill":
+            after = [("starting_after", str(cursor["after"]))] if cursor.get("after") else []
+            return Call("GET", f"/v1/{resource(obj)}", query=[("limit", str(LIMIT)), *after])
+        before = [("ending_before", str(cursor["event"]))] if cursor.get("event") else []
+        return Call("GET", "/v1/events", query=[("limit", str(LIMIT)), *_types(obj), *before])
+
+    def page(self, cursor: Cursor, body: Any) -> Page:
+        data = rows(body, "data")
+        more = body.get("has_more") is True
+        if cursor.get("phase") == "backfill" and not cursor.get("anchored"):
+            return Page([], {**cursor, "anchored": True, "event": text(data[0], "id") if data else None})
+        if cursor.get("phase") == "backfill":
+            seen = [Seen(text(o, "id"), dict(o)) for o in data if not o.get("deleted")]
+            if more and data:
+                return Page(seen, {**cursor, "after": text(data[-1], "id")}, backfilled=len(seen))
+            live = {"phase": "live", "event": cursor.get("event")}
+            return Page(seen, live, backfilled=len(seen))
+        if cursor.get("event") is None and more:  # events older than this page are out of reach: re-list
+            return Page([], {"phase": "backfill", "anchored": True, "event": text(data[0], "id"), "after": None})
+        seen = [_event_seen(event) for event in reversed(data)]
+        newest = text(data[0], "id") if data else cursor.get("event")
+        return Page(seen, {**cursor, "event": newest}, caught_up=not more)

@@ -1,0 +1,1 @@
+"""Syncs: backfill and change capture from the upstreams into the stream."""

@@ -1,0 +1,255 @@
+"""One sync's reading loop: backfill, then a poll every ``options.poll_interval`` seconds.
+
+A round reads each collection page by page until its capture says it is caught up. Each page is
+committed in ONE transaction: the cursor after it (conditional on the generation read, see
+gateway/store/syncs.py) and the events of the records that changed. A crash between the upstream
+answer and the commit re-reads that one page (its events at most twice, never lost); a commit
+refused because someone else moved the cursor (a backfill request, a poller that took over) makes
+the loop re-read the sync and go on from the stored cursor.
+
+A failed page (an upstream error, an answer that is not a page) marks the sync ``failing`` with
+the error, keeps the cursor, and retries with exponential backoff; the next good page clears it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+from multidict import MultiDict
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.config import Config
+from gateway.domain.objects import Credential, Sync
+from gateway.errors import GatewayError, NotFound
+from gateway.observability.metrics import Metrics
+from gateway.pacing.api import Pacer, current_share
+from gateway.pacing.scheduler import Priority
+from gateway.pacing.scheduler import Share as PacingShare
+from gateway.providers import translator as translator_for
+from gateway.providers.base import Target
+from gateway.providers.capture import capture as capture_for
+from gateway.providers.capture.base import Capture, CaptureError, Cursor, Page
+from gateway.store.db import utcnow
+from gateway.store.objects import Objects
+from gateway.store.syncs import advance
+from gateway.stream.events import append_changes, last_known, live_ids
+from gateway.syncs import reconcile
+from gateway.syncs.share import DEFAULT_MAX_SHARE, Share
+from gateway.upstream.client import UpstreamClient
+from gateway.upstream.response import UpstreamResult
+
+log = structlog.get_logger(__name__)
+DEFAULT_POLL_INTERVAL = 10.0
+MAX_BACKOFF = 300.0
+# Sync traffic is paced as priority "low" under the sync's own tenant, so users' calls always go first.
+PRIORITY: Priority = "low"
+
+
+class Superseded(Exception):
+    """Someone else moved the cursor since we read it: re-read the sync."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One collection of the sync being read."""
+
+    collection: str
+    provider: str
+    capture: Capture
+    target: Target
+
+
+def option(sync: Sync, name: str, default: float) -> float:
+    try:
+        return float(sync.options.get(name, default))
+    except ValueError:
+        return default
+
+
+class SyncPoller:
+    """Reads one sync until ``stop`` is set, it is paused or deleted, or it has nothing to read."""
+
+    def __init__(
+        self, sync_id: str, *, objects: Objects, client: UpstreamClient, pacer: Pacer, metrics: Metrics, config: Config
+    ) -> None:
+        self.sync_id = sync_id
+        self.objects, self.client, self.pacer, self.metrics, self.config = objects, client, pacer, metrics, config
+        self.stop = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.share = Share()
+        self._scans: dict[str, set[str]] = {}  # collection -> ids shown by the full scan in progress
+
+    async def run(self) -> None:
+        current_share.set(PacingShare(priority=PRIORITY, tenant=f"sync:{self.sync_id}"))  # this task's calls
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                sync = await self.objects.sync(self.sync_id)
+            except NotFound:
+                return
+            except (SQLAlchemyError, OSError) as exc:
+                failures += 1
+                log.warning("sync_store_error", sync=self.sync_id, error=exc.__class__.__name__)
+                await self._sleep(_backoff(failures))
+                continue
+            if sync.paused or not readings(sync):
+                return
+            try:
+                await self._round(sync)
+            except Superseded:
+                self._scans.clear()
+                continue
+            except (GatewayError, CaptureError, SQLAlchemyError, OSError) as exc:
+                failures += 1
+                await self._failed(sync, exc)
+                await self._sleep(_backoff(failures))
+                continue
+            failures = 0
+            await self._sleep(max(1.0, option(sync, "poll_interval", DEFAULT_POLL_INTERVAL)))
+
+    async def _sleep(self, seconds: float) -> None:
+        waiters = [asyncio.ensure_future(e.wait()) for e in (self.stop, self.wake)]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        self.wake.clear()
+
+    async def _failed(self, sync: Sync, exc: Exception) -> None:
+        message = _message(exc)
+        log.warning("sync_poll_failed", sync=sync.id, error=message)
+        with contextlib.suppress(SQLAlchemyError, OSError):  # if the store failed, the log line is all we have
+            await self.objects.set_sync_failing(sync.id, message)
+
+    async def _round(self, sync: Sync) -> None:
+        """Read every collection until caught up, then note the round's start as caught up."""
+        started = utcnow()
+        credential = await self.objects.credential(sync.credential_id)
+        cursors = {c: sync.cursor[c] for c in sync.collections if c in sync.cursor}
+        progress = {c: n for c, n in sync.progress.items() if c in sync.collections}
+        generation = sync.generation
+        for reading in readings(sync):
+            while not self.stop.is_set():
+                cursor = cursors.get(reading.collection) or reading.capture.start(started)
+                page = await self._fetch(sync, credential, reading, cursor)
+                cursors[reading.collection] = page.cursor
+                if page.backfilled:
+                    progress[reading.collection] = progress.get(reading.collection, 0) + page.backfilled
+                generation = await self._commit(sync, reading, page, generation, cursors, progress)
+                if page.caught_up:
+                    break
+        if self.stop.is_set():
+            return
+        async with self.objects.engine.begin() as conn:
+            done = await advance(
+                conn, sync.id, generation, cursor=cursors, progress=progress, state="live", caught_up_at=started
+            )
+        if done is None:
+            raise Superseded
+
+    async def _fetch(self, sync: Sync, credential: Credential, reading: Reading, cursor: Cursor) -> Page:
+        """One page through the upstream client; a refusal becomes the provider's error."""
+        if reading.capture.scan_start(cursor):
+            self._scans[reading.collection] = set()
+        call = reading.capture.request(cursor, reading.target)
+        await self._space(sync, credential)
+        outcome = "error"
+        try:
+            answer = await self._send(credential, call.method, call.path, call.json, call.query)
+            if 200 <= answer.status < 300:
+                page = reading.capture.page(cursor, answer.body_json)
+                outcome = "ok"
+                return page
+            retry = reading.capture.recover(cursor, answer.status, answer.body_json)
+            if retry is not None:
+                outcome = "ok"
+                return Page([], retry)
+            translator = translator_for(reading.provider)
+            assert translator is not None  # every provider with a capture has a translator
+            raise translator.error_for(answer.status, answer.headers, answer.body_json)
+        finally:
+            self.metrics.sync_polls.labels(reading.provider, outcome).inc()
+
+    async def _space(self, sync: Sync, credential: Credential) -> None:
+        """``max_share``: while other calls wait for this credential here, keep to that share of its rate."""
+        queued = (await self.pacer.describe(credential)).get("queue_depth") or 0
+        self.share.wait_if(
+            queued > 0, Share.interval(self.config, credential, option(sync, "max_share", DEFAULT_MAX_SHARE))
+        )
+        await self.share.pending()
+
+    async def _send(
+        self, credential: Credential, method: str, path: str, json: object, query: Sequence[tuple[str, str]] | None
+    ) -> UpstreamResult:
+        """THE call site of sync traffic: the same upstream entry point as the proxy and mutations.
+
+        The pacing class and tenant come from the task's ``current_share``, set once in ``run``.
+        """
+        return await self.client.request_json(
+            credential, method, path.lstrip("/"), json=json, query=None if query is None else MultiDict(query)
+        )
+
+    async def _commit(
+        self,
+        sync: Sync,
+        reading: Reading,
+        page: Page,
+        generation: int,
+        cursors: dict[str, Cursor],
+        progress: dict[str, int],
+    ) -> int:
+        """The page's events and the cursor after it, in one transaction; the new generation."""
+        scan = self._scans.get(reading.collection)
+        if scan is not None:
+            scan.update(s.upstream_id for s in page.seen)
+        consumers = await self.objects.all_consumers()
+        state = "backfilling" if any(_backfilling(cursors.get(c)) for c in sync.collections) else "live"
+        async with self.objects.engine.begin() as conn:
+            new = await advance(conn, sync.id, generation, cursor=cursors, progress=progress, state=state)
+            if new is None:
+                raise Superseded
+            seen = list(page.seen)
+            if page.scan_complete and scan is not None:
+                seen += reconcile.missing(scan, await live_ids(conn, sync.id, reading.collection))
+            known = await last_known(conn, sync.id, reading.collection, [s.upstream_id for s in seen])
+            changes = reconcile.changes(seen, known)
+            await append_changes(
+                conn, sync_id=sync.id, collection_id=reading.collection, changes=changes, consumers=consumers
+            )
+        if page.scan_complete:
+            self._scans.pop(reading.collection, None)
+        for change in changes:
+            self.metrics.sync_events.labels(reading.provider, change.action).inc()
+        return new
+
+
+def readings(sync: Sync) -> list[Reading]:
+    readings = []
+    for collection in sync.collections:
+        provider, _, obj = collection.partition(":")
+        capture = capture_for(provider)
+        if capture is not None:
+            readings.append(Reading(collection, provider, capture, Target(obj=obj, options=sync.options, seed="")))
+    return readings
+
+
+def _backfilling(cursor: Cursor | None) -> bool:
+    return cursor is None or cursor.get("phase") != "live"
+
+
+def _backoff(failures: int) -> float:
+    return float(min(MAX_BACKOFF, 2 ** min(failures, 10)) * random.uniform(0.5, 1.0))
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, GatewayError):
+        return str(exc)
+    if isinstance(exc, CaptureError):
+        return f"the upstream answered a page the gateway cannot read: {exc}"
+    return f"store error: {exc.__class__.__name__}"
