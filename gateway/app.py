@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.errors import DEFAULT_DOCS, set_docs_base
-from gateway.http import appkeys, consumers, management, mutations, proxy, syncs, tokens
+from gateway.http import appkeys, consumers, management, mutations, providers, proxy, syncs, tokens
 from gateway.http.docs import add_docs_routes
 from gateway.http.endpoints import Endpoint
 from gateway.http.middlewares import add_request_id, gateway_middleware
@@ -79,7 +79,7 @@ def create_app(
         lease_ttl=config.stream.capture_lease_ttl,
         shutdown_timeout=min(5.0, config.server.shutdown_timeout),
     )
-    for view_module in (management, tokens, syncs, proxy, consumers, mutations):
+    for view_module in (management, tokens, syncs, proxy, consumers, mutations, providers):
         add_endpoints(app, view_module.ENDPOINTS)
     scopes = {e.name: e.scope for e in app[appkeys.ENDPOINTS]}
     server = config.server

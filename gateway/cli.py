@@ -25,6 +25,8 @@ from gateway.domain.objects import parse_scopes
 from gateway.errors import ConfigError, GatewayError
 from gateway.http.bodies import validate
 from gateway.observability.logs import configure_logging
+from gateway.pacing.limits import check_config as check_limits
+from gateway.pacing.limits import check_credential
 from gateway.preflight import preflight
 from gateway.runtime import keyring_for, run_migrations, store_session
 from gateway.sandbox.standalone import PROVIDERS, run_one
@@ -134,6 +136,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_async(lambda: run_one(args.provider, host=args.host, port=args.port, seed=args.seed))
         return 0
     config = load_config(args.config)
+    check_limits(config)
     configure_logging(format=config.log.format, level=config.log.level)
     if not args.verbose:  # Alembic narrates every migration step at INFO: noise unless asked for
         logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -175,14 +178,14 @@ async def _store_verb(args: argparse.Namespace, config: Config) -> int:
                 await tokens.revoke(args.name)
                 stderr(f"revoked {args.name}")
             case (noun, _) if noun in OBJECT_VERBS:
-                await _object_verb(objects, noun, args)
+                await _object_verb(config, objects, noun, args)
             case ("keys", "rotate"):
                 count = await objects.rotate_keys()
                 stderr(f"re-encrypted {count} secret(s) with key {keyring.newest_id!r}")
     return 0
 
 
-async def _object_verb(objects: Objects, plural: str, args: argparse.Namespace) -> None:
+async def _object_verb(config: Config, objects: Objects, plural: str, args: argparse.Namespace) -> None:
     """``list``, ``add`` and ``remove`` of credentials, syncs or consumers, through the API's own models."""
     singular, body_type, columns = OBJECT_VERBS[plural]
     if args.action == "list":
@@ -193,7 +196,11 @@ async def _object_verb(objects: Objects, plural: str, args: argparse.Namespace) 
             data = json.loads(text)
         except ValueError as exc:
             raise ConfigError(f"--file: not valid JSON: {exc}") from None
+        if plural == "credentials" and isinstance(data, dict) and isinstance(data.get("provider"), str):
+            check_credential(config, data["provider"], None)  # name the unknown provider before missing fields
         body = validate(TypeAdapter[Any](body_type), data, what=singular)
+        if plural == "credentials":
+            check_credential(config, body.provider, body.rate_limit)
         print((await getattr(objects, f"create_{singular}")(body)).id)
     else:
         await getattr(objects, f"delete_{singular}")(args.id)

@@ -15,12 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from gateway import catalog
+from gateway.catalog import Catalog, CatalogError
+from gateway.domain.catalog import Answers, AuthType
 from gateway.domain.models import (
     ConsumerIn,
     CredentialIn,
-    Provider,
     RateLimitOverride,
     Strict,
     SyncIn,
@@ -136,11 +138,37 @@ class UpstreamConfig(Strict):
 
 
 class ProviderConfig(Strict):
+    """``[providers.<name>]``: overrides of a catalog entry, or a whole new entry (the catalog's keys)."""
+
     rate_limit: RateLimitOverride | None = None
     shared_rate_limit: RateLimitOverride | None = Field(
         default=None, description="extra bucket shared by every credential of the provider"
     )
     timeouts: TimeoutsOverride | None = None
+    display_name: str | None = None
+    base_url: str | None = None
+    auth: list[AuthType] | None = None
+    sources: list[str] | None = None
+    notes: str | None = None
+    answers: Answers | None = None
+
+
+class ProvidersConfig(BaseModel):
+    """``[providers]``: ``catalog_dir`` and one table per provider name (any other key)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    __pydantic_extra__: dict[str, ProviderConfig] = Field(init=False)
+
+    catalog_dir: str | None = Field(default=None, description="a directory of more <name>.toml definitions")
+
+    def get(self, name: str) -> ProviderConfig | None:
+        return (self.__pydantic_extra__ or {}).get(name)
+
+    def __getitem__(self, name: str) -> ProviderConfig:
+        return (self.__pydantic_extra__ or {})[name]
+
+    def tables(self) -> dict[str, ProviderConfig]:
+        return dict(self.__pydantic_extra__ or {})
 
 
 class Config(Strict):
@@ -153,10 +181,30 @@ class Config(Strict):
     stream: StreamConfig = StreamConfig()
     mutations: MutationsConfig = MutationsConfig()
     upstream: UpstreamConfig = UpstreamConfig()
-    providers: dict[Provider, ProviderConfig] = Field(default_factory=dict)
+    providers: ProvidersConfig = ProvidersConfig()
     credentials: list[CredentialIn] = Field(default_factory=list)
     syncs: list[SyncIn] = Field(default_factory=list)
     consumers: list[ConsumerIn] = Field(default_factory=list)
+
+    _catalog: Catalog = PrivateAttr()
+
+    @property
+    def catalog(self) -> Catalog:
+        """The provider catalog this config sees (built-in, ``catalog_dir``, inline tables)."""
+        return self._catalog
+
+    @model_validator(mode="after")
+    def _load_catalog(self) -> Config:
+        """Read and check the catalog now, so a bad file stops the start (exit 2) naming file and key."""
+        inline = {name: table.model_dump(exclude_none=True) for name, table in self.providers.tables().items()}
+        try:
+            self._catalog = catalog.load(self.providers.catalog_dir, inline)
+        except CatalogError as exc:
+            raise ValueError(str(exc)) from None
+        unknown = sorted({c.provider for c in self.credentials} - set(self._catalog))
+        if unknown:
+            raise ValueError(f"credentials: unknown provider {', '.join(unknown)} (not in the provider catalog)")
+        return self
 
     @model_validator(mode="after")
     def _declared_ids(self) -> Config:

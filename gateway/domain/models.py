@@ -25,14 +25,17 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from gateway.urltext import check_base_path
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 ObjectId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
-Provider = Literal["salesforce", "hubspot", "stripe", "airtable", "rest"]
-PROVIDERS: tuple[Provider, ...] = ("salesforce", "hubspot", "stripe", "airtable", "rest")
+PROVIDER_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+# Provider names are the catalog's (gateway/providers/catalog/), which users may extend; whether a
+# name exists is checked against the loaded catalog where one is at hand (config, management API).
+Provider = Annotated[str, StringConstraints(pattern=PROVIDER_PATTERN)]
 # How error sentences name each provider ("Error: HubSpot API timed out").
 DISPLAY_NAMES: dict[str, str] = {
     "salesforce": "Salesforce",
@@ -80,7 +83,7 @@ HttpUrlStr = Annotated[
 
 def _collection(value: str) -> str:
     provider, _, obj = value.partition(":")
-    if provider not in PROVIDERS or not obj:
+    if not re.fullmatch(PROVIDER_PATTERN, provider) or not obj:
         raise ValueError("must look like '<provider>:<object>', e.g. 'salesforce:contact'")
     return value
 
@@ -88,7 +91,7 @@ def _collection(value: str) -> str:
 CollectionId = Annotated[
     str,
     AfterValidator(_collection),
-    WithJsonSchema({"type": "string", "pattern": f"^({'|'.join(PROVIDERS)}):.+$", "examples": ["salesforce:contact"]}),
+    WithJsonSchema({"type": "string", "pattern": PROVIDER_PATTERN[:-1] + ":.+$", "examples": ["salesforce:contact"]}),
 ]
 
 # --- auth -----------------------------------------------------------------------------------------
@@ -193,8 +196,61 @@ def _mask_param(pair: str) -> str:
 # --- limits and timeouts --------------------------------------------------------------------------
 
 
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+GLOB_PATTERN = r"^/(\*\*|[^/*]*\*?[^/*]*)(/(\*\*|[^/*]*\*?[^/*]*))*/?$"
+
+
+class Window(Strict):
+    """One more limit on a bucket: at most ``rate`` calls per ``per`` seconds (``burst`` at once)."""
+
+    rate: float = Field(gt=0, description="calls per `per` seconds")
+    per: float = Field(gt=0, description="window length in seconds")
+    burst: int | None = Field(default=None, ge=1, description="default: rate, or 1% of it with spread")
+    spread: bool = Field(default=False, description="hand the window's calls out evenly across it")
+
+
+def _glob(value: str) -> str:
+    if not re.fullmatch(GLOB_PATTERN, value):
+        raise ValueError("must be a path glob like '/crm/v3/objects/*/search' ('*' one segment, '**' any)")
+    return value
+
+
+PathGlob = Annotated[str, AfterValidator(_glob), WithJsonSchema({"type": "string", "pattern": GLOB_PATTERN})]
+
+
+class RuleMatch(Strict):
+    """Which calls a rule applies to: any of ``methods`` (all when absent) on a path matching ``path``."""
+
+    methods: tuple[HttpMethod, ...] | None = Field(default=None, min_length=1)
+    path: PathGlob = "/**"
+
+
+class Rule(Strict):
+    """A bucket of its own for the matching calls (``rate``/``per``/``burst``/``windows``) and/or their cost."""
+
+    match: RuleMatch
+    rate: float | None = Field(default=None, gt=0)
+    per: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, ge=1)
+    windows: tuple[Window, ...] = ()
+    cost: int | None = Field(default=None, ge=1, description="tokens a matching call takes from each bucket")
+
+    @model_validator(mode="after")
+    def _complete(self) -> Rule:
+        if (self.rate is None) != (self.per is None):
+            raise ValueError("a rule's bucket needs both rate and per")
+        if self.burst is not None and self.rate is None:
+            raise ValueError("burst needs rate and per")
+        if self.rate is None and not self.windows and self.cost is None:
+            raise ValueError("a rule needs a bucket (rate and per, or windows) or a cost")
+        return self
+
+
 class RateLimitOverride(Strict):
-    """Per-credential or per-provider pacing override; absent fields keep the provider default."""
+    """Per-credential or per-provider pacing override; absent fields keep the provider default.
+
+    ``windows`` and ``rules``, when given, replace the lists below them (they are not merged item by item).
+    """
 
     # Bounded so that every rate the pacer derives (rate / per, waits, Retry-After) stays finite.
     rate: float | None = Field(default=None, gt=0, le=1e9, description="requests per `per` seconds")
@@ -202,6 +258,8 @@ class RateLimitOverride(Strict):
     burst: int | None = Field(default=None, ge=1, le=1_000_000_000, description="tokens available at once")
     max_wait: float | None = Field(default=None, ge=0, le=3600, description="longest queue wait, seconds")
     max_concurrency: int | None = Field(default=None, ge=1, le=1_000_000)
+    windows: tuple[Window, ...] | None = Field(default=None, description="more limits on the credential's bucket")
+    rules: tuple[Rule, ...] | None = Field(default=None, description="per-endpoint buckets and costs")
 
 
 class TimeoutsOverride(Strict):

@@ -32,11 +32,12 @@ from gateway.http import appkeys
 from gateway.http.bodies import json_response, read_json, validate
 from gateway.http.endpoints import Endpoint, Handler
 from gateway.http.openapi import openapi_view
+from gateway.pacing.limits import check_credential
 from gateway.store.objects import Objects
 
 ADMIN_ERRORS = {400: "invalid request", 401: "missing or bad token", 403: "token lacks the scope", 404: "not found"}
 Enrich = Callable[[web.Request, Any], Awaitable[Any]]
-Check = Callable[[web.Request, Any], None]
+Check = Callable[[web.Request, Any, str | None], Awaitable[None]]
 
 
 def object_id(request: web.Request, key: str = "id") -> str:
@@ -60,10 +61,16 @@ async def _with_pacing_state(request: web.Request, view: CredentialView) -> Cred
     return view.model_copy(update={"pacing": await describe(credential)})
 
 
-def _check_ca_bundle(request: web.Request, body: CredentialIn | CredentialPatch) -> None:
-    """A credential's ``ca_bundle`` must lie inside ``upstream.ca_dir`` (checked on the path, not the file)."""
+async def _check_credential(request: web.Request, body: CredentialIn | CredentialPatch, target: str | None) -> None:
+    """``ca_bundle`` inside ``upstream.ca_dir``; a provider of the catalog; limits that can grant every cost."""
+    config = request.app[appkeys.CONFIG]
     if body.ca_bundle:
-        ca_bundle_path(body.ca_bundle, request.app[appkeys.CONFIG].upstream.ca_dir)
+        ca_bundle_path(body.ca_bundle, config.upstream.ca_dir)
+    provider = getattr(body, "provider", None)
+    if provider is None and body.rate_limit is not None and target is not None:
+        provider = (await request.app[appkeys.OBJECTS].credential(target)).provider
+    if provider is not None:
+        check_credential(config, provider, body.rate_limit)
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ class Resource:
     async def create(self, request: web.Request) -> web.Response:
         body = validate(TypeAdapter[Any](self.create_model), await _body(request))
         if self.check:
-            self.check(request, body)
+            await self.check(request, body, None)
         return json_response(await self.crud.create(request.app[appkeys.OBJECTS], body), status=201)
 
     async def get(self, request: web.Request) -> web.Response:
@@ -105,7 +112,7 @@ class Resource:
         target = object_id(request)
         patch = validate(self.patch_model, await _body(request))
         if self.check:
-            self.check(request, patch)
+            await self.check(request, patch, target)
         return json_response(await self.crud.patch(request.app[appkeys.OBJECTS], target, patch))
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -165,7 +172,7 @@ RESOURCES = (
             Objects.delete_credential,
         ),
         _with_pacing_state,
-        _check_ca_bundle,
+        _check_credential,
     ),
     Resource(
         "syncs",

@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 
 from gateway.aiohttp_compat import BufferedHeadResponse
 from gateway.domain.objects import Credential
-from gateway.errors import GatewayError, InvalidPath, PayloadTooLarge
+from gateway.errors import GatewayError, InvalidPath, InvalidRequest, PayloadTooLarge
 from gateway.http import appkeys
 from gateway.http.endpoints import Endpoint
 from gateway.http.middlewares import PACING_WAIT_MS, REQUEST_ID, UPSTREAM_PROVIDER, require_access
@@ -41,6 +41,7 @@ _NOT_FORWARDED = ("Host", "Authorization", "Content-Length", "Expect")
 # What a client may claim about the proxies it came through: dropped unless server.trust_forwarded.
 _CLIENT_CLAIMS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port",
                   "X-Real-IP")
+COST_HEADER = "x-gateway-cost"
 
 
 async def proxy_sync(request: web.Request) -> web.StreamResponse:
@@ -85,9 +86,21 @@ async def forward(request: web.Request, credential: Credential) -> web.StreamRes
         query=request.rel_url.raw_query_string,
         headers=headers,
         body=body,
+        cost=_cost(request),
     ) as upstream:
         request[PACING_WAIT_MS] = round(upstream.pacing_wait * 1000, 1)
         return await _relay(request, upstream)
+
+
+def _cost(request: web.Request) -> int | None:
+    """``x-gateway-cost``: the tokens this call takes from each of its buckets (the pacer checks the top)."""
+    raw = request.headers.get(COST_HEADER)
+    if raw is None:
+        return None
+    value = raw.strip()
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise InvalidRequest(f"{COST_HEADER}: {raw[:20]!r} is not a whole number of at least 1", field=COST_HEADER)
+    return int(value)
 
 
 def _upstream_headers(request: web.Request) -> CIMultiDict[str]:
@@ -172,7 +185,7 @@ def _endpoints() -> list[Endpoint]:
 
 
 _STATUSES: dict[int, Any] = {
-    400: "invalid path, or an x-gateway-priority other than high, normal, low",
+    400: "invalid path, an x-gateway-priority other than high, normal, low, or a bad x-gateway-cost",
     401: "missing or bad token",
     403: "token lacks the scope or the id",
     404: "unknown id",

@@ -1,17 +1,14 @@
-"""How long an upstream answer asks us to stop: pure header parsing, one rule set per provider.
+"""How long an upstream answer asks us to stop, read through the provider's catalog entry. Pure.
 
-The pacer pauses the call's bucket for the returned number of seconds, for every caller (and, with
-the Redis backend, every replica). Rules, first match wins:
+The entry's ``answers`` say which statuses are refusals, where ``Retry-After`` is, which headers
+report which limit and in what unit their reset comes (catalog.py). Rules, first match wins:
 
-1. ``429`` or ``503`` with ``Retry-After`` (seconds or an HTTP date): that long.
-2. Exhaustion reported in headers: ``X-RateLimit-Remaining: 0`` with ``X-RateLimit-Reset`` (epoch
-   seconds, or seconds from now when small); HubSpot's ``X-HubSpot-RateLimit-Remaining: 0`` (the
-   rest of ``...-Interval-Milliseconds``), ``...-Secondly-Remaining: 0`` (one second) and
-   ``...-Daily-Remaining: 0`` (until the next UTC midnight, an approximation of the account's day).
-3. Salesforce ``Sforce-Limit-Info: api-usage=N/M``: from 90% of M a pause growing to 1 s per call
-   as N approaches M (the allocation refills over 24 h, so the pacer slows down instead of
-   stopping dead), and 60 s once N >= M.
-4. ``429`` without any of the above: the provider's customary penalty (Airtable asks for 30 s), else 1 s.
+1. A throttle status (429 by default, or 503) with ``Retry-After`` (seconds, ms, or an HTTP date):
+   that long. It is about the bucket the call took (a rule's, when one matched), not credential-wide.
+2. Limits reported as exhausted in the headers (``answers.headers``): the longest of their pauses
+   (until their reset, or their window, or the next UTC midnight, or a slowdown as a daily
+   allocation nears its end); credential-wide when any such limit is declared credential-wide.
+3. A throttle status with neither: the entry's ``penalty`` (Airtable asks for 30 s).
 
 A pause and a resend are different things: every rule above pauses the bucket for the calls after
 this one, but only a *refusal* (``is_refusal``) may be sent again. A ``200`` that reports exhaustion
@@ -23,28 +20,21 @@ from __future__ import annotations
 import email.utils
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-DEFAULT_429_PAUSE = 1.0
-PROVIDER_429_PAUSE = {"airtable": 30.0}
-SALESFORCE_SLOWDOWN_FROM = 0.9
-SALESFORCE_EXHAUSTED_PAUSE = 60.0
+from gateway.domain.catalog import Answers, Signal
+
 MAX_PAUSE = 86_400.0
-_API_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
-_EPOCH_THRESHOLD = 1_000_000_000  # larger reset values are unix timestamps, smaller ones are deltas
+_EPOCH_S = 1_000_000_000  # larger reset values are unix timestamps, smaller ones are deltas
+_EPOCH_MS = 1_000_000_000_000
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
-def pause_for(provider: str, status: int, headers: Mapping[str, str], now: float) -> float | None:
-    """Seconds to pause after this answer (``now`` is unix time), or None to carry on."""
-    headers = {name.lower(): value for name, value in headers.items()}
-    pause: float | None = None
-    if status in (429, 503):
-        pause = retry_after(headers.get("retry-after"), now)
-    if pause is None:
-        pause = _exhaustion(provider, headers, now)
-    if pause is None and status == 429:
-        pause = PROVIDER_429_PAUSE.get(provider, DEFAULT_429_PAUSE)
-    return None if pause is None else min(max(pause, 0.0), MAX_PAUSE)
+@dataclass(frozen=True)
+class Pause:
+    seconds: float
+    credential_wide: bool
 
 
 def is_refusal(status: int, headers: Mapping[str, str]) -> bool:
@@ -57,13 +47,30 @@ def is_refusal(status: int, headers: Mapping[str, str]) -> bool:
     return status == 503 and any(name.lower() == "retry-after" for name in headers)
 
 
-def retry_after(value: str | None, now: float) -> float | None:
+def pause_for(answers: Answers, status: int, headers: Mapping[str, str], now: float) -> Pause | None:
+    """The pause this answer asks for (``now`` is unix time), or None to carry on."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    throttled = status in answers.throttle_statuses or status == 503
+    if throttled:
+        seconds = retry_after(lowered.get(answers.retry_after.lower()), now, unit=answers.retry_after_unit)
+        if seconds is not None:
+            return _bounded(seconds, credential_wide=False)
+    exhausted = [(s, p) for s in answers.headers if (p := signal_pause(s, lowered, now)) is not None]
+    if exhausted:
+        seconds = max(p for _, p in exhausted)
+        return _bounded(seconds, credential_wide=any(s.credential_wide for s, _ in exhausted))
+    if status in answers.throttle_statuses:
+        return _bounded(answers.penalty, credential_wide=False)
+    return None
+
+
+def retry_after(value: str | None, now: float, *, unit: str = "seconds") -> float | None:
     """``Retry-After`` as seconds from ``now``; None when absent or unreadable."""
     if not value:
         return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
+    number = _number(value.strip())
+    if number is not None:
+        return number / 1000 if unit == "milliseconds" else number
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -73,40 +80,84 @@ def retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def _exhaustion(provider: str, headers: Mapping[str, str], now: float) -> float | None:
-    if provider == "hubspot":
-        return _hubspot(headers, now)
-    if provider == "salesforce":
-        return _salesforce(headers.get("sforce-limit-info"))
-    if _int(headers.get("x-ratelimit-remaining")) == 0:
-        reset = _number(headers.get("x-ratelimit-reset"))
-        if reset is not None:
-            return reset - now if reset > _EPOCH_THRESHOLD else reset
-    return None
-
-
-def _hubspot(headers: Mapping[str, str], now: float) -> float | None:
-    if _int(headers.get("x-hubspot-ratelimit-daily-remaining")) == 0:
-        day = datetime.fromtimestamp(now, UTC).date() + timedelta(days=1)
-        return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() - now
-    if _int(headers.get("x-hubspot-ratelimit-remaining")) == 0:
-        interval = _number(headers.get("x-hubspot-ratelimit-interval-milliseconds"))
-        return 10.0 if interval is None else interval / 1000
-    if _int(headers.get("x-hubspot-ratelimit-secondly-remaining")) == 0:
-        return 1.0
-    return None
-
-
-def _salesforce(info: str | None) -> float | None:
-    match = _API_USAGE.search(info or "")
+def signal_pause(signal: Signal, headers: Mapping[str, str], now: float) -> float | None:
+    """The pause one reported limit asks for, or None while it is not exhausted."""
+    if signal.remaining is not None:
+        remaining = _number(headers.get(signal.remaining.lower()))
+        if remaining is None or remaining > 0:
+            return None
+        return _until_reset(signal, headers, now)
+    assert signal.used_limit is not None
+    match = re.search(signal.used_pattern, headers.get(signal.used_limit.lower(), ""))
     if match is None or int(match.group(2)) <= 0:
         return None
     used = int(match.group(1)) / int(match.group(2))
     if used >= 1:
-        return SALESFORCE_EXHAUSTED_PAUSE
-    if used >= SALESFORCE_SLOWDOWN_FROM:
-        return (used - SALESFORCE_SLOWDOWN_FROM) / (1 - SALESFORCE_SLOWDOWN_FROM)
+        return _until_reset(signal, headers, now)
+    if signal.slowdown_from is not None and used >= signal.slowdown_from:
+        return signal.slowdown_max * (used - signal.slowdown_from) / (1 - signal.slowdown_from)
     return None
+
+
+def _until_reset(signal: Signal, headers: Mapping[str, str], now: float) -> float:
+    if signal.reset is not None:
+        reset = reset_seconds(headers.get(signal.reset.lower()), signal.reset_unit, now)
+        if reset is not None:
+            return reset
+    if signal.window_header is not None:
+        window = _number(headers.get(signal.window_header.lower()))
+        if window is not None:
+            return window / 1000 if signal.window_unit == "milliseconds" else window
+    if signal.window is not None:
+        return signal.window
+    if signal.until == "utc_midnight":
+        day = datetime.fromtimestamp(now, UTC).date() + timedelta(days=1)
+        return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() - now
+    return 1.0
+
+
+def reset_seconds(value: str | None, unit: str, now: float) -> float | None:
+    """A reset header as seconds from ``now``, in the unit the catalog names; None when unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if unit == "duration":
+        return parse_duration(value)
+    if unit == "iso8601":
+        return _iso8601(value, now)
+    number = _number(value)
+    if number is None:
+        return None
+    if unit == "auto":
+        unit = "epoch_ms" if number > _EPOCH_MS else "epoch_seconds" if number > _EPOCH_S else "seconds"
+    if unit == "epoch_seconds" and number > _EPOCH_MS:
+        unit = "epoch_ms"  # some APIs send milliseconds where their docs say seconds
+    seconds = {"epoch_seconds": number - now, "epoch_ms": number / 1000 - now, "milliseconds": number / 1000}
+    return seconds.get(unit, number)
+
+
+def parse_duration(value: str) -> float | None:
+    """``6m0s``, ``1h2m3.5s``, ``12ms``, ``20s`` (Go-style durations, as OpenAI sends them) in seconds."""
+    pieces = _DURATION.findall(value)
+    if not pieces or "".join(n + u for n, u in pieces) != value:
+        return None
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(number) * scale[unit] for number, unit in pieces)
+
+
+def _iso8601(value: str, now: float) -> float | None:
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp() - now
+
+
+def _bounded(seconds: float, *, credential_wide: bool) -> Pause | None:
+    seconds = min(max(seconds, 0.0), MAX_PAUSE)
+    return Pause(seconds, credential_wide) if seconds > 0 else None
 
 
 def _number(value: str | None) -> float | None:
@@ -114,8 +165,3 @@ def _number(value: str | None) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
-
-
-def _int(value: str | None) -> int | None:
-    number = _number(value)
-    return None if number is None else int(number)

@@ -35,9 +35,19 @@ class Permit(Protocol):
 
 class Pacer(Protocol):
     async def acquire(
-        self, credential: Credential, path: str, *, max_wait: float | None = None, share: Share = DEFAULT_SHARE
+        self,
+        credential: Credential,
+        path: str,
+        *,
+        max_wait: float | None = None,
+        share: Share = DEFAULT_SHARE,
+        method: str = "GET",
+        cost: int | None = None,
     ) -> Permit:
-        """Wait for this call's turn in every bucket that applies to ``credential`` (and ``path``).
+        """Wait for this call's turn in every bucket that applies to ``credential`` (``method``, ``path``).
+
+        ``cost`` (the client's ``x-gateway-cost``) replaces the cost the rules give the call; outside
+        1..the smallest burst of its buckets it raises ``InvalidRequest``.
 
         ``share`` is the call's priority class, tenant and weight (scheduler.py): a queued call is
         granted by class, then fairly between tenants, then in arrival order.
@@ -48,8 +58,10 @@ class Pacer(Protocol):
         """
         ...
 
-    async def observe(self, credential: Credential, path: str, status: int, headers: Mapping[str, str]) -> float | None:
-        """Feed an upstream answer; returns the pause in seconds if it paused the bucket, else None."""
+    async def observe(
+        self, credential: Credential, path: str, status: int, headers: Mapping[str, str], *, method: str = "GET"
+    ) -> float | None:
+        """Feed an upstream answer; returns the pause in seconds if it paused a bucket, else None."""
         ...
 
     async def describe(self, credential: Credential) -> dict[str, Any]:

@@ -24,6 +24,12 @@ Cancellation: a waiter that leaves before its slot gives it back. If it was the 
 the bucket, ``tat`` is rewound (absorbing earlier cancelled slots that become the tail); otherwise
 its slot becomes a *hole* that the next arriving call takes, so capacity is not lost.
 
+Cost: a call may take ``c`` tokens at once (a rule's ``cost``, ``x-gateway-cost``). It is the
+same GCRA with the call's ``Limit.scaled(c)``: it conforms ``c - 1`` intervals later than a call of
+one token and moves ``tat`` by ``c`` intervals. Holes are single slots, so only calls of cost 1 take
+them; a cancelled call of cost > 1 rewinds the bucket when it was the last reservation and is
+otherwise given up (its capacity is lost, never doubled).
+
 Pause: an upstream that says "stop until P" makes the bucket empty at ``P``: no slot before ``P``,
 then one call per interval (no burst right after a throttle). Holes before ``P`` are dropped.
 
@@ -54,6 +60,13 @@ class Limit:
 
     interval: int
     tolerance: int
+    cost: int = 1
+
+    def scaled(self, cost: int) -> Limit:
+        """The schedule of a call taking ``cost`` tokens (see "Cost" above)."""
+        if cost == 1:
+            return self
+        return Limit(self.interval * cost, self.tolerance - (cost - 1) * self.interval, cost)
 
     @classmethod
     def of(cls, *, rate: float, per: float, burst: int) -> Limit:
@@ -121,11 +134,13 @@ class Refusal:
 
 def reserve(buckets: Sequence[tuple[BucketState, Limit]], now: int, max_wait: int) -> Grant | Refusal:
     """Give a call arriving at ``now`` its slot in every bucket at once, or refuse if beyond ``max_wait``."""
-    if len(buckets) == 1 and not buckets[0][0].holes:
+    if len(buckets) == 1 and (not buckets[0][0].holes or buckets[0][1].cost > 1):
         return _reserve_regular(*buckets[0], now, max_wait)
+    whole = all(limit.cost == 1 for _, limit in buckets)  # only calls of one token take holes
     regular = max(state.earliest(limit, now) for state, limit in buckets)
     slot = regular
-    for hole_slot in sorted(h[0] for h in (s.first_hole(now) for s, _ in buckets) if h is not None):
+    holes = (s.first_hole(now) for s, _ in buckets) if whole else ()
+    for hole_slot in sorted(h[0] for h in holes if h is not None):
         if hole_slot < regular and all(_fits(state, limit, now, hole_slot) for state, limit in buckets):
             slot = hole_slot
             break
@@ -140,7 +155,8 @@ def _reserve_regular(state: BucketState, limit: Limit, now: int, max_wait: int) 
     slot = state.earliest(limit, now)
     if slot - now > max_wait:
         return Refusal(retry_after=slot - now)
-    state._hole_heap.clear()  # without holes every entry left there is stale
+    if not state.holes:
+        state._hole_heap.clear()  # without holes every entry left there is stale
     state.tat = max(state.tat, slot) + limit.interval
     return Grant(slot=slot, charges=(Charge(slot=slot, key=state.tat),))
 
@@ -151,7 +167,7 @@ def _fits(state: BucketState, limit: Limit, now: int, slot: int) -> bool:
 
 
 def _charge(state: BucketState, limit: Limit, now: int, slot: int) -> Charge:
-    hole = state.first_hole(now)
+    hole = state.first_hole(now) if limit.cost == 1 else None
     if hole is not None and hole[0] == slot:
         state.take_hole(hole[1])
         return Charge(slot=slot, key=hole[1])
@@ -185,6 +201,10 @@ def estimate(buckets: Sequence[tuple[BucketState, Limit]], now: int, ahead: int)
 
 def release(state: BucketState, limit: Limit, charge: Charge, now: int) -> None:
     """Give back a slot not used: rewind the tail (absorbing holes that become it) or leave a hole."""
+    if limit.cost > 1:
+        if state.tat == charge.key:
+            state.tat -= limit.interval
+        return
     if state.tat != charge.key:
         if charge.slot >= now:
             state.add_hole(charge.slot, charge.key)

@@ -1,46 +1,80 @@
-"""Provider default limits and the effective limit of a credential.
+"""The effective limit of a credential: the catalog's default, overridden field by field.
 
-Precedence, field by field: provider default < ``config.providers[<p>].rate_limit`` < the
-credential's own ``rate_limit``. A field left out of an override keeps the value below it.
+Precedence: the provider's catalog entry (gateway/providers/catalog/<p>.toml) < the config's
+``[providers.<p>.rate_limit]`` < the credential's own ``rate_limit``. A field left out of an override
+keeps the value below it; ``windows`` and ``rules``, when given, replace the lists below them.
 
-Defaults (documented in docs/pacing.md) are each provider's published per-credential limit, or a
-conservative value where the published limit depends on the customer's plan:
+A limit is a bucket (``rate`` per ``per`` seconds, ``burst`` at once) plus ``windows`` (more limits on
+the same calls, e.g. a daily one) and ``rules`` (per-endpoint buckets and costs, see registry.py).
+Every window and rule bucket is paced like the main one; a call must fit all that apply.
 
-- salesforce: 25 calls/s. Salesforce meters a rolling 24-hour allocation per org and caps concurrent
-  long requests; 25/s spends a typical Enterprise allocation no faster than it refills while staying
-  far below anything the API would throttle. ``Sforce-Limit-Info`` slows it down further (adaptive.py).
-- hubspot: 100 calls per 10 s (the private-app burst limit of the lowest paid tiers).
-- stripe: 100 calls/s (live-mode read/write limit).
-- airtable: 5 calls/s per base (Airtable's limit is per base, not per token; see registry.py).
-- rest: 10 calls/s, a polite default for an unknown API.
+``spread`` on a window hands its calls out evenly instead of letting a burst spend it: its burst
+defaults to 1% of its rate (at least 1) and its rate is lowered by that burst, so no stretch of the
+window's length ever sees more than ``rate`` calls and a steady demand is served at ``rate/per`` at
+most, all day long, instead of emptying a daily budget in its first hours.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
 from gateway.config import Config
-from gateway.domain.models import Provider, RateLimitOverride
+from gateway.domain.models import RateLimitOverride, Rule, Window
+from gateway.errors import ConfigError, InvalidRequest
 from gateway.pacing.bucket import Limit
 
 DEFAULT_MAX_WAIT = 30.0
+SPREAD_BURST = 0.01
+
+
+@dataclass(frozen=True)
+class BucketLimit:
+    """One paced limit: ``rate`` calls per ``per`` seconds with ``burst`` at once."""
+
+    rate: float
+    per: float
+    burst: int
+
+    @cached_property
+    def schedule(self) -> Limit:
+        """The scheduling parameters (computed once: they are on every call's path)."""
+        return Limit.of(rate=self.rate, per=self.per, burst=self.burst)
+
+    @classmethod
+    def of_window(cls, window: Window) -> BucketLimit:
+        if not window.spread:
+            return cls(window.rate, window.per, window.burst or max(1, int(window.rate)))
+        burst = window.burst or max(1, math.ceil(window.rate * SPREAD_BURST))
+        rate = window.rate - burst if window.rate > burst else window.rate
+        return cls(rate, window.per, burst)
 
 
 @dataclass(frozen=True)
 class EffectiveLimit:
-    """The resolved limit of one bucket."""
+    """The resolved limit of a credential (or of a provider-wide bucket)."""
 
     rate: float
     per: float
     burst: int
     max_wait: float = DEFAULT_MAX_WAIT
     max_concurrency: int | None = None
+    windows: tuple[Window, ...] = ()
+    rules: tuple[Rule, ...] = ()
 
     @cached_property
     def schedule(self) -> Limit:
-        """The bucket's scheduling parameters (computed once: it is on every call's path)."""
-        return Limit.of(rate=self.rate, per=self.per, burst=self.burst)
+        return self.primary.schedule
+
+    @cached_property
+    def primary(self) -> BucketLimit:
+        return BucketLimit(self.rate, self.per, self.burst)
+
+    @cached_property
+    def limits(self) -> tuple[BucketLimit, ...]:
+        """The main bucket's limit, then one per window."""
+        return (self.primary, *(BucketLimit.of_window(w) for w in self.windows))
 
     def merged(self, override: RateLimitOverride | None) -> EffectiveLimit:
         """This limit with the fields ``override`` sets; ``burst`` follows a new ``rate`` unless given."""
@@ -59,30 +93,85 @@ class EffectiveLimit:
             burst=burst,
             max_wait=override.max_wait if override.max_wait is not None else self.max_wait,
             max_concurrency=override.max_concurrency if override.max_concurrency is not None else self.max_concurrency,
+            windows=override.windows if override.windows is not None else self.windows,
+            rules=override.rules if override.rules is not None else self.rules,
         )
 
+    def rule_limits(self, rule: Rule) -> tuple[BucketLimit, ...]:
+        """The buckets a rule adds: its own rate (if any), then one per window."""
+        own = () if rule.rate is None or rule.per is None else (rule_bucket(rule),)
+        return (*own, *(BucketLimit.of_window(w) for w in rule.windows))
 
-PROVIDER_DEFAULTS: dict[Provider, EffectiveLimit] = {
-    "salesforce": EffectiveLimit(rate=25, per=1, burst=25),
-    "hubspot": EffectiveLimit(rate=100, per=10, burst=100),
-    "stripe": EffectiveLimit(rate=100, per=1, burst=100),
-    "airtable": EffectiveLimit(rate=5, per=1, burst=5),
-    "rest": EffectiveLimit(rate=10, per=1, burst=10),
-}
+    def check(self) -> None:
+        """Refuse a rule whose cost no bucket of its calls could ever grant (``ValueError`` names it)."""
+        smallest = min(limit.burst for limit in self.limits)
+        for index, rule in enumerate(self.rules):
+            bursts = [smallest, *(limit.burst for limit in self.rule_limits(rule))]
+            if rule.cost is not None and rule.cost > min(bursts):
+                raise ValueError(
+                    f"rate_limit.rules.{index}.cost: {rule.cost} is above {min(bursts)}, "
+                    "the smallest burst of the buckets its calls take"
+                )
 
 
-def credential_limit(config: Config, provider: Provider, override: RateLimitOverride | None) -> EffectiveLimit:
+def rule_bucket(rule: Rule) -> BucketLimit:
+    assert rule.rate is not None and rule.per is not None
+    return BucketLimit(rule.rate, rule.per, rule.burst or max(1, int(rule.rate)))
+
+
+def provider_default(config: Config, provider: str) -> EffectiveLimit:
+    """The catalog entry's ``rate_limit`` (the ``rest`` entry's for a provider the catalog lacks)."""
+    entry = config.catalog.get(provider) or config.catalog["rest"]
+    spec = entry.definition.rate_limit
+    assert spec.rate is not None and spec.per is not None  # the catalog model requires them
+    base = EffectiveLimit(rate=spec.rate, per=spec.per, burst=spec.burst or max(1, int(spec.rate)))
+    return base.merged(spec)
+
+
+def credential_limit(config: Config, provider: str, override: RateLimitOverride | None) -> EffectiveLimit:
     """The limit of a credential's own bucket (and of its per-base buckets for Airtable)."""
-    limit = PROVIDER_DEFAULTS[provider]
+    limit = provider_default(config, provider)
     provider_config = config.providers.get(provider)
     if provider_config is not None:
         limit = limit.merged(provider_config.rate_limit)
     return limit.merged(override)
 
 
-def shared_limit(config: Config, provider: Provider) -> EffectiveLimit | None:
-    """The provider-wide bucket, if ``config.providers[<p>].shared_rate_limit`` asks for one."""
+def shared_limit(config: Config, provider: str) -> EffectiveLimit | None:
+    """The provider-wide bucket, if ``config.providers[<p>].shared_rate_limit`` asks for one (no rules)."""
     provider_config = config.providers.get(provider)
     if provider_config is None or provider_config.shared_rate_limit is None:
         return None
-    return PROVIDER_DEFAULTS[provider].merged(provider_config.shared_rate_limit)
+    default = provider_default(config, provider)
+    plain = EffectiveLimit(rate=default.rate, per=default.per, burst=default.burst, max_wait=default.max_wait)
+    shared = plain.merged(provider_config.shared_rate_limit)
+    return EffectiveLimit(rate=shared.rate, per=shared.per, burst=shared.burst, windows=shared.windows)
+
+
+def check_config(config: Config) -> None:
+    """Every rule cost of the catalog, the provider tables and the declared credentials can be granted.
+
+    Run at start (``gateway serve`` and ``check-config``): a ``ConfigError`` (exit 2) names the place.
+    """
+    places: list[tuple[str, str, RateLimitOverride | None]] = [
+        (f"provider {name} ({entry.origin})", name, None) for name, entry in config.catalog.items()
+    ]
+    places += [(f"providers.{name}", name, None) for name in config.providers.tables()]
+    places += [(f"credentials.{n}", c.provider, c.rate_limit) for n, c in enumerate(config.credentials)]
+    for place, provider, override in places:
+        try:
+            credential_limit(config, provider, override).check()
+        except ValueError as exc:
+            raise ConfigError(f"{place}: {exc}") from None
+
+
+def check_credential(config: Config, provider: str, override: RateLimitOverride | None) -> None:
+    """A credential (API, CLI) names a catalog provider and its limits can grant every rule's cost (400)."""
+    if provider not in config.catalog:
+        raise InvalidRequest(f"provider: {provider[:64]!r} is not in the provider catalog", field="provider")
+    if override is None:
+        return
+    try:
+        credential_limit(config, provider, override).check()
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), field=str(exc).split(":", 1)[0]) from None

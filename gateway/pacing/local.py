@@ -61,13 +61,13 @@ class LocalBackend:
         if queue is None:
             if permits is None or permits.free:  # nobody waits: the plain reservation, no queue made
                 now = self._now()
-                outcome = bucket.reserve([(self._state(b.key), b.limit.schedule) for b in buckets], now, 0)
+                outcome = bucket.reserve([(self._state(b.key), b.schedule) for b in buckets], now, 0)
                 if isinstance(outcome, bucket.Grant):
                     if permits is not None:
                         permits.held += 1
                     return Reservation(buckets, outcome.charges, deadline=outcome.slot / bucket.US)
             queue = self._queues[home] = BucketQueue(buckets, self._state, self._now, permits, self._forget)
-        return queue.enter(share, max_wait)
+        return queue.enter(buckets, share, max_wait)
 
     def _forget(self, queue: BucketQueue) -> None:
         if self._queues.get(queue.buckets[0].key) is queue:
@@ -76,7 +76,7 @@ class LocalBackend:
     def reserve_now(self, buckets: Sequence[BucketSpec], max_wait: float) -> Reservation | Refused:
         """A plain arrival-order reservation (no queue): the pacer's stall guard."""
         now = self._now()
-        pairs = [(self._state(b.key), b.limit.schedule) for b in buckets]
+        pairs = [(self._state(b.key), b.schedule) for b in buckets]
         outcome = bucket.reserve(pairs, now, int(max_wait * bucket.US))
         if isinstance(outcome, bucket.Refusal):
             return Refused(retry_after=outcome.retry_after / bucket.US)
@@ -85,7 +85,7 @@ class LocalBackend:
     async def release(self, reservation: Reservation) -> None:
         now = self._now()
         for spec, charge in zip(reservation.buckets, reservation.charges, strict=True):
-            bucket.release(self._state(spec.key), spec.limit.schedule, charge, now)
+            bucket.release(self._state(spec.key), spec.schedule, charge, now)
         queue = self._queues.get(reservation.buckets[0].key)
         if queue is not None:
             queue.fire()  # the slot given back may be due now

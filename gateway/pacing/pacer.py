@@ -26,18 +26,19 @@ import structlog
 from prometheus_client import Histogram
 
 from gateway.config import Config
+from gateway.domain.catalog import Answers
 from gateway.domain.models import RateLimitOverride
 from gateway.domain.objects import Credential
-from gateway.errors import BackendUnavailable, ConfigError, RateLimited
+from gateway.errors import BackendUnavailable, ConfigError, InvalidRequest, RateLimited
 from gateway.observability.metrics import Metrics
-from gateway.pacing import adaptive, queue
+from gateway.pacing import adaptive, bucket, queue
 from gateway.pacing.backend import Backend, BackendError, Refused, Reservation
 from gateway.pacing.bucket import JITTER
 from gateway.pacing.concurrency import SharedPermits
 from gateway.pacing.local import LocalBackend
 from gateway.pacing.queue import Permits, Ticket
 from gateway.pacing.redis import LEASE_TTL, RedisBackend
-from gateway.pacing.registry import Route, airtable_base, route
+from gateway.pacing.registry import BucketSpec, Plan, Route, airtable_base, plan
 from gateway.pacing.scheduler import DEFAULT_SHARE, PRIORITIES, Share
 
 log = structlog.get_logger(__name__)
@@ -85,7 +86,8 @@ class GatewayPacer:
         self._degraded = False
         self._probe: asyncio.Task[None] | None = None
         self._routes: dict[str, Route] = {}
-        self._route_cache: dict[tuple[str, str, RateLimitOverride | None, str | None], Route] = {}
+        self._plans: dict[tuple[str, str, RateLimitOverride | None, str | None], Plan] = {}
+        self._rule_locks: dict[str, asyncio.Lock] = {}  # one per rule bucket used (credentials x rules)
         self._queued: Counter[tuple[str, str]] = Counter()  # (home bucket, priority) -> calls waiting
         self._permits_local: dict[str, Permits] = {}
         # the wait histogram's child per (provider, priority): a bounded set
@@ -115,16 +117,25 @@ class GatewayPacer:
     # --- the Pacer protocol -------------------------------------------------------------------------
 
     async def acquire(
-        self, credential: Credential, path: str, *, max_wait: float | None = None, share: Share = DEFAULT_SHARE
+        self,
+        credential: Credential,
+        path: str,
+        *,
+        max_wait: float | None = None,
+        share: Share = DEFAULT_SHARE,
+        method: str = "GET",
+        cost: int | None = None,
     ) -> GrantedPermit:
-        call = self._route(credential, path)
+        call = self._route(credential, path, method)
+        if cost is not None:
+            call = _with_cost(call, cost)
         self._routes[credential.id] = call
         budget = call.limit.max_wait if max_wait is None else max_wait
         started = time.monotonic()
-        if self._active() is self._local:
-            release = await self._wait_local(credential.id, call, share, budget)
+        if call.rule_buckets:
+            release = await self._rule_turn(credential.id, call, share, started + budget)
         else:
-            release = await self._wait_shared(credential.id, call, share, started + budget)
+            release = await self._take_turn(credential.id, call, share, started + budget)
         waited = time.monotonic() - started
         histogram = self._waits.get((call.provider, share.priority))
         if histogram is None:
@@ -134,21 +145,31 @@ class GatewayPacer:
         histogram.observe(waited)
         return GrantedPermit(waited, release, budget)
 
-    async def observe(self, credential: Credential, path: str, status: int, headers: Mapping[str, str]) -> float | None:
-        if status in (429, 503):
+    async def observe(
+        self, credential: Credential, path: str, status: int, headers: Mapping[str, str], *, method: str = "GET"
+    ) -> float | None:
+        answers = self._answers(credential.provider)
+        if status in (429, 503) or status in answers.throttle_statuses:
             self._metrics.upstream_throttled.labels(credential.provider).inc()
-        seconds = adaptive.pause_for(credential.provider, status, headers, time.time())
-        if not seconds:
+        pause = adaptive.pause_for(answers, status, headers, time.time())
+        if pause is None:
             return None
-        call = self._route(credential, path)
+        call = self._route(credential, path, method)
+        targets = call.target if not pause.credential_wide else (*call.target, call.home)
+        seconds = pause.seconds
         try:
-            await self._with_backend(lambda backend: backend.pause(call.home, seconds))
+            for spec in dict.fromkeys(targets):
+                await self._with_backend(partial(_pause_on, spec=spec, seconds=seconds))
         except BackendUnavailable:
             # The answer itself was fine; the next acquire reports the backend to its caller.
             log.warning("pacing_pause_not_shared", provider=credential.provider)
             return seconds
         log.info("pacing_paused", provider=credential.provider, status=status, seconds=round(seconds, 3))
         return seconds
+
+    def _answers(self, provider: str) -> Answers:
+        entry = self._config.catalog.get(provider) or self._config.catalog["rest"]
+        return entry.definition.answers
 
     async def describe(self, credential: Credential) -> dict[str, Any]:
         """The bucket this credential last used (or would use) with its live state."""
@@ -174,17 +195,16 @@ class GatewayPacer:
     async def ping(self) -> bool:
         return True if self._shared is None else await self._shared.ping()
 
-    def _route(self, credential: Credential, path: str) -> Route:
-        """``registry.route``, remembered per credential limits (and Airtable base): it is on every call."""
+    def _route(self, credential: Credential, path: str, method: str = "GET") -> Route:
+        """``registry.plan``, remembered per credential limits (and Airtable base): it is on every call."""
         base = airtable_base(credential.base_url, path) if credential.provider == "airtable" else None
         key = (credential.id, credential.provider, credential.rate_limit, base)
-        call = self._route_cache.get(key)
-        if call is None:
-            if len(self._route_cache) >= ROUTE_CACHE_SIZE:
-                self._route_cache.clear()
-            call = self._route_cache[key] = route(self._config, credential, path)
-        return call
-
+        known = self._plans.get(key)
+        if known is None:
+            if len(self._plans) >= ROUTE_CACHE_SIZE:
+                self._plans.clear()
+            known = self._plans[key] = plan(self._config, credential, path)
+        return known.route(method, path)
     # --- waiting ------------------------------------------------------------------------------------
 
     async def _wait_local(
@@ -298,6 +318,45 @@ class GatewayPacer:
         self._metrics.pacing_rejections.labels(call.provider).inc()
         return RateLimited("too many concurrent upstream calls for this credential", retry_after=1)
 
+    async def _take_turn(
+        self, credential_id: str, call: Route, share: Share, give_up_at: float
+    ) -> Callable[[], None] | None:
+        """The call's slot in all its buckets (and its ``max_concurrency`` permit, if any)."""
+        if self._active() is self._local:
+            return await self._wait_local(credential_id, call, share, max(0.0, give_up_at - time.monotonic()))
+        return await self._wait_shared(credential_id, call, share, give_up_at)
+
+    async def _rule_turn(
+        self, credential_id: str, call: Route, share: Share, give_up_at: float
+    ) -> Callable[[], None] | None:
+        """A call matching a rule with a bucket waits for that rule first, taking nothing meanwhile.
+
+        Queued with its rule's buckets, it would hold the head of its credential's queue until its
+        rule allowed it (a queue of HubSpot searches would stall batch writes behind it). So rule
+        calls wait one at a time per rule bucket in this process (FIFO) until the rule's buckets
+        have their tokens, then take their turn with all their buckets like any call.
+        """
+        lock = self._rule_locks.setdefault(call.rule_buckets[0].key, asyncio.Lock())
+        async with lock:
+            for spec in call.rule_buckets:
+                while (wait := await self._rule_deficit(spec)) > 0:
+                    if time.monotonic() + wait > give_up_at:
+                        raise self._refused(call, Refused(retry_after=wait))
+                    await asyncio.sleep(wait)
+            return await self._take_turn(credential_id, call, share, give_up_at)
+
+    async def _rule_deficit(self, spec: BucketSpec) -> float:
+        """Seconds until ``spec`` could grant the call's tokens (0: now), from its live state."""
+        try:
+            state = await self._with_backend(partial(_describe_on, spec=spec))
+        except BackendUnavailable:
+            return 0.0  # the reservation that follows reports the backend to the caller
+        paused = state.get("paused_until")
+        schedule = spec.limit.schedule
+        capacity = (schedule.tolerance + schedule.interval) / schedule.interval  # burst less the headroom
+        missing = min(spec.cost, capacity) - float(state.get("tokens") or 0.0)
+        return max(0.0, paused - time.time() if paused else 0.0, missing * schedule.interval / bucket.US)
+
     def _refused(self, call: Route, outcome: Refused) -> RateLimited:
         self._metrics.pacing_rejections.labels(call.provider).inc()
         return RateLimited("the pacing queue wait would exceed max_wait", retry_after=outcome.retry_after)
@@ -375,6 +434,24 @@ class GatewayPacer:
             await asyncio.sleep(PROBE_INTERVAL)
         self._degraded = False
         log.info("pacing_backend_recovered")
+
+
+async def _describe_on(backend: Backend, spec: BucketSpec) -> dict[str, Any]:
+    return await backend.describe(spec)
+
+
+async def _pause_on(backend: Backend, spec: BucketSpec, seconds: float) -> None:
+    await backend.pause(spec, seconds)
+
+
+def _with_cost(call: Route, cost: int) -> Route:
+    """The route at the client's ``x-gateway-cost``: at least 1, at most the smallest burst it takes."""
+    if not 1 <= cost <= call.smallest_burst:
+        raise InvalidRequest(
+            f"x-gateway-cost: {cost} is outside 1..{call.smallest_burst} (the smallest burst of this call's buckets)",
+            field="x-gateway-cost",
+        )
+    return call.costed(cost)
 
 
 def _wake(future: asyncio.Future[None]) -> None:

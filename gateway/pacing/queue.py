@@ -75,23 +75,29 @@ class BucketQueue:
         self._on_empty = on_empty
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0
+        # A waiter's own buckets and cost when they differ from the queue's (rules, x-gateway-cost):
+        # the queue orders calls of one home bucket; each is charged on the buckets it takes.
+        self._buckets_of: dict[asyncio.Future[Outcome], tuple[BucketSpec, ...]] = {}
         if permits is not None:
             permits.queues.add(self)
 
-    def _pairs(self) -> list[tuple[bucket.BucketState, bucket.Limit]]:
-        return [(self._states(spec.key), spec.limit.schedule) for spec in self.buckets]
+    def _pairs(self, buckets: tuple[BucketSpec, ...] | None = None) -> list[tuple[bucket.BucketState, bucket.Limit]]:
+        return [(self._states(spec.key), spec.schedule) for spec in buckets or self.buckets]
+
+    def _buckets(self, waiter: Waiter[asyncio.Future[Outcome]]) -> tuple[BucketSpec, ...]:
+        return self._buckets_of.get(waiter.ticket, self.buckets)
 
     def _may_grant(self) -> bool:
         return self._permits is None or self._permits.free
 
-    def enter(self, share: Share, max_wait: float) -> Outcome | Ticket:
+    def enter(self, buckets: tuple[BucketSpec, ...], share: Share, max_wait: float) -> Outcome | Ticket:
         """Grant now, refuse now, or queue (see the module docstring)."""
-        now, pairs = self._now(), self._pairs()
+        now, pairs = self._now(), self._pairs(buckets)
         if not self.scheduler and self._may_grant():
             outcome = bucket.reserve(pairs, now, 0)
             if isinstance(outcome, bucket.Grant):
                 self._drop_if_empty()
-                return self._granted(outcome.charges, outcome.slot)
+                return self._granted(buckets, outcome.charges, outcome.slot)
         wait = bucket.estimate(pairs, now, self.scheduler.ahead(share.cls, share.tenant))
         budget = int(max_wait * bucket.US)
         if wait > budget:
@@ -101,6 +107,8 @@ class BucketQueue:
         waiter = self.scheduler.push(
             share.cls, share.tenant, share.weight, arrival=now, deadline=now + budget, ticket=future
         )
+        if buckets != self.buckets:
+            self._buckets_of[future] = buckets
         self._arm(now)
         return Ticket(self, waiter)
 
@@ -111,13 +119,14 @@ class BucketQueue:
         if isinstance(granted, Reservation):
             self.give_back(granted)
         elif self.scheduler.remove(waiter):
+            self._buckets_of.pop(future, None)
             self._arm(self._now())
 
     def give_back(self, reservation: Reservation) -> None:
         """A granted slot (and permit) that will not be used: the next call takes it."""
         now = self._now()
         for spec, charge in zip(reservation.buckets, reservation.charges, strict=True):
-            bucket.release(self._states(spec.key), spec.limit.schedule, charge, now)
+            bucket.release(self._states(spec.key), spec.schedule, charge, now)
         if self._permits is not None:
             self._permits.give_back()
         else:
@@ -132,25 +141,29 @@ class BucketQueue:
         for waiter in self.scheduler.expired(now):
             if not waiter.ticket.done():
                 waiter.ticket.set_result(Refused(retry_after=self._retry_after(waiter, now)))
+            self._buckets_of.pop(waiter.ticket, None)
         while (head := self.scheduler.peek()) is not None and self._may_grant():
             if head.ticket.done():  # cancelled; its task has not run its cleanup yet
                 self.scheduler.pop()
+                self._buckets_of.pop(head.ticket, None)
                 continue
-            pairs = self._pairs()
+            buckets = self._buckets(head)
+            pairs = self._pairs(buckets)
             slot = bucket.head_slot(pairs, head.arrival, now)
             if slot > now:
                 break
             self.scheduler.pop()
-            head.ticket.set_result(self._granted(bucket.take(pairs, slot), slot))
+            self._buckets_of.pop(head.ticket, None)
+            head.ticket.set_result(self._granted(buckets, bucket.take(pairs, slot), slot))
         self._arm(now)
 
-    def _granted(self, charges: tuple[bucket.Charge, ...], slot: int) -> Reservation:
+    def _granted(self, buckets: tuple[BucketSpec, ...], charges: tuple[bucket.Charge, ...], slot: int) -> Reservation:
         if self._permits is not None:
             self._permits.held += 1
-        return Reservation(self.buckets, charges, deadline=slot / bucket.US)
+        return Reservation(buckets, charges, deadline=slot / bucket.US)
 
     def _retry_after(self, waiter: Waiter[asyncio.Future[Outcome]], now: int) -> float:
-        pairs = self._pairs()
+        pairs = self._pairs(self._buckets(waiter))
         wait = bucket.estimate(pairs, now, self.scheduler.ahead(waiter.cls, waiter.tenant))
         return max(wait, max(limit.interval for _, limit in pairs)) / bucket.US
 
@@ -159,7 +172,7 @@ class BucketQueue:
         wake = self.scheduler.next_deadline()
         head = self.scheduler.peek()
         if head is not None and self._may_grant():
-            slot = bucket.head_slot(self._pairs(), head.arrival, now)
+            slot = bucket.head_slot(self._pairs(self._buckets(head)), head.arrival, now)
             wake = slot if wake is None else min(wake, slot)
         if self._timer is not None and (wake is None or wake != self._timer_at):
             self._timer.cancel()

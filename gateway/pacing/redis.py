@@ -219,7 +219,7 @@ class RedisBackend:
     def _bucket_args(self, buckets: Sequence[BucketSpec], keys: list[str], index: dict[str, int]) -> list[int]:
         args = [len(buckets)]
         for spec in buckets:
-            limit = spec.limit.schedule
+            limit = spec.schedule
             args += [self._index(spec, keys, index), limit.interval, limit.tolerance]
         return args
 
@@ -248,7 +248,7 @@ class RedisBackend:
             slot, *tats = (int(v) for v in _text(text).split(","))
             charges = tuple(Charge(slot=slot, key=tat) for tat in tats)
             reservations[_text(member)] = Reservation(buckets, charges, deadline=slot / US + offset)
-        interval = max(spec.limit.schedule.interval for spec in buckets)
+        interval = max(spec.schedule.interval for spec in buckets)
         return Polled(
             granted=reservations,
             wake=int(wake) / US + offset if int(wake) else math.inf,
@@ -260,7 +260,7 @@ class RedisBackend:
         args: list[Any] = ["release", len(reservation.buckets)]
         for spec, charge in zip(reservation.buckets, reservation.charges, strict=True):
             keys.append(self._key(spec))
-            args += [len(keys), spec.limit.schedule.interval, charge.key]
+            args += [len(keys), spec.schedule.interval, charge.key]
         await self._run(keys, args)
 
     def _release_soon(self, reservation: Reservation) -> None:

@@ -1,51 +1,119 @@
-"""Which buckets a call takes a token from, given its credential and upstream path.
+"""Which buckets a call takes its tokens from, given its credential, method and upstream path.
 
 - Every credential has its own bucket (``cred:<id>``), except Airtable, whose limit is per *base*:
   a call under ``/v0/<base>/...`` uses ``cred:<id>:base:<base>`` (the base id is the first path
   segment after ``/v0/``, whether ``/v0`` is in the credential's ``base_url`` or in the path).
-- If ``config.providers[<p>].shared_rate_limit`` is set, every call of that provider also takes a
-  token from ``provider:<p>``.
+- Each of the limit's ``windows`` is one more bucket beside it (``<key>:w<n>``): same calls, other
+  rate, so a call must fit all of them.
+- Each ``rules`` entry whose ``match`` fits the call (methods, and a path glob relative to the base
+  URL: ``*`` one segment, ``**`` any number) adds its own buckets (``cred:<id>:rule<n>`` and its
+  windows), shared by the calls matching that rule on that credential, and/or sets the call's cost.
+- If ``config.providers[<p>].shared_rate_limit`` is set, every call of that provider also takes
+  from ``provider:<p>`` (and its windows).
 
-The *home* bucket is the most specific one: adaptive pauses and ``describe`` apply to it. ``tag`` is
-the Redis Cluster hash tag: all keys of one reservation must live in one hash slot, so a credential
-whose provider has a shared bucket uses the provider as its tag.
+The *home* bucket is the credential's (``describe`` shows it). ``target`` are the buckets an
+upstream answer about this call pauses (adaptive.py): the matched rules' own buckets when there are
+any, else home. ``tag`` is the Redis Cluster hash tag: all keys of one reservation must live in one
+hash slot, so a credential whose provider has a shared bucket uses the provider as its tag.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import urlsplit
 
 from gateway.config import Config
+from gateway.domain.models import Rule
 from gateway.domain.objects import Credential
-from gateway.pacing.limits import EffectiveLimit, credential_limit, shared_limit
+from gateway.pacing.bucket import Limit
+from gateway.pacing.limits import BucketLimit, EffectiveLimit, credential_limit, shared_limit
 
 _BASE_ID = re.compile(r"[A-Za-z0-9]{1,64}")
 
 
 @dataclass(frozen=True)
 class BucketSpec:
+    """One bucket of a call; ``cost`` is the tokens the call takes from it (``schedule`` is scaled)."""
+
     key: str
-    limit: EffectiveLimit
+    limit: BucketLimit
     tag: str
+    cost: int = 1
+
+    @cached_property
+    def schedule(self) -> Limit:
+        """The schedule this call reserves with (``limit.schedule`` for pauses and the bucket's state)."""
+        return self.limit.schedule.scaled(self.cost)
 
 
 @dataclass(frozen=True)
 class Route:
-    """The buckets of one call: ``home`` first, then any shared bucket; ``limit`` is the credential's."""
+    """The buckets of one call: home first; ``limit`` is the credential's; ``cost`` tokens per bucket."""
 
     buckets: tuple[BucketSpec, ...]
     limit: EffectiveLimit
     provider: str
+    target: tuple[BucketSpec, ...] = ()
+    cost: int = 1
+    rule_buckets: tuple[BucketSpec, ...] = ()  # the matched rules' buckets (the pacer waits on them first)
 
     @property
     def home(self) -> BucketSpec:
         return self.buckets[0]
 
+    @property
+    def smallest_burst(self) -> int:
+        return min(spec.limit.burst for spec in self.buckets)
 
-def route(config: Config, credential: Credential, path: str) -> Route:
-    """The buckets that apply to ``credential`` calling ``path`` (relative to its ``base_url``)."""
+    def costed(self, cost: int) -> Route:
+        """This route for a call of ``cost`` tokens in every bucket."""
+        if cost == self.cost:
+            return self
+        buckets = tuple(dataclasses.replace(spec, cost=cost) for spec in self.buckets)
+        rules = tuple(dataclasses.replace(spec, cost=cost) for spec in self.rule_buckets)
+        return dataclasses.replace(self, buckets=buckets, cost=cost, rule_buckets=rules)
+
+
+@dataclass(frozen=True)
+class _CompiledRule:
+    methods: frozenset[str] | None
+    path: re.Pattern[str]
+    buckets: tuple[BucketSpec, ...]
+    cost: int | None
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.methods is None or method in self.methods) and self.path.fullmatch(path) is not None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything about a credential's buckets that does not depend on the call (cached by the pacer)."""
+
+    limit: EffectiveLimit
+    provider: str
+    base: tuple[BucketSpec, ...]
+    rules: tuple[_CompiledRule, ...]
+    plain: Route
+
+    def route(self, method: str, path: str) -> Route:
+        """The route of one call: the plain one unless a rule matches (the common case costs nothing)."""
+        if not self.rules:
+            return self.plain
+        matched = [rule for rule in self.rules if rule.matches(method, _rooted(path))]
+        if not matched:
+            return self.plain
+        extra = tuple(spec for rule in matched for spec in rule.buckets)
+        cost = max((rule.cost for rule in matched if rule.cost is not None), default=1)
+        target = tuple(rule.buckets[0] for rule in matched if rule.buckets)
+        route = Route(self.base + extra, self.limit, self.provider, target or self.plain.target, rule_buckets=extra)
+        return route.costed(cost)
+
+
+def plan(config: Config, credential: Credential, path: str) -> Plan:
+    """The buckets of ``credential`` (for Airtable, of the base ``path`` is under)."""
     limit = credential_limit(config, credential.provider, credential.rate_limit)
     shared = shared_limit(config, credential.provider)
     tag = f"provider:{credential.provider}" if shared is not None else f"cred:{credential.id}"
@@ -54,10 +122,46 @@ def route(config: Config, credential: Credential, path: str) -> Route:
         base = airtable_base(credential.base_url, path)
         if base is not None:
             home_key = f"{home_key}:base:{base}"
-    buckets = [BucketSpec(key=home_key, limit=limit, tag=tag)]
+    buckets = _specs(home_key, limit.limits, tag)
     if shared is not None:
-        buckets.append(BucketSpec(key=f"provider:{credential.provider}", limit=shared, tag=tag))
-    return Route(buckets=tuple(buckets), limit=limit, provider=credential.provider)
+        buckets += _specs(f"provider:{credential.provider}", shared.limits, tag)
+    rules = tuple(
+        _compile(rule, _specs(f"cred:{credential.id}:rule{n}", limit.rule_limits(rule), tag))
+        for n, rule in enumerate(limit.rules)
+    )
+    plain = Route(buckets, limit, credential.provider, target=buckets[:1])
+    return Plan(limit, credential.provider, buckets, rules, plain)
+
+
+def route(config: Config, credential: Credential, path: str, method: str = "GET") -> Route:
+    """The buckets that apply to ``credential`` calling ``method path`` (relative to its ``base_url``)."""
+    return plan(config, credential, path).route(method, path)
+
+
+def glob_regex(glob: str) -> re.Pattern[str]:
+    """``*`` is one path segment (or part of one), ``**`` any number of segments, possibly none."""
+    parts = []
+    for segment in glob.strip("/").split("/"):
+        if segment == "**":
+            parts.append("(?:/[^/]*)*")
+        else:
+            parts.append("/" + "[^/]*".join(re.escape(piece) for piece in segment.split("*")))
+    return re.compile("".join(parts) + "/?")
+
+
+def _compile(rule: Rule, buckets: tuple[BucketSpec, ...]) -> _CompiledRule:
+    methods = frozenset(rule.match.methods) if rule.match.methods else None
+    return _CompiledRule(methods, glob_regex(rule.match.path), buckets, rule.cost)
+
+
+def _specs(key: str, limits: tuple[BucketLimit, ...], tag: str) -> tuple[BucketSpec, ...]:
+    return tuple(BucketSpec(key if n == 0 else f"{key}:w{n}", limit, tag) for n, limit in enumerate(limits))
+
+
+def _rooted(path: str) -> str:
+    """The path as the rules see it: relative to the base URL, with a leading slash, without a query."""
+    path = path.split("?", 1)[0]
+    return path if path.startswith("/") else "/" + path
 
 
 def airtable_base(base_url: str, path: str) -> str | None:

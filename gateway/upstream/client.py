@@ -89,6 +89,7 @@ class _Address:
 
     path: str
     query: str
+    cost: int | None = None  # the client's x-gateway-cost: tokens taken from each bucket
     url: URL | None = None
     base_url: str = ""
 
@@ -163,8 +164,10 @@ class UpstreamClient:
 
     def _merged_timeouts(self, credential: Credential) -> dict[str, float]:
         values = dict(DEFAULT_TIMEOUTS)
+        entry = self._config.catalog.get(credential.provider)
         provider = self._config.providers.get(credential.provider)
-        for override in (provider.timeouts if provider else None, credential.timeouts):
+        overrides = (entry.definition.timeouts if entry else None, provider.timeouts if provider else None)
+        for override in (*overrides, credential.timeouts):
             if override is not None:
                 values.update(override.model_dump(exclude_none=True))
         return values
@@ -179,13 +182,17 @@ class UpstreamClient:
         query: str | Mapping[str, str] | None = None,
         headers: Mapping[str, str] | CIMultiDict[str] | None = None,
         body: Body = None,
+        cost: int | None = None,
     ) -> AsyncIterator[UpstreamResponse]:
-        """Send one request (with the retries above) and yield the answer with its body unread."""
+        """Send one request (with the retries above) and yield the answer with its body unread.
+
+        ``cost``: tokens the call takes from each of its buckets (the client's ``x-gateway-cost``).
+        """
         raw_query = query if isinstance(query, str) else urlencode(query or {})
         outgoing = CIMultiDict(headers or {})
         for name in ("Authorization", "Host"):  # security: the caller's credentials never go upstream
             outgoing.popall(name, None)
-        address = _Address(path, raw_query)
+        address = _Address(path, raw_query, cost)
         self._url(credential, address)  # refuse a bad path before pacing or refreshing
         current = await self.oauth2.current(credential)
         if current is not credential:
@@ -231,11 +238,13 @@ class UpstreamClient:
         self, credential: Credential, method: str, address: _Address, headers: CIMultiDict[str], body: Body
     ) -> AsyncIterator[_Attempt]:
         """One paced send; leaving the block gives back the connection (closed unless fully read) and the permit."""
-        permit = await self._pacer.acquire(credential, address.path, share=current_share.get())
+        permit = await self._pacer.acquire(
+            credential, address.path, share=current_share.get(), method=method, cost=address.cost
+        )
         try:
             raw = await self._send(credential, method, address, headers, body)
             try:
-                pause = await self._pacer.observe(credential, address.path, raw.status, raw.headers)
+                pause = await self._pacer.observe(credential, address.path, raw.status, raw.headers, method=method)
                 yield _Attempt(raw, permit, pause)
             finally:
                 raw.release()

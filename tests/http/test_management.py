@@ -159,7 +159,7 @@ async def test_openapi_document_is_generated_from_models(make_gateway: GatewayFa
     assert deletion["parameters"][0]["schema"]["pattern"].startswith("^[A-Za-z0-9]")
     assert schema["properties"]["base_url"]["pattern"].startswith("^https?://")  # what the validator checks
     collection = doc["components"]["schemas"]["SyncIn"]["properties"]["collections"]["items"]
-    assert collection["pattern"].startswith("^(salesforce|")
+    assert collection["pattern"] == "^[a-z][a-z0-9_]{0,63}:.+$"  # a provider key, then the object
 
 
 async def test_a_method_a_path_does_not_serve_gets_405_with_allow(make_gateway: GatewayFactory) -> None:

@@ -13,14 +13,14 @@ import pytest
 from aiohttp import web
 
 from gateway.config import Config
-from gateway.domain.models import BearerAuth, Provider, RateLimitOverride
+from gateway.domain.models import BearerAuth, RateLimitOverride
 from gateway.domain.objects import Credential
 from gateway.observability.metrics import Metrics
 from gateway.pacing.pacer import GatewayPacer
 from gateway.pacing.redis import LEASE_TTL
 
 
-def make_credential(cid: str = "cred1", provider: Provider = "rest", **limit: Any) -> Credential:
+def make_credential(cid: str = "cred1", provider: str = "rest", **limit: Any) -> Credential:
     return Credential(
         id=cid,
         provider=provider,

@@ -53,14 +53,26 @@ async def test_a_credential_never_used_shows_its_full_bucket(make_gateway: Gatew
     assert pacing["tokens"] >= 1
 
 
+SEARCH = {"path": "/search/**"}
+
+
 @pytest.mark.parametrize(
     ("patch", "field"),
-    [({"rate_limit": {"per": 0}}, "rate_limit.per"), ({"rate_limit": {"max_concurrency": 0}}, "max_concurrency")],
+    [
+        ({"rate_limit": {"per": 0}}, "rate_limit.per"),
+        ({"rate_limit": {"max_concurrency": 0}}, "max_concurrency"),
+        ({"rate_limit": {"rules": [{"match": SEARCH, "rate": 1, "per": 1, "speed": 3}]}}, "rate_limit.rules.0.speed"),
+        ({"rate_limit": {"rules": [{"match": {"path": "/a/***"}, "cost": 2}]}}, "rate_limit.rules.0.match.path"),
+        ({"rate_limit": {"rules": [{"match": SEARCH, "cost": 0}]}}, "rate_limit.rules.0.cost"),
+        ({"rate_limit": {"rules": [{"match": SEARCH, "cost": 99}]}}, "rate_limit.rules.0.cost"),
+        ({"rate_limit": {"windows": [{"rate": 0, "per": 60}]}}, "rate_limit.windows.0.rate"),
+        ({"rate_limit": {"windows": [{"rate": -1, "per": 60}]}}, "rate_limit.windows.0.rate"),
+    ],
 )
 async def test_patching_nonsense_limits_is_refused(
     make_gateway: GatewayFactory, patch: dict[str, Any], field: str
 ) -> None:
-    """PATCH with per <= 0 or max_concurrency < 1 is a 400 naming the field."""
+    """PATCH with per <= 0, max_concurrency < 1, a bad rule or window is a 400 naming the field."""
     gw = await make_gateway()
     await gw.client.post("/v1/credentials", json=CREDENTIAL, headers=gw.auth())
     resp = await gw.client.patch("/v1/credentials/paced", json=patch, headers=gw.auth())
@@ -80,6 +92,13 @@ async def test_patching_nonsense_limits_is_refused(
             'auth = {type = "bearer", token = "t"}\nrate_limit = {rate = -3}\n',
             "credentials.0.rate_limit.rate",
         ),
+        ("[providers.rest.rate_limit]\nwindows = [{ rate = 0, per = 60 }]\n", "rate_limit.windows.0.rate"),
+        (
+            '[providers.rest.rate_limit]\nrules = [{ match = { path = "/x", verb = "GET" }, cost = 1 }]\n',
+            "providers.rest.rate_limit.rules.0.match.verb",
+        ),
+        ('[providers.rest.rate_limit]\nrules = [{ match = { path = "/***" }, cost = 1 }]\n', "rules.0.match.path"),
+        ('[providers.rest.rate_limit]\nrules = [{ match = { path = "/x" }, cost = 0 }]\n', "rules.0.cost"),
     ],
 )
 def test_config_refuses_nonsense_limits_naming_the_key(tmp_path: Path, toml: str, key: str) -> None:

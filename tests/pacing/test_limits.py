@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.config import Config
-from gateway.domain.models import BearerAuth, Provider, RateLimitOverride
+from gateway.domain.models import BearerAuth, RateLimitOverride
 from gateway.domain.objects import Credential
-from gateway.pacing.limits import PROVIDER_DEFAULTS, EffectiveLimit, credential_limit
+from gateway.pacing.limits import EffectiveLimit, credential_limit, provider_default
 from gateway.pacing.registry import airtable_base, route
 
 
-def credential(provider: Provider = "rest", base_url: str = "https://api.example.com", **limit: Any) -> Credential:
+def credential(provider: str = "rest", base_url: str = "https://api.example.com", **limit: Any) -> Credential:
     return Credential(
         id="cred1",
         provider=provider,
@@ -25,18 +25,22 @@ def credential(provider: Provider = "rest", base_url: str = "https://api.example
 
 
 def test_provider_defaults() -> None:
-    """Each provider has its documented default, with burst equal to the rate."""
-    assert PROVIDER_DEFAULTS["hubspot"] == EffectiveLimit(rate=100, per=10, burst=100)
-    assert PROVIDER_DEFAULTS["airtable"].rate == 5
-    assert all(limit.max_wait == 30 for limit in PROVIDER_DEFAULTS.values())
+    """Each provider has its catalog default (HubSpot: 100 per 10 s, a daily window, a search rule)."""
+    config = Config()
+    hubspot = provider_default(config, "hubspot")
+    assert (hubspot.rate, hubspot.per, hubspot.burst) == (100, 10, 100)
+    assert [(w.rate, w.per) for w in hubspot.windows] == [(250000, 86400)]
+    assert provider_default(config, "airtable").rate == 5
+    assert all(provider_default(config, name).max_wait == 30 for name in config.catalog)
 
 
 def test_credential_override_beats_config_override_beats_default() -> None:
     """Fields are merged one by one: credential > config.providers > provider default."""
     config = Config.model_validate({"providers": {"stripe": {"rate_limit": {"rate": 40, "max_wait": 5}}}})
     limit = credential_limit(config, "stripe", RateLimitOverride(rate=20, burst=3))
-    assert limit == EffectiveLimit(rate=20, per=1, burst=3, max_wait=5)
-    assert credential_limit(config, "stripe", None) == EffectiveLimit(rate=40, per=1, burst=40, max_wait=5)
+    rules = provider_default(config, "stripe").rules
+    assert limit == EffectiveLimit(rate=20, per=1, burst=3, max_wait=5, rules=rules)
+    assert credential_limit(config, "stripe", None) == EffectiveLimit(rate=40, per=1, burst=40, max_wait=5, rules=rules)
 
 
 def test_airtable_calls_use_one_bucket_per_base() -> None:
