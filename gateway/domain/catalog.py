@@ -1,4 +1,4 @@
-"""The provider catalog's schema: what one entry may say (pure values; loading is providers/catalog.py).
+"""The provider catalog's schema: what one entry may say (pure values; loading is gateway/catalog.py).
 
 An entry names a provider's display name, base URL template, auth types, default ``rate_limit``
 (windows and rules included), how to read its rate-limit answers (``Answers``: throttle statuses,

@@ -1,7 +1,7 @@
 """How long an upstream answer asks us to stop, read through the provider's catalog entry. Pure.
 
 The entry's ``answers`` say which statuses are refusals, where ``Retry-After`` is, which headers
-report which limit and in what unit their reset comes (catalog.py). Rules, first match wins:
+report which limit and in what unit their reset comes (domain/catalog.py). Rules, first match wins:
 
 1. A throttle status (429 by default, or 503) with ``Retry-After`` (seconds, ms, or an HTTP date):
    that long. It is about the bucket the call took (a rule's, when one matched), not credential-wide.
