@@ -205,6 +205,7 @@ class GatewayPacer:
                 self._plans.clear()
             known = self._plans[key] = plan(self._config, credential, path)
         return known.route(method, path)
+
     # --- waiting ------------------------------------------------------------------------------------
 
     async def _wait_local(
@@ -285,7 +286,8 @@ class GatewayPacer:
         loop = asyncio.get_running_loop()
         while True:
             with self._queued_as(call, share):
-                outcome = await self._shared.wait_turn(call.buckets, share, max(0.0, give_up_at - time.monotonic()))
+                budget = max(0.0, give_up_at - time.monotonic())
+                outcome = await self._shared.wait_turn(_shared_order(call), share, budget)
             if isinstance(outcome, Refused):
                 raise self._refused(call, outcome)
             await self._sleep(call, share, self._shared, outcome)
@@ -434,6 +436,18 @@ class GatewayPacer:
             await asyncio.sleep(PROBE_INTERVAL)
         self._degraded = False
         log.info("pacing_backend_recovered")
+
+
+def _shared_order(call: Route) -> tuple[BucketSpec, ...]:
+    """The buckets as Redis's shared queue takes them: a rule call queues on its rule's bucket.
+
+    The shared queue grants a queued call with the buckets of the poll that finds it, so every call
+    of one queue must take the same buckets: plain calls queue on the credential's bucket, the calls
+    of a rule on the rule's first bucket (with the credential's after it).
+    """
+    if not call.rule_buckets:
+        return call.buckets
+    return call.rule_buckets + tuple(spec for spec in call.buckets if spec not in call.rule_buckets)
 
 
 async def _describe_on(backend: Backend, spec: BucketSpec) -> dict[str, Any]:
