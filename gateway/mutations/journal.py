@@ -114,8 +114,10 @@ class Journal:
         try:
             async with self.engine.begin() as conn:
                 await self.finish_in(conn, mutation_id, key, status, body)
-        finally:  # if the store failed, recovery (on this replica first) finishes it
+        except BaseException:  # the store failed: recovery (on this replica first) finishes it
             self.hand_over(mutation_id)
+            raise
+        self.live.discard(mutation_id)
 
     async def finish_in(
         self, conn: AsyncConnection, mutation_id: str, key: str | None, status: int, body: Mapping[str, Any]
@@ -129,8 +131,10 @@ class Journal:
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(delete(t.mutation_journal).where(t.mutation_journal.c.id == mutation_id))
-        finally:
+        except BaseException:
             self.hand_over(mutation_id)
+            raise
+        self.live.discard(mutation_id)
 
     async def note_written(self, mutation_id: str, ids: Sequence[str]) -> None:
         """Best effort, when a run fails after the upstream answered: the ids it confirmed, so recovery
