@@ -13,6 +13,8 @@ from functools import partial
 from aiohttp import web
 
 from gateway.config import Config
+from gateway.console.keys import Services as ConsoleServices
+from gateway.console.routes import add_console
 from gateway.errors import DEFAULT_DOCS, set_docs_base
 from gateway.http import appkeys, consumers, management, mutations, providers, proxy, syncs, tokens
 from gateway.http.docs import add_docs_routes
@@ -25,6 +27,7 @@ from gateway.http.throttle import AuthThrottle
 from gateway.mutations.journal import Journal
 from gateway.mutations.recovery import Recovery
 from gateway.observability.metrics import Metrics
+from gateway.observability.recent import Recent
 from gateway.pacing.pacer import GatewayPacer
 from gateway.providers.capture import check_sync
 from gateway.store.db import create_engine, ensure_schema, ping
@@ -64,8 +67,9 @@ def create_app(
     app[appkeys.PACING_STATE] = pacer.describe
     checks: dict[str, appkeys.ReadyCheck] = {"store": partial(ping, engine), "pacing": pacer.ping}
     app[appkeys.READY_CHECKS] = checks
+    app[appkeys.RECENT] = recent = Recent()
 
-    app[appkeys.UPSTREAM] = UpstreamClient(config, metrics, app[appkeys.OBJECTS], pacer)
+    app[appkeys.UPSTREAM] = UpstreamClient(config, metrics, app[appkeys.OBJECTS], pacer, rates=recent.rates)
     lease = config.mutations.recovery_lease
     app[appkeys.JOURNAL] = journal = Journal(engine, "mutations:replica-" + uuid.uuid4().hex[:12], grace=lease)
     recovery = Recovery(journal, partial(mutations.service, app), ttl=lease)
@@ -90,9 +94,22 @@ def create_app(
         gateway_middleware(
             metrics=metrics, tokens=app[appkeys.TOKENS], scopes=scopes, throttle=throttle,
             trust_forwarded=server.trust_forwarded,
+            recent=recent.calls,
         )
     )
     app.on_response_prepare.append(add_request_id)
+    if config.console.enabled:
+        add_console(
+            app,
+            ConsoleServices(
+                config=config,
+                engine=engine,
+                objects=app[appkeys.OBJECTS],
+                tokens=app[appkeys.TOKENS],
+                recent=recent,
+                describe=pacer.describe,
+            ),
+        )
 
     workers = Workers(
         objects=app[appkeys.OBJECTS],

@@ -137,6 +137,11 @@ class UpstreamConfig(Strict):
     ca_dir: str | None = Field(default=None, description="the directory a credential's ca_bundle must lie in")
 
 
+class ConsoleConfig(Strict):
+    enabled: bool = Field(default=True, description="serve the web console at /console")
+    session_ttl: float = Field(default=8 * 3600, ge=60, le=30 * 86400, description="seconds a sign-in lasts")
+
+
 class ProviderConfig(Strict):
     """``[providers.<name>]``: overrides of a catalog entry, or a whole new entry (the catalog's keys)."""
 
@@ -181,6 +186,7 @@ class Config(Strict):
     stream: StreamConfig = StreamConfig()
     mutations: MutationsConfig = MutationsConfig()
     upstream: UpstreamConfig = UpstreamConfig()
+    console: ConsoleConfig = ConsoleConfig()
     providers: ProvidersConfig = ProvidersConfig()
     credentials: list[CredentialIn] = Field(default_factory=list)
     syncs: list[SyncIn] = Field(default_factory=list)

@@ -13,6 +13,7 @@ from gateway.domain.objects import Credential
 from gateway.http.endpoints import Endpoint
 from gateway.mutations.journal import Journal
 from gateway.observability.metrics import Metrics
+from gateway.observability.recent import Recent
 from gateway.pacing.api import Pacer
 from gateway.store.objects import Objects
 from gateway.store.tokens import Tokens
@@ -33,6 +34,7 @@ UPSTREAM = web.AppKey("upstream", UpstreamClient)  # the one upstream client (op
 PACER = web.AppKey("pacer", Pacer)
 JOURNAL = web.AppKey("journal", Journal)  # this replica's mutation journal (its lease, its running mutations)
 SYNC_RUNNERS = web.AppKey("sync_runners", SyncRunners)
+RECENT = web.AppKey("recent", Recent)  # this process's recent calls and per-credential rates (console)
 # Optional hooks other capabilities install: pacing state for GET /v1/credentials/{id}, readiness checks.
 PacingState = Callable[[Credential], Awaitable[dict[str, Any]]]
 ReadyCheck = Callable[[], Awaitable[bool]]

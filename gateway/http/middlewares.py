@@ -32,6 +32,7 @@ from gateway.errors import (
 from gateway.http.endpoints import Handler
 from gateway.http.throttle import AuthThrottle
 from gateway.observability.metrics import ROUTES, Metrics, method_label
+from gateway.observability.recent import RecentCall, RecentCalls
 from gateway.store.tokens import Tokens
 
 log = structlog.get_logger(__name__)
@@ -41,6 +42,9 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 # Set by the proxy and mutation views so the request log line names the upstream and the pacing wait.
 UPSTREAM_PROVIDER = web.RequestKey("upstream_provider", str)
 PACING_WAIT_MS = web.RequestKey("pacing_wait_ms", float)
+# Set by the same views: the credential the call went to, for the console's ring of recent calls.
+UPSTREAM_CREDENTIAL = web.RequestKey("upstream_credential", str)
+RECORDED_ROUTES = frozenset({"proxy_sync", "proxy_credential", "mutations"})
 
 
 def new_request_id() -> str:
@@ -62,8 +66,9 @@ def gateway_middleware(
     scopes: dict[str, str | None],
     throttle: AuthThrottle,
     trust_forwarded: bool,
+    recent: RecentCalls | None = None,
 ) -> Middleware:
-    """Request context (id, log line, metrics) -> errors -> auth, as one middleware.
+    """Request context (id, log line, metrics, recent calls) -> errors -> auth, as one middleware.
 
     One layer instead of three nested ones: aiohttp wraps every middleware in a partial and a
     coroutine per request, which was measurable on the proxy's hot path. The order of the steps is
@@ -81,15 +86,17 @@ def gateway_middleware(
         structlog.contextvars.clear_contextvars()  # one task serves a whole keep-alive connection
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
-        status = 500
+        status, priority = 500, ""
         try:
             response = await _answer(request, handler, authenticate)
-            status = response.status
+            status, priority = response.status, response.headers.get("x-gateway-priority", "")
             return response
         finally:
             duration = time.perf_counter() - started
             route = route_label(request)
             count(route, request.method, status, duration)
+            if recent is not None and route in RECORDED_ROUTES:
+                recent.add(recent_call(request, status, duration, priority))
             log.info(
                 "request",
                 route=route,
@@ -101,6 +108,24 @@ def gateway_middleware(
             )
 
     return middleware
+
+
+def recent_call(request: web.Request, status: int, duration: float, priority: str) -> RecentCall:
+    """The console's row for one call: no query string, header, body or secret in it."""
+    principal = request.get(PRINCIPAL)
+    wait = request.get(PACING_WAIT_MS)
+    return RecentCall(
+        at=time.time(),
+        request_id=request[REQUEST_ID],
+        token=principal.name if principal is not None else "",
+        credential=request.get(UPSTREAM_CREDENTIAL, ""),
+        method=method_label(request.method),
+        path=request.rel_url.raw_path[:512],
+        status=status,
+        duration_ms=round(duration * 1000, 1),
+        wait_ms=wait,
+        priority=priority,
+    )
 
 
 def _request_counter(metrics: Metrics) -> Callable[[str, str, int, float], None]:

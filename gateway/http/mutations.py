@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, NotFound
 from gateway.http import appkeys
 from gateway.http.bodies import read_json, validate
 from gateway.http.endpoints import Endpoint
-from gateway.http.middlewares import PRINCIPAL, require_access
+from gateway.http.middlewares import PRINCIPAL, UPSTREAM_CREDENTIAL, require_access
 from gateway.http.priority import apply_share, stamp
 from gateway.mutations.idempotency import KEY_PATTERN, IdempotencyKeys, request_hash
 from gateway.mutations.models import BY_KIND, Mutation, MutationRequest, MutationResponse
@@ -57,6 +58,9 @@ async def run_mutation(request: web.Request) -> web.Response:
     mutation = parse_mutation(body)
     require_access(request, "sync", mutation.sync_id)
     apply_share(request)
+    with contextlib.suppress(NotFound):  # the service answers an unknown sync; this only labels the call
+        credential = await request.app[appkeys.UPSTREAM].credentials.for_sync(mutation.sync_id)
+        request[UPSTREAM_CREDENTIAL] = credential.id
     key = idempotency_key(request)
     outcome = await service(request.app).execute(mutation, key=key, fingerprint=request_hash(body))
     response = web.json_response(outcome.body, status=outcome.status)

@@ -26,7 +26,13 @@ from gateway.domain.objects import Credential
 from gateway.errors import GatewayError, InvalidPath, InvalidRequest, PayloadTooLarge
 from gateway.http import appkeys
 from gateway.http.endpoints import Endpoint
-from gateway.http.middlewares import PACING_WAIT_MS, REQUEST_ID, UPSTREAM_PROVIDER, require_access
+from gateway.http.middlewares import (
+    PACING_WAIT_MS,
+    REQUEST_ID,
+    UPSTREAM_CREDENTIAL,
+    UPSTREAM_PROVIDER,
+    require_access,
+)
 from gateway.http.priority import apply_share, stamp
 from gateway.upstream.body import REPLAYABLE_BYTES, StreamedBody, read_small
 from gateway.upstream.headers import end_to_end
@@ -76,6 +82,7 @@ async def forward(request: web.Request, credential: Credential) -> web.StreamRes
     client = request.app[appkeys.UPSTREAM]
     request[UPSTREAM_PROVIDER] = credential.provider
     apply_share(request)
+    request[UPSTREAM_CREDENTIAL] = credential.id
     headers = _upstream_headers(request)
     idle = min(client.timeouts(credential)["read"], request.app[appkeys.CONFIG].server.body_idle_timeout)
     body = await _body(request, headers, read_timeout=idle)

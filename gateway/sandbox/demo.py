@@ -202,6 +202,7 @@ def banner(base: str, token: str, urls: dict[str, str]) -> str:
             f"gateway demo running on {base}",
             f"sandbox upstreams: {sandboxes}",
             f"admin token (shown only here): {token}",
+            f"web console: {base}/console (sign in with the admin token)",
             "",
             "# create a Salesforce contact through the Mutation API",
             curl("POST", f"{base}/v1/mutations/run", token, create),

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Row
 
 from gateway.domain.models import (
@@ -57,7 +57,22 @@ class CredentialRows(Rows):
         return [self._credential_view(row) for row in rows]
 
     async def credential(self, credential_id: str) -> Credential:
-        row = await self._row(t.credentials, credential_id, "credential")
+        return self._credential(await self._row(t.credentials, credential_id, "credential"))
+
+    async def all_credentials(self) -> list[Credential]:
+        """Every credential, decrypted, in one query (the console describes every bucket at once)."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(t.credentials).order_by(t.credentials.c.id))).all()
+        return [self._credential(row) for row in rows]
+
+    async def credentials_fingerprint(self) -> tuple[int, Any]:
+        """(count, newest ``updated_at``): changes whenever a credential is added, changed or removed,
+        so a reader holding ``all_credentials()`` knows when to read them again without decrypting."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(func.count(), func.max(t.credentials.c.updated_at)))).one()
+        return int(row[0]), row[1]
+
+    def _credential(self, row: Row[Any]) -> Credential:
         return Credential(
             id=row.id,
             provider=row.provider,

@@ -87,6 +87,17 @@ api_tokens = Table(
     Column("expires_at", DateTime(timezone=True), nullable=True),  # refused like a revoked token after it
 )
 
+# Web console sign-ins: the session id and the admin token are kept only as SHA-256 hashes; a
+# session is valid while its row is unexpired AND its token's row still exists (revoking ends it).
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("session_hash", String(64), primary_key=True),
+    Column("token_hash", String(64), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),  # epoch seconds
+)
+
 consumers = Table(
     "consumers",
     metadata,

@@ -52,6 +52,7 @@ from gateway.domain.objects import Credential
 from gateway.egress import EgressPolicy, ca_bundle_path
 from gateway.errors import InvalidRequest, UpstreamAuthFailed, UpstreamUnavailable
 from gateway.observability.metrics import Metrics
+from gateway.observability.recent import CallRates
 from gateway.pacing import adaptive
 from gateway.pacing.api import Pacer, Permit, current_share
 from gateway.store.objects import Objects
@@ -106,8 +107,12 @@ class _Attempt:
 class UpstreamClient:
     """Owns the process's one ``ClientSession``; open with ``start()``, close with ``close()``."""
 
-    def __init__(self, config: Config, metrics: Metrics, objects: Objects, pacer: Pacer) -> None:
+    def __init__(
+        self, config: Config, metrics: Metrics, objects: Objects, pacer: Pacer, *, rates: CallRates | None = None
+    ) -> None:
+        """``rates``: where each attempt is counted for the web console's live view (optional)."""
         self._config = config
+        self._rates = rates
         self._metrics = metrics
         self._pacer = pacer
         self._session: aiohttp.ClientSession | None = None
@@ -242,7 +247,12 @@ class UpstreamClient:
             credential, address.path, share=current_share.get(), method=method, cost=address.cost
         )
         try:
-            raw = await self._send(credential, method, address, headers, body)
+            try:
+                raw = await self._send(credential, method, address, headers, body)
+            except BaseException:
+                self._rate(credential, permit, None)
+                raise
+            self._rate(credential, permit, raw.status)
             try:
                 pause = await self._pacer.observe(credential, address.path, raw.status, raw.headers, method=method)
                 yield _Attempt(raw, permit, pause)
@@ -250,6 +260,11 @@ class UpstreamClient:
                 raw.release()
         finally:
             permit.release()
+
+    def _rate(self, credential: Credential, permit: Permit, status: int | None) -> None:
+        """Count the attempt for the web console's live view (``status`` None: no answer came)."""
+        if self._rates is not None:
+            self._rates.record(credential.id, wait_seconds=permit.waited, status=status)
 
     @staticmethod
     def _retry_after_refusal(attempt: _Attempt, waited: float, *, replayable: bool, retries: int) -> bool:

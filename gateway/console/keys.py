@@ -1,0 +1,40 @@
+"""The console's typed app state, and the services the app hands it.
+
+The console is a sibling of ``gateway.http`` (neither imports the other), so the app gives it the
+very objects the Management API's views use instead of the console reaching into the API's keys:
+one path to the data, named once here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.config import Config
+from gateway.domain.objects import Credential
+from gateway.observability.recent import Recent
+from gateway.store.objects import Objects
+from gateway.store.sessions import Sessions
+from gateway.store.tokens import Tokens
+
+
+@dataclass(frozen=True)
+class Services:
+    config: Config
+    engine: AsyncEngine
+    objects: Objects  # credentials, syncs, consumers: what /v1/credentials, /v1/syncs, /v1/consumers read
+    tokens: Tokens  # what /v1/tokens reads and changes
+    recent: Recent  # this process's recent calls and per-credential rates
+    describe: Callable[[Credential], Awaitable[dict[str, Any]]]  # the pacing state GET /v1/credentials/{id} shows
+
+
+SERVICES = web.AppKey("console_services", Services)
+SESSIONS = web.AppKey("console_sessions", Sessions)
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
