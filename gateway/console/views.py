@@ -12,11 +12,11 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
+from gateway.catalog import view
 from gateway.console.auth import page, page_context
 from gateway.console.keys import services
 from gateway.console.state import CREDENTIALS, PRIORITIES, credential_row, credential_rows
 from gateway.observability.recent import RecentCall
-from gateway.pacing.limits import PROVIDER_DEFAULTS
 
 CREDENTIAL_CALLS = 50  # recent calls shown on a credential's page
 
@@ -84,9 +84,6 @@ async def tokens(request: web.Request) -> web.StreamResponse:
 
 @page
 async def providers(request: web.Request) -> web.StreamResponse:
-    config = services(request).config
-    rows = []
-    for name, limit in sorted(PROVIDER_DEFAULTS.items()):
-        override = config.providers.get(name)
-        rows.append({"name": name, "default": limit, "configured": override.rate_limit if override else None})
-    return render(request, "providers.html", {"providers": rows})
+    """The catalog as ``GET /v1/providers`` shows it."""
+    catalog = services(request).config.catalog
+    return render(request, "providers.html", {"providers": [view(entry) for _, entry in sorted(catalog.items())]})

@@ -133,14 +133,14 @@ async def test_consumers_show_position_pending_and_last_error(signed_in: SignedI
 
 
 async def test_syncs_and_providers_pages(signed_in: SignedIn, upstream: Upstream) -> None:
-    """Syncs show their credential and state as the API gives it; providers show their default limits."""
+    """Syncs show their credential and state as the API gives it; providers show the catalog."""
     gw, _ = signed_in
     await add_sync(gw, await add_credential(gw, upstream.url))
     syncs = await (await gw.client.get("/console/syncs")).text()
     assert "sync-1" in syncs and "/console/credentials/cred-1" in syncs
     assert '<span class="badge idle">idle</span>' in syncs  # the API's state of a proxy-only sync
     providers = await (await gw.client.get("/console/providers")).text()
-    for name in ("salesforce", "hubspot", "stripe", "airtable", "rest"):
+    for name in ("salesforce", "hubspot", "stripe", "airtable", "rest", "github", "openai"):
         assert f'<th scope="row">{name}</th>' in providers
 
 
