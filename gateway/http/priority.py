@@ -15,12 +15,10 @@ from aiohttp import web
 from gateway.errors import InvalidRequest
 from gateway.http.middlewares import PRINCIPAL
 from gateway.pacing.api import current_share
-from gateway.pacing.scheduler import PRIORITIES, Priority, Share
+from gateway.pacing.scheduler import PRIORITIES, Share
 
 HEADER = "x-gateway-priority"
 APPLIED: web.RequestKey[str] = web.RequestKey("gateway_priority", str)
-TOKEN_PRIORITY: Priority = "normal"  # every token's cap and weight until tokens carry their own
-TOKEN_WEIGHT = 1.0
 
 
 def apply_share(request: web.Request) -> Share:
@@ -29,8 +27,9 @@ def apply_share(request: web.Request) -> Share:
     asked = next((p for p in PRIORITIES if p == value), None)
     if asked is None:
         raise InvalidRequest(f"{HEADER}: must be one of 'high', 'normal', 'low'", field=HEADER)
-    priority = max(asked, TOKEN_PRIORITY, key=PRIORITIES.index)  # the lower of the two classes
-    share = Share(priority=priority, tenant=request[PRINCIPAL].name, weight=TOKEN_WEIGHT)
+    principal = request[PRINCIPAL]
+    priority = max(asked, principal.priority, key=PRIORITIES.index)  # the lower of the two classes
+    share = Share(priority=priority, tenant=principal.name, weight=principal.weight)
     current_share.set(share)
     request[APPLIED] = priority
     return share

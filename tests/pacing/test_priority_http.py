@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from gateway.domain.models import TokenIn
 from gateway.http import appkeys
 from tests.conftest import GatewayFactory
 from tests.mutations.harness import SPECS, connect
@@ -87,3 +88,20 @@ async def test_a_mutation_queues_every_upstream_call_it_makes_in_its_class(
         if sample.name.endswith("_count")
     }
     assert upstream_calls >= 3 and waited == {"low": upstream_calls}
+
+
+@pytest.mark.parametrize(
+    ("token_priority", "asked", "applied"), [("high", "high", "high"), ("high", None, "normal"), ("low", "high", "low")]
+)
+async def test_the_tokens_priority_caps_the_class(
+    make_gateway: GatewayFactory, upstream: Upstream, token_priority: str, asked: str | None, applied: str
+) -> None:
+    """A token may use up to its own class: asking for more is served at the token's, never refused."""
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/echo")
+    spec = TokenIn.model_validate({"name": "app", "scopes": ["proxy"], "priority": token_priority, "weight": 3})
+    token = await gw.app[appkeys.TOKENS].create(spec)
+    extra = {} if asked is None else {"x-gateway-priority": asked}
+    resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers={**gw.auth(token), **extra})
+    assert resp.status == 200
+    assert resp.headers["x-gateway-priority"] == applied
