@@ -179,7 +179,8 @@ class GatewayPacer:
         except BackendUnavailable:
             state = {"tokens": None, "paused_until": None, "error": "the shared pacing backend is unavailable"}
         limit = call.limit
-        queued = {priority: self._queued[(call.home.key, priority)] for priority in PRIORITIES}
+        # Calls waiting per class: in this process, or on Redis in every replica (the backend says).
+        queued = state.pop("queued", None) or {p: self._queued[(call.home.key, p)] for p in PRIORITIES}
         return {
             "backend": self._active().name,
             "rate": limit.rate,
