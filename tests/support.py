@@ -1,4 +1,4 @@
-"""The three helpers every kind of test needs: a deadline poll, a free port and a fake clock."""
+"""The helpers every kind of test needs: a deadline poll, a free port, a fake clock, a metrics scrape."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import inspect
 import socket
 import time
 from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 
 async def poll(what: str, check: Callable[[], bool | Awaitable[bool]], deadline: float = 10) -> None:
@@ -36,3 +39,12 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def scrape(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """One sample as ``/metrics`` shows it (the exposition text, parsed); 0 when it is not there yet."""
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0

@@ -33,6 +33,8 @@ def env(store_url: str) -> dict[str, str]:
         "GATEWAY_STORE__URL": store_url,
         "GATEWAY_STORE__AUTO_MIGRATE": "true",
         "GATEWAY_ENCRYPTION_KEYS": generate_key("k1"),
+        "GATEWAY_SERVER__PORT": "0",  # never the default ports: `gateway serve --demo` may hold them
+        "GATEWAY_METRICS__PORT": "0",
         "GATEWAY_LOG__FORMAT": "json",
     }
 

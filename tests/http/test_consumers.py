@@ -6,7 +6,10 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from gateway.http import appkeys
+from gateway.stream import delivery
 from tests.conftest import Gateway, GatewayFactory
 from tests.stream.helpers import add_consumer, append, insert, seed_sync
 
@@ -49,17 +52,26 @@ async def test_batch_size_limits_a_receive(make_gateway: GatewayFactory) -> None
     assert [d["event"]["seq"] for d in body["data"]] == [events[0].seq, events[1].seq]
 
 
-async def test_long_poll_returns_as_soon_as_an_event_is_appended(make_gateway: GatewayFactory) -> None:
-    """A waiting receive wakes on the append, long before wait_for."""
+async def test_long_poll_returns_as_soon_as_an_event_is_appended(
+    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiting receive is woken by the append's signal, not by the fallback re-check."""
+    monkeypatch.setattr(delivery, "RECHECK_SECONDS", 60.0)  # only the wake-up signal can answer in time
     gw = await _ready(make_gateway)
+    appended = gw.app[appkeys.STREAM].signals.appended
+    waiting = asyncio.Event()
+    original = appended.wait
+
+    async def wait(ticket: asyncio.Event, seconds: float) -> bool:
+        waiting.set()
+        return await original(ticket, seconds)
+
+    monkeypatch.setattr(appended, "wait", wait)
     receive = asyncio.create_task(_post(gw, "/v1/consumers/reader/receive", {"wait_for": 20000}))
-    deadline = time.monotonic() + 5
-    while not receive.done() and time.monotonic() < deadline:
-        await append(gw.app, [insert("003A")])
-        await asyncio.wait([receive], timeout=0.2)
-    status, body = await receive
-    assert status == 200 and len(body["data"]) >= 1
-    assert time.monotonic() < deadline
+    await asyncio.wait_for(waiting.wait(), 10)  # the receive found nothing and sleeps on the signal
+    await append(gw.app, [insert("003A")])
+    status, body = await asyncio.wait_for(receive, 5)
+    assert status == 200 and len(body["data"]) == 1
 
 
 async def test_empty_receive_waits_for_wait_for(make_gateway: GatewayFactory) -> None:

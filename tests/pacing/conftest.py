@@ -71,11 +71,13 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 async def make_pacer() -> AsyncIterator[Callable[..., Any]]:
     """Started pacers from config sections (``pacing={...}``, ``providers={...}``), closed at the end;
-    ``permit_ttl`` shortens the shared concurrency leases for tests."""
+    ``permit_ttl`` shortens the shared concurrency leases for tests; pass ``metrics`` to scrape them."""
     pacers: list[GatewayPacer] = []
 
-    async def factory(*, permit_ttl: float = LEASE_TTL, **sections: Any) -> GatewayPacer:
-        pacer = GatewayPacer(Config.model_validate(sections), Metrics(), permit_ttl=permit_ttl)
+    async def factory(
+        *, permit_ttl: float = LEASE_TTL, metrics: Metrics | None = None, **sections: Any
+    ) -> GatewayPacer:
+        pacer = GatewayPacer(Config.model_validate(sections), metrics or Metrics(), permit_ttl=permit_ttl)
         await pacer.start()
         pacers.append(pacer)
         return pacer

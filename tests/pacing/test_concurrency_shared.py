@@ -11,10 +11,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.errors import BackendUnavailable, RateLimited
+from gateway.observability.metrics import Metrics
 from gateway.pacing.pacer import GatewayPacer
 from tests.ops.process import poll
 from tests.pacing.conftest import make_credential
 from tests.pacing.test_redis import DEAD_REDIS, FlakyLink
+from tests.support import scrape
 
 TTL = 2.0  # lease TTL of these tests' pacers (production: 30 s); renewed every TTL/3, so a stall under 1.3 s is safe
 CREDENTIAL = make_credential("shared", rate=1000, max_concurrency=2)
@@ -25,9 +27,9 @@ ONE_PERMIT = make_credential("single", rate=1000, max_concurrency=1)
 def replica(make_pacer: Callable[..., Any], redis_url: str, redis_prefix: str) -> Callable[..., Any]:
     """Started pacers on the same Redis and key prefix (replicas), lease TTL ``TTL``; closed at the end."""
 
-    async def factory(**pacing: Any) -> GatewayPacer:
+    async def factory(*, metrics: Metrics | None = None, **pacing: Any) -> GatewayPacer:
         redis = {"backend": "redis", "redis_url": redis_url, "key_prefix": redis_prefix}
-        pacer: GatewayPacer = await make_pacer(pacing={**redis, **pacing}, permit_ttl=TTL)
+        pacer: GatewayPacer = await make_pacer(pacing={**redis, **pacing}, permit_ttl=TTL, metrics=metrics)
         return pacer
 
     return factory
@@ -66,14 +68,15 @@ async def test_two_replicas_share_one_limit(replica: Any, leases: Any) -> None:
 
 async def test_a_call_longer_than_the_ttl_keeps_its_permit(replica: Any, leases: Any) -> None:
     """Leases held for 3 x TTL are renewed: another replica is refused the whole time."""
-    a, b = await replica(), await replica()
+    metrics = Metrics()
+    a, b = await replica(), await replica(metrics=metrics)
     held = [await a.acquire(CREDENTIAL, "/"), await a.acquire(CREDENTIAL, "/")]
     started = time.monotonic()
     with pytest.raises(RateLimited, match="concurrent"):
         await b.acquire(CREDENTIAL, "/", max_wait=3 * TTL)
     assert time.monotonic() - started >= 3 * TTL
     assert await leases("shared") == 2
-    assert b._metrics.pacing_rejections.labels("rest")._value.get() == 1
+    assert scrape(metrics.registry, "gateway_pacing_rejections_total", provider="rest") == 1
     for permit in held:
         permit.release()
 
@@ -153,7 +156,8 @@ async def test_redis_lost_under_the_local_policy_limits_in_process(replica: Any,
     """Policy local: Redis gone while asking for a permit, the in-process permits take over."""
     link = FlakyLink(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
     await link.up()
-    pacer = await replica(redis_url=f"redis://127.0.0.1:{link.port}/0", on_backend_error="local")
+    metrics = Metrics()
+    pacer = await replica(metrics=metrics, redis_url=f"redis://127.0.0.1:{link.port}/0", on_backend_error="local")
     await link.down()
     permit = await pacer.acquire(ONE_PERMIT, "/")
     assert (await pacer.describe(ONE_PERMIT))["backend"] == "local"
@@ -161,7 +165,7 @@ async def test_redis_lost_under_the_local_policy_limits_in_process(replica: Any,
         await pacer.acquire(ONE_PERMIT, "/", max_wait=0.05)
     permit.release()
     (await pacer.acquire(ONE_PERMIT, "/", max_wait=1)).release()
-    assert pacer._metrics.pacing_backend_fallbacks._value.get() == 1
+    assert scrape(metrics.registry, "gateway_pacing_backend_fallbacks_total") == 1
 
 
 def _queued(pacer: GatewayPacer) -> int:

@@ -10,8 +10,10 @@ import aiohttp
 import pytest
 
 from gateway.errors import RateLimited
+from gateway.observability.metrics import Metrics
 from gateway.pacing.bucket import worst_excess
 from tests.pacing.conftest import CountingUpstream, make_credential, paced_calls, warm_up
+from tests.support import scrape
 
 pytestmark = pytest.mark.slow
 # Measurement slack at the upstream only: the counting server shares a busy 2-core machine (and here
@@ -37,13 +39,14 @@ async def test_upstream_never_sees_more_than_the_bound_and_gets_the_rate(
 
 async def test_a_call_whose_wait_exceeds_max_wait_is_refused(make_pacer: Any) -> None:
     """With 10/s burst 1 and max_wait 0.35 s, the fifth call is refused with its would-be wait."""
-    pacer = await make_pacer()
+    metrics = Metrics()
+    pacer = await make_pacer(metrics=metrics)
     credential = make_credential(rate=10, burst=1, max_wait=0.35)
     outcomes = await asyncio.gather(*(pacer.acquire(credential, "/") for _ in range(5)), return_exceptions=True)
     assert [type(o).__name__ for o in outcomes] == ["GrantedPermit"] * 4 + ["RateLimited"]
     refused = outcomes[4]
     assert isinstance(refused, RateLimited) and 0.35 < refused.retry_after <= 0.45
-    assert pacer._metrics.pacing_rejections.labels("rest")._value.get() == 1
+    assert scrape(metrics.registry, "gateway_pacing_rejections_total", provider="rest") == 1
 
 
 async def test_cancelled_waiters_give_their_slots_back(make_pacer: Any) -> None:
@@ -84,14 +87,14 @@ async def test_max_concurrency_holds_callers_until_a_permit_is_released(make_pac
 
 async def test_an_upstream_429_pauses_the_bucket_for_every_caller(make_pacer: Any) -> None:
     """observe(429, Retry-After: 1) returns the pause and the next call waits about a second."""
-    pacer = await make_pacer()
+    metrics = Metrics()
+    pacer = await make_pacer(metrics=metrics)
     credential = make_credential(rate=100)
     assert await pacer.observe(credential, "/", 429, {"Retry-After": "1"}) == 1
-    state = await pacer.describe(credential)
-    assert state is None or state["paused_until"] is not None
+    assert (await pacer.describe(credential))["paused_until"] is not None
     permit = await pacer.acquire(credential, "/")
     assert 0.9 <= permit.waited <= 1.5
-    assert pacer._metrics.upstream_throttled.labels("rest")._value.get() == 1
+    assert scrape(metrics.registry, "gateway_upstream_throttled_total", provider="rest") == 1
 
 
 async def test_waiters_sleep_without_burning_cpu(make_pacer: Any) -> None:

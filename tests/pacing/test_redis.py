@@ -14,6 +14,7 @@ import pytest
 
 from gateway.config import PacingConfig
 from gateway.errors import BackendUnavailable, ConfigError
+from gateway.observability.metrics import Metrics
 from gateway.pacing import bucket
 from gateway.pacing.bucket import CATCHUP, worst_excess
 from gateway.pacing.limits import EffectiveLimit
@@ -21,6 +22,7 @@ from gateway.pacing.redis import LOOKAHEAD, RedisBackend
 from gateway.pacing.registry import BucketSpec
 from gateway.pacing.scheduler import PRIORITIES, Scheduler, Share, Waiter, step
 from tests.pacing.conftest import CountingUpstream, make_credential, paced_calls, warm_up
+from tests.support import scrape
 
 JITTER = 0.05  # slack at the upstream only (see test_local.py); grant times are checked without it
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,22 +164,28 @@ async def test_a_pause_seen_by_one_replica_holds_back_the_others(
 
 async def test_a_vanished_script_is_loaded_again(make_pacer: Any, redis_url: str, redis_prefix: str) -> None:
     """After NOSCRIPT (Redis restarted) the reservation is retried once with the script reloaded."""
-    pacer = await make_pacer(pacing={"backend": "redis", "redis_url": redis_url, "key_prefix": redis_prefix})
+    metrics = Metrics()
+    pacer = await make_pacer(
+        metrics=metrics, pacing={"backend": "redis", "redis_url": redis_url, "key_prefix": redis_prefix}
+    )
     pacer._shared._script.sha = "0" * 40
     permit = await pacer.acquire(make_credential(), "/")
     assert permit.waited < 0.5
-    assert pacer._metrics.pacing_backend_fallbacks._value.get() == 0
+    assert scrape(metrics.registry, "gateway_pacing_backend_fallbacks_total") == 0
 
 
 async def test_unreachable_redis_falls_back_to_local_buckets(make_pacer: Any) -> None:
     """Policy local: not ready, calls still paced (in-process), one fallback counted."""
-    pacer = await make_pacer(pacing={"backend": "redis", "redis_url": DEAD_REDIS, "on_backend_error": "local"})
+    metrics = Metrics()
+    pacer = await make_pacer(
+        metrics=metrics, pacing={"backend": "redis", "redis_url": DEAD_REDIS, "on_backend_error": "local"}
+    )
     assert await pacer.ping() is False
     credential = make_credential(rate=10, burst=2, max_wait=0.05)
     await pacer.acquire(credential, "/")
     with pytest.raises(Exception, match="max_wait"):
         await pacer.acquire(credential, "/")
-    assert pacer._metrics.pacing_backend_fallbacks._value.get() == 1
+    assert scrape(metrics.registry, "gateway_pacing_backend_fallbacks_total") == 1
     assert (await pacer.describe(credential))["backend"] == "local"
 
 
@@ -233,7 +241,8 @@ async def test_the_pacer_returns_to_redis_when_it_comes_back(
     link = FlakyLink(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
     await link.up()
     pacing = {"backend": "redis", "redis_url": f"redis://127.0.0.1:{link.port}/0", "key_prefix": redis_prefix}
-    pacer = await make_pacer(pacing=pacing)
+    metrics = Metrics()
+    pacer = await make_pacer(metrics=metrics, pacing=pacing)
     credential = make_credential(rate=1000)
     await pacer.acquire(credential, "/")
     await link.down()
@@ -245,7 +254,7 @@ async def test_the_pacer_returns_to_redis_when_it_comes_back(
         assert time.monotonic() < deadline, "the pacer never went back to Redis"
         await asyncio.sleep(0.05)
     await pacer.acquire(credential, "/")
-    assert pacer._metrics.pacing_backend_fallbacks._value.get() == 1
+    assert scrape(metrics.registry, "gateway_pacing_backend_fallbacks_total") == 1
     await link.down()
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from tests.conftest import GatewayFactory
@@ -57,23 +58,58 @@ async def test_download_streams_every_byte(
     assert (resp.headers.get("Content-Length") == str(16 * MIB)) is with_length
 
 
+async def _watching_upstream(aiohttp_server: Any) -> tuple[str, asyncio.Event]:
+    """An upstream whose ``/upload`` flags the first body bytes it receives, then reads the rest."""
+    first_seen = asyncio.Event()
+
+    async def upload(request: web.Request) -> web.Response:
+        digest, received = hashlib.sha256(), 0
+        async for chunk in request.content.iter_any():
+            first_seen.set()
+            digest.update(chunk)
+            received += len(chunk)
+        return web.json_response({"received": received, "sha256": digest.hexdigest()})
+
+    app = web.Application()
+    app.router.add_post("/upload", upload)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    return str(server.make_url("")).rstrip("/"), first_seen
+
+
+async def _held_back(total: int, first_seen: asyncio.Event, size: int = 64 * 1024) -> AsyncIterator[bytes]:
+    """``total`` bytes whose last chunk leaves only once the upstream saw the first: a buffering proxy stalls."""
+    sent = 0
+    while sent < total:
+        block = b"z" * min(size, total - sent)
+        if sent + len(block) >= total:
+            await asyncio.wait_for(first_seen.wait(), 10)
+        sent += len(block)
+        yield block
+
+
 async def test_upload_with_content_length_streams_to_the_upstream(
-    make_gateway: GatewayFactory, upstream: Upstream
+    make_gateway: GatewayFactory, aiohttp_server: Any
 ) -> None:
-    """A 12 MiB Content-Length upload reaches the upstream intact."""
+    """A 12 MiB Content-Length upload reaches the upstream intact, its first bytes before the client sent its last."""
+    url, first_seen = await _watching_upstream(aiohttp_server)
     gw = await make_gateway()
-    await add_credential(gw, upstream.url)
-    body = b"z" * (12 * MIB)
-    resp = await gw.client.post("/v1/proxy/credential/cred-1/upload", data=body, headers=gw.auth())
-    answer = await resp.json()
-    assert answer == {"received": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    await add_credential(gw, url)
+    total = 12 * MIB
+    headers = {**gw.auth(), "Content-Length": str(total)}
+    resp = await gw.client.post(
+        "/v1/proxy/credential/cred-1/upload", data=_held_back(total, first_seen), headers=headers
+    )
+    assert await resp.json() == {"received": total, "sha256": hashlib.sha256(b"z" * total).hexdigest()}
 
 
-async def test_chunked_upload_streams_to_the_upstream(make_gateway: GatewayFactory, upstream: Upstream) -> None:
-    """A chunked upload of unknown length reaches the upstream intact."""
+async def test_chunked_upload_streams_to_the_upstream(make_gateway: GatewayFactory, aiohttp_server: Any) -> None:
+    """A chunked upload of unknown length reaches the upstream, its first bytes before the client sent its last."""
+    url, first_seen = await _watching_upstream(aiohttp_server)
     gw = await make_gateway()
-    await add_credential(gw, upstream.url)
-    resp = await gw.client.post("/v1/proxy/credential/cred-1/upload", data=_chunks(5 * MIB), headers=gw.auth())
+    await add_credential(gw, url)
+    resp = await gw.client.post(
+        "/v1/proxy/credential/cred-1/upload", data=_held_back(5 * MIB, first_seen), headers=gw.auth()
+    )
     assert (await resp.json())["received"] == 5 * MIB
 
 
