@@ -186,7 +186,8 @@ class Gateway:
         from gateway.http import appkeys
 
         spec = TokenIn.model_validate({"name": name, "scopes": scopes, "only": only})
-        return await self.app[appkeys.TOKENS].create(spec)
+        token: str = await self.app[appkeys.TOKENS].create(spec)
+        return token
 
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]

@@ -49,7 +49,7 @@ async def _serve_start_error(config: Any, keyring: Keyring) -> str | None:
     return None
 
 
-BAD = {
+BAD: dict[str, tuple[dict[str, Any], str]] = {
     "sync_without_credential": (
         {"syncs": [{"id": "s1", "credential_id": "nowhere"}]},
         "syncs[0].credential_id: credential 'nowhere' is neither declared in [[credentials]] nor in the store",

@@ -64,7 +64,7 @@ async def test_long_poll_returns_as_soon_as_an_event_is_appended(
 
     async def wait(ticket: asyncio.Event, seconds: float) -> bool:
         waiting.set()
-        return await original(ticket, seconds)
+        return bool(await original(ticket, seconds))
 
     monkeypatch.setattr(appended, "wait", wait)
     receive = asyncio.create_task(_post(gw, "/v1/consumers/reader/receive", {"wait_for": 20000}))

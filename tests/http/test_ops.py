@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import aiohttp
@@ -10,12 +9,7 @@ import aiohttp
 from gateway.app import create_app
 from gateway.vault.crypto import Keyring
 from tests.conftest import GatewayFactory, make_config
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support import free_port
 
 
 async def test_probes_and_metrics_need_no_token(make_gateway: GatewayFactory) -> None:

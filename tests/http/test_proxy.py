@@ -59,6 +59,7 @@ async def test_token_without_proxy_scope_is_403(make_gateway: GatewayFactory, up
     token = await gw.token("consumer-only", ["consumers"])
     resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth(token))
     assert resp.status == 403
+    assert upstream.state.requests == 0
 
 
 @pytest.mark.parametrize(

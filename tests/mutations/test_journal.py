@@ -23,7 +23,7 @@ from gateway.sandbox.common import Knobs
 from gateway.store import tables as t
 from tests.conftest import GatewayFactory
 from tests.mutations.harness import Env, connect
-from tests.ops.process import poll
+from tests.support import poll
 
 FAST_RECOVERY = {"recovery_lease": 1.5}  # ticks every 0.5 s; a timed-out write is read back after 1.5 s
 

@@ -19,13 +19,14 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from sqlalchemy import func, select
 
 from gateway.config import StoreConfig
@@ -33,7 +34,8 @@ from gateway.sandbox import SANDBOX, SandboxState, hubspot, run_sandbox, salesfo
 from gateway.store import tables as t
 from gateway.store.db import create_engine
 from tests.mutations.harness import SPECS
-from tests.ops.process import Deployment, GatewayProcess, poll, start_gateway
+from tests.ops.process import Deployment, GatewayProcess, start_gateway
+from tests.support import poll
 
 PROVIDERS = ("stripe", "hubspot", "salesforce")
 # provider -> (sandbox table, identity field set once at create, field the updates change)
@@ -42,7 +44,11 @@ FIELDS = {
     "hubspot": ("contacts", "email", "firstname"),
     "salesforce": ("Contact", "Email", "FirstName"),
 }
-APPS = {"stripe": stripe.create_app, "hubspot": hubspot.create_app, "salesforce": salesforce.create_app}
+APPS: dict[str, Callable[..., web.Application]] = {
+    "stripe": stripe.create_app,
+    "hubspot": hubspot.create_app,
+    "salesforce": salesforce.create_app,
+}
 RECOVERY_LEASE = 2.0  # s: how long a dead replica's lease outlives it (config mutations.recovery_lease)
 
 
@@ -242,8 +248,8 @@ class Chaos:
         missing = awaiting = duplicates = upstream = 0
         for provider in PROVIDERS:
             table, ident, changed = FIELDS[provider]
-            live = {i: _fields(provider, r) for i, r in self.sandboxes[provider].table(table).items()}
-            live = {i: f for i, f in live.items() if f is not None}
+            rows_up = self.sandboxes[provider].table(table).items()
+            live = {i: f for i, r in rows_up if (f := _fields(provider, r)) is not None}
             upstream += len(live)
             emails = Counter(f.get(ident) for f in live.values())
             duplicates += sum(n - 1 for n in emails.values() if n > 1)

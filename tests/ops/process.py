@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
-import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +23,9 @@ from typing import Any
 import aiohttp
 
 from gateway.vault.crypto import generate_key
+from tests.support import free_port
 
 START_DEADLINE = 45.0  # seconds; a loaded 2-core CI machine imports slowly
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def toml_value(value: Any) -> str:
@@ -48,17 +41,6 @@ def write_config(path: Path, sections: dict[str, Any]) -> Path:
     """One ``key = value`` line per top-level section: tables inline, ``[[x]]`` lists as arrays of tables."""
     path.write_text("".join(f"{name} = {toml_value(value)}\n" for name, value in sections.items()), encoding="utf-8")
     return path
-
-
-async def poll(what: str, check: Callable[[], bool | Awaitable[bool]], deadline: float = 20) -> None:
-    """Re-check ``check`` (plain or async) until it holds; fail naming ``what`` after ``deadline`` s."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        result = check()
-        if await result if inspect.isawaitable(result) else result:
-            return
-        await asyncio.sleep(0.02)  # poll interval, not a wait for the condition
-    raise AssertionError(f"{what} within {deadline}s")
 
 
 @dataclass

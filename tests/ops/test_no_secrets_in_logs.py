@@ -17,7 +17,8 @@ from aiohttp import web
 from gateway.sandbox import SANDBOX, run_sandbox, salesforce, stripe
 from gateway.sandbox.generic import GenericState, create_generic_app
 from gateway.sandbox.salesforce.oauth import OAUTH
-from tests.ops.process import Deployment, GatewayProcess, free_port, poll, start_gateway
+from tests.ops.process import Deployment, GatewayProcess, start_gateway
+from tests.support import free_port, poll
 
 FAST = {"rate": 1000, "per": 1, "burst": 1000}
 NOT_SECRET = ("type", "name", "prefix", "token_url", "client_id", "expires_at")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import GatewayFactory
-from tests.ops.process import free_port
+from tests.support import free_port
 
 
 async def test_readyz_names_pacing_when_redis_is_down(make_gateway: GatewayFactory) -> None:

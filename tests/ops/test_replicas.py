@@ -18,7 +18,8 @@ from gateway.pacing.bucket import worst_excess
 from gateway.sandbox import SANDBOX, run_sandbox, stripe
 from gateway.sandbox.common import Knobs
 from gateway.sandbox.generic import GenericState, create_generic_app
-from tests.ops.process import Deployment, GatewayProcess, poll, start_gateway
+from tests.ops.process import Deployment, GatewayProcess, start_gateway
+from tests.support import poll
 
 FAST = {"rate": 1000, "per": 1, "burst": 1000}
 PAST = "2020-01-01T00:00:00Z"

@@ -18,7 +18,8 @@ from aiohttp import web
 
 from gateway.sandbox import run_sandbox, stripe
 from gateway.sandbox.generic import GenericState, create_generic_app
-from tests.ops.process import Deployment, GatewayProcess, poll, start_gateway
+from tests.ops.process import Deployment, GatewayProcess, start_gateway
+from tests.support import poll
 
 IN_FLIGHT = 200
 UPSTREAM_DELAY = 3.0  # seconds the upstream holds each request: the window SIGTERM lands in

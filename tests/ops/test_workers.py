@@ -25,8 +25,9 @@ from prometheus_client.samples import Sample
 from gateway.pacing.bucket import worst_excess
 from gateway.sandbox import run_sandbox
 from gateway.sandbox.generic import GenericState, create_generic_app
-from tests.ops.process import Deployment, GatewayProcess, poll, start_gateway
+from tests.ops.process import Deployment, GatewayProcess, start_gateway
 from tests.ops.test_replicas import JITTER, counting_app
+from tests.support import poll
 
 FAST = {"rate": 100000, "per": 1, "burst": 100000}
 PACED = {"rate": 5, "per": 1, "burst": 1, "max_wait": 30}

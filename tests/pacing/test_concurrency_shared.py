@@ -13,10 +13,9 @@ import redis.asyncio as aioredis
 from gateway.errors import BackendUnavailable, RateLimited
 from gateway.observability.metrics import Metrics
 from gateway.pacing.pacer import GatewayPacer
-from tests.ops.process import poll
 from tests.pacing.conftest import make_credential
 from tests.pacing.test_redis import DEAD_REDIS, FlakyLink
-from tests.support import scrape
+from tests.support import poll, scrape
 
 TTL = 2.0  # lease TTL of these tests' pacers (production: 30 s); renewed every TTL/3, so a stall under 1.3 s is safe
 CREDENTIAL = make_credential("shared", rate=1000, max_concurrency=2)
@@ -119,7 +118,7 @@ async def test_waiters_in_one_replica_are_served_in_arrival_order(replica: Any) 
     waiters = []
     for i in range(5):
         waiters.append(asyncio.ensure_future(call(i)))
-        await poll(f"waiter {i} queued", lambda n=i + 1: _queued(pacer) == n, 5)
+        await poll(f"waiter {i} queued", lambda: _queued(pacer) == i + 1, 5)
     holder.release()
     await asyncio.wait_for(asyncio.gather(*waiters), 10)
     assert order == list(range(5))

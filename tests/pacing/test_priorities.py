@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.domain.models import TokenPriority
 from gateway.domain.objects import Credential
 from gateway.errors import RateLimited
 from gateway.pacing.bucket import worst_excess
@@ -163,7 +164,7 @@ async def test_concurrency_permits_follow_the_same_order(make_pacer: Any) -> Non
     held = await pacer.acquire(credential, "/")
     order: list[str] = []
 
-    async def call(priority: str) -> None:
+    async def call(priority: TokenPriority) -> None:
         permit = await pacer.acquire(credential, "/", share=Share(priority, priority))
         order.append(priority)
         permit.release()

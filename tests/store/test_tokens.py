@@ -21,14 +21,7 @@ from gateway.domain.models import TokenIn
 from gateway.store import tables as t
 from gateway.store.db import create_engine, migrate, utcnow
 from gateway.store.tokens import NEGATIVE_TTL, TOUCH_INTERVAL, Tokens, hash_token
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import FakeClock
 
 
 @pytest.fixture
@@ -77,7 +70,8 @@ async def test_cached_lookup_returns_the_principal(engine: AsyncEngine) -> None:
     first = await tokens.authenticate(token)
     again = await tokens.authenticate(token)
     assert again == first
-    assert again is not None and again.scopes == {"proxy", "mutations"} and again.only == {"sync-1"}
+    assert again is not None and again.scopes == frozenset({"proxy", "mutations"})
+    assert again.only == frozenset({"sync-1"})
 
 
 async def test_unknown_token_is_remembered_only_briefly(engine: AsyncEngine) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +10,7 @@ from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import Gateway, GatewayFactory
 from tests.stream.helpers import append, insert, seed_sync
+from tests.support import poll
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -48,13 +47,6 @@ async def _hook(gw: Gateway, receiver: Receiver, **settings: Any) -> None:
     assert resp.status == 201, await resp.text()
 
 
-async def _until(condition: Any, seconds: float = 15) -> None:
-    deadline = time.monotonic() + seconds
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)  # polling interval, not a wait for the condition
-
-
 async def _consumer(gw: Gateway) -> dict[str, Any]:
     return dict(await (await gw.client.get("/v1/consumers/hooks", headers=gw.auth())).json())
 
@@ -68,9 +60,9 @@ async def test_batches_are_signed_per_standard_webhooks(make_gateway: GatewayFac
     events = await append(gw.app, [insert(f"003{i}") for i in range(5)])
 
     async def all_acked() -> bool:
-        return (await _consumer(gw))["pending"] == 0 and len(receiver.posts) >= 3
+        return bool((await _consumer(gw))["pending"] == 0) and len(receiver.posts) >= 3
 
-    await _until(all_acked)
+    await poll("all acked", all_acked, 15)
     verifier = Webhook(SECRET)
     seqs = [e["seq"] for headers, body in receiver.posts for e in verifier.verify(body, headers)["data"]]
     assert seqs == [e.seq for e in events]
@@ -88,9 +80,9 @@ async def test_a_failed_post_is_retried_with_the_same_message_id(
     await append(gw.app, [insert("003A")])
 
     async def acked() -> bool:
-        return (await _consumer(gw))["pending"] == 0
+        return bool((await _consumer(gw))["pending"] == 0)
 
-    await _until(acked)
+    await poll("acked", acked, 15)
     assert len(receiver.posts) == 3
     assert len({headers["webhook-id"] for headers, _ in receiver.posts}) == 1
 
@@ -106,9 +98,9 @@ async def test_consumer_turns_failing_keeps_its_events_and_recovers(
     [event] = await append(gw.app, [insert("003A")])
 
     async def failing() -> bool:
-        return (await _consumer(gw))["status"] == "failing"
+        return bool((await _consumer(gw))["status"] == "failing")
 
-    await _until(failing)
+    await poll("failing", failing, 15)
     view = await _consumer(gw)
     assert view["pending"] == 1 and view["position"] < event.seq
     receiver.fail = False
@@ -117,5 +109,5 @@ async def test_consumer_turns_failing_keeps_its_events_and_recovers(
         view = await _consumer(gw)
         return bool(view["status"] == "active" and view["pending"] == 0)
 
-    await _until(recovered)
+    await poll("recovered", recovered, 15)
     assert (await _consumer(gw))["position"] == event.seq

@@ -22,6 +22,7 @@ from gateway.stream.service import Stream
 from gateway.vault.crypto import Keyring
 from tests.stream.helpers import add_consumer, append, seed_sync
 from tests.stream.helpers import insert as record_insert
+from tests.support import poll
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -34,13 +35,6 @@ async def replica(store_url: str, keyring: Keyring) -> AsyncIterator[dict[Any, A
     objects = Objects(engine, keyring)
     yield {appkeys.ENGINE: engine, appkeys.OBJECTS: objects, appkeys.STREAM: Stream(engine, Metrics())}
     await engine.dispose()
-
-
-async def _wait_for(condition: Any, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)  # polling interval
 
 
 async def test_held_batch_is_redelivered_before_newer_events(replica: dict[Any, Any]) -> None:
@@ -60,7 +54,7 @@ async def test_held_batch_is_redelivered_before_newer_events(replica: dict[Any, 
         claimed.extend(d.event.seq for d in await queue.claim("mirror", batch_size=5, visibility=30, ordered=True))
         return bool(claimed)
 
-    await _wait_for(redelivered)
+    await poll("the held batch redelivered", redelivered)
     assert claimed == [first.seq, second.seq]
 
 
@@ -96,7 +90,7 @@ async def test_an_expired_lease_is_taken_over(replica: dict[Any, Any], aiohttp_s
         async def delivered() -> bool:
             return bool(posts)
 
-        await _wait_for(delivered)
+        await poll("the event delivered", delivered)
     finally:
         await workers.close()
     async with engine.connect() as conn:
@@ -152,7 +146,7 @@ async def test_a_worker_that_cannot_run_marks_its_consumer_failing(
             view = await replica[appkeys.OBJECTS].consumer_view("hooks")
             return bool(view.status == "failing")
 
-        await _wait_for(failing)
+        await poll("the consumer marked failing", failing)
         view = await replica[appkeys.OBJECTS].consumer_view("hooks")
         assert view.status_detail is not None and view.status_detail.startswith("worker cannot run: Error")
         assert "not-base64" not in view.status_detail

@@ -57,7 +57,7 @@ class SyncEnv:
     def change(self, action: str, upstream_id: str | None = None, data: dict[str, Any] | None = None) -> Any:
         return self.sandbox.change(OBJECT[self.provider], action, upstream_id, data or {})
 
-    def upstream(self) -> dict[str, str]:
+    def upstream(self) -> dict[str, str | None]:
         """Every live upstream record: id -> the compared field."""
         s, field = self.sandbox, FIELD[self.provider]
         if self.provider == "salesforce":

@@ -3,6 +3,7 @@ consumer's table ends identical to the upstream, row by row."""
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 from pathlib import Path
@@ -54,7 +55,7 @@ async def test_kill_9_during_backfill_loses_nothing(tmp_path: Path, pg_url: str)
                             "options": {"poll_interval": 1}}  # fmt: skip
                     await _call(session, gw.url, token, sync, "/v1/syncs")
                 target = RECORDS * (round_ + 1) // (ROUNDS + 1)
-                await until("backfill progress", lambda t=target: _over(session, gw.url, token, t), 120)
+                await until("backfill progress", functools.partial(_over, session, gw.url, token, target), 120)
                 ids = sorted(state.table("contacts"))
                 state.change("contact", "update", ids[round_], {"lastname": f"Changed{round_}"})
                 state.change("contact", "delete", ids[-1 - round_], {})

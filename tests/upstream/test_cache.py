@@ -12,22 +12,15 @@ from gateway.errors import NotFound
 from gateway.http import appkeys
 from gateway.upstream.cache import CredentialCache
 from tests.conftest import GatewayFactory
+from tests.support import FakeClock
 from tests.upstream.helpers import add_credential, add_sync
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_changes_are_seen_once_the_ttl_passes(make_gateway: GatewayFactory) -> None:
     """A patched credential is served from the cache until the TTL passes, then re-read."""
     gw = await make_gateway()
     await add_sync(gw, await add_credential(gw, "http://127.0.0.1:1/old"))
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     cache = CredentialCache(gw.app[appkeys.OBJECTS], ttl=1.0, clock=clock)
     assert (await cache.for_sync("sync-1")).base_url == "http://127.0.0.1:1/old"
     patch = {"base_url": "http://127.0.0.1:1/new"}

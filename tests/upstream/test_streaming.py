@@ -7,7 +7,6 @@ import hashlib
 import json
 import socket
 import struct
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +16,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from tests.conftest import GatewayFactory
+from tests.support import poll
 from tests.upstream.helpers import Upstream, add_credential, raw_request, start_upstream
 
 MIB = 1024 * 1024
@@ -33,13 +33,6 @@ async def _chunks(total: int, size: int = 64 * 1024) -> AsyncIterator[bytes]:
         block = b"y" * min(size, total - sent)
         sent += len(block)
         yield block
-
-
-async def _poll(condition: Any, *, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("with_length", [False, True])
@@ -172,7 +165,7 @@ async def test_client_leaving_mid_download_cancels_the_upstream(
         resp = await session.get(url, headers=gw.auth())
         assert len(await resp.content.readexactly(MIB)) == MIB
         resp.close()
-    await _poll(lambda: upstream.state.aborted_downloads == 1)
+    await poll("the upstream saw the download aborted", lambda: upstream.state.aborted_downloads == 1)
 
 
 async def test_client_leaving_before_the_body_ends_is_not_an_error(
@@ -191,7 +184,7 @@ async def test_client_leaving_before_the_body_ends_is_not_an_error(
         writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_off)
         writer.close()  # gone before the upstream ends its (empty, chunked) body
         await writer.wait_closed()
-        await _poll(lambda: any(e["event"] == "request" for e in events))
+        await poll("the request logged", lambda: any(e["event"] == "request" for e in events))
     assert [e["event"] for e in events if e["log_level"] == "error"] == []
     assert any(e["event"] == "proxy_body_interrupted" for e in events)
     assert [e["status"] for e in events if e["event"] == "request"] == [200]
