@@ -17,7 +17,7 @@ from gateway.errors import BackendUnavailable, ConfigError
 from gateway.observability.metrics import Metrics
 from gateway.pacing import bucket
 from gateway.pacing.bucket import CATCHUP, worst_excess
-from gateway.pacing.limits import EffectiveLimit
+from gateway.pacing.limits import BucketLimit
 from gateway.pacing.redis import LOOKAHEAD, RedisBackend
 from gateway.pacing.registry import BucketSpec
 from gateway.pacing.scheduler import PRIORITIES, Scheduler, Share, Waiter, step
@@ -79,8 +79,8 @@ async def test_the_lua_script_computes_what_bucket_and_scheduler_compute(redis_u
     now = [10**12]
     backend = RedisBackend(PacingConfig(redis_url=redis_url, key_prefix=redis_prefix), clock=lambda: now[0])
     specs = [
-        BucketSpec("own", EffectiveLimit(rate=20, per=1, burst=4), "t"),
-        BucketSpec("shared", EffectiveLimit(rate=30, per=1, burst=2), "t"),
+        BucketSpec("own", BucketLimit(rate=20, per=1, burst=4), "t"),
+        BucketSpec("shared", BucketLimit(rate=30, per=1, burst=2), "t"),
     ]
     model, rng = Model(specs), random.Random(11)
     members: dict[int, str] = {}
