@@ -96,10 +96,10 @@ async def ensure_schema(engine: AsyncEngine, config: StoreConfig) -> None:
 async def check_schema(engine: AsyncEngine, config: StoreConfig) -> bool:
     """Whether the store is at the newest schema, changing nothing (a SQLite file is not even created);
     raises what ``ensure_schema`` would for a store that ``serve`` cannot use."""
-    if config.is_sqlite and not _sqlite_file_exists(engine):
-        return False
-    async with open_connection(engine) as conn:
-        current: bool = await conn.run_sync(_is_current)
+    current = False  # a SQLite file not there yet has no schema
+    if not config.is_sqlite or _sqlite_file_exists(engine):
+        async with open_connection(engine) as conn:
+            current = await conn.run_sync(_is_current)
     if not current and not config.migrates_itself:
         raise StoreNotMigrated(
             "the store's schema is not up to date: run `gateway migrate` (or set store.auto_migrate = true)"
