@@ -33,6 +33,7 @@ from gateway.providers.capture import check_sync
 from gateway.store.db import create_engine, ensure_schema, ping
 from gateway.store.declared import declare_objects
 from gateway.store.objects import Objects
+from gateway.store.replicas import Replicas, beating, new_replica_id
 from gateway.store.tokens import Tokens
 from gateway.stream.consumers.workers import Workers
 from gateway.stream.service import Stream
@@ -125,10 +126,12 @@ def create_app(
     else:  # first up, last down: probes answer through the drain
         app.cleanup_ctx.append(partial(_ops_listener, _ops_site(config, worker_socket)))
     store = partial(_store, prepare=worker_socket is None)
+    heartbeat = partial(_heartbeat, Replicas(engine), keyring)
     # Opened in this order, closed in reverse: workers stop before the store, the session before pacing;
     # recovery last, so it can call upstream and its lease outlives every request of the drain.
+    pacing = partial(_pacing, pacer)
     app.cleanup_ctx.extend(
-        [store, stream.signals.context, workers.context, partial(_pacing, pacer), _upstream, recovery.context]
+        [store, heartbeat, stream.signals.context, workers.context, pacing, _upstream, recovery.context]
     )
     app.on_shutdown.extend([_not_ready, stream.signals.on_shutdown, workers.on_shutdown])
     if config.stream.capture:  # after the upstream session: pollers stop before it closes
@@ -159,6 +162,12 @@ async def _store(app: web.Application, *, prepare: bool) -> AsyncIterator[None]:
         await declare_objects(app[appkeys.CONFIG], app[appkeys.OBJECTS])
     yield
     await app[appkeys.ENGINE].dispose()
+
+
+async def _heartbeat(replicas: Replicas, keyring: Keyring, _app: web.Application) -> AsyncIterator[None]:
+    """Tell the store which encryption keys this replica holds (``gateway keys rotate`` checks them)."""
+    async with beating(replicas, new_replica_id(), lambda: keyring.key_ids):
+        yield
 
 
 def readiness(value: bool) -> appkeys.ReadyCheck:

@@ -28,7 +28,13 @@ from gateway.observability.logs import configure_logging
 from gateway.pacing.limits import check_config as check_limits
 from gateway.pacing.limits import check_credential
 from gateway.preflight import preflight
-from gateway.runtime import keyring_for, run_migrations, store_session
+from gateway.runtime import (
+    check_replicas_hold,
+    keyring_for,
+    run_migrations,
+    signal_gateway,
+    store_session,
+)
 from gateway.sandbox.standalone import PROVIDERS, run_one
 from gateway.server import serve, serve_worker
 from gateway.store.db import utcnow
@@ -99,10 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     run.add_argument("--seed", action="store_true", help="start with a few demo records")
 
+    signals = (("reload", "re-read the config (SIGHUP)"), ("restart", "start new workers, drain the old (SIGUSR2)"))
+    for name, what in signals:
+        signalled = verb(name, f"ask the running gateway to {what}")
+        signalled.add_argument("--pid", type=int, help="the gateway's pid (default: read server.pid_file)")
+
     keys = verbs.add_parser("keys", help="encryption keys").add_subparsers(dest="action", required=True)
     generate = keys.add_parser("generate", parents=[common], help="print a new key-id:base64 key")
     generate.add_argument("--id", default=None, help="key id (default: k<unix time>)")
-    keys.add_parser("rotate", parents=[common], help="re-encrypt every stored secret with the newest key")
+    rotate = keys.add_parser("rotate", parents=[common], help="re-encrypt every stored secret with the newest key")
+    rotate.add_argument(
+        "--force", action="store_true", help="rotate even if a live replica does not hold the newest key yet"
+    )
 
     return parser
 
@@ -125,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.verb in ("reload", "restart"):  # with --pid, a broken config is the running gateway's to refuse
+        pid_file = None if args.pid is not None else load_config(args.config).server.pid_file
+        return signal_gateway(pid_file, args.pid, "SIGHUP" if args.verb == "reload" else "SIGUSR2")
     if args.verb == "keys" and args.action == "generate":
         import time
 
@@ -155,8 +172,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             keyring = keyring_for(config)
         if config.server.workers > 1:
-            return supervise(config, keyring, worker=serve_worker)
-        return serve(config, keyring, demo=args.demo)
+            return supervise(config, keyring, worker=serve_worker, config_path=args.config)
+        return serve(config, keyring, demo=args.demo, config_path=args.config)
     if args.verb == "migrate":
         run_async(lambda: run_migrations(config))
         stderr("store schema is up to date")
@@ -180,6 +197,7 @@ async def _store_verb(args: argparse.Namespace, config: Config) -> int:
             case (noun, _) if noun in OBJECT_VERBS:
                 await _object_verb(config, objects, noun, args)
             case ("keys", "rotate"):
+                await check_replicas_hold(objects.engine, keyring.newest_id, force=args.force)
                 count = await objects.rotate_keys()
                 stderr(f"re-encrypted {count} secret(s) with key {keyring.newest_id!r}")
     return 0

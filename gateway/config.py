@@ -70,6 +70,10 @@ class ServerConfig(Strict):
     body_idle_timeout: float = Field(
         default=30, gt=0, le=3600, description="longest gap between request body chunks, seconds"
     )
+    pid_file: str | None = Field(default=None, description="file holding the serving pid, for reload/restart")
+    reuse_port: bool = Field(
+        default=False, description="bind with SO_REUSEPORT so a new process can take over the port (hand-over)"
+    )
 
 
 class MetricsConfig(Strict):
@@ -103,6 +107,29 @@ class EncryptionConfig(Strict):
     keys: str = Field(
         default="", description=f"comma-separated key-id:base64 keys, newest first (default: ${KEYS_ENV})"
     )
+    keys_file: str | None = Field(
+        default=None, description="a file holding the keys instead (one per line or comma-separated, newest first)"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EncryptionConfig:
+        if self.keys.strip() and self.keys_file:
+            raise ValueError("set encryption.keys or encryption.keys_file, not both")
+        return self
+
+    def key_text(self) -> str:
+        """The keys as ``keys`` takes them, read from ``keys_file`` now when that is set.
+
+        Read at every call: a reload, or a replica meeting a key id it lacks, sees the file's new
+        content (a Kubernetes secret volume is updated in place).
+        """
+        if not self.keys_file:
+            return self.keys
+        try:
+            text = Path(self.keys_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"encryption.keys_file: cannot read {self.keys_file}: {exc.strerror}") from None
+        return ",".join(line.strip() for line in text.replace(",", "\n").splitlines() if line.strip())
 
 
 class LogConfig(Strict):
@@ -282,7 +309,7 @@ def _default_keys(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     example config (which names it), with no config at all, and in containers; a file's own
     ``encryption.keys`` and the generic ``GATEWAY_<SECTION>__<KEY>`` override still take precedence."""
     section = raw.setdefault("encryption", {})
-    if isinstance(section, dict) and KEYS_ENV in env:
+    if isinstance(section, dict) and KEYS_ENV in env and not section.get("keys_file"):
         section.setdefault("keys", env[KEYS_ENV])
 
 

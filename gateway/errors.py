@@ -28,7 +28,7 @@ SQLAlchemy, pydantic) are translated into a leaf in exactly one place each, with
     ├── Overloaded                503 overloaded (Retry-After)
     └── UpstreamTimeout           504 upstream_timeout
 
-Configuration and key problems outside a request (``ConfigError``, ``KeyNotFound``) are
+Configuration and key problems outside a request (``ConfigError``, ``KeyNotFound``, ``RotationRefused``) are
 ``GatewayError`` too, so the CLI can print the same sentence and exit with code 2 or 1.
 """
 
@@ -234,6 +234,13 @@ class ConfigError(GatewayError):
 
     status = 500
     code = "invalid_config"
+
+
+class RotationRefused(GatewayError):
+    """``gateway keys rotate`` while a live replica lacks the newest key; the CLI exits 1."""
+
+    status = 503
+    code = "rotation_refused"
 
 
 class KeyNotFound(GatewayError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Callable
 from typing import TypeVar
 
 import structlog
@@ -22,7 +23,8 @@ from gateway.config import Config
 from gateway.http import appkeys
 from gateway.http.endpoints import Handler
 from gateway.http.protocol import start_runner
-from gateway.runtime import WorkerRole, install_uvloop, until_signalled
+from gateway.reload import Reloader
+from gateway.runtime import WorkerRole, install_uvloop, pid_file, until_signalled
 from gateway.vault.crypto import Keyring
 
 log = structlog.get_logger(__name__)
@@ -45,8 +47,11 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
 
 
-def serve(config: Config, keyring: Keyring, *, demo: bool = False) -> int:
-    """Run until SIGTERM/SIGINT, then drain within ``server.shutdown_timeout``; the exit code."""
+def serve(config: Config, keyring: Keyring, *, demo: bool = False, config_path: str | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then drain within ``server.shutdown_timeout``; the exit code.
+
+    ``config_path`` is what SIGHUP re-reads (None: ``$GATEWAY_CONFIG`` or the defaults).
+    """
     install_uvloop()
     log.info(
         "starting",
@@ -56,7 +61,8 @@ def serve(config: Config, keyring: Keyring, *, demo: bool = False) -> int:
         store="sqlite" if config.store.is_sqlite else "postgresql",
         pacing=config.pacing.backend,
     )
-    asyncio.run(_serve(config, keyring, demo=demo))
+    with pid_file(config.server.pid_file):
+        asyncio.run(_serve(config, keyring, demo=demo, config_path=config_path))
     log.info("stopped")
     return 0
 
@@ -64,29 +70,51 @@ def serve(config: Config, keyring: Keyring, *, demo: bool = False) -> int:
 def serve_worker(config: Config, keyring: Keyring, role: WorkerRole) -> None:
     """One of a supervisor's workers: the serving and drain of ``serve``, sharing the port with the others."""
     install_uvloop()
-    asyncio.run(_serve(config, keyring, demo=False, worker=role))
+    asyncio.run(_serve(config, keyring, demo=False, worker=role, config_path=role.config_path))
 
 
-async def _serve(config: Config, keyring: Keyring, *, demo: bool, worker: WorkerRole | None = None) -> None:
+async def _serve(
+    config: Config, keyring: Keyring, *, demo: bool, config_path: str | None, worker: WorkerRole | None = None
+) -> None:
     app = create_app(config, keyring=keyring, worker_socket=worker.ops_socket if worker else None)
     _cut_late_requests(app, config.server.shutdown_timeout)
+    reloader: Reloader | None = None
     if demo:
         from gateway.sandbox.demo import install_demo
 
-        install_demo(app)
+        install_demo(app)  # its key and store are throwaway: nothing to reload
+    else:
+        reloader = Reloader(app, config_path, config, worker=worker.index if worker else None)
+        keyring.reread = reloader.read_keys
     checks = app[appkeys.READY_CHECKS]
     checks["accepting"] = readiness(False)  # ready only once the API port really accepts
     runner = await start_runner(app, config.server, shutdown_timeout=config.server.shutdown_timeout)
     settle_heap()
     try:
-        shared = worker is not None  # SO_REUSEPORT: the kernel spreads connections over the workers
+        # SO_REUSEPORT: the kernel spreads connections over the workers (or over an old and a new
+        # process during a hand-over, when ``server.reuse_port`` is on).
+        shared = worker is not None or config.server.reuse_port
         await web.TCPSite(runner, config.server.host, config.server.port, reuse_port=shared).start()
         checks["accepting"] = readiness(True)
         log.info("listening", url=f"http://{config.server.host}:{config.server.port}")
-        await until_signalled(worker.parent_sentinel if worker else None)
+        await until_signalled(worker.parent_sentinel if worker else None, on_hangup=_reloading(reloader))
         log.info("draining", shutdown_timeout=config.server.shutdown_timeout)
     finally:
         await runner.cleanup()
+
+
+def _reloading(reloader: Reloader | None) -> Callable[[], None] | None:
+    """SIGHUP's handler: start a reload (they run one at a time) and keep a reference to it."""
+    if reloader is None:
+        return None
+    running: set[asyncio.Task[bool]] = set()
+
+    def start() -> None:
+        task = asyncio.create_task(reloader.reload())
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    return start
 
 
 def _cut_late_requests(app: web.Application, timeout: float) -> None:

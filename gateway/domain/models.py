@@ -389,6 +389,7 @@ class WebhookConsumerIn(_ConsumerBase):
     max_retry_duration: float = Field(
         default=86400, gt=0, le=MAX_RETRY_DURATION, description="seconds before marked failing"
     )
+    max_backoff: float = Field(default=60, ge=1, le=3600, description="longest seconds between two retries")
 
     @field_validator("secret")
     @classmethod
@@ -432,6 +433,7 @@ class ConsumerPatch(Strict):
     batch_size: int | None = Field(default=None, ge=1, le=5000)
     timeout: float | None = Field(default=None, gt=0, le=300)
     max_retry_duration: float | None = Field(default=None, gt=0, le=MAX_RETRY_DURATION)
+    max_backoff: float | None = Field(default=None, ge=1, le=3600)
     dsn: SecretStr | None = None
     table_prefix: str | None = None
 
@@ -463,6 +465,7 @@ class WebhookConsumerView(_ConsumerViewBase):
     batch_size: int
     timeout: float
     max_retry_duration: float
+    max_backoff: float = 60
 
 
 class PostgresConsumerView(_ConsumerViewBase):

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol
 
+from gateway.config import Config
 from gateway.domain.objects import Credential
 from gateway.pacing.scheduler import DEFAULT_SHARE, Share
 
@@ -70,4 +71,8 @@ class Pacer(Protocol):
 
     async def ping(self) -> bool:
         """Whether the backend is reachable (for ``/readyz``)."""
+        ...
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config's provider limits for the calls that follow."""
         ...

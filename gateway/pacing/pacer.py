@@ -104,6 +104,11 @@ class GatewayPacer:
         if self._shared is not None and not await self._shared.ping():
             self._degrade("unreachable at start")
 
+    def reconfigure(self, config: Config) -> None:
+        """Take new provider limits (a reload); the backend keeps running, so ``pacing.*`` is not reread."""
+        self._config = config.model_copy(update={"pacing": self._config.pacing})
+        self._route_cache.clear()
+
     async def close(self) -> None:
         if self._probe is not None:
             self._probe.cancel()

@@ -146,7 +146,7 @@ class ConsumerRows(Rows):
                 "position": row.position,
                 "pending": pending,
                 "status": row.status,
-                "status_detail": row.status_detail,
+                "status_detail": row.status_detail if row.status == "failing" else None,
                 "created_at": as_utc(row.created_at),
                 "updated_at": as_utc(row.updated_at),
             }

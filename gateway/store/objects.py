@@ -17,6 +17,8 @@ from gateway.store.credentials import CredentialRows
 from gateway.store.rows import Sealer
 from gateway.store.syncs import CollectionCheck, SyncRows
 
+_SEALED = ((t.credentials, "auth_secret"), (t.consumers, "settings_secret"))
+
 
 class Objects(CredentialRows, SyncRows, ConsumerRows):
     """Every object kind behind one facade; each kind's queries live in its own module.
@@ -31,11 +33,21 @@ class Objects(CredentialRows, SyncRows, ConsumerRows):
         super().__init__(engine, keyring)
         self.collection_check = collection_check
 
+    async def key_ids_in_use(self) -> set[str]:
+        """The key ids that sealed the stored secrets: a key list without one of them cannot open them."""
+        used: set[str] = set()
+        async with self.engine.connect() as conn:
+            for table, column in _SEALED:
+                for (sealed,) in (await conn.execute(select(table.c[column]))).all():
+                    if sealed is not None:
+                        used.add(self.keyring.key_id_of(sealed))
+        return used
+
     async def rotate_keys(self) -> int:
         """Re-seal every stored secret with the newest key, all in one transaction; re-runs are no-ops."""
         changed = 0
         async with self.engine.begin() as conn:
-            for table, column in ((t.credentials, "auth_secret"), (t.consumers, "settings_secret")):
+            for table, column in _SEALED:
                 rows = (await conn.execute(select(table.c.id, table.c[column]))).all()
                 for object_id, sealed in rows:
                     if sealed is None:

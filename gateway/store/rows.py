@@ -31,6 +31,8 @@ class Sealer(Protocol):
 
     def reseal(self, sealed: str) -> str: ...
 
+    def key_id_of(self, sealed: str) -> str: ...
+
 
 class Rows:
     """Engine, sealer and the row helpers every object kind shares."""

@@ -194,3 +194,14 @@ leases = Table(
     Column("owner", String(128), nullable=False),
     Column("expires_at", Float, nullable=False),
 )
+
+# One row per serving process, refreshed every few seconds: which encryption keys it holds, so that
+# ``gateway keys rotate`` re-encrypts only once every live replica can open the new ciphertext.
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("key_ids", Json, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("seen_at", Float, nullable=False),
+)

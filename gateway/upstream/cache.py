@@ -47,6 +47,11 @@ class CredentialCache:
         self._syncs[sync_id] = (self._clock() + self._ttl, sync.credential_id)
         return await self.credential(sync.credential_id)
 
+    def clear(self) -> None:
+        """Forget everything (a reload changed declared credentials): the next call reads the store."""
+        self._credentials.clear()
+        self._syncs.clear()
+
     def put(self, credential: Credential) -> None:
         """Remember ``credential`` unless a newer version is cached already."""
         hit = self._credentials.get(credential.id)

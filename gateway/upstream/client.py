@@ -134,6 +134,11 @@ class UpstreamClient:
             read_bufsize=CHUNK,
         )
 
+    def reconfigure(self, config: Config) -> None:
+        """Take new provider timeouts (a reload): prepared requests are rebuilt on their next use."""
+        self._config = config
+        self._prepared.clear()
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -5,7 +5,13 @@ so that, after rotation, values sealed with an older key still open while it sta
 value whose key is gone fails with an error naming that key id. The key id and format version are
 bound to the ciphertext as associated data, so a value cannot be re-labelled to another key.
 
-Pure: no I/O, no aiohttp; tested as plain functions.
+The keyring is one object shared by the whole process, so a reload (``replace``) reaches every
+holder at once. A value sealed under a key id the keyring lacks makes it call its ``reread`` hook
+once (at most every ``REREAD_INTERVAL`` s) before failing: during an online rotation another replica
+may seal with a key this one has not been told about yet, and the key source (environment, config
+file) already has it.
+
+Pure: no I/O, no aiohttp (``reread`` is injected); tested as plain functions.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import base64
 import binascii
 import os
 import re
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -23,20 +31,31 @@ from gateway.errors import ConfigError, GatewayError, KeyNotFound
 
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _VERSION = "v1"
+REREAD_INTERVAL = 1.0  # seconds between two re-reads of the key source for unknown key ids
 
 
 class DecryptionFailed(GatewayError):
     code = "decryption_failed"
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(repr=False, eq=False)
 class Keyring:
     """Keys by id, newest first; the newest seals, any configured one opens."""
 
     keys: tuple[tuple[str, bytes], ...]
+    reread: Callable[[], Keyring] | None = field(default=None, compare=False)
+    _reread_at: float = field(default=float("-inf"), compare=False)
+
+    def replace(self, other: Keyring) -> None:
+        """Take ``other``'s keys, in place: every holder of this keyring sees them at once."""
+        self.keys = other.keys
+
+    @property
+    def key_ids(self) -> list[str]:
+        return [kid for kid, _ in self.keys]
 
     def __repr__(self) -> str:  # never show key material
-        return f"Keyring(key_ids={[kid for kid, _ in self.keys]!r})"
+        return f"Keyring(key_ids={self.key_ids!r})"
 
     @classmethod
     def parse(cls, text: str) -> Keyring:
@@ -72,6 +91,8 @@ class Keyring:
     def open(self, sealed: str) -> str:
         _, kid, payload = _split(sealed)
         key = dict(self.keys).get(kid)
+        if key is None and self._reread_for(kid):
+            key = dict(self.keys).get(kid)
         if key is None:
             raise KeyNotFound(f"a stored secret is encrypted with key id {kid!r}, which is not in encryption.keys")
         try:
@@ -79,6 +100,21 @@ class Keyring:
             return AESGCM(key).decrypt(blob[:12], blob[12:], _aad(kid)).decode()
         except (InvalidTag, binascii.Error, ValueError) as exc:
             raise DecryptionFailed(f"a stored secret sealed with key {kid!r} does not decrypt") from exc
+
+    def _reread_for(self, kid: str) -> bool:
+        """Re-read the key source once (rate-limited) hoping it has ``kid`` now; True if it was read."""
+        now = time.monotonic()
+        if self.reread is None or now - self._reread_at < REREAD_INTERVAL:
+            return False
+        self._reread_at = now
+        try:
+            fresh = self.reread()
+        except ConfigError:
+            return False  # a broken key source now is no reason to drop the keys in force
+        if kid not in fresh.key_ids:
+            return False
+        self.replace(fresh)
+        return True
 
     def key_id_of(self, sealed: str) -> str:
         return _split(sealed)[1]

@@ -108,11 +108,17 @@ class GatewayProcess:
 
 @asynccontextmanager
 async def start_gateway(
-    deployment: Deployment, tmp_path: Path, *, name: str = "gateway", grace: float = 0
+    deployment: Deployment,
+    tmp_path: Path,
+    *,
+    name: str = "gateway",
+    grace: float = 0,
+    ports: tuple[int, int] | None = None,
 ) -> AsyncIterator[GatewayProcess]:
-    """``gateway serve`` on free ports (API and metrics); on exit, if it still runs, sent SIGTERM and
-    given ``grace`` seconds to exit (a supervisor cleans up after its workers), then killed."""
-    port, ops_port = free_port(), free_port()
+    """``gateway serve`` on free ports (API and metrics; or ``ports``, for a hand-over); on exit, if it
+    still runs, sent SIGTERM and given ``grace`` seconds to exit (a supervisor cleans up after its
+    workers), then killed."""
+    port, ops_port = ports or (free_port(), free_port())
     env = {**deployment.env, "GATEWAY_SERVER__PORT": str(port), "GATEWAY_METRICS__PORT": str(ops_port)}
     log_path = tmp_path / f"{name}.log"
     with log_path.open("wb") as log_file:

@@ -7,6 +7,7 @@ pacing bound holds for their sum, SIGTERM drains them all, and a killed worker c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -184,3 +185,32 @@ async def test_cli_refuses_workers_without_shared_state_and_with_the_demo(tmp_pa
     assert code == 2 and "server.workers" in err and "pacing.backend" in err
     code, err = await _gateway(env | {"GATEWAY_PACING__BACKEND": "redis"}, "serve", "--demo")
     assert code == 2 and "server.workers" in err and "demo" in err
+
+
+async def test_sigusr2_restarts_every_worker_without_a_failed_call(workers: Workers) -> None:
+    """``gateway restart`` (SIGUSR2): successors are ready before predecessors drain; 50 calls/s all answered 200."""
+    outcomes: list[int | str] = []
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        while not stop.is_set():
+            try:
+                outcomes.append(await workers.get("/v1/proxy/credential/fast/echo/x"))
+            except aiohttp.ClientError as exc:
+                outcomes.append(type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1 / 50)  # the pace of the load
+
+    running = asyncio.create_task(load())
+    slow = [asyncio.create_task(workers.get("/v1/proxy/credential/fast/slow?delay=2")) for _ in range(10)]
+    await poll("the slow calls reached the upstream", lambda: workers.upstream.requests >= 10, 20)
+    workers.gateway.proc.send_signal(signal.SIGUSR2)
+    await poll("both workers replaced", lambda: len(workers.lines("worker_replaced")) == 2, 90)
+    assert [len(_started(workers, i)) for i in (0, 1)] == [2, 2]
+    settled = len(outcomes)
+    await poll("calls served by the new workers", lambda: len(outcomes) >= settled + 25, 20)
+    stop.set()
+    await running
+    assert await asyncio.gather(*slow) == [200] * 10, "in-flight calls finish on the old workers"
+    assert len(outcomes) >= 50 and set(outcomes) == {200}, [o for o in outcomes if o != 200]
+    assert await workers.ready_status() == 200

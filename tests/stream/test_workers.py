@@ -153,3 +153,80 @@ async def test_a_worker_that_cannot_run_marks_its_consumer_failing(
         assert not workers.running["hooks"][1].done()  # still alive, retrying with backoff
     finally:
         await workers.close()
+
+
+async def test_a_receiver_back_from_an_outage_gets_its_backlog_within_max_backoff(
+    replica: dict[Any, Any], aiohttp_server: Any
+) -> None:
+    """Failures back off to ``max_backoff`` and no further (not to a tenth of ``max_retry_duration``):
+    once the receiver answers 2xx again the backlog arrives within that bound, in order."""
+    refusals = 0
+    received: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        nonlocal refusals
+        if refusals < 6:  # an outage of six attempts: without the cap, the sixth wait is up to 16 s
+            refusals += 1
+            return web.Response(status=503)
+        received.extend(event["record"]["upstream_id"] for event in (await request.json())["data"])
+        return web.Response(status=200)
+
+    url = await _receiver(aiohttp_server, hook)
+    await seed_sync(replica)
+    await add_consumer(replica, id="hooks", kind="webhook", url=url, secret=SECRET, max_retry_duration=600,
+                       max_backoff=1)  # fmt: skip
+    await append(replica, [record_insert("003A"), record_insert("003B")])
+    workers = Workers(objects=replica[appkeys.OBJECTS], stream=replica[appkeys.STREAM], retention=86400,
+                      shutdown_timeout=5)  # fmt: skip
+    started = time.monotonic()
+    try:
+        await workers.tick()
+
+        async def delivered() -> bool:
+            return len(received) == 2
+
+        await _wait_for(delivered, 20)
+    finally:
+        await workers.close()
+    assert time.monotonic() - started <= 0.5 + 5 * 1 + 2  # six attempts, waits capped at 1 s, 2 s of slack
+    assert received == ["003A", "003B"]
+
+
+async def test_a_failing_webhook_says_why_until_it_recovers(replica: dict[Any, Any], aiohttp_server: Any) -> None:
+    """Past ``max_retry_duration`` the consumer reads ``failing`` with the last error; a 2xx clears both."""
+    down = True
+
+    async def hook(request: web.Request) -> web.Response:
+        return web.Response(status=503 if down else 200)
+
+    url = await _receiver(aiohttp_server, hook)
+    await seed_sync(replica)
+    await add_consumer(replica, id="hooks", kind="webhook", url=url, secret=SECRET, max_retry_duration=1)
+    await append(replica, [record_insert("003A")])
+    workers = Workers(objects=replica[appkeys.OBJECTS], stream=replica[appkeys.STREAM], retention=86400,
+                      shutdown_timeout=5)  # fmt: skip
+    objects = replica[appkeys.OBJECTS]
+    try:
+        await workers.tick()
+
+        async def failing() -> bool:
+            view = await objects.consumer_view("hooks")
+            return view.status == "failing" and view.status_detail == "delivery failing: answered HTTP 503"
+
+        await _wait_for(failing)
+        down = False
+
+        async def active() -> bool:
+            view = await objects.consumer_view("hooks")
+            return view.status == "active" and view.status_detail is None and view.pending == 0
+
+        await _wait_for(active)
+    finally:
+        await workers.close()
+
+
+async def _receiver(aiohttp_server: Any, hook: Any) -> str:
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    server = await aiohttp_server(receiver, host="127.0.0.1")
+    return str(server.make_url("/hook"))

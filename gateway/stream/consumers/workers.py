@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 import uuid
@@ -45,6 +46,7 @@ KINDS = ("webhook", "postgres")
 PURGE_EVERY = 600.0
 MIN_TICK = 1.0
 HOLD_MARGIN = 30.0  # a claimed batch stays hidden this long past the sink's own timeout
+DEFAULT_MAX_BACKOFF = 60.0  # seconds: the longest pause between two deliveries of a failing batch
 
 
 class Sink(Protocol):
@@ -55,13 +57,17 @@ class Sink(Protocol):
 
 @dataclass(frozen=True)
 class Backoff:
-    """Retry delays: ``base * 2**attempt`` with jitter, capped at a tenth of max_retry_duration (1..cap s)."""
+    """Retry delays: ``base * 2**attempt`` with jitter, capped at the consumer's ``max_backoff``.
+
+    The cap is also at most a tenth of ``max_retry_duration`` (at least 1 s), so a consumer that
+    gives up quickly also retries quickly; with the defaults a receiver that comes back is served
+    again within ``max_backoff`` (60 s).
+    """
 
     base: float = 0.5
-    cap: float = 300.0
 
-    def delay(self, attempt: int, max_retry_duration: float) -> float:
-        ceiling = min(self.cap, max(1.0, max_retry_duration / 10))
+    def delay(self, attempt: int, *, max_retry_duration: float, max_backoff: float) -> float:
+        ceiling = min(max_backoff, max(1.0, max_retry_duration / 10))
         return float(min(ceiling, self.base * 2 ** min(attempt, 30)) * random.uniform(0.5, 1.0))
 
 
@@ -97,7 +103,8 @@ class ConsumerWorker:
                     await _first([self.stop], RECHECK_SECONDS)
                 except Exception as exc:  # a setting the sink cannot use, or a bug: visible, then retried
                     await self._cannot_run(exc)
-                    await _first([self.stop], self.backoff.delay(crashes, self.backoff.cap * 10))
+                    retry_in = self.backoff.delay(crashes, max_retry_duration=math.inf, max_backoff=DEFAULT_MAX_BACKOFF)
+                    await _first([self.stop], retry_in)
                     crashes += 1
         finally:
             await self.sink.close()
@@ -138,7 +145,11 @@ class ConsumerWorker:
                 if time.monotonic() - first_failure >= max_retry and consumer.status != "failing":
                     await self.objects.set_consumer_status(consumer.id, "failing", f"delivery failing: {exc}")
                     consumer = replace(consumer, status="failing")
-                delay = self.backoff.delay(attempt - 1, max_retry)
+                delay = self.backoff.delay(
+                    attempt - 1,
+                    max_retry_duration=max_retry,
+                    max_backoff=float(consumer.settings.get("max_backoff", DEFAULT_MAX_BACKOFF)),
+                )
                 await self.stream.queue.extend(consumer.id, ack_ids, visibility=delay + _hold(consumer))
                 await _first([self.stop], delay)
                 continue

@@ -1,0 +1,259 @@
+"""Keys and config change under a running ``gateway serve`` without a failed call.
+
+Real processes on a SQLite store, a real upstream on loopback, the ``gateway`` CLI as an operator
+runs it: SIGHUP through ``gateway reload`` (the pid file), ``gateway keys rotate`` gated on the
+replicas' heartbeats, and a replica that meets a key id it lacks re-reading its key file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.vault.crypto import generate_key
+from tests.ops.process import Deployment, GatewayProcess, free_port, poll, start_gateway, write_config
+from tests.upstream.helpers import Upstream, start_upstream
+
+RATE = 50  # proxied calls per second during the changes
+
+
+async def run_cli(deployment: Deployment, *args: str) -> tuple[int, str]:
+    """A ``gateway`` verb against the deployment's config: exit code and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *args, "--config", str(deployment.config),
+        env=deployment.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+def keyed_deployment(tmp_path: Path, keys: list[str], **sections: Any) -> tuple[Deployment, Path]:
+    """A deployment whose keys live in a file (re-read on reload), with a pid file for ``gateway reload``."""
+    key_file = tmp_path / "keys"
+    key_file.write_text("\n".join(keys) + "\n", encoding="utf-8")
+    base = {
+        "store": {"url": f"sqlite:///{tmp_path / 'gateway.db'}"},
+        "encryption": {"keys_file": str(key_file)},
+        "server": {"pid_file": str(tmp_path / "gateway.pid")},
+        "log": {"format": "json"},
+        **sections,
+    }
+    deployment = Deployment.create(tmp_path, base)
+    deployment.env.pop("GATEWAY_ENCRYPTION__KEYS")
+    return deployment, key_file
+
+
+@dataclass
+class Load:
+    """Calls at ``RATE``/s over three credentials (bearer, basic, oauth2); what each one got back."""
+
+    gateway: GatewayProcess
+    token: str
+    upstream: Upstream
+    statuses: list[int] = field(default_factory=list)
+    wrong_secrets: int = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        paths = ["cred-bearer/echo/a", "cred-basic/echo/b", "cred-oauth/protected/c"]
+        async with aiohttp.ClientSession() as session:
+            n = 0
+            while not stop.is_set():
+                path = paths[n % 3]
+                n += 1
+                async with session.get(f"{self.gateway.url}/v1/proxy/credential/{path}", headers=headers) as resp:
+                    self.statuses.append(resp.status)
+                    if resp.status == 200 and path.startswith("cred-b"):
+                        self._check(path, await resp.json())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1 / RATE)  # the pace of the load
+
+    def _check(self, path: str, echoed: dict[str, Any]) -> None:
+        sent = echoed["headers"]["authorization"][0]
+        basic = "Basic " + base64.b64encode(b"user:upstream-password").decode()
+        if sent != ("Bearer upstream-bearer" if path.startswith("cred-bearer") else basic):
+            self.wrong_secrets += 1
+
+
+@contextlib.asynccontextmanager
+async def loaded(load: Load) -> AsyncIterator[Load]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(load.run(stop))
+    try:
+        yield load
+    finally:
+        stop.set()
+        await task
+
+
+async def add_credentials(gateway: GatewayProcess, admin: str, upstream: Upstream) -> None:
+    auths = {
+        "cred-bearer": {"type": "bearer", "token": "upstream-bearer"},
+        "cred-basic": {"type": "basic", "username": "user", "password": "upstream-password"},
+        "cred-oauth": {
+            "type": "oauth2",
+            "access_token": "token-0",
+            "refresh_token": upstream.state.refresh_token,
+            "token_url": f"{upstream.url}/oauth/token",
+            "client_id": upstream.state.client_id,
+            "client_secret": upstream.state.client_secret,
+        },
+    }
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin}"}) as session:
+        for cid, auth in auths.items():
+            body = {"id": cid, "provider": "rest", "base_url": upstream.url, "auth": auth,
+                    "rate_limit": {"rate": 1000, "burst": 1000}}  # fmt: skip
+            async with session.post(f"{gateway.url}/v1/credentials", json=body) as resp:
+                assert resp.status == 201, await resp.text()
+
+
+def sealed_key_ids(tmp_path: Path, credential_id: str = "%") -> set[str]:
+    with contextlib.closing(sqlite3.connect(tmp_path / "gateway.db")) as db:
+        rows = db.execute("SELECT auth_secret FROM credentials WHERE id LIKE ?", (credential_id,)).fetchall()
+    return {sealed.split(":")[1] for (sealed,) in rows}
+
+
+async def reloaded(gateway: GatewayProcess, deployment: Deployment, event: str, times: int) -> None:
+    """``gateway reload --pid`` (works with a broken config too), then wait for ``event`` in the log."""
+    code, err = await run_cli(deployment, "reload", "--pid", str(gateway.proc.pid))
+    assert code == 0, err
+    await poll(f"{event} #{times} in the log", lambda: gateway.output().count(f'"event":"{event}"') >= times)
+
+
+async def test_online_key_rotation_under_load_fails_no_call(tmp_path: Path, aiohttp_server: Any) -> None:
+    """Prepend a key + reload, rotate, drop the old key + reload, at 50 calls/s: 0 errors, 0 wrong secrets."""
+    k1, k2 = generate_key("k1"), generate_key("k2")
+    deployment, key_file = keyed_deployment(tmp_path, [k1])
+    upstream = await start_upstream(aiohttp_server)
+    admin = await deployment.cli("tokens", "create", "--name", "ops", "--scope", "admin")
+    async with start_gateway(deployment, tmp_path) as gateway:
+        await add_credentials(gateway, admin, upstream)
+        async with loaded(Load(gateway, admin, upstream)) as load:
+            await poll("load running", lambda: len(load.statuses) >= 20)
+            key_file.write_text(f"{k2}\n{k1}\n", encoding="utf-8")
+            await reloaded(gateway, deployment, "reloaded", 1)
+            upstream.state.valid_token = "token-rotated"  # the next OAuth2 call gets a 401 and refreshes
+            await poll("an OAuth2 refresh after the reload", lambda: upstream.state.refreshes == 1)
+            await poll("the refreshed token sealed with k2", lambda: sealed_key_ids(tmp_path, "cred-oauth") == {"k2"})
+            assert sealed_key_ids(tmp_path, "cred-bearer") == {"k1"}
+
+            async def rotated() -> bool:  # refused until the replica's heartbeat shows k2 (<= 5 s)
+                return (await run_cli(deployment, "keys", "rotate"))[0] == 0
+
+            await poll("keys rotate accepted", rotated, deadline=30)
+            code, err = await run_cli(deployment, "reload")  # through server.pid_file this time
+            assert code == 0, err
+            await poll("reload via the pid file", lambda: gateway.output().count('"event":"reloaded"') >= 2)
+            assert sealed_key_ids(tmp_path) == {"k2"}
+            key_file.write_text(f"{k2}\n", encoding="utf-8")
+            await reloaded(gateway, deployment, "reloaded", 3)
+            settled = len(load.statuses)
+            await poll("calls after the last reload", lambda: len(load.statuses) >= settled + 30)
+    assert len(load.statuses) >= 100
+    assert set(load.statuses) == {200}, [s for s in load.statuses if s != 200]
+    assert load.wrong_secrets == 0
+
+
+async def test_a_reload_refuses_what_would_break_and_applies_new_objects(tmp_path: Path, aiohttp_server: Any) -> None:
+    """Broken TOML, or dropping a key still in use: refused, nothing changes; a new credential: usable."""
+    k1 = generate_key("k1")
+    deployment, key_file = keyed_deployment(tmp_path, [k1])
+    upstream = await start_upstream(aiohttp_server)
+    admin = await deployment.cli("tokens", "create", "--name", "ops", "--scope", "admin")
+    headers = {"Authorization": f"Bearer {admin}"}
+    async with start_gateway(deployment, tmp_path) as gateway, aiohttp.ClientSession(headers=headers) as session:
+        await add_credentials(gateway, admin, upstream)
+        good = deployment.config.read_text(encoding="utf-8")
+
+        deployment.config.write_text(good + "[server\n", encoding="utf-8")
+        code, err = await run_cli(deployment, "reload")  # the CLI reads the config too: it says so at once
+        assert code == 2 and "not valid TOML" in err
+        await reloaded(gateway, deployment, "reload_refused", 1)
+        key_file.write_text(generate_key("k9") + "\n", encoding="utf-8")
+        deployment.config.write_text(good, encoding="utf-8")
+        await reloaded(gateway, deployment, "reload_refused", 2)
+        refusal = [line for line in gateway.output().splitlines() if "reload_refused" in line][-1]
+        assert "'k1'" in refusal and "keys rotate" in refusal
+        async with session.get(f"{gateway.url}/v1/proxy/credential/cred-bearer/echo/x") as resp:
+            assert resp.status == 200  # k1 is still in force
+
+        key_file.write_text(k1 + "\n", encoding="utf-8")
+        declared = {"id": "cred-declared", "provider": "rest", "base_url": upstream.url,
+                    "auth": {"type": "bearer", "token": "declared-secret"}}  # fmt: skip
+        sections = {
+            "store": {"url": f"sqlite:///{tmp_path / 'gateway.db'}"},
+            "encryption": {"keys_file": str(key_file)},
+            "server": {"pid_file": str(tmp_path / "gateway.pid")},
+            "log": {"format": "json", "level": "info"},
+            "credentials": [declared],
+        }
+        write_config(deployment.config, sections)
+        await reloaded(gateway, deployment, "reloaded", 1)
+        async with session.get(f"{gateway.url}/v1/proxy/credential/cred-declared/echo/y") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["headers"]["authorization"] == ["Bearer declared-secret"]
+    assert "declared-secret" not in gateway.output()
+
+
+async def test_rotate_waits_for_every_replica_and_a_forced_one_is_reread(tmp_path: Path, aiohttp_server: Any) -> None:
+    """A replica not reloaded yet blocks ``keys rotate`` (exit 1, named); after --force it re-reads its key file."""
+    k1, k2 = generate_key("k1"), generate_key("k2")
+    deployment, key_file = keyed_deployment(tmp_path, [k1])
+    upstream = await start_upstream(aiohttp_server)
+    admin = await deployment.cli("tokens", "create", "--name", "ops", "--scope", "admin")
+    async with start_gateway(deployment, tmp_path) as gateway:
+        await add_credentials(gateway, admin, upstream)
+        key_file.write_text(f"{k2}\n{k1}\n", encoding="utf-8")  # on disk, but the replica was not reloaded
+
+        async def refused() -> bool:  # the replica's first heartbeat may still be on its way
+            code, err = await run_cli(deployment, "keys", "rotate")
+            return code == 1 and "k2" in err and "reload" in err
+
+        await poll("keys rotate refused naming the replica", refused, deadline=30)
+        code, err = await run_cli(deployment, "keys", "rotate", "--force")
+        assert code == 0, err
+        assert sealed_key_ids(tmp_path) == {"k2"}
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin}"}) as session:
+
+            async def reread() -> bool:
+                """Calls stay served; once the credential cache lapses (1 s) a call opens the k2 secret,
+                the replica re-reads its key file, and its heartbeat then lets a plain rotate pass."""
+                async with session.get(f"{gateway.url}/v1/proxy/credential/cred-bearer/echo/z") as resp:
+                    assert resp.status == 200, await resp.text()
+                    assert (await resp.json())["headers"]["authorization"] == ["Bearer upstream-bearer"]
+                return (await run_cli(deployment, "keys", "rotate"))[0] == 0
+
+            await poll("the replica holding k2 after meeting it", reread, deadline=30)
+    assert "encryption_key_missing" not in gateway.output()
+
+
+async def test_a_hand_over_between_two_processes_fails_no_call(tmp_path: Path, aiohttp_server: Any) -> None:
+    """``server.reuse_port``: a new process shares the API port (its probes on a port of its own); once it
+    is ready the old one drains; 0 failed calls."""
+    deployment, _ = keyed_deployment(tmp_path, [generate_key("k1")], server={"reuse_port": True})
+    upstream = await start_upstream(aiohttp_server)
+    admin = await deployment.cli("tokens", "create", "--name", "ops", "--scope", "admin")
+    async with contextlib.AsyncExitStack() as stack, start_gateway(deployment, tmp_path, name="old") as old:
+        await add_credentials(old, admin, upstream)
+        load = Load(old, admin, upstream)
+        async with loaded(load):  # stopped before the new process is: every call had a listener
+            await poll("load on the old process", lambda: len(load.statuses) >= 20)
+            new = await stack.enter_async_context(
+                start_gateway(deployment, tmp_path, name="new", ports=(old.port, free_port()))
+            )
+            old.proc.terminate()
+            assert await old.wait_exit(30) == 0
+            settled = len(load.statuses)
+            await poll("calls served by the new process alone", lambda: len(load.statuses) >= settled + 30)
+        assert '"event":"request"' in new.output()
+    assert set(load.statuses) == {200}, [s for s in load.statuses if s != 200]
