@@ -211,14 +211,14 @@ async def test_a_failing_webhook_says_why_until_it_recovers(replica: dict[Any, A
 
         async def failing() -> bool:
             view = await objects.consumer_view("hooks")
-            return view.status == "failing" and view.status_detail == "delivery failing: answered HTTP 503"
+            return bool(view.status == "failing" and view.status_detail == "delivery failing: answered HTTP 503")
 
         await _wait_for(failing)
         down = False
 
         async def active() -> bool:
             view = await objects.consumer_view("hooks")
-            return view.status == "active" and view.status_detail is None and view.pending == 0
+            return bool(view.status == "active" and view.status_detail is None and view.pending == 0)
 
         await _wait_for(active)
     finally:
