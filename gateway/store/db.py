@@ -85,12 +85,16 @@ async def migrate(engine: AsyncEngine) -> None:
         await conn.run_sync(_upgrade)
 
 
+_NOT_MIGRATED = "the store's schema is not up to date: run `gateway migrate` (or set store.auto_migrate = true)"
+
+
 async def ensure_schema(engine: AsyncEngine, config: StoreConfig) -> None:
     """Migrate when configured to, else refuse to run on an outdated schema."""
     if config.migrates_itself:
         await migrate(engine)
         return
-    await check_schema(engine, config)
+    if not await check_schema(engine, config):  # a SQLite file not created yet: no schema at all
+        raise StoreNotMigrated(_NOT_MIGRATED)
 
 
 async def check_schema(engine: AsyncEngine, config: StoreConfig) -> bool:
@@ -101,9 +105,7 @@ async def check_schema(engine: AsyncEngine, config: StoreConfig) -> bool:
         async with open_connection(engine) as conn:
             current = await conn.run_sync(_is_current)
     if not current and not config.migrates_itself:
-        raise StoreNotMigrated(
-            "the store's schema is not up to date: run `gateway migrate` (or set store.auto_migrate = true)"
-        )
+        raise StoreNotMigrated(_NOT_MIGRATED)
     return current
 
 
