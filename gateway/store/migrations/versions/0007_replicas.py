@@ -1,15 +1,15 @@
 """replicas: live serving processes and the encryption key ids each holds
 
-Revision ID: 0006_replicas
-Revises: 0005_sync_capture
+Revision ID: 0007_replicas
+Revises: 0006_console_sessions
 """
 
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0006_replicas"
-down_revision = "0005_sync_capture"
+revision = "0007_replicas"
+down_revision = "0006_console_sessions"
 
 
 def upgrade() -> None:
