@@ -107,7 +107,7 @@ class GatewayPacer:
     def reconfigure(self, config: Config) -> None:
         """Take new provider limits (a reload); the backend keeps running, so ``pacing.*`` is not reread."""
         self._config = config.model_copy(update={"pacing": self._config.pacing})
-        self._route_cache.clear()
+        self._plans.clear()
 
     async def close(self) -> None:
         if self._probe is not None:

@@ -20,7 +20,8 @@ from typing import Any
 import aiohttp
 
 from gateway.vault.crypto import generate_key
-from tests.ops.process import Deployment, GatewayProcess, free_port, poll, start_gateway, write_config
+from tests.ops.process import Deployment, GatewayProcess, start_gateway, write_config
+from tests.support import free_port, poll
 from tests.upstream.helpers import Upstream, start_upstream
 
 RATE = 50  # proxied calls per second during the changes
@@ -127,7 +128,7 @@ async def reloaded(gateway: GatewayProcess, deployment: Deployment, event: str, 
     """``gateway reload --pid`` (works with a broken config too), then wait for ``event`` in the log."""
     code, err = await run_cli(deployment, "reload", "--pid", str(gateway.proc.pid))
     assert code == 0, err
-    await poll(f"{event} #{times} in the log", lambda: gateway.output().count(f'"event":"{event}"') >= times)
+    await poll(f"{event} #{times} in the log", lambda: gateway.output().count(f'"event":"{event}"') >= times, deadline=30)
 
 
 async def test_online_key_rotation_under_load_fails_no_call(tmp_path: Path, aiohttp_server: Any) -> None:
@@ -139,12 +140,12 @@ async def test_online_key_rotation_under_load_fails_no_call(tmp_path: Path, aioh
     async with start_gateway(deployment, tmp_path) as gateway:
         await add_credentials(gateway, admin, upstream)
         async with loaded(Load(gateway, admin, upstream)) as load:
-            await poll("load running", lambda: len(load.statuses) >= 20)
+            await poll("load running", lambda: len(load.statuses) >= 20, deadline=30)
             key_file.write_text(f"{k2}\n{k1}\n", encoding="utf-8")
             await reloaded(gateway, deployment, "reloaded", 1)
             upstream.state.valid_token = "token-rotated"  # the next OAuth2 call gets a 401 and refreshes
-            await poll("an OAuth2 refresh after the reload", lambda: upstream.state.refreshes == 1)
-            await poll("the refreshed token sealed with k2", lambda: sealed_key_ids(tmp_path, "cred-oauth") == {"k2"})
+            await poll("an OAuth2 refresh after the reload", lambda: upstream.state.refreshes == 1, deadline=30)
+            await poll("the refreshed token sealed with k2", lambda: sealed_key_ids(tmp_path, "cred-oauth") == {"k2"}, deadline=30)
             assert sealed_key_ids(tmp_path, "cred-bearer") == {"k1"}
 
             async def rotated() -> bool:  # refused until the replica's heartbeat shows k2 (<= 5 s)
@@ -153,12 +154,12 @@ async def test_online_key_rotation_under_load_fails_no_call(tmp_path: Path, aioh
             await poll("keys rotate accepted", rotated, deadline=30)
             code, err = await run_cli(deployment, "reload")  # through server.pid_file this time
             assert code == 0, err
-            await poll("reload via the pid file", lambda: gateway.output().count('"event":"reloaded"') >= 2)
+            await poll("reload via the pid file", lambda: gateway.output().count('"event":"reloaded"') >= 2, deadline=30)
             assert sealed_key_ids(tmp_path) == {"k2"}
             key_file.write_text(f"{k2}\n", encoding="utf-8")
             await reloaded(gateway, deployment, "reloaded", 3)
             settled = len(load.statuses)
-            await poll("calls after the last reload", lambda: len(load.statuses) >= settled + 30)
+            await poll("calls after the last reload", lambda: len(load.statuses) >= settled + 30, deadline=30)
     assert len(load.statuses) >= 100
     assert set(load.statuses) == {200}, [s for s in load.statuses if s != 200]
     assert load.wrong_secrets == 0
@@ -247,13 +248,13 @@ async def test_a_hand_over_between_two_processes_fails_no_call(tmp_path: Path, a
         await add_credentials(old, admin, upstream)
         load = Load(old, admin, upstream)
         async with loaded(load):  # stopped before the new process is: every call had a listener
-            await poll("load on the old process", lambda: len(load.statuses) >= 20)
+            await poll("load on the old process", lambda: len(load.statuses) >= 20, deadline=30)
             new = await stack.enter_async_context(
                 start_gateway(deployment, tmp_path, name="new", ports=(old.port, free_port()))
             )
             old.proc.terminate()
             assert await old.wait_exit(30) == 0
             settled = len(load.statuses)
-            await poll("calls served by the new process alone", lambda: len(load.statuses) >= settled + 30)
+            await poll("calls served by the new process alone", lambda: len(load.statuses) >= settled + 30, deadline=30)
         assert '"event":"request"' in new.output()
     assert set(load.statuses) == {200}, [s for s in load.statuses if s != 200]

@@ -185,7 +185,7 @@ async def test_a_receiver_back_from_an_outage_gets_its_backlog_within_max_backof
         async def delivered() -> bool:
             return len(received) == 2
 
-        await _wait_for(delivered, 20)
+        await poll("the backlog delivered", delivered, 20)
     finally:
         await workers.close()
     assert time.monotonic() - started <= 0.5 + 5 * 1 + 2  # six attempts, waits capped at 1 s, 2 s of slack
@@ -213,14 +213,14 @@ async def test_a_failing_webhook_says_why_until_it_recovers(replica: dict[Any, A
             view = await objects.consumer_view("hooks")
             return bool(view.status == "failing" and view.status_detail == "delivery failing: answered HTTP 503")
 
-        await _wait_for(failing)
+        await poll("the consumer failing with its reason", failing)
         down = False
 
         async def active() -> bool:
             view = await objects.consumer_view("hooks")
             return bool(view.status == "active" and view.status_detail is None and view.pending == 0)
 
-        await _wait_for(active)
+        await poll("the consumer active again", active)
     finally:
         await workers.close()
 
