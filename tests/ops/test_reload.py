@@ -128,7 +128,8 @@ async def reloaded(gateway: GatewayProcess, deployment: Deployment, event: str, 
     """``gateway reload --pid`` (works with a broken config too), then wait for ``event`` in the log."""
     code, err = await run_cli(deployment, "reload", "--pid", str(gateway.proc.pid))
     assert code == 0, err
-    await poll(f"{event} #{times} in the log", lambda: gateway.output().count(f'"event":"{event}"') >= times, deadline=30)
+    logged = f'"event":"{event}"'
+    await poll(f"{event} #{times} in the log", lambda: gateway.output().count(logged) >= times, deadline=30)
 
 
 async def test_online_key_rotation_under_load_fails_no_call(tmp_path: Path, aiohttp_server: Any) -> None:
@@ -145,7 +146,8 @@ async def test_online_key_rotation_under_load_fails_no_call(tmp_path: Path, aioh
             await reloaded(gateway, deployment, "reloaded", 1)
             upstream.state.valid_token = "token-rotated"  # the next OAuth2 call gets a 401 and refreshes
             await poll("an OAuth2 refresh after the reload", lambda: upstream.state.refreshes == 1, deadline=30)
-            await poll("the refreshed token sealed with k2", lambda: sealed_key_ids(tmp_path, "cred-oauth") == {"k2"}, deadline=30)
+            sealed = lambda: sealed_key_ids(tmp_path, "cred-oauth") == {"k2"}  # noqa: E731
+            await poll("the refreshed token sealed with k2", sealed, deadline=30)
             assert sealed_key_ids(tmp_path, "cred-bearer") == {"k1"}
 
             async def rotated() -> bool:  # refused until the replica's heartbeat shows k2 (<= 5 s)
