@@ -156,7 +156,8 @@ async def test_online_key_rotation_under_load_fails_no_call(tmp_path: Path, aioh
             await poll("keys rotate accepted", rotated, deadline=30)
             code, err = await run_cli(deployment, "reload")  # through server.pid_file this time
             assert code == 0, err
-            await poll("reload via the pid file", lambda: gateway.output().count('"event":"reloaded"') >= 2, deadline=30)
+            twice = lambda: gateway.output().count('"event":"reloaded"') >= 2  # noqa: E731
+            await poll("reload via the pid file", twice, deadline=30)
             assert sealed_key_ids(tmp_path) == {"k2"}
             key_file.write_text(f"{k2}\n", encoding="utf-8")
             await reloaded(gateway, deployment, "reloaded", 3)
