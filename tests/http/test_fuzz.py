@@ -70,7 +70,7 @@ async def _seeded(make_gateway: GatewayFactory, upstream_url: str) -> Gateway:
     for path, body in (
         ("/v1/credentials", {"id": "cred", "provider": "rest", "base_url": upstream_url,
                              "auth": {"type": "bearer", "token": "t0ken"}}),
-        ("/v1/syncs", {"id": "sync", "credential_id": "cred", "collections": ["rest:items"]}),
+        ("/v1/syncs", {"id": "sync", "credential_id": "cred", "collections": []}),  # rest reads nothing
         ("/v1/consumers", {"id": "pull", "kind": "pull"}),
         ("/v1/consumers", {"id": "hook", "kind": "webhook", "url": "http://127.0.0.1:1/hook",
                            "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}),
