@@ -66,7 +66,7 @@ T = TypeVar("T")
 TIMEOUT = 1.0
 LEASE_TTL = 30.0  # how long a replica's queued calls and concurrency permits outlive it
 LOOKAHEAD = 20_000  # µs: slots are granted this long before they come, so a poll's round trip makes no call late
-MAX_BATCH = 256  # reservations per script call: keeps each call short, since Redis runs scripts one at a time
+MAX_BATCH = 32  # calls per script call: each grant in a call is as late as the whole call is long
 
 
 
@@ -126,6 +126,8 @@ class RedisBackend:
         self._renew_every = lease_ttl / 3
         self._calls: dict[str, list[_Call]] = {}
         self._senders: dict[str, asyncio.Task[None]] = {}
+        self._releases: dict[str, list[tuple[Reservation, asyncio.Future[None]]]] = {}
+        self._releasers: dict[str, asyncio.Task[None]] = {}
         self._clock_offset = ClockOffset()
         self._queues: dict[str, SharedQueue] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -256,12 +258,44 @@ class RedisBackend:
         )
 
     async def release(self, reservation: Reservation) -> None:
+        """Give a slot back. Give-backs of one tag travel together, one script call in flight per
+        tag (as arrivals do): a stalled process may give back hundreds of late grants at once, and
+        one connection each would exhaust the pool."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        tag = reservation.buckets[0].tag
+        self._releases.setdefault(tag, []).append((reservation, future))
+        if tag not in self._releasers:
+            self._releasers[tag] = asyncio.get_running_loop().create_task(self._releaser(tag))
+        await asyncio.shield(future)
+
+    async def _releaser(self, tag: str) -> None:
+        try:
+            while pending := self._releases.get(tag):
+                batch, self._releases[tag] = pending[:MAX_BATCH], pending[MAX_BATCH:]
+                try:
+                    await self._send_releases([reservation for reservation, _ in batch])
+                except Exception as exc:  # nobody giving a slot back may wait forever
+                    failure = exc if isinstance(exc, BackendError) else BackendError(f"redis: {type(exc).__name__}")
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(failure)
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._releases.pop(tag, None)
+            del self._releasers[tag]
+
+    async def _send_releases(self, reservations: list[Reservation]) -> None:
+        """One script call; the newest slot first, so each rewind can make the one before it the tail."""
         keys: list[str] = []
-        args: list[Any] = ["release", len(reservation.buckets)]
-        for spec, charge in zip(reservation.buckets, reservation.charges, strict=True):
-            keys.append(self._key(spec))
-            args += [len(keys), spec.schedule.interval, charge.key]
-        await self._run(keys, args)
+        index: dict[str, int] = {}
+        triples: list[int] = []
+        for reservation in sorted(reservations, key=lambda r: r.charges[0].slot, reverse=True):
+            for spec, charge in zip(reservation.buckets, reservation.charges, strict=True):
+                triples += [self._index(spec, keys, index), spec.schedule.interval, charge.key]
+        await self._run(keys, ["release", len(triples) // 3, *triples])
 
     def _release_soon(self, reservation: Reservation) -> None:
         self._spawn(self.release(reservation))
@@ -305,7 +339,7 @@ class RedisBackend:
     async def close(self) -> None:
         for queue in self._queues.values():
             await queue.close()
-        for task in [*self._senders.values(), *self._background]:
+        for task in [*self._senders.values(), *self._releasers.values(), *self._background]:
             with contextlib.suppress(Exception):
                 await task
         await self._client.aclose()
