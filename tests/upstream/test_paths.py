@@ -113,6 +113,6 @@ def test_base_urls_that_climb_or_carry_userinfo_are_refused(base_url: str) -> No
         CredentialIn.model_validate({**CREDENTIAL, "base_url": base_url})
 
 
-@pytest.mark.parametrize("base_url", ["https://api.example.com", "https://api.example.com/v1/", "http://h:8080/a.b/c..d"])
+@pytest.mark.parametrize("base_url", ["https://api.example.com", "https://api.example.com/v1/", "http://h:8443/a.b/c..d"])
 def test_plain_base_urls_pass(base_url: str) -> None:
     assert CredentialIn.model_validate({**CREDENTIAL, "base_url": base_url}).base_url == base_url.rstrip("/")
