@@ -132,12 +132,20 @@ async def reloaded(gateway: GatewayProcess, deployment: Deployment, event: str, 
     await poll(f"{event} #{times} in the log", lambda: gateway.output().count(logged) >= times, deadline=30)
 
 
+async def rotation_setup(
+    tmp_path: Path, aiohttp_server: Any, first_key: str
+) -> tuple[Deployment, Path, Upstream, str]:
+    """A keyed deployment on ``first_key``, an upstream, and an admin token."""
+    deployment, key_file = keyed_deployment(tmp_path, [first_key])
+    upstream = await start_upstream(aiohttp_server)
+    admin = await deployment.cli("tokens", "create", "--name", "ops", "--scope", "admin")
+    return deployment, key_file, upstream, admin
+
+
 async def test_online_key_rotation_under_load_fails_no_call(tmp_path: Path, aiohttp_server: Any) -> None:
     """Prepend a key + reload, rotate, drop the old key + reload, at 50 calls/s: 0 errors, 0 wrong secrets."""
     k1, k2 = generate_key("k1"), generate_key("k2")
-    deployment, key_file = keyed_deployment(tmp_path, [k1])
-    upstream = await start_upstream(aiohttp_server)
-    admin = await deployment.cli("tokens", "create", "--name", "ops", "--scope", "admin")
+    deployment, key_file, upstream, admin = await rotation_setup(tmp_path, aiohttp_server, k1)
     async with start_gateway(deployment, tmp_path) as gateway:
         await add_credentials(gateway, admin, upstream)
         async with loaded(Load(gateway, admin, upstream)) as load:
@@ -212,9 +220,7 @@ async def test_a_reload_refuses_what_would_break_and_applies_new_objects(tmp_pat
 async def test_rotate_waits_for_every_replica_and_a_forced_one_is_reread(tmp_path: Path, aiohttp_server: Any) -> None:
     """A replica not reloaded yet blocks ``keys rotate`` (exit 1, named); after --force it re-reads its key file."""
     k1, k2 = generate_key("k1"), generate_key("k2")
-    deployment, key_file = keyed_deployment(tmp_path, [k1])
-    upstream = await start_upstream(aiohttp_server)
-    admin = await deployment.cli("tokens", "create", "--name", "ops", "--scope", "admin")
+    deployment, key_file, upstream, admin = await rotation_setup(tmp_path, aiohttp_server, k1)
     async with start_gateway(deployment, tmp_path) as gateway:
         await add_credentials(gateway, admin, upstream)
         key_file.write_text(f"{k2}\n{k1}\n", encoding="utf-8")  # on disk, but the replica was not reloaded
