@@ -10,11 +10,15 @@ Small GETs (64-byte body with a Content-Length) at c=1 and c=50 with wrk (reques
 warm-up second before each row, against two upstreams in turn: nginx serving a fixed body (a fast
 upstream: what the proxies themselves cost shows most) and the project's generic sandbox upstream on
 aiohttp+uvloop (a Python upstream, as the issue's calibration was measured). Rows per upstream:
-``direct``; ``bare aiohttp`` (a ~25-line aiohttp+uvloop proxy: the baseline of aiohttp's own cost,
-no auth, pacing, logs or metrics); ``gateway`` (the real ``gateway serve``, default config: SQLite,
-local pacing, request log at info as JSON to /dev/null, metrics, token auth); ``gateway xN`` (the
+``direct``; ``bare aiohttp`` (a ~30-line aiohttp+uvloop relay streaming both ways and dropping
+hop-by-hop headers: the baseline of aiohttp's own cost, no auth, pacing, logs or metrics);
+``gateway`` (the real ``gateway serve``, default config: SQLite, local pacing, request log at info as
+JSON to /dev/null, metrics, token auth); ``gateway xN`` (the
 same with ``server.workers = N``, which needs PostgreSQL and Redis: skipped with a message when they
 are not reachable); ``nginx`` as a plain reverse proxy (1 worker, upstream keepalive 64).
+Every row also has the CPU its serving process tree spent per request (utime+stime from /proc over
+the measured run), its CPU and req/s as multiples of the bare relay's, and at c=1 the latency it adds
+over the bare relay (p50, p99).
 Then 1 GiB uploaded and downloaded through the single-process gateway at full speed, and a download
 read slowly, with the gateway process's peak RSS growth.
 
@@ -56,6 +60,8 @@ ENCRYPTION_KEY = generate_key("bench")  # one per run: the workers rows of both 
 GIB = 1024**3
 MIB = 1024**2
 SMALL_BODY = "x" * 64
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+BARE = "bare aiohttp"
 NGINX_CONF = """
 daemon off; master_process on; worker_processes 1; pid {prefix}/{name}.pid; error_log {prefix}/{name}.err warn;
 events {{ worker_connections 4096; }}
@@ -117,12 +123,13 @@ def child(args: list[str], port: int, **kwargs: Any) -> Iterator[subprocess.Pope
 
 
 @contextmanager
-def nginx(workdir: Path, name: str, port: int, upstream_port: int, body: str) -> Iterator[None]:
+def nginx(workdir: Path, name: str, port: int, upstream_port: int, body: str) -> Iterator[int]:
+    """nginx with one worker; yields the master's pid (its worker is a child: both count as its CPU)."""
     (workdir / "tmp").mkdir(exist_ok=True)
     conf = workdir / f"{name}.conf"
     conf.write_text(NGINX_CONF.format(prefix=workdir, name=name, port=port, upstream_port=upstream_port, body=body))
-    with child(["nginx", "-c", str(conf), "-p", str(workdir)], port):
-        yield
+    with child(["nginx", "-c", str(conf), "-p", str(workdir)], port) as proc:
+        yield proc.pid
 
 
 def wrk(url: str, connections: int, seconds: int, headers: dict[str, str]) -> dict[str, float]:
@@ -131,12 +138,38 @@ def wrk(url: str, connections: int, seconds: int, headers: dict[str, str]) -> di
         args += ["-H", f"{name}: {value}"]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return {"rps": rps, "p50_ms": _latency(out, "50%"), "p99_ms": _latency(out, "99%")}
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "requests": requests, "p50_ms": _latency(out, "50%"), "p99_ms": _latency(out, "99%")}
 
 
 def _latency(out: str, label: str) -> float:
     value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def cpu_seconds(root: int) -> float:
+    """utime + stime of ``root`` and every process below it (a supervisor's workers, nginx's worker).
+
+    Read from /proc/<pid>/stat (no psutil): the fields after the command name, whose parentheses may
+    hold spaces, are state, ppid, ... utime (12th), stime (13th), in clock ticks.
+    """
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += ticks.get(pid, 0)
+        todo += children.get(pid, [])
+    return total / CLOCK_TICKS
 
 
 def rss_kib(pid: int) -> int:
@@ -194,16 +227,21 @@ def serve_upstream(port: int) -> None:
 
 
 def serve_bare(port: int, upstream: str) -> None:
-    """The issue's baseline: a bare aiohttp+uvloop proxy (no auth, pacing, logs or metrics).
+    """The issue's baseline: a bare aiohttp+uvloop relay with no auth, pacing, logs or metrics.
 
-    GETs only, one pooled ``ClientSession``, the answer read whole and sent with its Content-Length:
-    what aiohttp's client and server cost on this machine before any gateway logic.
+    Any method; the request body streamed up and the answer streamed down (``StreamResponse``, the
+    upstream's Content-Length kept), hop-by-hop headers dropped both ways, one pooled
+    ``ClientSession``: what aiohttp's client and server cost on this machine before any gateway logic.
     """
     from aiohttp import web
 
     from gateway.runtime import install_uvloop
 
     install_uvloop()
+    hop_by_hop = frozenset(
+        {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer"}
+        | {"transfer-encoding", "upgrade", "host"}
+    )
     session_key = web.AppKey("session", aiohttp.ClientSession)
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -211,14 +249,23 @@ def serve_bare(port: int, upstream: str) -> None:
         yield
         await app[session_key].close()
 
-    async def forward(request: web.Request) -> web.Response:
-        async with request.app[session_key].get(upstream + request.rel_url.raw_path_qs) as resp:
-            body = await resp.read()
-            return web.Response(body=body, status=resp.status, content_type=resp.content_type)
+    async def relay(request: web.Request) -> web.StreamResponse:
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in hop_by_hop]
+        body = request.content if request.body_exists else None
+        url = upstream + request.rel_url.raw_path_qs
+        session = request.app[session_key]
+        async with session.request(request.method, url, headers=headers, data=body, allow_redirects=False) as up:
+            answer = [(k, v) for k, v in up.headers.items() if k.lower() not in hop_by_hop]
+            response = web.StreamResponse(status=up.status, headers=answer)
+            await response.prepare(request)
+            async for chunk in up.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
 
     app = web.Application()
     app.cleanup_ctx.append(session_ctx)
-    app.router.add_get("/{tail:.*}", forward)
+    app.router.add_route("*", "/{tail:.*}", relay)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
@@ -321,45 +368,88 @@ def redis_reachable() -> bool:
 # --- the run ----------------------------------------------------------------------------------------
 
 
+@dataclass
+class Server:
+    """A process under load: its base URL and the pid whose CPU (with its children's) it costs."""
+
+    url: str
+    pid: int
+
+
+@dataclass
+class Target:
+    """One row of a load table: where wrk sends, with which headers, and which process serves it."""
+
+    name: str
+    url: str
+    headers: dict[str, str]
+    pid: int
+
+
+def measure(target: Target, connections: int, seconds: int) -> dict[str, Any]:
+    """One warm-up second (connections, caches), then the row: wrk's figures and the server's CPU.
+
+    ``cpu_us`` is the utime+stime the serving process tree spent during the measured run divided by
+    the requests wrk completed: unlike req/s it barely moves when other work shares the cores.
+    """
+    wrk(target.url, connections, 1, target.headers)
+    before = cpu_seconds(target.pid)
+    measured = wrk(target.url, connections, seconds, target.headers)
+    spent = cpu_seconds(target.pid) - before
+    return {"path": target.name, "c": connections, **measured, "cpu_us": spent / measured["requests"] * 1e6}
+
+
+def compare_to_bare(rows: list[dict[str, Any]], group: str = "upstream") -> None:
+    """Add each row's ratios to the bare relay's row of the same group and c, and at c=1 the added latency."""
+    bare = {(row[group], row["c"]): row for row in rows if row["path"] == BARE}
+    for row in rows:
+        base = bare.get((row[group], row["c"]))
+        if base is None:
+            continue
+        row["cpu_vs_bare"] = row["cpu_us"] / base["cpu_us"]
+        row["rps_vs_bare"] = row["rps"] / base["rps"]
+        if row["c"] == 1:
+            row["added_p50_ms"] = row["p50_ms"] - base["p50_ms"]
+            row["added_p99_ms"] = row["p99_ms"] - base["p99_ms"]
+
+
 @contextmanager
-def upstream_server(kind: str, workdir: Path) -> Iterator[str]:
+def upstream_server(kind: str, workdir: Path) -> Iterator[Server]:
     """The small-GET upstream: nginx returning a fixed body, or the generic sandbox on aiohttp."""
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
     if kind == "nginx":
-        with nginx(workdir, f"upstream-{port}", port, port, NGINX_UPSTREAM):
-            yield f"http://127.0.0.1:{port}"
+        with nginx(workdir, f"upstream-{port}", port, port, NGINX_UPSTREAM) as pid:
+            yield Server(url, pid)
     else:
-        with child([sys.executable, __file__, "serve-upstream", str(port)], port):
-            yield f"http://127.0.0.1:{port}"
+        with child([sys.executable, __file__, "serve-upstream", str(port)], port) as proc:
+            yield Server(url, proc.pid)
 
 
 def small_gets(seconds: int, workdir: Path, kind: str, workers: int, pg_url: str | None) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
     path = "/bytes/64?length=1"  # nginx ignores the query; the sandbox then answers with a Content-Length
     with ExitStack() as stack:
         upstream = stack.enter_context(upstream_server(kind, workdir))
         bare_port = free_port()
-        stack.enter_context(child([sys.executable, __file__, "serve-bare", str(bare_port), upstream], bare_port))
-        single = stack.enter_context(gateway(workdir, upstream))
+        bare_args = [sys.executable, __file__, "serve-bare", str(bare_port), upstream.url]
+        bare = stack.enter_context(child(bare_args, bare_port))
+        single = stack.enter_context(gateway(workdir, upstream.url))
         targets = [
-            ("direct", upstream + path, {}),
-            ("bare aiohttp", f"http://127.0.0.1:{bare_port}{path}", {}),
-            ("gateway", single.url + path, {"Authorization": f"Bearer {single.token}"}),
+            Target("direct", upstream.url + path, {}, upstream.pid),
+            Target(BARE, f"http://127.0.0.1:{bare_port}{path}", {}, bare.pid),
+            Target("gateway", single.url + path, {"Authorization": f"Bearer {single.token}"}, single.proc.pid),
         ]
         if workers > 1 and pg_url is not None:
-            several = stack.enter_context(gateway(workdir, upstream, workers=workers, store_url=pg_url))
-            targets.append((f"gateway x{workers}", several.url + path, {"Authorization": f"Bearer {several.token}"}))
+            several = stack.enter_context(gateway(workdir, upstream.url, workers=workers, store_url=pg_url))
+            auth = {"Authorization": f"Bearer {several.token}"}
+            targets.append(Target(f"gateway x{workers}", several.url + path, auth, several.proc.pid))
         if shutil.which("nginx") is not None:
             nginx_port = free_port()
-            stack.enter_context(
-                nginx(workdir, f"proxy-{nginx_port}", nginx_port, int(upstream.rsplit(":", 1)[1]), NGINX_PROXY)
-            )
-            targets.append(("nginx", f"http://127.0.0.1:{nginx_port}{path}", {}))
-        for connections in (1, 50):
-            for name, url, headers in targets:
-                wrk(url, connections, 1, headers)  # warm-up: connections, caches
-                measured = wrk(url, connections, seconds, headers)
-                rows.append({"upstream": kind, "path": name, "c": connections, **measured})
+            upstream_port = int(upstream.url.rsplit(":", 1)[1])
+            pid = stack.enter_context(nginx(workdir, f"proxy-{nginx_port}", nginx_port, upstream_port, NGINX_PROXY))
+            targets.append(Target("nginx", f"http://127.0.0.1:{nginx_port}{path}", {}, pid))
+        rows = [{"upstream": kind, **measure(t, c, seconds)} for c in (1, 50) for t in targets]
+    compare_to_bare(rows)
     return rows
 
 
@@ -395,23 +485,33 @@ def run(
         for kind in upstreams:
             results["small_gets"] += small_gets(seconds, workdir, kind, workers, pg_url)
         if not small_only:
-            with upstream_server("sandbox", workdir) as upstream, gateway(workdir, upstream) as gw:
+            with upstream_server("sandbox", workdir) as upstream, gateway(workdir, upstream.url) as gw:
                 results["transfers"] = asyncio.run(big_transfers(gw.url, gw.token, gw.proc.pid, size=size))
     return results
 
 
 def print_table(results: dict[str, Any]) -> None:
-    print(f"{'upstream':<9} {'path':<14} {'c':>3} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    print(
+        f"{'upstream':<9} {'path':<14} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/req':>10} "
+        f"{'CPU x bare':>10} {'req/s x bare':>12} {'+p50 ms':>8} {'+p99 ms':>8}"
+    )
     for row in results["small_gets"]:
         print(
-            f"{row['upstream']:<9} {row['path']:<14} {row['c']:>3} {row['rps']:>10.0f} "
-            f"{row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}"
+            f"{row['upstream']:<9} {row['path']:<14} {row['c']:>3} {row['rps']:>9.0f} {row['p50_ms']:>8.3f} "
+            f"{row['p99_ms']:>8.3f} {row['cpu_us']:>10.0f} {_optional(row, 'cpu_vs_bare', '.2f'):>10} "
+            f"{_optional(row, 'rps_vs_bare', '.2f'):>12} {_optional(row, 'added_p50_ms', '+.3f'):>8} "
+            f"{_optional(row, 'added_p99_ms', '+.3f'):>8}"
         )
+    print("(+p50/+p99: added latency over the bare relay at c=1)")
     if results["transfers"]:
         print()
         print(f"{'transfer':<42} {'MiB/s':>8} {'RSS growth MiB':>15}")
     for row in results["transfers"]:
         print(f"{row['transfer']:<42} {row['mib_per_s']:>8.0f} {row['rss_growth_mib']:>15.1f}")
+
+
+def _optional(row: dict[str, Any], key: str, spec: str) -> str:
+    return format(row[key], spec) if key in row else ""
 
 
 def main() -> None:
