@@ -107,6 +107,7 @@ def create_app(
                 engine=engine,
                 objects=app[appkeys.OBJECTS],
                 tokens=app[appkeys.TOKENS],
+                syncs=runners,
                 recent=recent,
                 describe=pacer.describe,
             ),

@@ -1,4 +1,4 @@
-"""The console's forms: sign-in, sign-out, token create and revoke.
+"""The console's forms: sign-in, sign-out, token create and revoke, sync pause, resume and backfill.
 
 Every post is CSRF-checked (``auth.form``; the sign-in form by its double-submit cookie) and answers
 with a redirect (303, so a reload never posts twice) except token creation, whose answer is the one
@@ -120,3 +120,12 @@ def token_fields(data: MultiDictProxy[str | bytes | bytearray | FileField]) -> d
 async def revoke_token(request: web.Request) -> web.StreamResponse:
     await services(request).tokens.revoke(request.match_info["name"])
     return web.HTTPSeeOther("/console/tokens")
+
+
+@form
+async def sync_action(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/syncs/{id}/pause|resume|backfill`` from a button: the same calls (the route names the action)."""
+    syncs = services(request).syncs
+    control = {"pause": syncs.pause, "resume": syncs.resume, "backfill": syncs.backfill}[request.match_info["action"]]
+    await control(request.match_info["id"])
+    return web.HTTPSeeOther("/console/syncs")

@@ -20,6 +20,7 @@ from gateway.observability.recent import Recent
 from gateway.store.objects import Objects
 from gateway.store.sessions import Sessions
 from gateway.store.tokens import Tokens
+from gateway.syncs.runner import SyncRunners
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Services:
     engine: AsyncEngine
     objects: Objects  # credentials, syncs, consumers: what /v1/credentials, /v1/syncs, /v1/consumers read
     tokens: Tokens  # what /v1/tokens reads and changes
+    syncs: SyncRunners  # pause, resume, backfill: what POST /v1/syncs/{id}/pause|resume|backfill call
     recent: Recent  # this process's recent calls and per-credential rates
     describe: Callable[[Credential], Awaitable[dict[str, Any]]]  # the pacing state GET /v1/credentials/{id} shows
 

@@ -44,6 +44,7 @@ def add_console(app: web.Application, services: Services) -> None:
         ("GET", "/console/credentials/{id}", views.credential, "credential"),
         ("GET", "/console/calls", views.calls, "calls"),
         ("GET", "/console/syncs", views.syncs, "syncs"),
+        ("POST", "/console/syncs/{id}/{action:pause|resume|backfill}", actions.sync_action, "sync_action"),
         ("GET", "/console/consumers", views.consumers, "consumers"),
         ("GET", "/console/tokens", views.tokens, "tokens"),
         ("POST", "/console/tokens", actions.create_token, "create_token"),

@@ -15,25 +15,16 @@ _ERRORS = {400: "invalid request", 401: "missing or bad token", 403: "token lack
 
 async def pause(request: web.Request) -> web.Response:
     """Stop reading the upstream; the cursor stays, so resume goes on from there."""
-    sync_id = object_id(request)
-    view = await request.app[appkeys.OBJECTS].pause_sync(sync_id, True)
-    request.app[appkeys.SYNC_RUNNERS].poke(sync_id)
-    return json_response(view)
+    return json_response(await request.app[appkeys.SYNC_RUNNERS].pause(object_id(request)))
 
 
 async def resume(request: web.Request) -> web.Response:
-    sync_id = object_id(request)
-    view = await request.app[appkeys.OBJECTS].pause_sync(sync_id, False)
-    request.app[appkeys.SYNC_RUNNERS].poke(sync_id)
-    return json_response(view)
+    return json_response(await request.app[appkeys.SYNC_RUNNERS].resume(object_id(request)))
 
 
 async def backfill(request: web.Request) -> web.Response:
     """Read every record again (unchanged ones make no event); also resumes a paused sync."""
-    sync_id = object_id(request)
-    view = await request.app[appkeys.OBJECTS].backfill_sync(sync_id)
-    request.app[appkeys.SYNC_RUNNERS].poke(sync_id)
-    return json_response(view)
+    return json_response(await request.app[appkeys.SYNC_RUNNERS].backfill(object_id(request)))
 
 
 def _endpoint(action: str, handler: Handler, summary: str) -> Endpoint:

@@ -7,8 +7,9 @@ dies stops renewing, and another takes the sync over within the lease TTL, from 
 A poller that loses its lease is stopped; the cursor's generation check keeps an overlapping commit
 out meanwhile. The tick also sets ``gateway_sync_lag_seconds`` from the store.
 
-API for the rest of the gateway: ``runners.poke(sync_id)`` after pause, resume or backfill, so this
-replica acts on it at once rather than at its next tick.
+API for the rest of the gateway: ``pause``, ``resume`` and ``backfill`` (the Management API's and the
+console's one implementation) change the sync in the store and ``poke`` it, so this replica acts on
+it at once rather than at its next tick; ``poke(sync_id)`` alone after creating or changing a sync.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.config import Config
+from gateway.domain.models import SyncView
 from gateway.domain.objects import Sync
 from gateway.observability.metrics import Metrics
 from gateway.pacing.api import Pacer
@@ -63,6 +65,23 @@ class SyncRunners:
         if current is not None:
             current[0].wake.set()
         self._poked.set()
+
+    async def pause(self, sync_id: str) -> SyncView:
+        """Stop reading the upstream; the cursor stays, so resume goes on from there."""
+        view = await self.objects.pause_sync(sync_id, True)
+        self.poke(sync_id)
+        return view
+
+    async def resume(self, sync_id: str) -> SyncView:
+        view = await self.objects.pause_sync(sync_id, False)
+        self.poke(sync_id)
+        return view
+
+    async def backfill(self, sync_id: str) -> SyncView:
+        """Read every record again (unchanged ones make no event); also resumes a paused sync."""
+        view = await self.objects.backfill_sync(sync_id)
+        self.poke(sync_id)
+        return view
 
     async def context(self, _app: object) -> AsyncIterator[None]:
         supervisor = asyncio.create_task(self._supervise(), name="sync-runners")

@@ -144,6 +144,38 @@ async def test_syncs_and_providers_pages(signed_in: SignedIn, upstream: Upstream
         assert f'<th scope="row">{name}</th>' in providers
 
 
+async def test_the_sync_buttons_pause_resume_and_backfill(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """Each button is one form post that does what the sync API does; the page then shows the new state."""
+    gw = await make_gateway(stream={"capture": False})  # the store's state only: no poller changes it
+    csrf = await sign_in(gw.client, gw.admin_token)
+    auth = {"type": "bearer", "token": "pat-na1-sandbox-token"}
+    await add_credential(gw, upstream.url, auth, cid="cred-h", provider="hubspot")
+    body = {"id": "contacts", "credential_id": "cred-h", "collections": ["hubspot:contact"]}
+    assert (await gw.client.post("/v1/syncs", json=body, headers=gw.auth())).status == 201
+    await add_sync(gw, "cred-h", "proxy-only")
+    html = await (await gw.client.get("/console/syncs")).text()
+    assert 'action="/console/syncs/contacts/pause"' in html and 'action="/console/syncs/contacts/backfill"' in html
+    assert "/console/syncs/proxy-only/" not in html  # a proxy-only sync reads nothing: no buttons
+
+    async def press(action: str) -> dict[str, Any]:
+        resp = await gw.client.post(f"/console/syncs/contacts/{action}", data={"csrf": csrf}, allow_redirects=False)
+        assert (resp.status, resp.headers["Location"]) == (303, "/console/syncs")
+        api = await gw.client.get("/v1/syncs/contacts", headers=gw.auth())
+        return dict(await api.json())
+
+    assert (await press("pause"))["state"] == "paused"
+    html = await (await gw.client.get("/console/syncs")).text()
+    assert '<span class="badge paused">paused</span>' in html and 'action="/console/syncs/contacts/resume"' in html
+    assert "/console/syncs/contacts/pause" not in html
+    assert (await press("resume"))["state"] == "backfilling"
+    assert (await gw.app[appkeys.OBJECTS].sync("contacts")).paused is False
+    await press("pause")
+    view = await press("backfill")  # also resumes
+    assert view["state"] == "backfilling" and (await gw.app[appkeys.OBJECTS].sync("contacts")).generation == 1
+    missing = await gw.client.post("/console/syncs/nope/pause", data={"csrf": csrf})
+    assert missing.status == 404 and "nope" in await missing.text()
+
+
 async def test_the_live_stream_sends_every_credentials_state(signed_in: SignedIn, upstream: Upstream) -> None:
     """``/console/events`` is an event stream whose events carry each credential's bucket."""
     gw, _ = signed_in

@@ -14,6 +14,7 @@ from gateway.http import appkeys
 from gateway.store import tables as t
 from tests.conftest import GatewayFactory, ServedLikeProduction, make_config
 from tests.console.helpers import csrf_of, session_cookie, sign_in
+from tests.upstream.helpers import add_credential, add_sync
 
 PAGES = [
     "/console",
@@ -25,7 +26,8 @@ PAGES = [
     "/console/providers",
     "/console/events",
 ]
-FORMS = ["/console/signout", "/console/tokens", "/console/tokens/admin/revoke"]
+SYNC_FORMS = ["/console/syncs/sync-1/pause", "/console/syncs/sync-1/resume", "/console/syncs/sync-1/backfill"]
+FORMS = ["/console/signout", "/console/tokens", "/console/tokens/admin/revoke", *SYNC_FORMS]
 
 
 async def test_every_console_route_redirects_to_signin_without_a_session(make_gateway: GatewayFactory) -> None:
@@ -50,12 +52,14 @@ async def test_a_bearer_token_is_not_a_console_session(make_gateway: GatewayFact
 async def test_every_form_post_refuses_without_the_csrf_token(make_gateway: GatewayFactory) -> None:
     """Signed in, a post without (or with a wrong) CSRF token is 403 and changes nothing."""
     gw = await make_gateway()
+    await add_sync(gw, await add_credential(gw, "http://127.0.0.1:9"))
     await sign_in(gw.client, gw.admin_token)
     for path in FORMS:
         for form in ({"name": "evil"}, {"name": "evil", "csrf": "0" * 64}):
             resp = await gw.client.post(path, data=form, allow_redirects=False)
             assert resp.status == 403, path
     assert [v.name for v in await gw.app[appkeys.TOKENS].list()] == ["admin"]
+    assert [(s.paused, s.generation) for s in await gw.app[appkeys.OBJECTS].all_syncs()] == [(False, 0)]
     assert (await gw.client.get("/console", allow_redirects=False)).status == 200  # not signed out
 
 

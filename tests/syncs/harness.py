@@ -96,6 +96,15 @@ class SyncEnv:
             rows = (await conn.execute(select(e.action, e.upstream_id, e.record).order_by(e.seq))).all()
         return [(row.action, row.upstream_id, row.record) for row in rows]
 
+    async def progress_is(self, n: int) -> bool:
+        """Whether the backfill has counted ``n`` records of the collection."""
+        return bool((await self.view())["progress"].get(self.collection) == n)
+
+    async def poller_stopped(self) -> bool:
+        """Whether this replica runs no poller for the sync (e.g. it is paused)."""
+        current = self.gw.app[appkeys.SYNC_RUNNERS].running.get(SYNC)
+        return current is None or current[1].done()
+
     async def wait_polls(self, rounds: int = 2) -> None:
         """Wait until ``rounds`` complete rounds (each reading every change) began after this call."""
         for _ in range(rounds):

@@ -106,7 +106,7 @@ async def test_pause_stops_reading_and_backfill_reads_everything_again(
     await until("the backfill is complete", env.in_step)
     runners = env.gw.app[appkeys.SYNC_RUNNERS]
     await env.post("pause")
-    await until("the poller stopped", lambda: _stopped(runners))
+    await until("the poller stopped", env.poller_stopped)
     before = len(env.sandbox.requests)
     env.seed(1, start=70)
     for _ in range(2):
@@ -115,18 +115,9 @@ async def test_pause_stops_reading_and_backfill_reads_everything_again(
     view = await env.post("backfill")
     assert view["state"] == "backfilling" and view["progress"] == {}
     await until("the backfill is complete", env.in_step)
-    await until("progress counts every record", lambda: _progress(env, 4))
+    await until("progress counts every record", lambda: env.progress_is(4))
     inserts = [i for a, i, _ in await env.events() if a == "insert"]
     assert len(inserts) == len(set(inserts)) == 4  # unchanged records made no second event
-
-
-async def _stopped(runners: Any) -> bool:
-    current = runners.running.get(SYNC)
-    return current is None or current[1].done()
-
-
-async def _progress(env: Any, n: int) -> bool:
-    return bool((await env.view())["progress"].get(env.collection) == n)
 
 
 async def test_bad_syncs_are_refused_naming_the_field(make_gateway: GatewayFactory, aiohttp_server: Any) -> None:
