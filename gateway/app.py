@@ -19,7 +19,7 @@ from gateway.errors import DEFAULT_DOCS, set_docs_base
 from gateway.http import appkeys, consumers, management, mutations, providers, proxy, syncs, tokens
 from gateway.http.docs import add_docs_routes
 from gateway.http.endpoints import Endpoint
-from gateway.http.middlewares import add_request_id, gateway_middleware
+from gateway.http.middlewares import add_request_id, client_address, gateway_middleware
 from gateway.http.openapi import add_endpoints
 from gateway.http.ops import add_ops_routes
 from gateway.http.protocol import start_runner
@@ -110,6 +110,8 @@ def create_app(
                 syncs=runners,
                 recent=recent,
                 describe=pacer.describe,
+                backoff=throttle,
+                client_address=partial(client_address, trust_forwarded=server.trust_forwarded),
             ),
         )
 

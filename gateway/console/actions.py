@@ -29,7 +29,7 @@ from gateway.console.auth import (
 from gateway.console.keys import SESSIONS, services
 from gateway.console.views import tokens_page
 from gateway.domain.models import TokenIn
-from gateway.errors import GatewayError, InvalidRequest, describe_validation_error
+from gateway.errors import GatewayError, InvalidRequest, RateLimited, describe_validation_error
 
 SIGNIN_COOKIE_AGE = 3600
 
@@ -47,18 +47,35 @@ async def signin_form(request: web.Request) -> web.StreamResponse:
 
 
 async def signin(request: web.Request) -> web.StreamResponse:
-    """Exchange an admin token (posted, never in a URL) for a session cookie."""
+    """Exchange an admin token (posted, never in a URL) for a session cookie.
+
+    Bad tokens count in the API's per-address backoff (one table for both), so the form is no way
+    around it: a paused address gets 429 with ``Retry-After``, good token or not, as from the API.
+    """
     data = await request.post()
     sent, expected = data.get("csrf"), request.cookies.get(SIGNIN_COOKIE, "")
     if not isinstance(sent, str) or not expected or not hmac.compare_digest(sent, expected):
         return _signin_page(request, error="The form expired; please sign in again.", status=403)
-    token = data.get("token")
-    principal = await services(request).tokens.authenticate(token.strip()) if isinstance(token, str) else None
+    backoff, address = services(request).backoff, services(request).client_address(request)
+    try:
+        backoff.check(address)
+    except RateLimited as exc:
+        headers = exc.headers()
+        error = f"Too many bad tokens from this address: try again in {headers['Retry-After']} s."
+        response = _signin_page(request, error=error, status=exc.status)
+        response.headers.update(headers)
+        return response
+    posted = data.get("token")
+    token = posted.strip() if isinstance(posted, str) else ""
+    principal = await services(request).tokens.authenticate(token) if token else None
+    if principal is None:
+        backoff.failed(address)
+    else:
+        backoff.succeeded(address)
     if principal is None or not principal.has_scope("admin"):
         return _signin_page(request, error="That is not a valid admin token.", status=401)
     ttl = services(request).config.console.session_ttl
-    assert isinstance(token, str)
-    session_id = await request.app[SESSIONS].open(token.strip(), ttl=ttl)
+    session_id = await request.app[SESSIONS].open(token, ttl=ttl)
     response = web.HTTPSeeOther("/console")
     set_cookie(request, response, COOKIE, session_id, ttl)
     response.del_cookie(SIGNIN_COOKIE, path="/console")

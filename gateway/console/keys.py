@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,6 +23,14 @@ from gateway.store.tokens import Tokens
 from gateway.syncs.runner import SyncRunners
 
 
+class BadTokenBackoff(Protocol):
+    """The API's per-address backoff for bad tokens (``AuthThrottle``): sign-in shares its table."""
+
+    def check(self, address: str) -> None: ...  # raises ``RateLimited`` while the address is paused
+    def failed(self, address: str) -> None: ...
+    def succeeded(self, address: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class Services:
     config: Config
@@ -32,6 +40,8 @@ class Services:
     syncs: SyncRunners  # pause, resume, backfill: what POST /v1/syncs/{id}/pause|resume|backfill call
     recent: Recent  # this process's recent calls and per-credential rates
     describe: Callable[[Credential], Awaitable[dict[str, Any]]]  # the pacing state GET /v1/credentials/{id} shows
+    backoff: BadTokenBackoff  # the very table the API's authentication counts bad tokens in
+    client_address: Callable[[web.Request], str]  # whose bad tokens they are, as the API tells it
 
 
 SERVICES = web.AppKey("console_services", Services)

@@ -14,6 +14,7 @@ from gateway.http import appkeys
 from gateway.store import tables as t
 from tests.conftest import GatewayFactory, ServedLikeProduction, make_config
 from tests.console.helpers import csrf_of, session_cookie, sign_in
+from tests.support import poll
 from tests.upstream.helpers import add_credential, add_sync
 
 PAGES = [
@@ -84,6 +85,33 @@ async def test_non_admin_and_wrong_tokens_cannot_sign_in(make_gateway: GatewayFa
         assert resp.status == 401
         assert "not a valid admin token" in await resp.text()
     assert (await gw.client.get("/console", allow_redirects=False)).status == 303
+
+
+async def test_bad_sign_ins_share_the_apis_bad_token_backoff(make_gateway: GatewayFactory) -> None:
+    """Bad tokens posted to the sign-in form pause the address as bad bearer tokens do: 429 with
+    Retry-After on the form and on the API, good token included; after the pause a good one signs in."""
+    gw = await make_gateway(server={"auth_max_failures": 3, "auth_failure_window": 60, "auth_max_backoff": 30})
+
+    async def post(token: str) -> tuple[int, str, str | None]:
+        page = await gw.client.get("/console/signin")
+        form = {"csrf": csrf_of(await page.text()), "token": token}
+        resp = await gw.client.post("/console/signin", data=form, allow_redirects=False)
+        return resp.status, await resp.text(), resp.headers.get("Retry-After")
+
+    for _ in range(3):
+        assert (await post("gw_guess"))[0] == 401
+    status, html, retry_after = await post(gw.admin_token)
+    assert (status, retry_after) == (429, "1") and "Too many bad tokens from this address" in html
+    assert "gateway_console=" not in html and gw.admin_token not in html
+    api = await gw.client.get("/v1/tokens", headers=gw.auth())
+    assert api.status == 429 and api.headers["Retry-After"] == "1"  # one table: the API refuses too
+
+    async def signed_in() -> bool:
+        return (await post(gw.admin_token))[0] == 303
+
+    await poll("a good token signs in after the pause", signed_in, deadline=20)
+    assert (await gw.client.get("/console", allow_redirects=False)).status == 200
+    assert (await gw.client.get("/v1/tokens", headers=gw.auth())).status == 200  # the success cleared it
 
 
 async def test_session_cookie_flags(make_gateway: GatewayFactory) -> None:
