@@ -77,6 +77,7 @@ def create_app(
     add_docs_routes(app)
     app[appkeys.SYNC_RUNNERS] = runners = SyncRunners(
         objects=app[appkeys.OBJECTS],
+        stream=stream,
         client=app[appkeys.UPSTREAM],
         pacer=pacer,
         metrics=metrics,

@@ -43,6 +43,7 @@ from gateway.providers import translator as translator_for
 from gateway.providers.base import Call, Item, Query, Target, Translator, UpstreamRecord, Written
 from gateway.store.objects import Objects
 from gateway.stream.events import RecordChange, append_changes, last_known
+from gateway.stream.service import Stream
 from gateway.upstream.cache import CredentialCache
 
 log = structlog.get_logger(__name__)
@@ -80,10 +81,6 @@ class Upstream(Protocol):
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> UpstreamAnswer: ...
-
-
-class ConsumerAwaiter(Protocol):
-    async def await_consumers(self, consumer_ids: Sequence[str], seqs: Sequence[int], timeout: float) -> list[str]: ...  # noqa: ASYNC109
 
 
 @dataclass(frozen=True)
@@ -159,7 +156,7 @@ class MutationService:
         engine: AsyncEngine,
         objects: Objects,
         client: Upstream,
-        stream: ConsumerAwaiter,
+        stream: Stream,
         metrics: Metrics,
         keys: IdempotencyKeys,
         journal: Journal,
@@ -316,16 +313,16 @@ class MutationService:
         """The chunk's events and the journal's progress past it, in one transaction."""
         plan = run.plan
         assert run.journal_id is not None
-        async with self.engine.begin() as conn:
+        async with self.stream.transaction() as tx:
             events = await append_changes(
-                conn,
+                tx,
                 sync_id=plan.mutation.sync_id,
                 collection_id=plan.mutation.collection_id,
                 changes=changes,
                 consumers=plan.consumers,
             )
             applied = [r.upstream_id for r in run.records] + [e.record.upstream_id for e in events]
-            await self.journal.advance(conn, run.journal_id, run.progress + settled, applied)
+            await self.journal.advance(tx.conn, run.journal_id, run.progress + settled, applied)
         run.add(events)
         run.progress += settled
         run.in_flight, run.confirmed = [], None

@@ -23,7 +23,7 @@ from gateway.domain.models import Event
 from gateway.observability.metrics import Metrics
 from gateway.store import tables as t
 from gateway.stream.events import event_from_row
-from gateway.stream.signals import Signals, mark
+from gateway.stream.signals import Signals
 
 RECHECK_SECONDS = 1.0  # fallback re-check: catches visibility timeouts expiring and missed signals
 _NO_SEQ = 2**62
@@ -106,7 +106,8 @@ class DeliveryQueue:
         if not ack_ids:
             return 0
         d = t.deliveries.c
-        async with self.engine.begin() as conn:
+        async with self.signals.transaction() as tx:
+            conn = tx.conn
             acked = (
                 (
                     await conn.execute(
@@ -120,7 +121,7 @@ class DeliveryQueue:
             )
             if acked:
                 await _advance_position(conn, consumer_id, max(acked))
-                await mark(conn, "ack")
+                await tx.announce("ack")
         await self.refresh_pending(consumer_id)
         return len(acked)
 
@@ -130,14 +131,14 @@ class DeliveryQueue:
             return 0
         d = t.deliveries.c
         now = time.time()
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
+        async with self.signals.transaction() as tx:
+            result = await tx.conn.execute(
                 update(t.deliveries)
                 .where(d.consumer_id == consumer_id, d.ack_id.in_(list(ack_ids)), d.visible_at > now)
                 .values(ack_id=None, visible_at=now + delay)
             )
             if result.rowcount:
-                await mark(conn, "append")  # receivers waiting on this consumer may take them now
+                await tx.announce("append")  # receivers waiting on this consumer may take them now
         return int(result.rowcount or 0)
 
     async def extend(self, consumer_id: str, ack_ids: Sequence[str], *, visibility: float) -> None:

@@ -1,16 +1,16 @@
-"""Appending record changes to the stream, in the caller's transaction.
+"""Appending record changes to the stream, in the caller's transaction: the one way to append.
 
-The mutation service calls, inside the transaction that must make the change durable::
+Syncs and mutations call, inside the transaction that must make the change durable::
 
-    async def append_changes(conn: AsyncConnection, *, sync_id: str, collection_id: str,
-                             changes: Sequence[RecordChange], consumers: Sequence[Consumer]) -> list[Event]
-    async def last_known(conn: AsyncConnection, sync_id: str, collection_id: str,
-                         upstream_ids: Sequence[str]) -> dict[str, Record]
+    async with stream.transaction() as tx:   # gateway/stream/service.py
+        events = await append_changes(tx, sync_id=..., collection_id=..., changes=..., consumers=...)
+        ...  # the caller's own writes (cursor, journal) on tx.conn
 
 ``append_changes`` upserts each record's last known state in ``records``, appends one ``events`` row
 per change (``seq`` ascending in the order given), fans out one ``deliveries`` row per consumer whose
 filter wants the event (receivable at once) and returns the events. Pass every consumer
-(``Objects.all_consumers()``); filtering happens here. Waiters are woken after the caller commits.
+(``Objects.all_consumers()``); filtering happens here. It takes a ``Transaction``, not a bare
+connection, so that no append can skip the wake-up: the transaction fires it once it commits.
 Because the fan-out is in the same transaction, an event is never visible without its deliveries.
 """
 
@@ -32,7 +32,7 @@ from gateway.domain.models import Event, Record
 from gateway.domain.objects import Consumer
 from gateway.store import tables as t
 from gateway.store.db import as_utc, utcnow
-from gateway.stream.signals import mark
+from gateway.stream.signals import Transaction
 
 Action = Literal["insert", "update", "delete"]
 
@@ -72,16 +72,17 @@ async def live_ids(conn: AsyncConnection, sync_id: str, collection_id: str) -> l
 
 
 async def append_changes(
-    conn: AsyncConnection,
+    tx: Transaction,
     *,
     sync_id: str,
     collection_id: str,
     changes: Sequence[RecordChange],
     consumers: Sequence[Consumer],
 ) -> list[Event]:
-    """Record, log and fan out ``changes`` in ``conn``'s transaction; see the module docstring."""
+    """Record, log and fan out ``changes`` in ``tx``; see the module docstring."""
     if not changes:
         return []
+    conn = tx.conn
     known = await last_known(conn, sync_id, collection_id, [c.upstream_id for c in changes])
     now = utcnow()
     planned: list[tuple[Action, Record, dict[str, Any]]] = []
@@ -102,7 +103,7 @@ async def append_changes(
                 for cid in wanted
             ],
         )
-    await mark(conn, "append")
+    await tx.announce("append")
     return events
 
 

@@ -5,11 +5,11 @@ loop: they sleep on an in-process signal and re-check the store when it fires, o
 fallback interval in case a signal was missed.
 
 A signal must fire only after the writing transaction committed, otherwise a woken waiter would
-re-check too early and go back to sleep. Writers therefore call ``mark(conn, kind)`` inside their
-transaction: on PostgreSQL that queues ``pg_notify`` (which PostgreSQL delivers at commit, to every
-replica's LISTEN connection), and on every store it flags the pooled connection so that the pool's
-``checkin`` event — which runs once the transaction is over and the connection goes back to the
-pool — fires the local signal. A spurious wake-up after a rollback is harmless: waiters re-check.
+re-check too early and go back to sleep. Every stream write therefore runs in
+``Signals.transaction()`` and calls ``Transaction.announce(kind)`` inside it: on PostgreSQL that
+queues ``pg_notify`` (which PostgreSQL delivers at commit, to every replica's LISTEN connection),
+and once the transaction has committed ``transaction()`` fires the local signal itself. A rolled
+back transaction wakes no one (PostgreSQL drops its notifications too).
 """
 
 from __future__ import annotations
@@ -17,26 +17,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Literal
 
 import asyncpg
 import structlog
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 log = structlog.get_logger(__name__)
 Kind = Literal["append", "ack"]
 CHANNEL = "gateway_stream"
-_FLAG = "gateway_stream_signals"
 _RECONNECT_DELAY = 1.0
 
 
-async def mark(conn: AsyncConnection, kind: Kind) -> None:
-    """Arrange for ``kind`` to be signalled once ``conn``'s transaction is over (see module doc)."""
-    conn.info.setdefault(_FLAG, set()).add(kind)
-    if conn.dialect.name == "postgresql":
-        await conn.execute(select(func.pg_notify(CHANNEL, kind)))
+class Transaction:
+    """A store transaction that remembers which waiters its commit must wake."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self.announced: set[Kind] = set()
+
+    async def announce(self, kind: Kind) -> None:
+        """Wake ``kind``'s waiters once this transaction commits: here, and on PostgreSQL every replica."""
+        if kind in self.announced:
+            return
+        self.announced.add(kind)
+        if self.conn.dialect.name == "postgresql":
+            await self.conn.execute(select(func.pg_notify(CHANNEL, kind)))
 
 
 class Signal:
@@ -73,7 +81,15 @@ class Signals:
         self.appended = Signal()
         self.acked = Signal()
         self.draining = False
-        event.listen(engine.sync_engine, "checkin", self._on_checkin)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """``engine.begin()`` for stream writes: right after the commit, fire what the body announced."""
+        async with self.engine.begin() as conn:
+            tx = Transaction(conn)
+            yield tx
+        for kind in tx.announced:
+            self.fire(kind)
 
     async def on_shutdown(self, _app: object) -> None:
         """App ``on_shutdown``: long-polls answer now with what they have instead of holding the drain."""
@@ -81,17 +97,11 @@ class Signals:
         self.appended.fire()
 
     def fire(self, kind: str) -> None:
+        """Wake this process's waiters of ``kind`` (also called with other replicas' notifications)."""
         if kind == "append":
             self.appended.fire()
         elif kind == "ack":
             self.acked.fire()
-
-    def _on_checkin(self, _dbapi_connection: Any, record: Any) -> None:
-        for kind in record.info.pop(_FLAG, ()):
-            self.fire(kind)
-
-    def close(self) -> None:
-        event.remove(self.engine.sync_engine, "checkin", self._on_checkin)
 
     async def context(self, _app: object) -> AsyncIterator[None]:
         """Cleanup context: on PostgreSQL keep one LISTEN connection open (reconnecting) while the app runs."""
@@ -105,7 +115,6 @@ class Signals:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            self.close()
 
     async def _listen_forever(self) -> None:
         dsn = make_url(self.engine.url).set(drivername="postgresql").render_as_string(hide_password=False)

@@ -38,6 +38,7 @@ from gateway.store.db import utcnow
 from gateway.store.objects import Objects
 from gateway.store.syncs import advance
 from gateway.stream.events import append_changes, last_known, live_ids
+from gateway.stream.service import Stream
 from gateway.syncs import reconcile
 from gateway.syncs.share import DEFAULT_MAX_SHARE, Share
 from gateway.upstream.client import UpstreamClient
@@ -75,9 +76,18 @@ class SyncPoller:
     """Reads one sync until ``stop`` is set, it is paused or deleted, or it has nothing to read."""
 
     def __init__(
-        self, sync_id: str, *, objects: Objects, client: UpstreamClient, pacer: Pacer, metrics: Metrics, config: Config
+        self,
+        sync_id: str,
+        *,
+        objects: Objects,
+        stream: Stream,
+        client: UpstreamClient,
+        pacer: Pacer,
+        metrics: Metrics,
+        config: Config,
     ) -> None:
         self.sync_id = sync_id
+        self.stream = stream
         self.objects, self.client, self.pacer, self.metrics, self.config = objects, client, pacer, metrics, config
         self.stop = asyncio.Event()
         self.wake = asyncio.Event()
@@ -210,7 +220,8 @@ class SyncPoller:
             scan.update(s.upstream_id for s in page.seen)
         consumers = await self.objects.all_consumers()
         state = "backfilling" if any(_backfilling(cursors.get(c)) for c in sync.collections) else "live"
-        async with self.objects.engine.begin() as conn:
+        async with self.stream.transaction() as tx:
+            conn = tx.conn
             new = await advance(conn, sync.id, generation, cursor=cursors, progress=progress, state=state)
             if new is None:
                 raise Superseded
@@ -220,7 +231,7 @@ class SyncPoller:
             known = await last_known(conn, sync.id, reading.collection, [s.upstream_id for s in seen])
             changes = reconcile.changes(seen, known)
             await append_changes(
-                conn, sync_id=sync.id, collection_id=reading.collection, changes=changes, consumers=consumers
+                tx, sync_id=sync.id, collection_id=reading.collection, changes=changes, consumers=consumers
             )
         if page.scan_complete:
             self._scans.pop(reading.collection, None)

@@ -31,6 +31,7 @@ from gateway.pacing.api import Pacer
 from gateway.store.db import utcnow
 from gateway.store.leases import Leases
 from gateway.store.objects import Objects
+from gateway.stream.service import Stream
 from gateway.syncs.poller import SyncPoller, readings
 from gateway.upstream.client import UpstreamClient
 
@@ -44,6 +45,7 @@ class SyncRunners:
         self,
         *,
         objects: Objects,
+        stream: Stream,
         client: UpstreamClient,
         pacer: Pacer,
         metrics: Metrics,
@@ -53,6 +55,7 @@ class SyncRunners:
         owner: str | None = None,
     ) -> None:
         self.objects, self.client, self.pacer, self.metrics, self.config = objects, client, pacer, metrics, config
+        self.stream = stream
         self.lease_ttl, self.shutdown_timeout = lease_ttl, shutdown_timeout
         self.leases = Leases(objects.engine, owner or "syncs-" + uuid.uuid4().hex[:12], ttl=lease_ttl)
         self.running: dict[str, tuple[SyncPoller, asyncio.Task[None]]] = {}
@@ -132,6 +135,7 @@ class SyncRunners:
         poller = SyncPoller(
             sync_id,
             objects=self.objects,
+            stream=self.stream,
             client=self.client,
             pacer=self.pacer,
             metrics=self.metrics,

@@ -11,6 +11,7 @@ from pydantic import TypeAdapter
 from gateway.domain.models import ConsumerIn
 from gateway.http import appkeys
 from gateway.sandbox.common import Knobs
+from gateway.stream import delivery
 from tests.conftest import GatewayFactory
 from tests.mutations.harness import SPECS, SYNC, connect
 
@@ -181,9 +182,17 @@ async def _pull_consumer(gw: Any, consumer_id: str) -> None:
     await gw.app[appkeys.OBJECTS].create_consumer(body)
 
 
-async def test_await_returns_after_the_consumer_acks(make_gateway: GatewayFactory, aiohttp_server: Any) -> None:
-    """With await_consumer_ids the answer comes once a pull consumer acked the mutation's events."""
+async def test_await_returns_after_the_consumer_acks(
+    make_gateway: GatewayFactory, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With await_consumer_ids the answer comes once a pull consumer acked the mutation's events.
+
+    The fallback re-checks are longer than every wait here: only the wake-ups fired after the
+    append's and the ack's commits (gateway/stream/signals.py) can let the receive and the await end.
+    """
+    monkeypatch.setattr(delivery, "RECHECK_SECONDS", 60.0)
     gw = await make_gateway()
+    gw.app[appkeys.STREAM].awaiter.recheck = 60
     env = await connect(gw, aiohttp_server, "salesforce")
     await _pull_consumer(gw, "reader")
     acker = asyncio.create_task(_ack_when_received(gw, "reader"))

@@ -45,11 +45,11 @@ async def append(
     sync_id: str = "sync-a",
     collection_id: str = CONTACTS,
 ) -> list[Event]:
-    """Append in a transaction of its own, as the mutation service will."""
+    """Append in a transaction of its own, as syncs and mutations do."""
     consumers = await app[appkeys.OBJECTS].all_consumers()
-    async with app[appkeys.ENGINE].begin() as conn:
+    async with app[appkeys.STREAM].transaction() as tx:
         return await append_changes(
-            conn, sync_id=sync_id, collection_id=collection_id, changes=changes, consumers=consumers
+            tx, sync_id=sync_id, collection_id=collection_id, changes=changes, consumers=consumers
         )
 
 
