@@ -1,8 +1,10 @@
 """The README's shell snippets run as written: extracted, run in order in a temporary checkout, on free ports.
 
 Every fenced ``bash`` block of README.md runs, unless the line before it is
-``<!-- snippet: skip (reason) -->``; blocks in docs/*.md run only when marked ``<!-- snippet: run -->``
-(after the README's, in the same shell). What the test changes, and only that: the install line (its
+``<!-- snippet: skip (reason) -->``. Every ``bash`` block in docs/*.md must carry one of the two marks
+(an unmarked one fails the suite, so none goes unchecked by accident); those marked
+``<!-- snippet: run -->`` run after the README's, in the same shell. Shell blocks are fenced ``bash``
+only, so that no ``sh`` or ``console`` block slips past. What the test changes, and only that: the install line (its
 venv is this test's own, linked in as ``.venv``), the documented ports (each mapped to a free one, in the
 snippets and in the copied config/), the PostgreSQL database name ``gatewaydb`` (a fresh one, dropped
 after) and, through the environment, the Redis key prefix (so parallel runs do not share buckets).
@@ -34,18 +36,40 @@ PORTS = (8080, 9091, 8081, 8082, 9191, 9192, 8111)  # every port the snippets na
 SERVICES = (5432, 6379)  # PostgreSQL and Redis: the machine's own, as the README says
 _FENCE = re.compile(r"^```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)
 _MARK = re.compile(r"<!-- snippet: (skip \(.+\)|run) -->\s*$")
+_SHELL_FENCE = re.compile(r"^```(sh|shell|console|zsh|bash-session|shell-session)\s*$", re.MULTILINE)
+DOCS = sorted((ROOT / "docs").glob("*.md"))
 
 
-def blocks(path: Path, *, default_run: bool) -> list[str]:
-    """The bash blocks of ``path`` that run: all but skipped ones (README), or only marked ones (docs)."""
+def marked(path: Path) -> list[tuple[str | None, str]]:
+    """Each bash block of ``path`` with its mark (``run``, ``skip (reason)``, or None) from the line before."""
     text, found = path.read_text(), []
     for match in _FENCE.finditer(text):
         before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
         mark = _MARK.search(before)
-        runs = mark.group(1) == "run" if mark else default_run
-        if runs:
-            found.append(match.group(1))
+        found.append((mark.group(1) if mark else None, match.group(1)))
     return found
+
+
+def blocks(path: Path, *, default_run: bool) -> list[str]:
+    """The bash blocks of ``path`` that run: all but skipped ones (README), or only marked ones (docs)."""
+    return [block for mark, block in marked(path) if (mark == "run" if mark else default_run)]
+
+
+def test_every_docs_snippet_says_whether_it_runs() -> None:
+    """A docs bash block without ``run`` or ``skip (reason)`` would silently go unchecked."""
+    unmarked = [f"{doc.name}: {block.splitlines()[0]}" for doc in DOCS for mark, block in marked(doc) if mark is None]
+    assert unmarked == [], unmarked
+    assert sum(mark == "run" for doc in DOCS for mark, _ in marked(doc)) >= 6  # the marks are read at all
+
+
+def test_shell_blocks_are_fenced_bash() -> None:
+    """An ``sh`` or ``console`` fence is not extracted, so it must not exist."""
+    other = [
+        f"{doc.name}: {m.group(0)}"
+        for doc in (ROOT / "README.md", *DOCS)
+        for m in _SHELL_FENCE.finditer(doc.read_text())
+    ]
+    assert other == [], other
 
 
 def _free_ports(n: int) -> list[int]:
@@ -65,6 +89,7 @@ def _remap(text: str, ports: dict[int, int]) -> str:
 def test_snippets_name_only_the_documented_ports() -> None:
     """A new port in a snippet must be added to PORTS, or the test would run it on the real one."""
     snippets = "\n".join(blocks(ROOT / "README.md", default_run=True))
+    snippets += "\n" + "\n".join(block for doc in DOCS for block in blocks(doc, default_run=False))
     named = {
         int(p)
         for p in re.findall(r"(?:localhost|127\.0\.0\.1):(\d+)|PORT=(\d+)|--port (\d+)", snippets)
@@ -77,7 +102,7 @@ def test_snippets_name_only_the_documented_ports() -> None:
 
 def _script(ports: dict[int, int], database: str) -> str:
     body = "\n".join(blocks(ROOT / "README.md", default_run=True))
-    for doc in sorted((ROOT / "docs").glob("*.md")):
+    for doc in DOCS:
         body += "\n" + "\n".join(blocks(doc, default_run=False))
     body = _remap(body.replace(INSTALL, "true  # the test's venv is linked in as .venv"), ports)
     # Background jobs (the gateways, the sandbox) end with the script, whatever happens.
@@ -128,4 +153,8 @@ def test_the_readme_runs_as_written(tmp_path: Path, redis_url: str) -> None:
     assert proc.returncode == 0, output[-6000:]
     assert '"object": "list"' in output and "alan@example.com" in output  # the proxied Stripe list
     assert '"email": "paul@arrakis.org"' in output  # the created customer, as the mutation answered it
-    assert '"name":"ops"' in output.replace(" ", "")  # the second replica reads the PostgreSQL store
+    compact = output.replace(" ", "")
+    assert '"name":"ops"' in compact  # the second replica reads the PostgreSQL store
+    assert '"name":"billing-app"' in compact  # docs/api.md: the tokens the CLI and the API made
+    assert '"nacked":1' in compact and '"acked":1' in compact  # docs/consumers.md: the pull consumer's round
+    assert '"id":"sync-customers"' in compact  # docs/syncs.md: the sync created, then read
