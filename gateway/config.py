@@ -70,6 +70,12 @@ class ServerConfig(Strict):
     body_idle_timeout: float = Field(
         default=30, gt=0, le=3600, description="longest gap between request body chunks, seconds"
     )
+    min_body_rate: float = Field(
+        default=1024,
+        ge=0,
+        le=1e9,
+        description="bytes/s a request body must average past a grace of body_idle_timeout; 0 = off",
+    )
     pid_file: str | None = Field(default=None, description="file holding the serving pid, for reload/restart")
     reuse_port: bool = Field(
         default=False, description="bind with SO_REUSEPORT so a new process can take over the port (hand-over)"

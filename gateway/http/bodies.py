@@ -1,7 +1,8 @@
 """Reading request bodies into pydantic models, with errors that name the field.
 
 Every JSON body is bounded before it is parsed: its size while it arrives (413), the gap between
-its chunks (408: a client dawdling at a byte a second gets cut off), and its nesting depth (400):
+its chunks and its average rate (408: ``server.body_idle_timeout``, ``server.min_body_rate``, see
+upstream/body.py: a client dawdling at a byte a second gets cut off), and its nesting depth (400):
 ``json.loads`` recurses per level, so 100,000 ``[`` would end in ``RecursionError``, and values
 nested a few hundred deep would fail later anyway, when the stream serializes them. Numbers must
 be finite: ``1e400`` parses as ``inf``, which no limit, record or upstream can use.
@@ -9,7 +10,6 @@ be finite: ``1e400`` parses as ``inf``, which no limit, record or upstream can u
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, invalid_request
+from gateway.errors import InvalidRequest, PayloadTooLarge, invalid_request
 from gateway.http import appkeys
+from gateway.upstream.body import read_whole
 
 M = TypeVar("M", bound=BaseModel)
 # A JSON string (skipped whole) or one bracket: what the depth scan looks at.
@@ -31,7 +32,7 @@ async def read_json(request: web.Request, *, limit: int) -> Any:
     """The body as JSON; 413 past ``limit`` bytes, 408 on a stalled client, 400 when empty, not JSON,
     nested deeper than ``server.max_json_depth`` or holding a number out of range."""
     server = request.app[appkeys.CONFIG].server
-    raw = await _read_bounded(request, limit=limit, idle=server.body_idle_timeout)
+    raw = await _read_bounded(request, limit=limit)
     if not raw.strip():
         raise InvalidRequest("request body is empty; a JSON object is required", field="body")
     check_depth(raw, server.max_json_depth)
@@ -41,23 +42,13 @@ async def read_json(request: web.Request, *, limit: int) -> Any:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", field="body") from None
 
 
-async def _read_bounded(request: web.Request, *, limit: int, idle: float) -> bytes:
+async def _read_bounded(request: web.Request, *, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        try:
-            async with asyncio.timeout(idle):
-                chunk = await request.content.readany()
-        except TimeoutError:
-            raise RequestTimeout(f"request body: no data from the client for {idle:g} s") from None
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    server = request.app[appkeys.CONFIG].server
+    return await read_whole(
+        request.content, limit=limit, read_timeout=server.body_idle_timeout, min_rate=server.min_body_rate
+    )
 
 
 def check_depth(raw: bytes, limit: int) -> None:

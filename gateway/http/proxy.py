@@ -128,20 +128,25 @@ def _upstream_headers(request: web.Request) -> CIMultiDict[str]:
 async def _body(request: web.Request, headers: CIMultiDict[str], *, read_timeout: float) -> bytes | StreamedBody | None:
     """No body, the whole body (small, so a 429 can be retried), or the body as it arrives.
 
-    A small body is read whole before pacing: a client dawdling over it holds no pacing slot and no
-    upstream connection, and is cut off after ``read_timeout`` without a byte.
+    Either way the first ``REPLAYABLE_BYTES`` are read *before* pacing: a client dawdling over them
+    holds no pacing slot and no upstream connection. The rest of a larger body streams while the
+    call holds its slot, within the client's read budget (upstream/body.py): idle gaps up to
+    ``read_timeout``, and ``server.min_body_rate`` bytes/s on average.
     """
-    limit = request.app[appkeys.CONFIG].server.max_body_bytes
-    length = request.content_length
+    server = request.app[appkeys.CONFIG].server
+    limit, length = server.max_body_bytes, request.content_length
     if limit and length is not None and length > limit:
         raise PayloadTooLarge(f"request body is over the limit of {limit} bytes", limit=limit)
     if not request.body_exists:
         return None
+    budget = {"read_timeout": read_timeout, "min_rate": server.min_body_rate}
     if length is not None and length <= REPLAYABLE_BYTES:
-        return await read_small(request.content, length=length, read_timeout=read_timeout)
+        return await read_small(request.content, length=length, **budget)
     if length is not None:
         headers["Content-Length"] = str(length)  # the upstream gets the framing the client chose
-    return StreamedBody(request.content, limit=limit, read_timeout=read_timeout)
+    body = StreamedBody(request.content, limit=limit, **budget)
+    await body.prefetch(REPLAYABLE_BYTES)
+    return body
 
 
 SMALL_BODY = 64 * 1024  # bytes: an answer up to this goes out with its head in one write
