@@ -1,28 +1,36 @@
 """Slow and numerous clients: cut off by the configured timeouts and cap while normal clients are served.
 
 The timeouts are configured small (0.5 s) so that clients sending one byte a second are cut off
-within a couple of seconds; the long run (1,000 clients, default timeouts) is the same code.
+within a couple of seconds; with the defaults (10 s, 30 s) the same clients are cut off later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import time
 from typing import Any
 
+import pytest
+
 from tests.conftest import Gateway, GatewayFactory
+from tests.support import poll
 from tests.upstream.helpers import add_credential, start_upstream
 
 FAST = {"header_timeout": 0.5, "body_idle_timeout": 0.5}
+SLOW_CLIENTS = 1_000  # issue 12: 1,000 clients at a byte a second
+MiB = 1024 * 1024
 
 
-async def _drip(gw: Gateway, request: bytes) -> tuple[float, bytes]:
-    """Send ``request`` a byte a second until the gateway answers or closes: (seconds, answer)."""
+async def _drip(gw: Gateway, request: bytes, *, sent_at_once: bytes = b"") -> tuple[float, bytes]:
+    """Send ``sent_at_once``, then ``request`` a byte a second until the gateway answers or closes:
+    (seconds from connecting, answer)."""
     reader, writer = await asyncio.open_connection(gw.client.host, gw.client.port)
     started = time.monotonic()
     answer = b""
     try:
+        writer.write(sent_at_once)
         for byte in request:
             writer.write(bytes([byte]))
             try:
@@ -39,24 +47,48 @@ async def _drip(gw: Gateway, request: bytes) -> tuple[float, bytes]:
         writer.close()
 
 
-async def _served(gw: Gateway, count: int) -> list[int]:
-    statuses = []
+async def _served(gw: Gateway, count: int) -> list[float]:
+    """Seconds each of ``count`` normal calls took, one after the other (each must be a 200)."""
+    latencies = []
     for _ in range(count):
+        started = time.monotonic()
         resp = await gw.client.get("/v1/credentials", headers=gw.auth())
-        statuses.append(resp.status)
-    return statuses
+        assert resp.status == 200
+        latencies.append(time.monotonic() - started)
+    return latencies
 
 
-async def test_slow_heads_are_cut_off_while_normal_clients_are_served(make_gateway: GatewayFactory) -> None:
+def _enough_file_descriptors(needed: int) -> None:
+    """Both ends of every connection live in this process: raise the soft open-file limit if it is short."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        assert hard == resource.RLIM_INFINITY or hard >= needed, f"ulimit -Hn is {hard}, the test needs {needed}"
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+async def test_a_thousand_slow_clients_are_cut_off_while_normal_clients_are_served(
+    make_gateway: GatewayFactory,
+) -> None:
+    """Slowloris: half the clients drip a request head, half a JSON body after a complete head, at a
+    byte a second; the header timeout closes the first, the body idle timeout answers the second 408,
+    and a normal client is served meanwhile within a bound."""
+    _enough_file_descriptors(2 * SLOW_CLIENTS + 512)
     gw = await make_gateway(server=FAST)
-    head = f"GET /v1/credentials HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gw.admin_token}\r\n\r\n".encode()
-    slow = [asyncio.create_task(_drip(gw, head)) for _ in range(100)]
-    statuses = await _served(gw, 20)
-    results = await asyncio.gather(*slow)
-    assert statuses == [200] * 20
-    assert all(answer == b"" for _, answer in results)  # closed, never answered
-    # 0.5 s timeout; at a byte a second a head would take over a minute (the bound allows for a loaded box)
-    assert max(seconds for seconds, _ in results) < 30
+    auth = f"Authorization: Bearer {gw.admin_token}\r\n"
+    head = f"GET /v1/credentials HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode()
+    post = f"POST /v1/credentials HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 60\r\n\r\n".encode()
+    heads = [asyncio.create_task(_drip(gw, head)) for _ in range(SLOW_CLIENTS // 2)]
+    bodies = [asyncio.create_task(_drip(gw, b'{"id": "x"}' * 6, sent_at_once=post)) for _ in range(SLOW_CLIENTS // 2)]
+    latencies = await _served(gw, 20)
+    head_results, body_results = await asyncio.gather(*heads), await asyncio.gather(*bodies)
+    assert all(answer == b"" for _, answer in head_results)  # closed, never answered
+    # A loaded loop may see a body client's head only after its 0.5 s head timeout: closed, also cut off.
+    answered = [answer for _, answer in body_results if answer]
+    assert all(answer.startswith(b"HTTP/1.1 408") for answer in answered)
+    assert len(answered) >= SLOW_CLIENTS // 4
+    # 0.5 s timeouts; at a byte a second a head takes a minute (the bounds allow for a loaded box)
+    assert max(seconds for seconds, _ in head_results + body_results) < 45
+    assert max(latencies) < 10
 
 
 async def test_a_slow_json_body_gets_408(make_gateway: GatewayFactory) -> None:
@@ -75,15 +107,41 @@ async def test_a_slow_json_body_gets_408(make_gateway: GatewayFactory) -> None:
     assert time.monotonic() - started < 30
 
 
-async def test_a_slow_proxy_body_holds_no_pacing_slot(make_gateway: GatewayFactory, aiohttp_server: Any) -> None:
-    """With one concurrency slot, a client stalled in its body (3 s idle timeout) blocks no other call for
-    those 3 s and never reaches the upstream."""
+async def test_a_json_body_slower_than_the_minimum_rate_gets_408(make_gateway: GatewayFactory) -> None:
+    """A byte every 0.2 s never leaves a 3 s gap, but averages 5 bytes/s, under the 100 bytes/s minimum:
+    cut off after the 3 s grace (without the rate bound the 200-byte body would take 40 s)."""
+    gw = await make_gateway(server={"body_idle_timeout": 3, "min_body_rate": 100})
+    head = (
+        f"POST /v1/credentials HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gw.admin_token}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(gw.client.host, gw.client.port)
+    writer.write(head)
+    started = time.monotonic()
+    answer = asyncio.create_task(reader.read(65536))
+    for _ in range(200):
+        if answer.done():
+            break
+        writer.write(b" ")
+        await asyncio.wait([answer], timeout=0.2)
+    writer.close()
+    assert (await answer).startswith(b"HTTP/1.1 408")
+    assert b"min_body_rate" in await answer
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("length", [40, 3 * MiB], ids=["buffered", "streamed"])
+async def test_a_proxy_body_stalled_before_its_first_mib_holds_no_pacing_slot(
+    make_gateway: GatewayFactory, aiohttp_server: Any, length: int
+) -> None:
+    """With one concurrency slot, a client stalled early in its body (3 s idle timeout) blocks no other
+    call for those 3 s and never reaches the upstream: the first MiB of every body is read before pacing."""
     upstream = await start_upstream(aiohttp_server)
     gw = await make_gateway(server={"body_idle_timeout": 3})
     await add_credential(gw, upstream.url + "/echo", rate_limit={"rate": 1000, "per": 1, "max_concurrency": 1})
     head = (
         f"POST /v1/proxy/credential/cred-1/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gw.admin_token}\r\n"
-        "Content-Length: 40\r\n\r\n"
+        f"Content-Length: {length}\r\n\r\n"
     ).encode()
     reader, writer = await asyncio.open_connection(gw.client.host, gw.client.port)
     writer.write(head + b"a" * 10)  # then nothing more
@@ -98,6 +156,43 @@ async def test_a_slow_proxy_body_holds_no_pacing_slot(make_gateway: GatewayFacto
     assert (await answer).startswith(b"HTTP/1.1 408")
     assert len(latencies) >= 2 and max(latencies) < 2  # never queued behind the stalled client's 3 s
     assert upstream.state.requests == len(latencies)  # the stalled request never went upstream
+
+
+async def test_a_streamed_upload_slower_than_the_minimum_rate_frees_its_slot(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    """Past its first MiB a body streams while its call holds the credential's one concurrency slot; a
+    client then trickling 1 KiB every 0.1 s (never idle for the 2 s timeout, but far under 64 KiB/s)
+    is cut off after about 2 s + what it sent / 64 KiB/s, so a call queued behind it waits that long,
+    not for the 20 s the trickle would go on."""
+    upstream = await start_upstream(aiohttp_server)
+    gw = await make_gateway(server={"body_idle_timeout": 2, "min_body_rate": 64 * 1024})
+    limits = {"rate": 1000, "per": 1, "max_concurrency": 1, "max_wait": 60}
+    await add_credential(gw, upstream.url, rate_limit=limits)
+    head = (
+        f"POST /v1/proxy/credential/cred-1/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gw.admin_token}\r\n"
+        f"Content-Length: {3 * MiB}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(gw.client.host, gw.client.port)
+    writer.write(head + b"a" * MiB)
+    answer = asyncio.create_task(reader.read(65536))
+
+    async def trickle() -> None:
+        for _ in range(200):  # 20 s at 10 KiB/s
+            writer.write(b"a" * 1024)
+            await asyncio.sleep(0.1)  # the client's pace, not a wait for the system under test
+
+    trickling = asyncio.create_task(trickle())
+    await poll("the upload reached the upstream", lambda: upstream.state.requests == 1, 30)
+    started = time.monotonic()
+    resp = await gw.client.get("/v1/proxy/credential/cred-1/echo/x", headers=gw.auth())
+    queued = time.monotonic() - started
+    assert resp.status == 200
+    assert (await asyncio.wait_for(answer, 10)).startswith(b"HTTP/1.1 408")
+    assert b"min_body_rate" in await answer
+    assert queued < 12  # 2 s + about 0.3 s of rate credit, with room for a loaded machine; not 20 s
+    trickling.cancel()
+    writer.close()
 
 
 async def test_connections_past_the_cap_get_503(make_gateway: GatewayFactory) -> None:
