@@ -111,6 +111,7 @@ def create_app(
                 syncs=runners,
                 recent=recent,
                 describe=pacer.describe,
+                limit=pacer.limit,
                 backoff=throttle,
                 client_address=partial(client_address, trust_forwarded=server.trust_forwarded),
             ),

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config import Config
 from gateway.domain.objects import Credential
 from gateway.observability.recent import Recent
+from gateway.pacing.limits import EffectiveLimit
 from gateway.store.objects import Objects
 from gateway.store.sessions import Sessions
 from gateway.store.tokens import Tokens
@@ -40,6 +41,7 @@ class Services:
     syncs: SyncRunners  # pause, resume, backfill: what POST /v1/syncs/{id}/pause|resume|backfill call
     recent: Recent  # this process's recent calls and per-credential rates
     describe: Callable[[Credential], Awaitable[dict[str, Any]]]  # the pacing state GET /v1/credentials/{id} shows
+    limit: Callable[[Credential], EffectiveLimit]  # the limit the pacer applies: its windows and rules
     backoff: BadTokenBackoff  # the very table the API's authentication counts bad tokens in
     client_address: Callable[[web.Request], str]  # whose bad tokens they are, as the API tells it
 

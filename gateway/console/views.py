@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.catalog import view
 from gateway.console.auth import page, page_context
+from gateway.console.chart import limit_lines
 from gateway.console.keys import services
 from gateway.console.state import CREDENTIALS, PRIORITIES, credential_row, credential_rows
 from gateway.observability.recent import RecentCall
@@ -35,11 +36,15 @@ async def overview(request: web.Request) -> web.StreamResponse:
 async def credential(request: web.Request) -> web.StreamResponse:
     objects = services(request).objects
     view = await objects.credential_view(request.match_info["id"])  # NotFound -> the page's 404
-    row = await credential_row(services(request), await objects.credential(view.id))
+    credential = await objects.credential(view.id)
+    row = await credential_row(services(request), credential)
     recent = services(request).recent
+    lines = limit_lines(services(request).limit(credential))
     context = {
         "view": view,
         "row": row,
+        "lines": lines,
+        "lines_json": json.dumps(lines),
         "limits": view.rate_limit.model_dump(exclude_none=True) if view.rate_limit else {},
         "history": json.dumps(recent.rates.history(view.id)),
         "calls": recent.calls.rows(credential=view.id)[:CREDENTIAL_CALLS],

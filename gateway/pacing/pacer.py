@@ -35,6 +35,7 @@ from gateway.pacing import adaptive, bucket, queue
 from gateway.pacing.backend import Backend, BackendError, Refused, Reservation
 from gateway.pacing.bucket import JITTER
 from gateway.pacing.concurrency import SharedPermits
+from gateway.pacing.limits import EffectiveLimit
 from gateway.pacing.local import LocalBackend
 from gateway.pacing.queue import Permits, Ticket
 from gateway.pacing.redis import LEASE_TTL, RedisBackend
@@ -175,6 +176,10 @@ class GatewayPacer:
     def _answers(self, provider: str) -> Answers:
         entry = self._config.catalog.get(provider) or self._config.catalog["rest"]
         return entry.definition.answers
+
+    def limit(self, credential: Credential) -> EffectiveLimit:
+        """The credential's limit as pacing applies it now (catalog, config and override; a reload's too)."""
+        return self._route(credential, "").limit
 
     async def describe(self, credential: Credential) -> dict[str, Any]:
         """The bucket this credential last used (or would use) with its live state."""

@@ -77,6 +77,52 @@ async def test_queue_depth_rises_under_a_flood_and_falls_after(
     await page.screenshot(path=screenshots / "credential.png", full_page=True)
 
 
+LIMITS = {
+    "rate": 8,
+    "per": 1,
+    "windows": [{"rate": 300, "per": 60}, {"rate": 10000, "per": 3600}],
+    "rules": [
+        {"match": {"methods": ["POST"], "path": "/search"}, "rate": 3, "per": 1},
+        {"match": {"path": "/reports/**"}, "rate": 60, "per": 60, "windows": [{"rate": 1000, "per": 86400}]},
+    ],
+}
+LINES = [  # (class, label) of each line the chart draws for LIMITS
+    ("limit", "limit: 8 per second (8/s)"),
+    ("window", "window 1: 300 per minute (5/s)"),
+    ("window", "window 2: 10000 per hour (2.78/s)"),
+    ("rule", "rule 1 (POST /search): 3 per second (3/s)"),
+    ("rule", "rule 2 (any /reports/**): 60 per minute (1/s)"),
+    ("rule", "rule 2 (any /reports/**) window 1: 1000 per day (0.0116/s)"),
+]
+
+
+async def test_the_chart_draws_a_labelled_line_per_window_and_rule_bucket(
+    page: Page, gateway: Gateway, upstream: Upstream, screenshots: Path
+) -> None:
+    """A credential with two windows and two rules (one with a window of its own): six limit lines."""
+    cid = await add_credential(gateway, upstream.url + "/echo", cid="cred-limits", rate_limit=LIMITS)
+    for i in range(12):  # a few calls, so the bars show against the lines
+        resp = await gateway.client.get(f"/v1/proxy/credential/{cid}/reports/{i}", headers=gateway.auth())
+        assert resp.status == 200
+    await sign_in(page, gateway)
+    await page.goto(url(gateway, f"/console/credentials/{cid}"))
+    lines = page.locator("#chart line.limit")
+    await expect(lines).to_have_count(len(LINES))
+    drawn = [(await line.get_attribute("class"), await line.get_attribute("data-label")) for line in await lines.all()]
+    assert sorted(drawn) == sorted((f"limit {kind}", label) for kind, label in LINES)
+    by_height = sorted((label for _, label in LINES), key=lambda label: -_per_second(label))  # drawn top down
+    await expect(page.locator("#chart text.line-label")).to_have_text(by_height)
+    await expect(page.locator("figcaption [data-line]")).to_have_text([label for _, label in LINES])
+    await expect(page.locator("[data-live-status]")).to_have_text("live")
+    heights = {label: float(await lines.nth(i).get_attribute("y1") or 0) for i, (_, label) in enumerate(drawn)}
+    assert heights[LINES[0][1]] < heights[LINES[1][1]] < heights[LINES[2][1]]  # 8/s above 5/s above 2.78/s
+    await page.screenshot(path=screenshots / "credential-limits.png", full_page=True)
+
+
+def _per_second(label: str) -> float:
+    return float(label.rsplit("(", 1)[1].removesuffix("/s)"))
+
+
 async def test_create_a_token_use_it_revoke_it(
     page: Page, gateway: Gateway, upstream: Upstream, screenshots: Path
 ) -> None:

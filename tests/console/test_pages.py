@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
+from html import unescape as html_unescape
 from typing import Any
 
 import pytest
@@ -142,6 +143,22 @@ async def test_syncs_and_providers_pages(signed_in: SignedIn, upstream: Upstream
     providers = await (await gw.client.get("/console/providers")).text()
     for name in ("salesforce", "hubspot", "stripe", "airtable", "rest", "github", "openai"):
         assert f'<th scope="row">{name}</th>' in providers
+
+
+async def test_the_credential_chart_has_a_line_per_catalog_window_and_rule(
+    signed_in: SignedIn, upstream: Upstream
+) -> None:
+    """With no override of them, the lines are the catalog's: HubSpot's daily window and search rule."""
+    gw, _ = signed_in
+    await add_credential(gw, upstream.url, cid="cred-h", provider="hubspot", rate_limit={"rate": 10, "per": 1})
+    html = await (await gw.client.get("/console/credentials/cred-h")).text()
+    lines = json.loads(html_unescape(html.split('data-lines="')[1].split('"')[0]))
+    assert [(line["kind"], line["label"]) for line in lines] == [
+        ("limit", "limit: 10 per second (10/s)"),
+        ("window", "window 1: 250000 per day (2.89/s)"),
+        ("rule", "rule 1 (POST /crm/v3/objects/*/search): 5 per second (5/s)"),
+    ]
+    assert '<span class="key limit rule" data-line>rule 1 (POST /crm/v3/objects/*/search)' in html
 
 
 async def test_the_sync_buttons_pause_resume_and_backfill(make_gateway: GatewayFactory, upstream: Upstream) -> None:

@@ -46,7 +46,8 @@
     const state = {
       points: JSON.parse(svg.dataset.history || "[]").map((p) => ({ t: p[0], calls: p[1], wait: p[2] })),
       pauses: [],
-      limit: parseFloat(svg.dataset.limit) || 0,
+      // One per bucket a call may take from: the credential's own first, then windows and rules.
+      lines: JSON.parse(svg.dataset.lines || "[]"),
     };
     const paused = parseFloat(svg.dataset.pausedUntil);
     if (paused) state.pauses.push([Date.now() / 1000, paused]);
@@ -73,7 +74,7 @@
     const W = 720, H = 240, L = 44, R = 56, T = 12, B = 26;
     const start = now - WINDOW;
     const seconds = perSecond(state.points, start, now);
-    const top = Math.max(1, state.limit * 1.25, ...seconds.map((p) => p.calls));
+    const top = Math.max(1, ...state.lines.map((l) => l.per_second * 1.25), ...seconds.map((p) => p.calls));
     const waitTop = Math.max(1, ...seconds.map((p) => p.wait));
     const step = (W - L - R) / WINDOW;
     const x = (t) => L + (t - start) * step;
@@ -96,13 +97,23 @@
     svg.appendChild(el("text", { class: "label", x: W - R + 6, y: T + 10 }, fmt(waitTop, 0) + " ms"));
     svg.appendChild(el("text", { class: "label", x: L, y: H - 6 }, "−2 min"));
     svg.appendChild(el("text", { class: "label", x: W - R, y: H - 6, "text-anchor": "end" }, "now"));
-    if (state.limit) {
-      svg.appendChild(el("line", { class: "limit", x1: L, y1: y(state.limit), x2: W - R, y2: y(state.limit) }));
-    }
+    drawLines(svg, state.lines, y, L, W - R);
     if (seconds.length) {
       const line = seconds.map((p) => (x(p.t) + step / 2).toFixed(1) + "," + yw(p.wait).toFixed(1)).join(" ");
       svg.appendChild(el("polyline", { class: "wait", points: line }));
     }
+  }
+
+  // Each limit as a labelled horizontal line; labels are pushed apart so close limits stay readable.
+  function drawLines(svg, lines, y, left, right) {
+    let below = -Infinity;
+    lines.slice().sort((a, b) => b.per_second - a.per_second).forEach((line) => {
+      const at = y(line.per_second);
+      svg.appendChild(el("line", { class: "limit " + line.kind, x1: left, y1: at, x2: right, y2: at, "data-label": line.label }));
+      const labelY = Math.max(at - 3, below + 12);
+      svg.appendChild(el("text", { class: "label line-label " + line.kind, x: right - 4, y: labelY, "text-anchor": "end" }, line.label));
+      below = labelY;
+    });
   }
 
   function addPoint(state, row, at) {
@@ -110,7 +121,7 @@
     const last = state.points[state.points.length - 1];
     if (!last || last.t < second) state.points.push({ t: second, calls: row.calls_per_second, wait: row.wait_last_ms || 0 });
     while (state.points.length && state.points[0].t < at - WINDOW - 2) state.points.shift();
-    if (row.limit_per_second) state.limit = row.limit_per_second;
+    if (row.limit_per_second && state.lines.length) state.lines[0].per_second = row.limit_per_second;
     if (row.paused_until && row.paused_until > at) {
       const pause = state.pauses[state.pauses.length - 1];
       if (pause && pause[1] >= at - 1.5) pause[1] = Math.max(pause[1], row.paused_until);
