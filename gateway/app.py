@@ -26,6 +26,7 @@ from gateway.http.protocol import start_runner
 from gateway.http.throttle import AuthThrottle
 from gateway.mutations.journal import Journal
 from gateway.mutations.recovery import Recovery
+from gateway.mutations.settling import settle_unknown_creates
 from gateway.observability.metrics import Metrics
 from gateway.observability.recent import Recent
 from gateway.pacing.pacer import GatewayPacer
@@ -84,6 +85,7 @@ def create_app(
         config=config,
         lease_ttl=config.stream.capture_lease_ttl,
         shutdown_timeout=min(5.0, config.server.shutdown_timeout),
+        settle=settle_unknown_creates,
     )
     for view_module in (management, tokens, syncs, proxy, consumers, mutations, providers):
         add_endpoints(app, view_module.ENDPOINTS)

@@ -10,7 +10,7 @@ which chunk may be applied upstream but missing from the stream: ``items[progres
 A row whose replica's lease lapsed (it died), or that its replica handed over (``hand_over``, after a
 failure that is not the gateway's own), is recovered by ``gateway.mutations.recovery``. A create on a
 provider without upstream idempotency cannot be settled by asking the upstream; recovery marks it
-``unknown`` and the sync's change capture settles it through ``unknown_creates`` / ``resolve_unknown``.
+``unknown`` and the sync's change capture settles it (``gateway.mutations.settling``).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class Entry:
     applied: list[str]
     created_at: float
     written: list[str] | None = None  # the upstream's answer for the chunk at progress, when it was noted
+    updated_at: float = 0.0  # for an ``unknown`` row: when recovery marked it so
 
     @classmethod
     def of(cls, row: Row[Any]) -> Entry:
@@ -62,7 +63,7 @@ class Entry:
         return cls(
             row.id, row.sync_id, row.collection_id, row.kind, items, row.seed, row.idempotency_key,
             row.lease, row.state, int(row.progress), list(row.applied), float(row.created_at),
-            None if row.written is None else list(row.written),
+            None if row.written is None else list(row.written), float(row.updated_at),
         )  # fmt: skip
 
 
@@ -198,13 +199,15 @@ class Journal:
 # --- the hook change capture calls (the syncs' poller) ------------------------------------------------
 
 
-async def unknown_creates(engine: AsyncEngine, sync_id: str, collection_id: str) -> list[Entry]:
-    """Creates whose outcome only change capture can tell: compare their ``items`` with what it reads
-    upstream from ``created_at`` (epoch seconds, a little before the first write) on."""
+async def unknown_creates(conn: AsyncConnection, sync_id: str, collection_id: str) -> list[Entry]:
+    """Creates whose outcome only change capture can tell (``gateway.mutations.settling``), oldest first."""
     j = t.mutation_journal.c
-    query = select(t.mutation_journal).where(j.state == UNKNOWN, j.sync_id == sync_id, j.collection_id == collection_id)
-    async with engine.connect() as conn:
-        return [Entry.of(row) for row in (await conn.execute(query)).all()]
+    query = (
+        select(t.mutation_journal)
+        .where(j.state == UNKNOWN, j.sync_id == sync_id, j.collection_id == collection_id)
+        .order_by(j.created_at)
+    )
+    return [Entry.of(row) for row in (await conn.execute(query)).all()]
 
 
 async def resolve_unknown(conn: AsyncConnection, entry: Entry, created: Sequence[Record]) -> None:

@@ -71,6 +71,17 @@ async def live_ids(conn: AsyncConnection, sync_id: str, collection_id: str) -> l
     return list((await conn.execute(query)).scalars().all())
 
 
+async def live_records(conn: AsyncConnection, sync_id: str, collection_id: str) -> list[Record]:
+    """The collection's records that are not deleted, oldest appended first."""
+    r = t.records.c
+    query = (
+        select(t.records)
+        .where(r.sync_id == sync_id, r.collection_id == collection_id, r.deleted.is_(False))
+        .order_by(r.inserted_at, r.upstream_id)
+    )
+    return [_record(row) for row in (await conn.execute(query)).all()]
+
+
 async def append_changes(
     tx: Transaction,
     *,

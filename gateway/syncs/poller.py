@@ -9,6 +9,10 @@ the loop re-read the sync and go on from the stored cursor.
 
 A failed page (an upstream error, an answer that is not a page) marks the sync ``failing`` with
 the error, keeps the cursor, and retries with exponential backoff; the next good page clears it.
+
+Creates a crash left with an unknown outcome are settled from what the capture appended, in the
+same transactions: after a page that appended something, and after a complete round (``settle``,
+the mutation journal's hook the app passes in; see gateway/mutations/settling.py).
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
 
 import structlog
 from multidict import MultiDict
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config import Config
 from gateway.domain.objects import Credential, Sync
@@ -49,6 +56,14 @@ DEFAULT_POLL_INTERVAL = 10.0
 MAX_BACKOFF = 300.0
 # Sync traffic is paced as priority "low" under the sync's own tenant, so users' calls always go first.
 PRIORITY: Priority = "low"
+
+
+class SettleUnknown(Protocol):
+    """Settle the collection's unknown creates from the stream in ``conn``'s transaction; how many."""
+
+    def __call__(
+        self, conn: AsyncConnection, sync_id: str, collection_id: str, *, complete_since: datetime | None = None
+    ) -> Awaitable[int]: ...
 
 
 class Superseded(Exception):
@@ -85,10 +100,12 @@ class SyncPoller:
         pacer: Pacer,
         metrics: Metrics,
         config: Config,
+        settle: SettleUnknown | None = None,
     ) -> None:
         self.sync_id = sync_id
         self.stream = stream
         self.objects, self.client, self.pacer, self.metrics, self.config = objects, client, pacer, metrics, config
+        self.settle = settle
         self.stop = asyncio.Event()
         self.wake = asyncio.Event()
         self.share = Share()
@@ -160,8 +177,11 @@ class SyncPoller:
             done = await advance(
                 conn, sync.id, generation, cursor=cursors, progress=progress, state="live", caught_up_at=started
             )
-        if done is None:
-            raise Superseded
+            if done is None:
+                raise Superseded
+            if self.settle is not None:
+                for reading in readings(sync):
+                    await self.settle(conn, sync.id, reading.collection, complete_since=started)
 
     async def _fetch(self, sync: Sync, credential: Credential, reading: Reading, cursor: Cursor) -> Page:
         """One page through the upstream client; a refusal becomes the provider's error."""
@@ -233,6 +253,8 @@ class SyncPoller:
             await append_changes(
                 tx, sync_id=sync.id, collection_id=reading.collection, changes=changes, consumers=consumers
             )
+            if changes and self.settle is not None:
+                await self.settle(conn, sync.id, reading.collection)
         if page.scan_complete:
             self._scans.pop(reading.collection, None)
         for change in changes:

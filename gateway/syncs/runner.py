@@ -32,7 +32,7 @@ from gateway.store.db import utcnow
 from gateway.store.leases import Leases
 from gateway.store.objects import Objects
 from gateway.stream.service import Stream
-from gateway.syncs.poller import SyncPoller, readings
+from gateway.syncs.poller import SettleUnknown, SyncPoller, readings
 from gateway.upstream.client import UpstreamClient
 
 log = structlog.get_logger(__name__)
@@ -53,9 +53,11 @@ class SyncRunners:
         lease_ttl: float = 15.0,
         shutdown_timeout: float = 5.0,
         owner: str | None = None,
+        settle: SettleUnknown | None = None,
     ) -> None:
         self.objects, self.client, self.pacer, self.metrics, self.config = objects, client, pacer, metrics, config
         self.stream = stream
+        self.settle = settle  # the mutation journal's hook for creates a crash left unknown
         self.lease_ttl, self.shutdown_timeout = lease_ttl, shutdown_timeout
         self.leases = Leases(objects.engine, owner or "syncs-" + uuid.uuid4().hex[:12], ttl=lease_ttl)
         self.running: dict[str, tuple[SyncPoller, asyncio.Task[None]]] = {}
@@ -140,6 +142,7 @@ class SyncRunners:
             pacer=self.pacer,
             metrics=self.metrics,
             config=self.config,
+            settle=self.settle,
         )
         self.running[sync_id] = (poller, asyncio.create_task(poller.run(), name=f"sync-{sync_id}"))
 
