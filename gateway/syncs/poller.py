@@ -47,7 +47,7 @@ from gateway.store.syncs import advance
 from gateway.stream.events import append_changes, last_known, live_ids
 from gateway.stream.service import Stream
 from gateway.syncs import reconcile
-from gateway.syncs.share import DEFAULT_MAX_SHARE, Share
+from gateway.syncs.share import DEFAULT_MAX_SHARE, Share, crowded
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.response import UpstreamResult
 
@@ -207,11 +207,9 @@ class SyncPoller:
             self.metrics.sync_polls.labels(reading.provider, outcome).inc()
 
     async def _space(self, sync: Sync, credential: Credential) -> None:
-        """``max_share``: while other calls wait for this credential here, keep to that share of its rate."""
-        queued = (await self.pacer.describe(credential)).get("queue_depth") or 0
-        self.share.wait_if(
-            queued > 0, Share.interval(self.config, credential, option(sync, "max_share", DEFAULT_MAX_SHARE))
-        )
+        """``max_share``: while other calls wait for this credential (on any replica), keep to that share."""
+        interval = Share.interval(self.config, credential, option(sync, "max_share", DEFAULT_MAX_SHARE))
+        self.share.wait_if(await crowded(self.pacer, credential), interval)
         await self.share.pending()
 
     async def _send(
