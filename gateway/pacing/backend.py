@@ -20,10 +20,19 @@ class BackendError(Exception):
 
 
 @dataclass(frozen=True)
+class Place:
+    """Where a granted call stood in a shared (Redis) queue: a grant given back late rejoins there."""
+
+    member: str
+    tag: int
+
+
+@dataclass(frozen=True)
 class Reservation:
     buckets: tuple[BucketSpec, ...]
     charges: tuple[Charge, ...]
     deadline: float
+    place: Place | None = None  # granted from a shared queue (not at once)
 
 
 @dataclass(frozen=True)

@@ -175,13 +175,15 @@ def _charge(state: BucketState, limit: Limit, now: int, slot: int) -> Charge:
     return Charge(slot=slot, key=state.tat)
 
 
-def head_slot(buckets: Sequence[tuple[BucketState, Limit]], arrival: int, now: int) -> int:
+def head_slot(
+    buckets: Sequence[tuple[BucketState, Limit]], arrival: int, now: int, catchup: int = CATCHUP
+) -> int:
     """The slot the head of a queue may take: when every bucket conforms, never before the call
-    arrived, and at most ``CATCHUP`` in the past. A timer that fires a little late thus loses no
+    arrived, and at most ``catchup`` in the past. A timer that fires a little late thus loses no
     capacity (the slot is taken where it fell, which the jitter headroom covers), while a long
-    stall cannot let a burst of past slots go at once."""
+    stall cannot let a burst of past slots go at once. (Redis grants ahead and passes 0.)"""
     due = max(max(state.tat - limit.tolerance, state.paused_until) for state, limit in buckets)
-    return max(due, arrival, now - CATCHUP)
+    return max(due, arrival, now - catchup)
 
 
 def take(buckets: Sequence[tuple[BucketState, Limit]], slot: int) -> tuple[Charge, ...]:

@@ -291,20 +291,23 @@ class GatewayPacer:
     async def _turn_on_redis(self, call: Route, share: Share, give_up_at: float) -> None:
         """Queue, then sleep until the slot (granted up to LOOKAHEAD early). A grant this replica
         wakes up for more than ``LATE`` after its slot (the process stalled) is given back and the
-        call queues again: sent now, it would squeeze the gap to the other replicas' calls, which
-        went on time. That costs a slot only when the process stalls, and keeps the bound."""
+        call queues again at its old place (the head, ahead of everyone who came after it): sent
+        now, it would squeeze the gap to the other replicas' calls, which went on time. That keeps
+        the bound and the order, and costs a slot only when the process stalls."""
         assert self._shared is not None
         loop = asyncio.get_running_loop()
+        place = None
         while True:
             with self._queued_as(call, share):
                 budget = max(0.0, give_up_at - time.monotonic())
-                outcome = await self._shared.wait_turn(_shared_order(call), share, budget)
+                outcome = await self._shared.wait_turn(_shared_order(call), share, budget, place)
             if isinstance(outcome, Refused):
                 raise self._refused(call, outcome)
             await self._sleep(call, share, self._shared, outcome)
             if loop.time() - outcome.deadline <= LATE:
                 return
             await self._release(self._shared, outcome)
+            place = outcome.place
 
     async def _concurrency(self, credential_id: str, call: Route, give_up_at: float) -> Callable[[], None] | None:
         """Wait for a ``max_concurrency`` lease shared through Redis (the active backend here)."""
@@ -452,9 +455,9 @@ class GatewayPacer:
 def _shared_order(call: Route) -> tuple[BucketSpec, ...]:
     """The buckets as Redis's shared queue takes them: a rule call queues on its rule's bucket.
 
-    The shared queue grants a queued call with the buckets of the poll that finds it, so every call
-    of one queue must take the same buckets: plain calls queue on the credential's bucket, the calls
-    of a rule on the rule's first bucket (with the credential's after it).
+    Plain calls queue on the credential's bucket, the calls of a rule on the rule's first bucket
+    (with the credential's after it), so a queue of rule calls, other replicas' too, never holds the
+    head of the credential's queue. Each queued call is charged on its own buckets at its own cost.
     """
     if not call.rule_buckets:
         return call.buckets

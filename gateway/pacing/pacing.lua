@@ -7,14 +7,18 @@
 -- queue keys hang off a home bucket's name H:
 --   H:q<c>     zset   calls queued in class c: member "seq|replica|arrival|tenant", score = start tag
 --   H:f<c>     hash   tenant -> last finish tag in class c
+--   H:b        hash   member -> its own buckets (msgpack {{key, interval, tolerance}, ..}): a queued
+--                     call is charged on its buckets at its cost, whoever's poll grants it. Those
+--                     keys share the home bucket's hash slot (same {tag}), so naming them is safe.
 --   H:r        hash   replica -> its lease expiry (µs); a replica's calls count only while it lives
---   H:g:<rep>  hash   member -> "slot,key_1,..": granted calls waiting for their replica to collect
+--   H:g:<rep>  hash   member -> "tag,slot,key_1,..": granted calls waiting for their replica to collect
 -- ARGV[1] is the operation, ARGV[2] a fixed now for tests ('' in production: TIME); then:
 --   enter   n, catchup, ahead, replica, lease, then per call: home index, nb, per bucket (index, interval,
---           tolerance), class, tenant, step, max_wait
+--           tolerance), class, tenant, step, max_wait, place, tag (place '': a new arrival; else the
+--           member of a grant given back late, which rejoins at its old tag: see rejoin below)
 --           -> {now, {1, slot, key_1..key_nb} | {0, retry_after} | {2, member, wake}, ...}
---   poll    home index, nb, buckets..., catchup, ahead, replica, lease, members to cancel...
---           -> {now, wake, {member, "slot,key..", ...}, depth_0, depth_1, depth_2}
+--   poll    home index, catchup, ahead, replica, lease, members to cancel...
+--           -> {now, wake, {member, "tag,slot,key..", ...}, depth_0, depth_1, depth_2}
 --   release nb, then per bucket: index, interval, key                -> {now}
 --   pause   index, tolerance, seconds_us                             -> {now, paused}
 --   state   index                                                    -> {now, tat, paused, depth_0..2}
@@ -30,25 +34,28 @@ local MAX_GRANTS = 1000 -- grants (and dead calls dropped) per script call: keep
 
 local function fmt(x) return string.format('%.0f', x) end
 
-local function load(i)
-  local v = redis.call('HMGET', KEYS[i], 'tat', 'paused')
+-- A bucket is {key, interval, tolerance}: by its name, since a queued call's buckets are not those of
+-- the script call that grants it.
+local function load(key)
+  local v = redis.call('HMGET', key, 'tat', 'paused')
   return tonumber(v[1]) or 0, tonumber(v[2]) or 0
 end
 
 -- Keep a bucket's key only as long as its state matters.
-local function touch(i, tat, paused)
-  redis.call('PEXPIRE', KEYS[i], math.floor((math.max(tat, paused) - now) / 1000) + KEEP_MS)
+local function touch(key, tat, paused)
+  redis.call('PEXPIRE', key, math.floor((math.max(tat, paused) - now) / 1000) + KEEP_MS)
 end
 
 local function qkey(h, c) return KEYS[h] .. ':q' .. c end
 local function fkey(h, c) return KEYS[h] .. ':f' .. c end
+local function bkey(h) return KEYS[h] .. ':b' end
 
--- Parse "index, interval, tolerance" triples from ARGV[pos..]; returns them and the next position.
+-- Parse "index, interval, tolerance" triples from ARGV[pos..]; returns the buckets and the next position.
 local function buckets_at(pos)
   local nb, bs = tonumber(ARGV[pos]), {}
   pos = pos + 1
   for b = 1, nb do
-    bs[b] = {tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])}
+    bs[b] = {KEYS[tonumber(ARGV[pos])], tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])}
     pos = pos + 3
   end
   return bs, pos
@@ -70,7 +77,7 @@ local function take(bs, slot)
   for b, spec in ipairs(bs) do
     local tat, paused = load(spec[1])
     tat = math.max(tat, slot) + spec[2]
-    redis.call('HSET', KEYS[spec[1]], 'tat', fmt(tat))
+    redis.call('HSET', spec[1], 'tat', fmt(tat))
     touch(spec[1], tat, paused)
     keys[b] = tat
     text = text .. ',' .. fmt(tat)
@@ -83,6 +90,7 @@ local function depth(h, c) return redis.call('ZCARD', qkey(h, c)) end
 -- A class that runs empty restarts its virtual time and tenant table (scheduler.py does the same).
 local function left(h, c, member)
   redis.call('ZREM', qkey(h, c), member)
+  redis.call('HDEL', bkey(h), member)
   if depth(h, c) == 0 then
     redis.call('DEL', fkey(h, c))
     redis.call('HSET', KEYS[h], 'v' .. c, 0)
@@ -95,9 +103,10 @@ local function lease_of(h, rep, cache)
 end
 
 -- Grant every slot due before now + ahead to the head of the highest non-empty class (scheduler.py's
--- order), into the owner's collection hash; calls of replicas whose lease ran out are dropped on the
--- way. Returns the instant the next grant can be made (0: nobody waits).
-local function grant(h, bs, catchup, ahead)
+-- order), charged on the head's own buckets, into the owner's collection hash; calls of replicas
+-- whose lease ran out are dropped on the way. Returns the instant the next grant can be made (0:
+-- nobody waits).
+local function grant(h, catchup, ahead)
   local leases = {}
   for _ = 1, MAX_GRANTS do
     local c = nil
@@ -111,12 +120,13 @@ local function grant(h, bs, catchup, ahead)
     if lease_of(h, rep, leases) < now then
       left(h, c, member)
     else
+      local bs = cmsgpack.unpack(redis.call('HGET', bkey(h), member))
       local slot = math.max(due_of(bs), tonumber(arrival), now - catchup)
       if slot > now + ahead then return slot - ahead end
       local virtual = math.max(tonumber(redis.call('HGET', KEYS[h], 'v' .. c) or '0'), start)
       redis.call('HSET', KEYS[h], 'v' .. c, fmt(virtual))
       left(h, c, member)
-      redis.call('HSET', KEYS[h] .. ':g:' .. rep, member, (take(bs, slot)))
+      redis.call('HSET', KEYS[h] .. ':g:' .. rep, member, fmt(start) .. ',' .. take(bs, slot))
       redis.call('PEXPIRE', KEYS[h] .. ':g:' .. rep, KEEP_MS)
     end
   end
@@ -129,19 +139,31 @@ local function renew(h, rep, lease)
   redis.call('HSET', KEYS[h] .. ':r', rep, fmt(now + lease))
   local ms = math.floor(lease / 1000) + KEEP_MS
   redis.call('PEXPIRE', KEYS[h] .. ':r', ms)
+  redis.call('PEXPIRE', bkey(h), ms)
   for c = 0, 2 do
     redis.call('PEXPIRE', qkey(h, c), ms)
     redis.call('PEXPIRE', fkey(h, c), ms)
   end
 end
 
-local function enter_one(pos, catchup, ahead, rep)
+-- The start tag of a call (scheduler.py's push and rejoin): a new arrival's is max(V, its tenant's
+-- last finish). A late grant given back rejoins with its old member (sequence, arrival) at
+-- min(its old tag, V), so it is the head again, ahead of every call that arrived after it (V is 0
+-- if its class ran empty since). Its tenant's finish already counts it.
+local function start_tag(h, c, tenant, place, tag)
+  local virtual = tonumber(redis.call('HGET', KEYS[h], 'v' .. c) or '0')
+  if place ~= '' then return math.min(tag, virtual) end
+  return math.max(virtual, tonumber(redis.call('HGET', fkey(h, c), tenant) or '0'))
+end
+
+local function enter_one(pos, catchup, lookahead, rep)
   local h = tonumber(ARGV[pos])
   local bs
   bs, pos = buckets_at(pos + 1)
   local c, tenant, step, max_wait = tonumber(ARGV[pos]), ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
-  pos = pos + 4
-  grant(h, bs, catchup, ahead)
+  local place, tag = ARGV[pos + 4], tonumber(ARGV[pos + 5])
+  pos = pos + 6
+  grant(h, catchup, lookahead)
   local due = due_of(bs)
   if depth(h, 0) + depth(h, 1) + depth(h, 2) == 0 and due <= now then
     local _, keys = take(bs, now)
@@ -149,19 +171,22 @@ local function enter_one(pos, catchup, ahead, rep)
     for _, k in ipairs(keys) do out[#out + 1] = k end
     return out, pos
   end
-  local start = math.max(tonumber(redis.call('HGET', KEYS[h], 'v' .. c) or '0'),
-                         tonumber(redis.call('HGET', fkey(h, c), tenant) or '0'))
-  local ahead = redis.call('ZCOUNT', qkey(h, c), '-inf', fmt(start))
-  for k = 0, c - 1 do ahead = ahead + depth(h, k) end
+  local start = start_tag(h, c, tenant, place, tag)
+  local before = redis.call('ZCOUNT', qkey(h, c), '-inf', fmt(start))
+  for k = 0, c - 1 do before = before + depth(h, k) end
   local interval = 0
   for _, b in ipairs(bs) do interval = math.max(interval, b[2]) end
-  local wait = math.max(0, due - now) + ahead * interval
+  local wait = math.max(0, due - now) + before * interval
   if wait > max_wait then return {0, wait}, pos end
-  local seq = redis.call('HINCRBY', KEYS[h], 'seq', 1)
-  local member = string.format('%016d|%s|%s|%s', seq, rep, fmt(now), tenant)
+  local member = place
+  if member == '' then
+    local seq = redis.call('HINCRBY', KEYS[h], 'seq', 1)
+    member = string.format('%016d|%s|%s|%s', seq, rep, fmt(now), tenant)
+    redis.call('HSET', fkey(h, c), tenant, fmt(start + step))
+  end
   redis.call('ZADD', qkey(h, c), fmt(start), member)
-  redis.call('HSET', fkey(h, c), tenant, fmt(start + step))
-  return {2, member, math.max(due - ahead, now)}, pos
+  redis.call('HSET', bkey(h), member, cmsgpack.pack(bs))
+  return {2, member, math.max(due - lookahead, now)}, pos
 end
 
 if op == 'enter' then
@@ -176,15 +201,14 @@ if op == 'enter' then
   return out
 elseif op == 'poll' then
   local h = tonumber(ARGV[3])
-  local bs, pos = buckets_at(4)
-  local catchup, ahead, rep, lease = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), ARGV[pos + 2], tonumber(ARGV[pos + 3])
+  local catchup, ahead, rep, lease = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
   renew(h, rep, lease)
-  for i = pos + 4, #ARGV do
+  for i = 8, #ARGV do
     for c = 0, 2 do
       if redis.call('ZSCORE', qkey(h, c), ARGV[i]) then left(h, c, ARGV[i]) break end
     end
   end
-  local wake = grant(h, bs, catchup, ahead)
+  local wake = grant(h, catchup, ahead)
   local mine = KEYS[h] .. ':g:' .. rep
   local granted = redis.call('HGETALL', mine)
   redis.call('DEL', mine)
@@ -192,26 +216,26 @@ elseif op == 'poll' then
 elseif op == 'release' then
   local pos = 4
   for _ = 1, tonumber(ARGV[3]) do
-    local i, iv, key = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
+    local key, iv, charged = KEYS[tonumber(ARGV[pos])], tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
     pos = pos + 3
-    local tat, paused = load(i)
-    if tat == key then -- the last slot taken: rewind (another one taken since stays lost, as in bucket.py's past slots)
-      redis.call('HSET', KEYS[i], 'tat', fmt(tat - iv))
-      touch(i, tat - iv, paused)
+    local tat, paused = load(key)
+    if tat == charged then -- the last slot taken: rewind (another one taken since stays lost, as in bucket.py's past slots)
+      redis.call('HSET', key, 'tat', fmt(tat - iv))
+      touch(key, tat - iv, paused)
     end
   end
   return {now}
 elseif op == 'pause' then
-  local i, tol, span = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-  local tat, paused = load(i)
+  local key, tol, span = KEYS[tonumber(ARGV[3])], tonumber(ARGV[4]), tonumber(ARGV[5])
+  local tat, paused = load(key)
   paused = math.max(paused, now + span)
   tat = math.max(tat, now + span + tol)
-  redis.call('HSET', KEYS[i], 'tat', fmt(tat), 'paused', fmt(paused))
-  touch(i, tat, paused)
+  redis.call('HSET', key, 'tat', fmt(tat), 'paused', fmt(paused))
+  touch(key, tat, paused)
   return {now, paused}
 elseif op == 'state' then
   local i = tonumber(ARGV[3])
-  local tat, paused = load(i)
+  local tat, paused = load(KEYS[i])
   return {now, tat, paused, depth(i, 0), depth(i, 1), depth(i, 2)}
 end
 return redis.error_reply('unknown pacing operation')

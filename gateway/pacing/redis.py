@@ -16,7 +16,10 @@
 - Waiting: shared_queue.py, one poller per bucket per replica. Slots are granted up to
   ``LOOKAHEAD`` before they come and the owner sleeps until its slot (server time plus the
   smallest clock offset seen), so a poll's round trip never makes a call late; the pacer gives back
-  a grant it wakes up for too late (a stalled process) instead of sending it late.
+  a grant it wakes up for too late (a stalled process) instead of sending it late, and the call
+  rejoins at its old place (``Place``: its member and start tag), the head again.
+- Each queued call's own buckets (its windows, rules, cost) are kept beside its place, so whoever
+  grants it charges exactly those (any replica's poll may grant any call).
 - A replica that dies with calls queued: each queue holds a lease per replica (``H:r``), renewed by
   every enter and poll of that replica (at least every third of ``lease_ttl``). A call is granted
   only while its replica's lease lives; past it, the script drops that replica's calls as they
@@ -54,11 +57,11 @@ from redis.exceptions import NoScriptError, RedisError
 
 from gateway.config import PacingConfig
 from gateway.pacing import bucket
-from gateway.pacing.backend import BackendError, Refused, Reservation
-from gateway.pacing.bucket import CATCHUP, US, Charge
+from gateway.pacing.backend import BackendError, Place, Refused, Reservation
+from gateway.pacing.bucket import US, Charge
 from gateway.pacing.registry import BucketSpec
 from gateway.pacing.scheduler import PRIORITIES, Share, step
-from gateway.pacing.shared_queue import Polled, SharedQueue
+from gateway.pacing.shared_queue import Granted, Polled, SharedQueue
 
 SCRIPT = resources.files("gateway.pacing").joinpath("pacing.lua").read_text(encoding="utf-8")
 PERMITS_SCRIPT = resources.files("gateway.pacing").joinpath("permits.lua").read_text(encoding="utf-8")
@@ -67,6 +70,10 @@ TIMEOUT = 1.0
 LEASE_TTL = 30.0  # how long a replica's queued calls and concurrency permits outlive it
 LOOKAHEAD = 20_000  # µs: slots are granted this long before they come, so a poll's round trip makes no call late
 MAX_BATCH = 32  # calls per script call: each grant in a call is as late as the whole call is long
+# How far in the past a queued call's slot may lie (bucket.head_slot): none. Grants are made ahead,
+# so a past slot only follows a stall, and would reach its caller later than the jitter headroom:
+# the pacer would give it back (a lost slot) where a slot at the server's now is sent on time.
+CATCHUP = 0
 
 
 
@@ -76,7 +83,7 @@ class _Queued:
     wake: float  # loop time of the next grant the script foresaw
 
 
-_Call = tuple[tuple[BucketSpec, ...], Share, float, "asyncio.Future[Reservation | Refused | _Queued]"]
+_Call = tuple[tuple[BucketSpec, ...], Share, float, Place | None, "asyncio.Future[Reservation | Refused | _Queued]"]
 
 
 class ClockOffset:
@@ -143,24 +150,27 @@ class RedisBackend:
     def _offset(self, server_now: int) -> float:
         return self._clock_offset.observe(asyncio.get_running_loop().time(), server_now / US)
 
-    async def wait_turn(self, buckets: Sequence[BucketSpec], share: Share, max_wait: float) -> Reservation | Refused:
-        """Grant now, refuse now, or queue in the home bucket's shared queue and wait for the grant."""
+    async def wait_turn(
+        self, buckets: Sequence[BucketSpec], share: Share, max_wait: float, place: Place | None = None
+    ) -> Reservation | Refused:
+        """Grant now, refuse now, or queue in the home bucket's shared queue and wait for the grant.
+        ``place``: the call's place of a grant it gave back unused (it rejoins there, see pacing.lua)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait
         future: asyncio.Future[Reservation | Refused | _Queued] = loop.create_future()
         tag = buckets[0].tag
-        self._calls.setdefault(tag, []).append((tuple(buckets), share, max_wait, future))
+        self._calls.setdefault(tag, []).append((tuple(buckets), share, max_wait, place, future))
         if tag not in self._senders:
             self._senders[tag] = loop.create_task(self._sender(tag))
         outcome = await future
         if not isinstance(outcome, _Queued):
             return outcome
         queue = self._queue(tuple(buckets))
-        waiting = queue.add(outcome.member, deadline, outcome.wake)
+        waiting = queue.add(outcome.member, tuple(buckets), deadline, outcome.wake)
         try:
             return await waiting
         except asyncio.CancelledError:
-            queue.leave(outcome.member)
+            queue.leave(outcome.member, tuple(buckets))
             raise
 
     def _queue(self, buckets: tuple[BucketSpec, ...]) -> SharedQueue:
@@ -196,20 +206,21 @@ class RedisBackend:
         keys: list[str] = []
         index: dict[str, int] = {}
         args: list[Any] = ["enter", len(batch), CATCHUP, LOOKAHEAD, self._replica, self._lease]
-        for buckets, share, max_wait, _ in batch:
+        for buckets, share, max_wait, place, _ in batch:
             args += [self._index(buckets[0], keys, index)]
             args += self._bucket_args(buckets, keys, index)
             args += [share.cls, share.tenant, step(share.weight), int(max_wait * US)]
+            args += ["", 0] if place is None else [place.member, place.tag]
         reply = await self._run(keys, args)
         offset = self._offset(int(reply[0]))
-        for (buckets, _, _, future), answer in zip(batch, reply[1:], strict=True):
+        for (buckets, _, _, _, future), answer in zip(batch, reply[1:], strict=True):
             outcome = self._outcome(buckets, answer, offset)
             if not future.done():
                 future.set_result(outcome)
             elif isinstance(outcome, Reservation):  # the caller left while the answer was on its way
                 self._release_soon(outcome)
             elif isinstance(outcome, _Queued):
-                self._queue(buckets).leave(outcome.member)
+                self._queue(buckets).leave(outcome.member, buckets)
 
     def _index(self, spec: BucketSpec, keys: list[str], index: dict[str, int]) -> int:
         key = self._key(spec)
@@ -239,17 +250,15 @@ class RedisBackend:
 
     async def _poll(self, buckets: tuple[BucketSpec, ...], leaving: list[str]) -> Polled:
         """One poll of a home bucket's queue for this replica (see shared_queue.py)."""
-        keys: list[str] = []
-        home = self._index(buckets[0], keys, {})  # KEYS[1]
-        args = ["poll", home, *self._bucket_args(buckets, keys, {self._key(buckets[0]): home})]
-        args += [CATCHUP, LOOKAHEAD, self._replica, self._lease, *leaving]
-        now, wake, granted, *depth = await self._run(keys, args)
+        args = ["poll", 1, CATCHUP, LOOKAHEAD, self._replica, self._lease, *leaving]
+        now, wake, granted, *depth = await self._run([self._key(buckets[0])], args)
         offset = self._offset(int(now))
         reservations = {}
         for member, text in zip(granted[::2], granted[1::2], strict=True):
-            slot, *tats = (int(v) for v in _text(text).split(","))
+            tag, slot, *tats = (int(v) for v in _text(text).split(","))
             charges = tuple(Charge(slot=slot, key=tat) for tat in tats)
-            reservations[_text(member)] = Reservation(buckets, charges, deadline=slot / US + offset)
+            place = Place(_text(member), tag)
+            reservations[place.member] = Granted(place, charges, deadline=slot / US + offset)
         interval = max(spec.schedule.interval for spec in buckets)
         return Polled(
             granted=reservations,

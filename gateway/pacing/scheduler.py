@@ -23,6 +23,7 @@ A class's virtual time and tenant table restart from zero whenever the class run
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 from collections import Counter
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class Scheduler(Generic[T]):
         self._classes: tuple[_Class[T], ...] = tuple(_Class() for _ in PRIORITIES)
         self._deadlines: list[tuple[int, int, Waiter[T]]] = []
         self._seq = 0
+        self._entries = 0
         self._size = 0
 
     def __len__(self) -> int:
@@ -103,10 +105,25 @@ class Scheduler(Generic[T]):
         queue.finish[tenant] = start + step(weight)
         waiter = Waiter(cls, tenant, start, self._seq, arrival, deadline, ticket)
         self._seq += 1
+        return self._insert(waiter)
+
+    def rejoin(self, waiter: Waiter[T], *, deadline: int) -> Waiter[T]:
+        """Queue again a call that was granted but could not use its slot (on Redis: woken too late).
+
+        It keeps its sequence and arrival and its tag, capped at ``V`` (0 if its class ran empty
+        since), so it is the head of its class again, ahead of every call that arrived after it; its
+        tenant's finish already counts it. pacing.lua's rejoin does the same.
+        """
+        start = min(waiter.start, self._classes[waiter.cls].virtual)
+        return self._insert(dataclasses.replace(waiter, start=start, deadline=deadline))
+
+    def _insert(self, waiter: Waiter[T]) -> Waiter[T]:
+        queue = self._classes[waiter.cls]
         bisect.insort(queue.keys, waiter.key)
         queue.waiters[waiter.seq] = waiter
-        queue.counts[tenant] += 1
-        heapq.heappush(self._deadlines, (deadline, waiter.seq, waiter))
+        queue.counts[waiter.tenant] += 1
+        self._entries += 1  # not the sequence: a rejoined call's stale entry keeps its sequence
+        heapq.heappush(self._deadlines, (waiter.deadline, self._entries, waiter))
         self._size += 1
         return waiter
 

@@ -5,7 +5,8 @@ keeps a future per queued call and polls when something can change for them: at 
 next grant is due (the script says when), at the earliest ``max_wait`` deadline of its calls, when
 one of its callers leaves, and at least every third of the lease so its calls stay alive. Each poll
 collects the calls that any replica granted to this one, removes the cancelled and expired ones, and
-grants what is due.
+grants what is due. The script charges each call on its own buckets and cost; only the call's
+replica knows those buckets, so the queue keeps them per call to build its reservation.
 """
 
 from __future__ import annotations
@@ -17,17 +18,31 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from gateway.pacing.backend import BackendError, Refused, Reservation
+from gateway.pacing.backend import BackendError, Place, Refused, Reservation
+from gateway.pacing.bucket import Charge
+from gateway.pacing.registry import BucketSpec
 
 MIN_GAP = 0.001  # seconds between two polls of one queue: the clock offset is an estimate
 CLOSE_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
-class Polled:
-    """One poll's answer: calls granted to this replica (member -> reservation), next grant (loop time)."""
+class Granted:
+    """One grant as the script reports it: ``charges`` in the call's own buckets, ``deadline`` in loop time."""
 
-    granted: dict[str, Reservation]
+    place: Place
+    charges: tuple[Charge, ...]
+    deadline: float
+
+    def of(self, buckets: tuple[BucketSpec, ...]) -> Reservation:
+        return Reservation(buckets, self.charges, self.deadline, self.place)
+
+
+@dataclass(frozen=True)
+class Polled:
+    """One poll's answer: calls granted to this replica (member -> grant), next grant (loop time)."""
+
+    granted: dict[str, Granted]
     wake: float
     retry_after: float
 
@@ -43,10 +58,11 @@ class SharedQueue:
         self._release = release
         self._renew_every = renew_every
         self._waiters: dict[str, asyncio.Future[Reservation | Refused]] = {}
+        self._buckets: dict[str, tuple[BucketSpec, ...]] = {}  # each waiter's own buckets
         self._deadlines: list[tuple[float, str]] = []
         self._cancels: list[str] = []
-        self._left: set[str] = set()  # callers gone; a grant of theirs still on its way is given back
-        self._early: dict[str, Reservation] = {}  # granted before the arrival's own answer was read
+        self._left: dict[str, tuple[BucketSpec, ...]] = {}  # callers gone: a grant still on its way is given back
+        self._early: dict[str, Granted] = {}  # granted before the arrival's own answer was read
         self._wake_at = math.inf
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -55,23 +71,31 @@ class SharedQueue:
     def __bool__(self) -> bool:
         return bool(self._waiters or self._cancels)
 
-    def add(self, member: str, deadline: float, wake: float) -> asyncio.Future[Reservation | Refused]:
+    def add(
+        self, member: str, buckets: tuple[BucketSpec, ...], deadline: float, wake: float
+    ) -> asyncio.Future[Reservation | Refused]:
         future: asyncio.Future[Reservation | Refused] = asyncio.get_running_loop().create_future()
         early = self._early.pop(member, None)
         if early is not None:  # a poll on another connection answered first
-            future.set_result(early)
+            future.set_result(early.of(buckets))
             return future
         self._waiters[member] = future
+        self._buckets[member] = buckets
         heapq.heappush(self._deadlines, (deadline, member))
         self._wake_at = min(self._wake_at, wake)
         self._changed.set()
         self._start()
         return future
 
-    def leave(self, member: str) -> None:
+    def leave(self, member: str, buckets: tuple[BucketSpec, ...]) -> None:
         """The caller went away: its place is taken out at the next poll, which starts now."""
         self._waiters.pop(member, None)
-        self._left.add(member)
+        self._buckets.pop(member, None)
+        early = self._early.pop(member, None)
+        if early is not None:  # granted already, before its caller even knew its place
+            self._release(early.of(buckets))
+            return
+        self._left[member] = buckets
         self._cancels.append(member)
         self._changed.set()
         self._start()
@@ -104,22 +128,26 @@ class SharedQueue:
                 if not future.done():
                     future.set_exception(exc)
             self._waiters.clear()
+            self._buckets.clear()
 
     async def _round(self, now: float) -> None:
         expired = self._expired(now)
         leaving, self._cancels = self._cancels + expired, []
         polled = await self._poll(leaving)
-        for member, reservation in polled.granted.items():
+        for member, granted in polled.granted.items():
             future = self._waiters.pop(member, None)
-            if future is not None and not future.done():
-                future.set_result(reservation)
-            elif member in self._left or future is not None:  # its caller left meanwhile
-                self._release(reservation)
-            else:
-                self._early[member] = reservation
-        self._left.difference_update(leaving)  # any grant of theirs came back in this very poll
+            buckets = self._buckets.pop(member, None) or self._left.get(member)
+            if buckets is None:
+                self._early[member] = granted
+            elif future is not None and not future.done():
+                future.set_result(granted.of(buckets))
+            else:  # its caller left meanwhile
+                self._release(granted.of(buckets))
+        for member in leaving:  # any grant of theirs came back in this very poll
+            self._left.pop(member, None)
         for member in expired:
             future = self._waiters.pop(member, None)
+            self._buckets.pop(member, None)
             if future is not None and not future.done():
                 future.set_result(Refused(retry_after=polled.retry_after))
         self._wake_at = polled.wake

@@ -35,10 +35,12 @@ def make_credential(cid: str = "cred1", provider: str = "rest", **limit: Any) ->
 
 @dataclass
 class CountingUpstream:
-    """A loopback server that records the arrival time (``time.time()``) of every call to ``/hit``."""
+    """A loopback server that records the arrival time (``time.time()``) of every call to ``/hit``;
+    ``tokens`` has it once per token the call says it costs (``/hit?cost=N``, default 1)."""
 
     url: str
     arrivals: list[float] = field(default_factory=list)
+    tokens: list[float] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -47,7 +49,9 @@ async def counting_upstream() -> AsyncIterator[CountingUpstream]:
 
     async def handle(request: web.Request) -> web.Response:
         if request.path == "/hit":
-            upstream.arrivals.append(time.time())
+            now = time.time()
+            upstream.arrivals.append(now)
+            upstream.tokens += [now] * int(request.query.get("cost", "1"))
         return web.Response(text="ok")
 
     app = web.Application()
