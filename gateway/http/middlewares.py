@@ -6,6 +6,7 @@ signal, so views never set it themselves.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -33,6 +34,7 @@ from gateway.http.endpoints import Handler
 from gateway.http.throttle import AuthThrottle
 from gateway.observability.metrics import ROUTES, Metrics, method_label
 from gateway.observability.recent import RecentCall, RecentCalls
+from gateway.observability.request_log import request_line
 from gateway.store.tokens import Tokens
 
 log = structlog.get_logger(__name__)
@@ -54,7 +56,12 @@ def new_request_id() -> str:
 
 def route_label(request: web.Request) -> str:
     """The bounded ``route`` label: the part of the route name before the first dot."""
-    name = request.match_info.route.name or ""
+    return _route_label(request.match_info.route.name or "")
+
+
+@functools.lru_cache(maxsize=512)
+def _route_label(name: str) -> str:
+    """Per route name (the app's own, a bounded set): split and checked once, not on every call."""
     label = name.split(".", 1)[0]
     return label if label in ROUTES else "other"
 
@@ -81,9 +88,11 @@ def gateway_middleware(
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         sent = request.headers.get("x-request-id", "")
-        request_id = sent if _SANE_ID.match(sent) else new_request_id()
+        generated_id = not _SANE_ID.match(sent)
+        request_id = new_request_id() if generated_id else sent
         request[REQUEST_ID] = request_id
-        structlog.contextvars.clear_contextvars()  # one task serves a whole keep-alive connection
+        # aiohttp runs each request in a task of its own, with a copy of its connection's context: no
+        # binding of an earlier request is left to clear (clearing copied the whole context per call).
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         status, priority = 500, ""
@@ -97,14 +106,15 @@ def gateway_middleware(
             count(route, request.method, status, duration)
             if recent is not None and route in RECORDED_ROUTES:
                 recent.add(recent_call(request, status, duration, priority))
-            log.info(
-                "request",
+            request_line(
                 route=route,
                 method=request.method,
                 status=status,
                 duration_ms=round(duration * 1000, 2),
                 upstream=request.get(UPSTREAM_PROVIDER),
                 pacing_wait_ms=request.get(PACING_WAIT_MS),
+                request_id=request_id,
+                generated_id=generated_id,
             )
 
     return middleware

@@ -10,12 +10,14 @@ says which class was applied.
 
 from __future__ import annotations
 
+import functools
+
 from aiohttp import web
 
 from gateway.errors import InvalidRequest
 from gateway.http.middlewares import PRINCIPAL
 from gateway.pacing.api import current_share
-from gateway.pacing.scheduler import PRIORITIES, Share
+from gateway.pacing.scheduler import PRIORITIES, Priority, Share
 
 HEADER = "x-gateway-priority"
 APPLIED: web.RequestKey[str] = web.RequestKey("gateway_priority", str)
@@ -23,16 +25,23 @@ APPLIED: web.RequestKey[str] = web.RequestKey("gateway_priority", str)
 
 def apply_share(request: web.Request) -> Share:
     """Read the header, cap it at the token's class, and make it the share of this request's calls."""
-    value = request.headers.get(HEADER, "normal").strip().lower()
+    principal = request[PRINCIPAL]
+    share = _share(request.headers.get(HEADER, "normal"), principal.priority, principal.name, principal.weight)
+    current_share.set(share)
+    request[APPLIED] = share.priority
+    return share
+
+
+@functools.lru_cache(maxsize=1024)
+def _share(header: str, ceiling: Priority, tenant: str, weight: float) -> Share:
+    """The share for one (header value, token) pair: the same few pairs come on every call, and a
+    ``Share`` is frozen, so it is built once (bounded; a bad header raises and is not remembered)."""
+    value = header.strip().lower()
     asked = next((p for p in PRIORITIES if p == value), None)
     if asked is None:
         raise InvalidRequest(f"{HEADER}: must be one of 'high', 'normal', 'low'", field=HEADER)
-    principal = request[PRINCIPAL]
-    priority = max(asked, principal.priority, key=PRIORITIES.index)  # the lower of the two classes
-    share = Share(priority=priority, tenant=principal.name, weight=principal.weight)
-    current_share.set(share)
-    request[APPLIED] = priority
-    return share
+    priority = max(asked, ceiling, key=PRIORITIES.index)  # the lower of the two classes
+    return Share(priority=priority, tenant=tenant, weight=weight)
 
 
 def stamp(request: web.Request, response: web.StreamResponse) -> None:

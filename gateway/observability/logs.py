@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import structlog
 
+from gateway.observability.request_log import use_template
+
 MASK = "***"
 _SECRET_KEYS = re.compile(
     r"(authorization|cookie|token|secret|password|passwd|api[_-]?key|dsn|credential_value|private)",
@@ -145,12 +147,16 @@ def configure_logging(
     stamped = [*tagged, structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
     rendered = [structlog.processors.format_exc_info, redact_processor, renderer]
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
+    processors = [structlog.contextvars.merge_contextvars, *stamped, *rendered]
     structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, *stamped, *rendered],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
+    # The request line's template writes what this chain would, without it (request_log.py).
+    enabled = numeric_level <= logging.INFO
+    use_template(processors if as_json else None, enabled=enabled, worker=worker, redact=redact_text, write=_STDERR.msg)
     _route_standard_logging(stamped, rendered, numeric_level)
 
 

@@ -49,8 +49,12 @@ def is_refusal(status: int, headers: Mapping[str, str]) -> bool:
 
 def pause_for(answers: Answers, status: int, headers: Mapping[str, str], now: float) -> Pause | None:
     """The pause this answer asks for (``now`` is unix time), or None to carry on."""
-    lowered = {name.lower(): value for name, value in headers.items()}
     throttled = status in answers.throttle_statuses or status == 503
+    if not throttled:
+        names = _limit_headers(answers)
+        if not any(name.lower() in names for name in headers):
+            return None  # most answers: no limit reported, nothing to parse (every proxied call asks)
+    lowered = {name.lower(): value for name, value in headers.items()}
     if throttled:
         seconds = retry_after(lowered.get(answers.retry_after.lower()), now, unit=answers.retry_after_unit)
         if seconds is not None:
@@ -62,6 +66,24 @@ def pause_for(answers: Answers, status: int, headers: Mapping[str, str], now: fl
     if status in answers.throttle_statuses:
         return _bounded(answers.penalty, credential_wide=False)
     return None
+
+
+_LIMIT_HEADERS: dict[int, tuple[Answers, frozenset[str]]] = {}
+
+
+def _limit_headers(answers: Answers) -> frozenset[str]:
+    """The lower-cased headers whose presence can make a non-throttle answer pause (rule 2): without
+    them ``signal_pause`` returns None for every signal. Computed once per catalog entry's answers."""
+    known = _LIMIT_HEADERS.get(id(answers))
+    if known is not None and known[0] is answers:
+        return known[1]
+    names = frozenset(
+        name.lower() for signal in answers.headers for name in (signal.remaining, signal.used_limit) if name is not None
+    )
+    if len(_LIMIT_HEADERS) >= 256:  # a reload brings new entries: bounded by forgetting
+        _LIMIT_HEADERS.clear()
+    _LIMIT_HEADERS[id(answers)] = (answers, names)
+    return names
 
 
 def retry_after(value: str | None, now: float, *, unit: str = "seconds") -> float | None:
