@@ -1,121 +1,25 @@
 """Keys and config change under a running ``gateway serve`` without a failed call.
 
-Real processes on a SQLite store, a real upstream on loopback, the ``gateway`` CLI as an operator
-runs it: SIGHUP through ``gateway reload`` (the pid file), ``gateway keys rotate`` gated on the
-replicas' heartbeats, and a replica that meets a key id it lacks re-reading its key file.
+Real processes on a SQLite store (and, for the workers, PostgreSQL and Redis), a real upstream on
+loopback, the ``gateway`` CLI as an operator runs it: SIGHUP through ``gateway reload`` (the pid
+file), ``gateway keys rotate`` gated on the replicas' heartbeats, a replica that meets a key id it
+lacks re-reading its key file, and ``gateway restart`` replacing a supervisor's workers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import contextlib
 import sqlite3
-import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from gateway.vault.crypto import generate_key
-from tests.ops.process import Deployment, GatewayProcess, start_gateway, write_config
+from tests.ops.process import Deployment, start_gateway, write_config
+from tests.ops.rotation import Load, add_credentials, drill, keyed_deployment, loaded, logged, reloaded, run_cli
 from tests.support import free_port, poll
 from tests.upstream.helpers import Upstream, start_upstream
-
-RATE = 50  # proxied calls per second during the changes
-
-
-async def run_cli(deployment: Deployment, *args: str) -> tuple[int, str]:
-    """A ``gateway`` verb against the deployment's config: exit code and stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", *args, "--config", str(deployment.config),
-        env=deployment.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, err.decode()
-
-
-def keyed_deployment(tmp_path: Path, keys: list[str], **sections: Any) -> tuple[Deployment, Path]:
-    """A deployment whose keys live in a file (re-read on reload), with a pid file for ``gateway reload``."""
-    key_file = tmp_path / "keys"
-    key_file.write_text("\n".join(keys) + "\n", encoding="utf-8")
-    base = {
-        "store": {"url": f"sqlite:///{tmp_path / 'gateway.db'}"},
-        "encryption": {"keys_file": str(key_file)},
-        "server": {"pid_file": str(tmp_path / "gateway.pid")},
-        "log": {"format": "json"},
-        **sections,
-    }
-    deployment = Deployment.create(tmp_path, base)
-    deployment.env.pop("GATEWAY_ENCRYPTION__KEYS")
-    return deployment, key_file
-
-
-@dataclass
-class Load:
-    """Calls at ``RATE``/s over three credentials (bearer, basic, oauth2); what each one got back."""
-
-    gateway: GatewayProcess
-    token: str
-    upstream: Upstream
-    statuses: list[int] = field(default_factory=list)
-    wrong_secrets: int = 0
-
-    async def run(self, stop: asyncio.Event) -> None:
-        headers = {"Authorization": f"Bearer {self.token}"}
-        paths = ["cred-bearer/echo/a", "cred-basic/echo/b", "cred-oauth/protected/c"]
-        async with aiohttp.ClientSession() as session:
-            n = 0
-            while not stop.is_set():
-                path = paths[n % 3]
-                n += 1
-                async with session.get(f"{self.gateway.url}/v1/proxy/credential/{path}", headers=headers) as resp:
-                    self.statuses.append(resp.status)
-                    if resp.status == 200 and path.startswith("cred-b"):
-                        self._check(path, await resp.json())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1 / RATE)  # the pace of the load
-
-    def _check(self, path: str, echoed: dict[str, Any]) -> None:
-        sent = echoed["headers"]["authorization"][0]
-        basic = "Basic " + base64.b64encode(b"user:upstream-password").decode()
-        if sent != ("Bearer upstream-bearer" if path.startswith("cred-bearer") else basic):
-            self.wrong_secrets += 1
-
-
-@contextlib.asynccontextmanager
-async def loaded(load: Load) -> AsyncIterator[Load]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(load.run(stop))
-    try:
-        yield load
-    finally:
-        stop.set()
-        await task
-
-
-async def add_credentials(gateway: GatewayProcess, admin: str, upstream: Upstream) -> None:
-    auths = {
-        "cred-bearer": {"type": "bearer", "token": "upstream-bearer"},
-        "cred-basic": {"type": "basic", "username": "user", "password": "upstream-password"},
-        "cred-oauth": {
-            "type": "oauth2",
-            "access_token": "token-0",
-            "refresh_token": upstream.state.refresh_token,
-            "token_url": f"{upstream.url}/oauth/token",
-            "client_id": upstream.state.client_id,
-            "client_secret": upstream.state.client_secret,
-        },
-    }
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin}"}) as session:
-        for cid, auth in auths.items():
-            body = {"id": cid, "provider": "rest", "base_url": upstream.url, "auth": auth,
-                    "rate_limit": {"rate": 1000, "burst": 1000}}  # fmt: skip
-            async with session.post(f"{gateway.url}/v1/credentials", json=body) as resp:
-                assert resp.status == 201, await resp.text()
 
 
 def sealed_key_ids(tmp_path: Path, credential_id: str = "%") -> set[str]:
@@ -124,17 +28,7 @@ def sealed_key_ids(tmp_path: Path, credential_id: str = "%") -> set[str]:
     return {sealed.split(":")[1] for (sealed,) in rows}
 
 
-async def reloaded(gateway: GatewayProcess, deployment: Deployment, event: str, times: int) -> None:
-    """``gateway reload --pid`` (works with a broken config too), then wait for ``event`` in the log."""
-    code, err = await run_cli(deployment, "reload", "--pid", str(gateway.proc.pid))
-    assert code == 0, err
-    logged = f'"event":"{event}"'
-    await poll(f"{event} #{times} in the log", lambda: gateway.output().count(logged) >= times, deadline=30)
-
-
-async def rotation_setup(
-    tmp_path: Path, aiohttp_server: Any, first_key: str
-) -> tuple[Deployment, Path, Upstream, str]:
+async def rotation_setup(tmp_path: Path, aiohttp_server: Any, first_key: str) -> tuple[Deployment, Path, Upstream, str]:
     """A keyed deployment on ``first_key``, an upstream, and an admin token."""
     deployment, key_file = keyed_deployment(tmp_path, [first_key])
     upstream = await start_upstream(aiohttp_server)
@@ -173,6 +67,22 @@ async def test_online_key_rotation_under_load_fails_no_call(tmp_path: Path, aioh
             await poll("calls after the last reload", lambda: len(load.statuses) >= settled + 30, deadline=30)
     assert len(load.statuses) >= 100
     assert set(load.statuses) == {200}, [s for s in load.statuses if s != 200]
+    assert load.wrong_secrets == 0
+
+
+async def test_keys_change_and_workers_restart_under_load_without_a_failed_call(
+    tmp_path: Path, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    """Two workers on PostgreSQL and Redis, 50 calls/s over bearer, basic and OAuth2: prepend a key +
+    reload, an OAuth2 refresh, rotate, ``gateway restart`` (both workers replaced), drop the old key +
+    reload (accepted only once nothing is sealed with it): 0 failed calls, 0 wrong secrets upstream."""
+    async with drill(tmp_path, store_url=pg_url, redis_url=redis_url, redis_prefix=redis_prefix) as rounds:
+        await rounds.round()
+    load = rounds.load
+    assert logged(rounds.gateway, "worker_replaced") == 2
+    assert rounds.during_restarts(), "calls were made while the workers were replaced"
+    assert len(load.calls) >= 200
+    assert load.failed() == []
     assert load.wrong_secrets == 0
 
 
