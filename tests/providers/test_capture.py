@@ -38,7 +38,7 @@ def test_salesforce_backfill_then_live_soql_with_ties_across_pages() -> None:
     target = Target("contact", {}, "")
     cursor = sf.start(NOW)
     call = sf.request(cursor, target)
-    assert call.path == "/services/data/v59.0/query"
+    assert call.path == "/services/data/v59.0/queryAll"  # deleted rows too, even in the backfill
     assert call.query == [("q", "SELECT FIELDS(ALL) FROM Contact ORDER BY SystemModstamp, Id LIMIT 200")]
     t1, t2 = "2026-01-01T00:00:00.000+0000", "2026-01-01T00:00:01.500+0000"
     full = [sf_row(sf_id(i), t1) for i in range(199)] + [sf_row(sf_id(199), t2)]

@@ -162,3 +162,35 @@ async def test_failing_upstream_does_not_lose_the_scan_deletes(
     env.change("delete", gone)
     await until("the delete arrived", env.in_step)
     assert ("delete", gone) in [(a, i) for a, i, _ in await env.events()]
+
+
+async def test_a_salesforce_delete_during_the_backfill_is_not_lost(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    """A record the backfill already read is deleted, then another is changed (so the backfill reads on
+    past the delete's SystemModstamp): the backfill reads through queryAll, so the delete still arrives."""
+    env = await connect(make_gateway, aiohttp_server, "salesforce", seed=1000, knobs=Knobs(latency=0.5))
+    ids = list(env.upstream())  # in creation order: the backfill reads the first ones first
+    await until("the backfill read its first page", lambda: _progress_over(env, 1))
+    assert (await env.post("pause"))["state"] == "paused"
+    await until("the poller stopped", lambda: _stopped(env))
+    assert (await env.view())["cursor"][env.collection]["phase"] == "backfill"
+    env.change("delete", ids[0])
+    deleted_at = env.sandbox.deleted[ids[0]][1]["SystemModstamp"]  # type: ignore[attr-defined]
+
+    async def changed_after_the_delete() -> bool:
+        row = env.change("update", ids[1], env.sample(5000))
+        return bool(row["SystemModstamp"] > deleted_at)  # not in the delete's millisecond
+
+    await until("a change at a later instant", changed_after_the_delete)
+    await env.post("resume")
+    await until("the delete arrived", env.in_step, 120)
+    assert ("delete", ids[0]) in [(a, i) for a, i, _ in await env.events()]
+
+
+async def _progress_over(env: Any, n: int) -> bool:
+    return bool(sum((await env.view())["progress"].values()) >= n)
+
+
+async def _stopped(env: Any) -> bool:
+    return SYNC not in env.gw.app[appkeys.SYNC_RUNNERS].running

@@ -1,11 +1,15 @@
-"""Salesforce change capture: SOQL on ``SystemModstamp`` through ``query`` (backfill) and ``queryAll``.
+"""Salesforce change capture: SOQL on ``SystemModstamp`` through ``queryAll``.
 
 ``SELECT FIELDS(ALL) FROM <Object> WHERE SystemModstamp >= <cursor> ORDER BY SystemModstamp, Id
 LIMIT 200`` (``FIELDS(ALL)`` requires ``LIMIT 200``), following ``nextRecordsUrl`` while ``done`` is
-false. The backfill uses ``query``; live polling uses ``queryAll``, whose ``IsDeleted = true`` rows
-are the deletes. Several records can share one ``SystemModstamp`` across a page boundary: ``>=`` plus
-skipping the ids already read at the cursor instant loses none. If 200 records share the instant,
-the next query pages through them by ``Id`` (``SystemModstamp = t AND Id > last``) so it progresses.
+false. ``queryAll`` also answers deleted rows (``IsDeleted = true``): those are the deletes. The
+backfill reads through ``queryAll`` too: a record deleted while the backfill runs gets a newer
+``SystemModstamp`` than the records read before, and a record changed after it moves the cursor
+past it, so a backfill through ``query`` (live rows only) would never see that delete.
+
+Several records can share one ``SystemModstamp`` across a page boundary: ``>=`` plus skipping the ids
+already read at the cursor instant loses none. If 200 records share the instant, the next query pages
+through them by ``Id`` (``SystemModstamp = t AND Id > last``) so it progresses.
 """
 
 from __future__ import annotations
@@ -36,8 +40,7 @@ class SalesforceCapture(Capture):
             return Call("GET", str(cursor["next"]))
         version = option(target, "api_version", r"v\d{2,3}\.\d", DEFAULT_API_VERSION)
         sobject = sobject_type(checked(target.obj, r"[A-Za-z]\w*", field="collection_id"))
-        endpoint = "queryAll" if cursor.get("phase") == "live" else "query"
-        return Call("GET", f"/services/data/{version}/{endpoint}", query=[("q", self.soql(sobject, cursor))])
+        return Call("GET", f"/services/data/{version}/queryAll", query=[("q", self.soql(sobject, cursor))])
 
     def soql(self, sobject: str, cursor: Cursor) -> str:
         """The query; every value in it is re-checked here (the cursor round-trips through the store)."""
@@ -67,7 +70,7 @@ class SalesforceCapture(Capture):
         count = (int(cursor.get("count") or 0) if cursor.get("next") else 0) + len(records)
         after_stamp = soql_time(ties.since) if ties.since is not None else None
         state: Cursor = {**cursor, "since": after_stamp, "ids": sorted(ties.ids), "count": count, "from": query_from}
-        backfilled = len(seen) if cursor.get("phase") == "backfill" else 0
+        backfilled = sum(1 for s in seen if s.data is not None) if cursor.get("phase") == "backfill" else 0
         next_url = body.get("nextRecordsUrl") if not body.get("done", True) else None
         if next_url:
             if not isinstance(next_url, str) or not next_url.startswith("/services/data/"):
