@@ -28,11 +28,20 @@ class Place:
 
 
 @dataclass(frozen=True)
+class Permit:
+    """A ``max_concurrency`` lease granted with a shared (Redis) slot: lease set ``key``, lease ``id``."""
+
+    key: str
+    id: str
+
+
+@dataclass(frozen=True)
 class Reservation:
     buckets: tuple[BucketSpec, ...]
     charges: tuple[Charge, ...]
     deadline: float
     place: Place | None = None  # granted from a shared queue (not at once)
+    permit: Permit | None = None
 
 
 @dataclass(frozen=True)

@@ -1,94 +1,53 @@
-"""``max_concurrency`` permits shared by every replica and worker, as leases in Redis.
+"""``max_concurrency`` permits shared by every replica and worker, as leases in Redis: kept alive here.
 
 Providers cap concurrent calls per account, not per gateway process, so with the Redis backend a
-permit is a lease in one sorted set per credential (permits.lua): granted atomically while fewer than
-``limit`` live leases exist, renewed while the call runs, removed when it ends.
+permit is a lease in one sorted set per credential. pacing.lua grants it together with the call's
+slot, to the head of the bucket's shared queue, so permits follow the queue's order (class, fair
+share, FIFO) across replicas; this module keeps the leases this process holds alive and ends them.
 
 - Leases expire ``ttl`` after their last renewal: a crashed replica's permits come back within
-  ``ttl``. One keeper task per process renews every held lease each ``ttl / 3``, and runs only while
-  the process holds leases, so a call longer than ``ttl`` keeps its permit.
-- Waiting: FIFO inside a process. Waiters queue per credential and only the head asks Redis, polling
-  at 5 ms growing to 50 ms; a release in this process wakes the head as soon as Redis has it. Across
-  processes it is first come at poll time, not strict FIFO: a head of another replica that polls
-  first takes a freed permit.
-- The caller's give-up time bounds the whole wait (``None`` then). Redis errors raise ``BackendError``
-  for the pacer's policy; a call in flight when its waiter is cancelled gives back what it got.
+  ``ttl``. One keeper task per process renews every held lease each ``ttl / 3`` (permits.lua), and
+  runs only while the process holds leases, so a call longer than ``ttl`` keeps its permit.
+- Ending a lease wakes this replica's calls waiting for one at once (redis.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-import uuid
-from collections import deque
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from gateway.pacing.backend import BackendError
+from gateway.pacing.backend import BackendError, Permit
 from gateway.pacing.redis import LEASE_TTL, RedisBackend
 
 log = structlog.get_logger(__name__)
-FIRST_POLL = 0.005
-LAST_POLL = 0.05
-
-
-@dataclass(frozen=True)
-class Lease:
-    key: str
-    permit: str
-
-
-@dataclass(eq=False)
-class _Waiter:
-    """One queued caller; ``wake`` is set when it becomes the head or a permit came back."""
-
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class SharedPermits:
     def __init__(self, backend: RedisBackend, *, ttl: float = LEASE_TTL) -> None:
         self._backend = backend
         self._ttl = ttl
-        self._queues: dict[str, deque[_Waiter]] = {}
         self._held: dict[str, set[str]] = {}
         self._keeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
-    async def acquire(self, key: str, limit: int, give_up_at: float) -> Lease | None:
-        """A lease on one of ``limit`` permits, or None once ``time.monotonic()`` passes ``give_up_at``."""
-        me = _Waiter()
-        queue = self._queues.setdefault(key, deque())
-        queue.append(me)
-        poll = FIRST_POLL
-        try:
-            while True:
-                me.wake.clear()
-                if queue[0] is me:
-                    lease = Lease(key, uuid.uuid4().hex)
-                    if await self._take(lease, limit):
-                        return lease
-                remaining = give_up_at - time.monotonic()
-                if remaining <= 0:
-                    return None
-                pause = min(poll, remaining) if queue[0] is me else remaining
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(me.wake.wait(), pause)
-                poll = min(poll * 2, LAST_POLL) if queue[0] is me else FIRST_POLL
-        finally:
-            self._leave(key, me)
+    def hold(self, permit: Permit) -> None:
+        """Keep a granted lease alive until ``release``."""
+        self._held.setdefault(permit.key, set()).add(permit.id)
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.get_running_loop().create_task(self._keep())
 
-    def release(self, lease: Lease) -> None:
+    def release(self, permit: Permit) -> None:
         """Give the permit back (in the background: callers release synchronously)."""
-        held = self._held.get(lease.key)
+        held = self._held.get(permit.key)
         if held is not None:
-            held.discard(lease.permit)
+            held.discard(permit.id)
             if not held:
-                del self._held[lease.key]
-        self._spawn(self._drop(lease))
+                del self._held[permit.key]
+        self._spawn(self._drop(permit))
 
     async def close(self) -> None:
         """Stop renewing; held leases are left to expire (their calls may still be running)."""
@@ -102,41 +61,11 @@ class SharedPermits:
 
     # --- internals ----------------------------------------------------------------------------------
 
-    async def _take(self, lease: Lease, limit: int) -> bool:
-        """Ask Redis once. If the caller is cancelled meanwhile, a lease granted anyway is dropped."""
-        call = asyncio.ensure_future(self._backend.take_permit(lease.key, lease.permit, limit, self._ttl))
+    async def _drop(self, permit: Permit) -> None:
         try:
-            granted = await asyncio.shield(call)
-        except asyncio.CancelledError:
-            call.add_done_callback(lambda done: self._abandon(done, lease))
-            raise
-        if granted:
-            self._held.setdefault(lease.key, set()).add(lease.permit)
-            if self._keeper is None or self._keeper.done():
-                self._keeper = asyncio.get_running_loop().create_task(self._keep())
-        return granted
-
-    def _abandon(self, call: asyncio.Future[bool], lease: Lease) -> None:
-        if not call.cancelled() and call.exception() is None and call.result():
-            self._spawn(self._drop(lease))
-
-    def _leave(self, key: str, me: _Waiter) -> None:
-        queue = self._queues[key]
-        was_head = queue[0] is me
-        queue.remove(me)
-        if not queue:
-            del self._queues[key]
-        elif was_head:
-            queue[0].wake.set()
-
-    async def _drop(self, lease: Lease) -> None:
-        try:
-            await self._backend.drop_permit(lease.key, lease.permit)
+            await self._backend.drop_permit(permit)
         except BackendError as exc:  # the lease expires within the TTL anyway
             log.warning("pacing_permit_not_released", reason=str(exc))
-        queue = self._queues.get(lease.key)
-        if queue:
-            queue[0].wake.set()
 
     async def _keep(self) -> None:
         """Renew every held lease each TTL/3 while this process holds any."""

@@ -1,8 +1,8 @@
 """``GatewayPacer``: the ``Pacer`` every upstream call goes through.
 
-``acquire`` resolves the buckets of the call (registry.py) and waits for its turn: in-process, in the
-home bucket's queue (queue.py), which grants slot and ``max_concurrency`` permit together; on Redis,
-a shared permit lease first (concurrency.py), then the bucket's shared queue (redis.py). Either way
+``acquire`` resolves the buckets of the call (registry.py) and waits for its turn in the home
+bucket's queue, which grants slot and ``max_concurrency`` permit together: in-process (queue.py), or
+on Redis the bucket's shared queue (redis.py; concurrency.py keeps the permit's lease alive). Either way
 the order is scheduler.py's (priority class, fair share between tenants, FIFO per tenant) and a
 call whose wait would exceed ``max_wait`` is refused before queueing.
 
@@ -32,7 +32,7 @@ from gateway.domain.objects import Credential
 from gateway.errors import BackendUnavailable, ConfigError, InvalidRequest, RateLimited
 from gateway.observability.metrics import Metrics
 from gateway.pacing import adaptive, bucket, queue
-from gateway.pacing.backend import Backend, BackendError, Refused, Reservation
+from gateway.pacing.backend import Backend, BackendError, Permit, Refused, Reservation
 from gateway.pacing.bucket import JITTER
 from gateway.pacing.concurrency import SharedPermits
 from gateway.pacing.limits import EffectiveLimit
@@ -266,73 +266,45 @@ class GatewayPacer:
     async def _wait_shared(
         self, credential_id: str, call: Route, share: Share, give_up_at: float
     ) -> Callable[[], None] | None:
-        """Redis: a shared ``max_concurrency`` lease first, then the turn in the bucket's shared queue.
-        Redis failing under the ``local`` policy sends the call to the in-process queue instead."""
-        assert self._shared is not None
+        """Redis: the turn in the bucket's shared queue, which grants slot and ``max_concurrency``
+        permit together. Redis failing under the ``local`` policy sends the call to the in-process
+        queue instead."""
         try:
-            release = await self._concurrency(credential_id, call, give_up_at)
-        except BackendError:
-            return await self._wait_local(credential_id, call, share, max(0.0, give_up_at - time.monotonic()))
-        try:
-            await self._turn_on_redis(call, share, give_up_at)
+            permit = await self._turn_on_redis(credential_id, call, share, give_up_at)
         except BackendError as exc:
-            if release is not None:
-                release()
             self._degrade(str(exc))
             if self._config.pacing.on_backend_error == "reject":
                 raise BackendUnavailable("the shared pacing backend (Redis) is unavailable") from None
             return await self._wait_local(credential_id, call, share, max(0.0, give_up_at - time.monotonic()))
-        except BaseException:
-            if release is not None:
-                release()
-            raise
-        return release
+        if permit is None:
+            return None
+        assert self._permits is not None
+        self._permits.hold(permit)
+        return partial(self._permits.release, permit)
 
-    async def _turn_on_redis(self, call: Route, share: Share, give_up_at: float) -> None:
+    async def _turn_on_redis(self, credential_id: str, call: Route, share: Share, give_up_at: float) -> Permit | None:
         """Queue, then sleep until the slot (granted up to LOOKAHEAD early). A grant this replica
         wakes up for more than ``LATE`` after its slot (the process stalled) is given back and the
         call queues again at its old place (the head, ahead of everyone who came after it): sent
         now, it would squeeze the gap to the other replicas' calls, which went on time. That keeps
-        the bound and the order, and costs a slot only when the process stalls."""
+        the bound and the order, and costs a slot only when the process stalls. Returns the
+        ``max_concurrency`` permit granted with the slot, if the credential has a limit."""
         assert self._shared is not None
+        limit = call.limit.max_concurrency
+        permits = None if limit is None else (self._shared.permit_key(call.home.tag, credential_id), limit)
         loop = asyncio.get_running_loop()
         place = None
         while True:
             with self._queued_as(call, share):
                 budget = max(0.0, give_up_at - time.monotonic())
-                outcome = await self._shared.wait_turn(_shared_order(call), share, budget, place)
+                outcome = await self._shared.wait_turn(_shared_order(call), share, budget, place, permits)
             if isinstance(outcome, Refused):
                 raise self._refused(call, outcome)
             await self._sleep(call, share, self._shared, outcome)
             if loop.time() - outcome.deadline <= LATE:
-                return
+                return outcome.permit
             await self._release(self._shared, outcome)
             place = outcome.place
-
-    async def _concurrency(self, credential_id: str, call: Route, give_up_at: float) -> Callable[[], None] | None:
-        """Wait for a ``max_concurrency`` lease shared through Redis (the active backend here)."""
-        limit = call.limit.max_concurrency
-        if limit is None or self._permits is None:
-            return None
-        key = self._permits_key(credential_id, call)
-        try:
-            lease = await self._permits.acquire(key, limit, give_up_at)
-        except BackendError as exc:
-            self._degrade(str(exc))
-            if self._config.pacing.on_backend_error == "reject":
-                raise BackendUnavailable("the shared pacing backend (Redis) is unavailable") from None
-            raise
-        if lease is None:
-            raise self._too_many_concurrent(call)
-        return partial(self._permits.release, lease)
-
-    def _permits_key(self, credential_id: str, call: Route) -> str:
-        assert self._shared is not None
-        return self._shared.permit_key(call.home.tag, credential_id)
-
-    def _too_many_concurrent(self, call: Route) -> RateLimited:
-        self._metrics.pacing_rejections.labels(call.provider).inc()
-        return RateLimited("too many concurrent upstream calls for this credential", retry_after=1)
 
     async def _take_turn(
         self, credential_id: str, call: Route, share: Share, give_up_at: float

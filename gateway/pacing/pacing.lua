@@ -7,16 +7,20 @@
 -- queue keys hang off a home bucket's name H:
 --   H:q<c>     zset   calls queued in class c: member "seq|replica|arrival|tenant", score = start tag
 --   H:f<c>     hash   tenant -> last finish tag in class c
---   H:b        hash   member -> its own buckets (msgpack {{key, interval, tolerance}, ..}): a queued
---                     call is charged on its buckets at its cost, whoever's poll grants it. Those
---                     keys share the home bucket's hash slot (same {tag}), so naming them is safe.
+--   H:b        hash   member -> its own buckets and permits (msgpack {{{key, interval, tolerance}, ..},
+--                     permits key or '', limit}): a queued call is charged on its buckets at its
+--                     cost, whoever's poll grants it. Those keys share the home bucket's hash slot
+--                     (same {tag}), so naming them is safe.
+--   P          zset   a credential's max_concurrency leases (permits.lua's format: member = permit
+--                     id, score = expiry in ms): the head of the queue takes one with its slot.
 --   H:r        hash   replica -> its lease expiry (µs); a replica's calls count only while it lives
 --   H:g:<rep>  hash   member -> "tag,slot,key_1,..": granted calls waiting for their replica to collect
 -- ARGV[1] is the operation, ARGV[2] a fixed now for tests ('' in production: TIME); then:
 --   enter   n, catchup, ahead, replica, lease, then per call: home index, nb, per bucket (index, interval,
 --           tolerance), class, tenant, step, max_wait, place, tag (place '': a new arrival; else the
---           member of a grant given back late, which rejoins at its old tag: see rejoin below)
---           -> {now, {1, slot, key_1..key_nb} | {0, retry_after} | {2, member, wake}, ...}
+--           member of a grant given back late, which rejoins at its old tag: see start_tag below),
+--           permits index (0: no max_concurrency), limit
+--           -> {now, {1, slot, key_1..key_nb[, permit id]} | {0, retry_after} | {2, member, wake}, ...}
 --   poll    home index, catchup, ahead, replica, lease, members to cancel...
 --           -> {now, wake, {member, "tag,slot,key..", ...}, depth_0, depth_1, depth_2}
 --   release nb, then per bucket: index, interval, key                -> {now}
@@ -31,6 +35,8 @@ end
 local op = ARGV[1]
 local KEEP_MS = 60000
 local MAX_GRANTS = 1000 -- grants (and dead calls dropped) per script call: keeps each call short
+local PERMIT_POLL = 20000 -- µs: how soon to look again when the head waits for a permit (freed anywhere)
+local lease_ms = 0 -- a permit's lease: the replica lease of the script call (renewed like permits.lua's)
 
 local function fmt(x) return string.format('%.0f', x) end
 
@@ -87,6 +93,19 @@ end
 
 local function depth(h, c) return redis.call('ZCARD', qkey(h, c)) end
 
+-- max_concurrency (permits.lua's lease set): a permit is free while fewer than limit leases live.
+local function permit_free(pkey, limit)
+  if pkey == '' then return true end
+  redis.call('ZREMRANGEBYSCORE', pkey, '-inf', math.floor(now / 1000))
+  return redis.call('ZCARD', pkey) < limit
+end
+
+local function take_permit(pkey, id)
+  if pkey == '' then return end
+  redis.call('ZADD', pkey, math.floor(now / 1000) + lease_ms, id)
+  redis.call('PEXPIRE', pkey, math.max(redis.call('PTTL', pkey), lease_ms))
+end
+
 -- A class that runs empty restarts its virtual time and tenant table (scheduler.py does the same).
 local function left(h, c, member)
   redis.call('ZREM', qkey(h, c), member)
@@ -120,9 +139,11 @@ local function grant(h, catchup, ahead)
     if lease_of(h, rep, leases) < now then
       left(h, c, member)
     else
-      local bs = cmsgpack.unpack(redis.call('HGET', bkey(h), member))
+      local bs, pkey, limit = cmsgpack.unpack(redis.call('HGET', bkey(h), member))
       local slot = math.max(due_of(bs), tonumber(arrival), now - catchup)
       if slot > now + ahead then return slot - ahead end
+      if not permit_free(pkey, limit) then return now + PERMIT_POLL end -- strict order: the head waits
+      take_permit(pkey, member)
       local virtual = math.max(tonumber(redis.call('HGET', KEYS[h], 'v' .. c) or '0'), start)
       redis.call('HSET', KEYS[h], 'v' .. c, fmt(virtual))
       left(h, c, member)
@@ -162,13 +183,20 @@ local function enter_one(pos, catchup, lookahead, rep)
   bs, pos = buckets_at(pos + 1)
   local c, tenant, step, max_wait = tonumber(ARGV[pos]), ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
   local place, tag = ARGV[pos + 4], tonumber(ARGV[pos + 5])
-  pos = pos + 6
+  local pidx, limit = tonumber(ARGV[pos + 6]), tonumber(ARGV[pos + 7])
+  local pkey = pidx > 0 and KEYS[pidx] or ''
+  pos = pos + 8
   grant(h, catchup, lookahead)
   local due = due_of(bs)
-  if depth(h, 0) + depth(h, 1) + depth(h, 2) == 0 and due <= now then
+  if depth(h, 0) + depth(h, 1) + depth(h, 2) == 0 and due <= now and permit_free(pkey, limit) then
     local _, keys = take(bs, now)
     local out = {1, now}
     for _, k in ipairs(keys) do out[#out + 1] = k end
+    if pkey ~= '' then
+      local id = string.format('%d|%s', redis.call('HINCRBY', KEYS[h], 'seq', 1), rep)
+      take_permit(pkey, id)
+      out[#out + 1] = id
+    end
     return out, pos
   end
   local start = start_tag(h, c, tenant, place, tag)
@@ -185,12 +213,13 @@ local function enter_one(pos, catchup, lookahead, rep)
     redis.call('HSET', fkey(h, c), tenant, fmt(start + step))
   end
   redis.call('ZADD', qkey(h, c), fmt(start), member)
-  redis.call('HSET', bkey(h), member, cmsgpack.pack(bs))
+  redis.call('HSET', bkey(h), member, cmsgpack.pack(bs, pkey, limit))
   return {2, member, math.max(due - lookahead, now)}, pos
 end
 
 if op == 'enter' then
   local catchup, ahead, rep, lease = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+  lease_ms = math.floor(lease / 1000)
   local out, pos = {now}, 8
   for _ = 1, tonumber(ARGV[3]) do
     renew(tonumber(ARGV[pos]), rep, lease)
@@ -202,6 +231,7 @@ if op == 'enter' then
 elseif op == 'poll' then
   local h = tonumber(ARGV[3])
   local catchup, ahead, rep, lease = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+  lease_ms = math.floor(lease / 1000)
   renew(h, rep, lease)
   for i = 8, #ARGV do
     for c = 0, 2 do

@@ -1,9 +1,9 @@
--- Shared max_concurrency permits: one lease set (sorted set) per credential, in the credential's
--- cluster hash slot. member = a random permit id, score = the lease's expiry in ms on the Redis
--- server's clock (TIME), so replica clocks never matter. A lease nobody renews (its replica crashed)
--- stops counting at its expiry. The key expires with its last lease.
+-- Renewing shared max_concurrency permits: one lease set (sorted set) per credential, in the
+-- credential's cluster hash slot. member = a permit id, score = the lease's expiry in ms on the Redis
+-- server's clock (TIME), so replica clocks never matter. pacing.lua grants the leases (with the
+-- slot, in the queue's order); a lease nobody renews (its replica crashed) stops counting at its
+-- expiry. The key expires with its last lease.
 --   KEYS[1]  the lease set
---   acquire  ARGV: 'acquire', ttl_ms, limit, member   -> 1 granted, 0 all permits taken
 --   renew    ARGV: 'renew', ttl_ms, member...         -> the members whose lease had lapsed
 
 local t = redis.call('TIME')
@@ -24,14 +24,6 @@ end
 
 local expiry = now + tonumber(ARGV[2])
 drop_expired()
-if ARGV[1] == 'acquire' then
-  if redis.call('ZCARD', key) >= tonumber(ARGV[3]) then
-    return 0
-  end
-  redis.call('ZADD', key, expiry, ARGV[4])
-  touch()
-  return 1
-end
 -- renew: XX never resurrects a lease that already expired (its permit may be someone else's now)
 local lapsed = {}
 for i = 3, #ARGV do

@@ -33,8 +33,11 @@
 - Keys: ``<prefix>:{<tag>}:<bucket>`` (hash) and the queue keys hanging off a home bucket's name;
   the ``{tag}`` puts all keys of one call in one cluster hash slot. Keys expire a minute after they
   stop mattering (queue keys: a minute after the last replica's lease).
-- ``max_concurrency`` permits are leases in ``<prefix>:{<tag>}:cred:<id>:permits`` (permits.lua;
-  waiting and renewal live in concurrency.py; across replicas first come at poll time).
+- ``max_concurrency`` permits are leases in ``<prefix>:{<tag>}:cred:<id>:permits``, granted by the
+  script together with the slot, to the head of the queue only: permits follow the queue's order
+  (class, fair share, FIFO) across replicas. A head waiting for a permit blocks its queue (strict
+  order); pollers look again every ``PERMIT_POLL``, and at once when this replica ends a lease.
+  Renewal lives in concurrency.py (permits.lua).
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from gateway.config import PacingConfig
 from gateway.pacing import bucket
-from gateway.pacing.backend import BackendError, Place, Refused, Reservation
+from gateway.pacing.backend import BackendError, Permit, Place, Refused, Reservation
 from gateway.pacing.bucket import US, Charge
 from gateway.pacing.registry import BucketSpec
 from gateway.pacing.scheduler import PRIORITIES, Share, step
@@ -83,7 +86,16 @@ class _Queued:
     wake: float  # loop time of the next grant the script foresaw
 
 
-_Call = tuple[tuple[BucketSpec, ...], Share, float, Place | None, "asyncio.Future[Reservation | Refused | _Queued]"]
+@dataclass(eq=False)
+class _Call:
+    """One arrival on its way to the script; ``permits``: its lease set and ``max_concurrency``."""
+
+    buckets: tuple[BucketSpec, ...]
+    share: Share
+    max_wait: float
+    place: Place | None
+    permits: tuple[str, int] | None
+    future: asyncio.Future[Reservation | Refused | _Queued]
 
 
 class ClockOffset:
@@ -137,6 +149,7 @@ class RedisBackend:
         self._releasers: dict[str, asyncio.Task[None]] = {}
         self._clock_offset = ClockOffset()
         self._queues: dict[str, SharedQueue] = {}
+        self._permit_queues: dict[str, set[SharedQueue]] = {}  # lease set -> queues whose calls need one
         self._background: set[asyncio.Task[None]] = set()
 
     def _key(self, spec: BucketSpec) -> str:
@@ -151,26 +164,35 @@ class RedisBackend:
         return self._clock_offset.observe(asyncio.get_running_loop().time(), server_now / US)
 
     async def wait_turn(
-        self, buckets: Sequence[BucketSpec], share: Share, max_wait: float, place: Place | None = None
+        self,
+        buckets: Sequence[BucketSpec],
+        share: Share,
+        max_wait: float,
+        place: Place | None = None,
+        permits: tuple[str, int] | None = None,
     ) -> Reservation | Refused:
         """Grant now, refuse now, or queue in the home bucket's shared queue and wait for the grant.
-        ``place``: the call's place of a grant it gave back unused (it rejoins there, see pacing.lua)."""
+        ``place``: the call's place of a grant it gave back unused (it rejoins there, see pacing.lua).
+        ``permits``: the credential's lease set and ``max_concurrency``; the grant then holds a permit."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait
         future: asyncio.Future[Reservation | Refused | _Queued] = loop.create_future()
         tag = buckets[0].tag
-        self._calls.setdefault(tag, []).append((tuple(buckets), share, max_wait, place, future))
+        self._calls.setdefault(tag, []).append(_Call(tuple(buckets), share, max_wait, place, permits, future))
         if tag not in self._senders:
             self._senders[tag] = loop.create_task(self._sender(tag))
         outcome = await future
         if not isinstance(outcome, _Queued):
             return outcome
         queue = self._queue(tuple(buckets))
-        waiting = queue.add(outcome.member, tuple(buckets), deadline, outcome.wake)
+        if permits is not None:
+            self._permit_queues.setdefault(permits[0], set()).add(queue)
+        maker = partial(_reservation, tuple(buckets), None if permits is None else permits[0])
+        waiting = queue.add(outcome.member, maker, deadline, outcome.wake)
         try:
             return await waiting
         except asyncio.CancelledError:
-            queue.leave(outcome.member, tuple(buckets))
+            queue.leave(outcome.member, maker)
             raise
 
     def _queue(self, buckets: tuple[BucketSpec, ...]) -> SharedQueue:
@@ -195,9 +217,9 @@ class RedisBackend:
                     await self._send(batch)
                 except Exception as exc:  # whatever went wrong, no caller of this batch may wait forever
                     failure = exc if isinstance(exc, BackendError) else BackendError(f"redis: {type(exc).__name__}")
-                    for *_, future in batch:
-                        if not future.done():
-                            future.set_exception(failure)
+                    for call in batch:
+                        if not call.future.done():
+                            call.future.set_exception(failure)
         finally:
             self._calls.pop(tag, None)
             del self._senders[tag]
@@ -206,28 +228,26 @@ class RedisBackend:
         keys: list[str] = []
         index: dict[str, int] = {}
         args: list[Any] = ["enter", len(batch), CATCHUP, LOOKAHEAD, self._replica, self._lease]
-        for buckets, share, max_wait, place, _ in batch:
-            args += [self._index(buckets[0], keys, index)]
-            args += self._bucket_args(buckets, keys, index)
-            args += [share.cls, share.tenant, step(share.weight), int(max_wait * US)]
-            args += ["", 0] if place is None else [place.member, place.tag]
+        for call in batch:
+            args += [self._index(call.buckets[0], keys, index)]
+            args += self._bucket_args(call.buckets, keys, index)
+            args += [call.share.cls, call.share.tenant, step(call.share.weight), int(call.max_wait * US)]
+            args += ["", 0] if call.place is None else [call.place.member, call.place.tag]
+            args += [0, 0] if call.permits is None else [_indexed(call.permits[0], keys, index), call.permits[1]]
         reply = await self._run(keys, args)
         offset = self._offset(int(reply[0]))
-        for (buckets, _, _, _, future), answer in zip(batch, reply[1:], strict=True):
-            outcome = self._outcome(buckets, answer, offset)
-            if not future.done():
-                future.set_result(outcome)
+        for call, answer in zip(batch, reply[1:], strict=True):
+            outcome = self._outcome(call, answer, offset)
+            if not call.future.done():
+                call.future.set_result(outcome)
             elif isinstance(outcome, Reservation):  # the caller left while the answer was on its way
                 self._release_soon(outcome)
             elif isinstance(outcome, _Queued):
-                self._queue(buckets).leave(outcome.member, buckets)
+                permit_key = None if call.permits is None else call.permits[0]
+                self._queue(call.buckets).leave(outcome.member, partial(_reservation, call.buckets, permit_key))
 
     def _index(self, spec: BucketSpec, keys: list[str], index: dict[str, int]) -> int:
-        key = self._key(spec)
-        if key not in index:
-            keys.append(key)
-            index[key] = len(keys)
-        return index[key]
+        return _indexed(self._key(spec), keys, index)
 
     def _bucket_args(self, buckets: Sequence[BucketSpec], keys: list[str], index: dict[str, int]) -> list[int]:
         args = [len(buckets)]
@@ -236,17 +256,16 @@ class RedisBackend:
             args += [self._index(spec, keys, index), limit.interval, limit.tolerance]
         return args
 
-    def _outcome(
-        self, buckets: tuple[BucketSpec, ...], answer: list[Any], offset: float
-    ) -> Reservation | Refused | _Queued:
+    def _outcome(self, call: _Call, answer: list[Any], offset: float) -> Reservation | Refused | _Queued:
         kind = int(answer[0])
         if kind == 0:
             return Refused(retry_after=int(answer[1]) / US)
         if kind == 2:
             return _Queued(member=_text(answer[1]), wake=int(answer[2]) / US + offset)
-        slot = int(answer[1])
-        charges = tuple(Charge(slot=slot, key=int(key)) for key in answer[2:])
-        return Reservation(buckets, charges, deadline=slot / US + offset)
+        slot, tats = int(answer[1]), answer[2 : 2 + len(call.buckets)]
+        charges = tuple(Charge(slot=slot, key=int(key)) for key in tats)
+        permit = None if call.permits is None else Permit(call.permits[0], _text(answer[2 + len(call.buckets)]))
+        return Reservation(call.buckets, charges, deadline=slot / US + offset, permit=permit)
 
     async def _poll(self, buckets: tuple[BucketSpec, ...], leaving: list[str]) -> Polled:
         """One poll of a home bucket's queue for this replica (see shared_queue.py)."""
@@ -267,15 +286,17 @@ class RedisBackend:
         )
 
     async def release(self, reservation: Reservation) -> None:
-        """Give a slot back. Give-backs of one tag travel together, one script call in flight per
-        tag (as arrivals do): a stalled process may give back hundreds of late grants at once, and
-        one connection each would exhaust the pool."""
+        """Give a slot (and its permit) back. Give-backs of one tag travel together, one script call
+        in flight per tag (as arrivals do): a stalled process may give back hundreds of late grants
+        at once, and one connection each would exhaust the pool."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         tag = reservation.buckets[0].tag
         self._releases.setdefault(tag, []).append((reservation, future))
         if tag not in self._releasers:
             self._releasers[tag] = asyncio.get_running_loop().create_task(self._releaser(tag))
         await asyncio.shield(future)
+        if reservation.permit is not None:
+            await self.drop_permit(reservation.permit)
 
     async def _releaser(self, tag: str) -> None:
         try:
@@ -327,17 +348,19 @@ class RedisBackend:
         """The lease set of a credential, in the hash slot of its buckets."""
         return f"{self._prefix}:{{{tag}}}:cred:{credential_id}:permits"
 
-    async def take_permit(self, key: str, permit: str, limit: int, ttl: float) -> bool:
-        """Lease ``permit`` for ``ttl`` seconds if fewer than ``limit`` live leases exist."""
-        return bool(await _translated(self._permits(keys=[key], args=["acquire", int(ttl * 1000), limit, permit])))
-
     async def renew_permits(self, key: str, permits: Sequence[str], ttl: float) -> set[str]:
         """Extend the leases that still exist to ``ttl`` from now; returns the lapsed ones."""
         lapsed = await _translated(self._permits(keys=[key], args=["renew", int(ttl * 1000), *permits]))
         return {p.decode() if isinstance(p, bytes) else str(p) for p in lapsed}
 
-    async def drop_permit(self, key: str, permit: str) -> None:
-        await _translated(self._client.zrem(key, permit))
+    async def drop_permit(self, permit: Permit) -> None:
+        """End a lease; this replica's calls waiting for one look again at once (others within
+        pacing.lua's PERMIT_POLL)."""
+        try:
+            await _translated(self._client.zrem(permit.key, permit.id))
+        finally:
+            for queue in self._permit_queues.get(permit.key, ()):
+                queue.nudge()
 
     async def ping(self) -> bool:
         try:
@@ -357,6 +380,21 @@ class RedisBackend:
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _indexed(key: str, keys: list[str], index: dict[str, int]) -> int:
+    """The script's KEYS position of ``key``, adding it on first use."""
+    if key not in index:
+        keys.append(key)
+        index[key] = len(keys)
+    return index[key]
+
+
+def _reservation(buckets: tuple[BucketSpec, ...], permit_key: str | None, granted: Granted) -> Reservation:
+    """A queued call's reservation from its grant: its own buckets, and the permit the script leased
+    to it under its member's name."""
+    permit = None if permit_key is None else Permit(permit_key, granted.place.member)
+    return Reservation(buckets, granted.charges, granted.deadline, granted.place, permit)
 
 
 def _text(value: bytes | str) -> str:

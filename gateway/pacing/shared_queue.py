@@ -5,8 +5,9 @@ keeps a future per queued call and polls when something can change for them: at 
 next grant is due (the script says when), at the earliest ``max_wait`` deadline of its calls, when
 one of its callers leaves, and at least every third of the lease so its calls stay alive. Each poll
 collects the calls that any replica granted to this one, removes the cancelled and expired ones, and
-grants what is due. The script charges each call on its own buckets and cost; only the call's
-replica knows those buckets, so the queue keeps them per call to build its reservation.
+grants what is due. The script charges each call on its own buckets and cost (and its
+``max_concurrency`` permit); only the call's replica knows those, so the queue keeps per call how
+to make its reservation from the grant.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 
 from gateway.pacing.backend import BackendError, Place, Refused, Reservation
 from gateway.pacing.bucket import Charge
-from gateway.pacing.registry import BucketSpec
 
 MIN_GAP = 0.001  # seconds between two polls of one queue: the clock offset is an estimate
 CLOSE_TIMEOUT = 2.0
@@ -34,8 +34,8 @@ class Granted:
     charges: tuple[Charge, ...]
     deadline: float
 
-    def of(self, buckets: tuple[BucketSpec, ...]) -> Reservation:
-        return Reservation(buckets, self.charges, self.deadline, self.place)
+
+Maker = Callable[[Granted], Reservation]  # a call's reservation from its grant (its buckets, its permit)
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,10 @@ class SharedQueue:
         self._release = release
         self._renew_every = renew_every
         self._waiters: dict[str, asyncio.Future[Reservation | Refused]] = {}
-        self._buckets: dict[str, tuple[BucketSpec, ...]] = {}  # each waiter's own buckets
+        self._makers: dict[str, Maker] = {}  # each waiter's
         self._deadlines: list[tuple[float, str]] = []
         self._cancels: list[str] = []
-        self._left: dict[str, tuple[BucketSpec, ...]] = {}  # callers gone: a grant still on its way is given back
+        self._left: dict[str, Maker] = {}  # callers gone: a grant still on its way is given back
         self._early: dict[str, Granted] = {}  # granted before the arrival's own answer was read
         self._wake_at = math.inf
         self._changed = asyncio.Event()
@@ -71,32 +71,35 @@ class SharedQueue:
     def __bool__(self) -> bool:
         return bool(self._waiters or self._cancels)
 
-    def add(
-        self, member: str, buckets: tuple[BucketSpec, ...], deadline: float, wake: float
-    ) -> asyncio.Future[Reservation | Refused]:
+    def add(self, member: str, maker: Maker, deadline: float, wake: float) -> asyncio.Future[Reservation | Refused]:
         future: asyncio.Future[Reservation | Refused] = asyncio.get_running_loop().create_future()
         early = self._early.pop(member, None)
         if early is not None:  # a poll on another connection answered first
-            future.set_result(early.of(buckets))
+            future.set_result(maker(early))
             return future
         self._waiters[member] = future
-        self._buckets[member] = buckets
+        self._makers[member] = maker
         heapq.heappush(self._deadlines, (deadline, member))
         self._wake_at = min(self._wake_at, wake)
         self._changed.set()
         self._start()
         return future
 
-    def leave(self, member: str, buckets: tuple[BucketSpec, ...]) -> None:
+    def leave(self, member: str, maker: Maker) -> None:
         """The caller went away: its place is taken out at the next poll, which starts now."""
         self._waiters.pop(member, None)
-        self._buckets.pop(member, None)
+        self._makers.pop(member, None)
         early = self._early.pop(member, None)
         if early is not None:  # granted already, before its caller even knew its place
-            self._release(early.of(buckets))
+            self._release(maker(early))
             return
-        self._left[member] = buckets
+        self._left[member] = maker
         self._cancels.append(member)
+
+    def nudge(self) -> None:
+        """Poll now if calls wait (a permit came back in this replica)."""
+        if self:
+            self._changed.set()
         self._changed.set()
         self._start()
 
@@ -128,7 +131,7 @@ class SharedQueue:
                 if not future.done():
                     future.set_exception(exc)
             self._waiters.clear()
-            self._buckets.clear()
+            self._makers.clear()
 
     async def _round(self, now: float) -> None:
         expired = self._expired(now)
@@ -136,18 +139,18 @@ class SharedQueue:
         polled = await self._poll(leaving)
         for member, granted in polled.granted.items():
             future = self._waiters.pop(member, None)
-            buckets = self._buckets.pop(member, None) or self._left.get(member)
-            if buckets is None:
+            maker = self._makers.pop(member, None) or self._left.get(member)
+            if maker is None:
                 self._early[member] = granted
             elif future is not None and not future.done():
-                future.set_result(granted.of(buckets))
+                future.set_result(maker(granted))
             else:  # its caller left meanwhile
-                self._release(granted.of(buckets))
+                self._release(maker(granted))
         for member in leaving:  # any grant of theirs came back in this very poll
             self._left.pop(member, None)
         for member in expired:
             future = self._waiters.pop(member, None)
-            self._buckets.pop(member, None)
+            self._makers.pop(member, None)
             if future is not None and not future.done():
                 future.set_result(Refused(retry_after=polled.retry_after))
         self._wake_at = polled.wake

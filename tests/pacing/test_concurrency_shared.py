@@ -71,7 +71,7 @@ async def test_a_call_longer_than_the_ttl_keeps_its_permit(replica: Any, leases:
     a, b = await replica(), await replica(metrics=metrics)
     held = [await a.acquire(CREDENTIAL, "/"), await a.acquire(CREDENTIAL, "/")]
     started = time.monotonic()
-    with pytest.raises(RateLimited, match="concurrent"):
+    with pytest.raises(RateLimited, match="max_wait"):
         await b.acquire(CREDENTIAL, "/", max_wait=3 * TTL)
     assert time.monotonic() - started >= 3 * TTL
     assert await leases("shared") == 2
@@ -96,10 +96,10 @@ async def test_a_waiter_beyond_max_wait_is_refused_and_leaves_the_queue(replica:
     pacer = await replica()
     holder = await pacer.acquire(ONE_PERMIT, "/")
     started = time.monotonic()
-    with pytest.raises(RateLimited, match="concurrent"):
+    with pytest.raises(RateLimited, match="max_wait"):
         await pacer.acquire(ONE_PERMIT, "/", max_wait=0.2)
     assert 0.2 <= time.monotonic() - started < 2
-    assert pacer._permits._queues == {}
+    assert (await pacer.describe(ONE_PERMIT))["queue_depth"] == 0
     holder.release()
     assert (await asyncio.wait_for(pacer.acquire(ONE_PERMIT, "/", max_wait=5), 5)).waited < 2
 
@@ -125,22 +125,17 @@ async def test_waiters_in_one_replica_are_served_in_arrival_order(replica: Any) 
 
 
 async def test_cancelled_callers_give_their_permits_back(replica: Any, leases: Any) -> None:
-    """A cancelled waiter leaves the queue; a call cancelled after its permit (waiting on the rate) frees it."""
+    """A cancelled waiter leaves the queue and takes no permit; a released one comes back."""
     pacer = await replica()
     holder = await pacer.acquire(ONE_PERMIT, "/")
     waiter = asyncio.ensure_future(pacer.acquire(ONE_PERMIT, "/"))
     await poll("the waiter queued", lambda: _queued(pacer) == 1, 5)
     waiter.cancel()
     await poll("the cancelled waiter gone", lambda: _queued(pacer) == 0, 5)
+    assert (await pacer.describe(ONE_PERMIT))["queue_depth"] == 0
     holder.release()
     await poll("the permit released", lambda: _zero(leases("single")), 5)
-
-    slow = make_credential("slow", rate=1, burst=1, max_concurrency=1)
-    (await pacer.acquire(slow, "/")).release()  # takes the only token: the next call waits ~1 s for its slot
-    pending = asyncio.ensure_future(pacer.acquire(slow, "/"))
-    await poll("the next call holds the permit", lambda: _positive(leases("slow")), 5)
-    pending.cancel()
-    await poll("the cancelled call's permit released", lambda: _zero(leases("slow")), 5)
+    assert await leases("single") == 0
 
 
 async def test_redis_down_under_the_reject_policy_refuses_calls_with_a_limit(make_pacer: Any) -> None:
@@ -148,7 +143,6 @@ async def test_redis_down_under_the_reject_policy_refuses_calls_with_a_limit(mak
     pacer = await make_pacer(pacing={"backend": "redis", "redis_url": DEAD_REDIS, "on_backend_error": "reject"})
     with pytest.raises(BackendUnavailable):
         await pacer.acquire(ONE_PERMIT, "/")
-    assert pacer._permits._queues == {}
 
 
 async def test_redis_lost_under_the_local_policy_limits_in_process(replica: Any, redis_url: str) -> None:
@@ -168,13 +162,9 @@ async def test_redis_lost_under_the_local_policy_limits_in_process(replica: Any,
 
 
 def _queued(pacer: GatewayPacer) -> int:
-    assert pacer._permits is not None
-    return sum(len(queue) for queue in pacer._permits._queues.values())
+    return sum(pacer._queued.values())
 
 
 async def _zero(count: Any) -> bool:
     return int(await count) == 0
 
-
-async def _positive(count: Any) -> bool:
-    return int(await count) > 0

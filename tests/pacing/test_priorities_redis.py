@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.pacing.pacer import GatewayPacer
-from gateway.pacing.scheduler import Share
+from gateway.pacing.scheduler import Priority, Share
 from tests.pacing.conftest import make_credential
 
 pytestmark = pytest.mark.slow
@@ -80,3 +80,34 @@ async def test_a_dead_replicas_queued_calls_hold_the_bucket_back_at_most_one_lea
     for waiter in highs:
         waiter.cancel()
     await asyncio.gather(*highs, return_exceptions=True)
+
+
+async def test_concurrency_permits_follow_the_queue_order_across_replicas(replicas: Any) -> None:
+    """max_concurrency 1: replica A's low calls wait for the permit C holds; B's high call, queued
+    after them, gets it first when C releases it, then the low calls in arrival order."""
+    a, b, c = await replicas(3)
+    credential = make_credential(rate=1000, max_concurrency=1, max_wait=600)
+    holder = await c.acquire(credential, "/")
+    order: list[str] = []
+
+    async def call(pacer: GatewayPacer, name: str, priority: Priority) -> None:
+        permit = await pacer.acquire(credential, "/", share=Share(priority, name[0]))
+        order.append(name)
+        permit.release()
+
+    waiting = []
+    for i in range(5):
+        waiting.append(asyncio.ensure_future(call(a, f"low{i}", "low")))
+        await _queued(c, credential, "low", i + 1)
+    waiting.append(asyncio.ensure_future(call(b, "high", "high")))
+    await _queued(c, credential, "high", 1)
+    holder.release()
+    await asyncio.wait_for(asyncio.gather(*waiting), 20)
+    assert order == ["high", *(f"low{i}" for i in range(5))]
+
+
+async def _queued(pacer: GatewayPacer, credential: Any, priority: str, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while (await pacer.describe(credential))["queued"][priority] < n:
+        assert time.monotonic() < deadline, f"{n} {priority} calls never queued"
+        await asyncio.sleep(0.02)

@@ -98,6 +98,7 @@ async def enter_one(
     args = ["enter", 1, CATCHUP, LOOKAHEAD, backend._replica, backend._lease, backend._index(specs[0], keys, index)]
     args += [*backend._bucket_args(specs, keys, index), share.cls, share.tenant, step(share.weight), max_wait]
     args += ["", 0] if place is None else [place.member, place.tag]
+    args += [0, 0]  # no max_concurrency
     answer = (await backend._run(keys, args))[1]
     return (2, answer[1].decode()) if answer[0] == 2 else tuple(int(v) for v in answer)
 
