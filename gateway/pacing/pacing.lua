@@ -20,7 +20,7 @@
 --           tolerance), class, tenant, step, max_wait, place, tag (place '': a new arrival; else the
 --           member of a grant given back late, which rejoins at its old tag: see start_tag below),
 --           permits index (0: no max_concurrency), limit
---           -> {now, {1, slot, key_1..key_nb[, permit id]} | {0, retry_after} | {2, member, wake}, ...}
+--           -> {now, {1, slot, key_1..key_nb, member} | {0, retry_after} | {2, member, wake}, ...}
 --   poll    home index, catchup, ahead, replica, lease, members to cancel...
 --           -> {now, wake, {member, "tag,slot,key..", ...}, depth_0, depth_1, depth_2}
 --   release nb, then per bucket: index, interval, key                -> {now}
@@ -192,11 +192,14 @@ local function enter_one(pos, catchup, lookahead, rep)
     local _, keys = take(bs, now)
     local out = {1, now}
     for _, k in ipairs(keys) do out[#out + 1] = k end
-    if pkey ~= '' then
-      local id = string.format('%d|%s', redis.call('HINCRBY', KEYS[h], 'seq', 1), rep)
-      take_permit(pkey, id)
-      out[#out + 1] = id
+    -- its place (tag 0: nobody waits) should it have to give the slot back, and its permit's id
+    local member = place
+    if member == '' then
+      local seq = redis.call('HINCRBY', KEYS[h], 'seq', 1)
+      member = string.format('%016d|%s|%s|%s', seq, rep, fmt(now), tenant)
     end
+    take_permit(pkey, member)
+    out[#out + 1] = member
     return out, pos
   end
   local start = start_tag(h, c, tenant, place, tag)

@@ -262,10 +262,11 @@ class RedisBackend:
             return Refused(retry_after=int(answer[1]) / US)
         if kind == 2:
             return _Queued(member=_text(answer[1]), wake=int(answer[2]) / US + offset)
-        slot, tats = int(answer[1]), answer[2 : 2 + len(call.buckets)]
-        charges = tuple(Charge(slot=slot, key=int(key)) for key in tats)
-        permit = None if call.permits is None else Permit(call.permits[0], _text(answer[2 + len(call.buckets)]))
-        return Reservation(call.buckets, charges, deadline=slot / US + offset, permit=permit)
+        slot, *tats, member = answer[1:]
+        charges = tuple(Charge(slot=int(slot), key=int(key)) for key in tats)
+        place = Place(_text(member), 0)  # granted with nobody waiting: a give-back rejoins at the head
+        permit = None if call.permits is None else Permit(call.permits[0], place.member)
+        return Reservation(call.buckets, charges, int(slot) / US + offset, place, permit)
 
     async def _poll(self, buckets: tuple[BucketSpec, ...], leaving: list[str]) -> Polled:
         """One poll of a home bucket's queue for this replica (see shared_queue.py)."""

@@ -100,6 +100,8 @@ async def enter_one(
     args += ["", 0] if place is None else [place.member, place.tag]
     args += [0, 0]  # no max_concurrency
     answer = (await backend._run(keys, args))[1]
+    if answer[0] == 1:  # its place, should it give the slot back
+        return tuple(int(v) for v in answer[:-1])
     return (2, answer[1].decode()) if answer[0] == 2 else tuple(int(v) for v in answer)
 
 
