@@ -2,6 +2,7 @@
 
     python bench/proxy.py [--quick] [--seconds 5] [--json results.json] [--upstream both|nginx|sandbox]
                           [--workers 2] [--small-only]
+    python bench/proxy.py --credentials 10000 [--quick] [--seconds 10] [--json results.json]
 
 ``--quick`` (CI): the sandbox upstream only, 1 s per row, no workers row, and 32 MiB transfers
 (8 MiB read slowly) instead of 1 GiB: every path runs, the numbers are not for quoting. Any run exits
@@ -23,6 +24,14 @@ the measured run), its CPU and req/s as multiples of the bare relay's, and at c=
 over the bare relay (p50, p99).
 Then 1 GiB uploaded and downloaded through the single-process gateway at full speed, and a download
 read slowly, with the gateway process's peak RSS growth.
+
+``--credentials N`` runs the credential-scaling scenario instead (``run_credentials``): one ``gateway
+serve`` (default config: SQLite, local pacing), N credentials created through the management API,
+each with its own rate limit (so its own bucket), then wrk at c=50 on one of them, then wrk with a Lua
+script spreading the calls at random over all N. Rows: req/s, CPU per request (utime+stime of the
+gateway over the run), p50, and the gateway's RSS growth per idle credential (after creating them)
+and per active bucket (after one call to each). ``--quick`` uses N = 1,000 and 2 s rows, and fails
+when N credentials do less than half the one-credential throughput (the cliff this scenario guards).
 
 Needs ``wrk`` (``apt-get install wrk``); nginx rows are skipped with a message if ``nginx`` is not
 installed. PostgreSQL and Redis for the workers row: ``GATEWAY_TEST_PG`` (an admin DSN; the bench
@@ -317,7 +326,9 @@ timeouts = {{ total = 0 }}
 
 
 @contextmanager
-def gateway(workdir: Path, upstream: str, *, workers: int = 1, store_url: str | None = None) -> Iterator[Gateway]:
+def gateway(
+    workdir: Path, upstream: str, *, workers: int = 1, store_url: str | None = None, scope: str = "proxy"
+) -> Iterator[Gateway]:
     """``gateway migrate``, ``gateway tokens create`` and ``gateway serve``, as the README has them."""
     port, ops_port = free_port(), free_port()
     store_url = store_url or f"sqlite:///{workdir / f'gateway-{port}.db'}"
@@ -326,7 +337,7 @@ def gateway(workdir: Path, upstream: str, *, workers: int = 1, store_url: str | 
     cli = [sys.executable, "-m", "gateway"]
     subprocess.run([*cli, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
     made = subprocess.run(
-        [*cli, "tokens", "create", "--name", f"bench-{port}", "--scope", "proxy"],
+        [*cli, "tokens", "create", "--name", f"bench-{port}", "--scope", scope],
         env=env,
         check=True,
         stdout=subprocess.PIPE,
@@ -475,6 +486,141 @@ def _size_label(size: int) -> str:
     return f"{size // GIB} GiB" if size >= GIB else f"{size // MIB} MiB"
 
 
+# --- credential scaling: one credential vs N, each with its own bucket --------------------------------
+
+SPREAD_LUA = """
+local n, token = {n}, "{token}"
+local headers = {{["Authorization"] = "Bearer " .. token}}
+math.randomseed(os.time())
+request = function()
+  return wrk.format("GET", "/v1/proxy/credential/scale-" .. math.random(1, n) .. "{path}", headers)
+end
+"""
+SCALE_PATH = "/bytes/64?length=1"
+QUICK_MIN_RATIO = 0.5  # --quick: 1 s rows on a loaded CI machine; the cliff was 0.24x
+SCALE_LIMIT = {"rate": 50000, "per": 1, "burst": 50000}  # each credential's own bucket, never the bottleneck
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` so far (/proc/<pid>/stat fields 14 and 15, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk_cpu(pid: int, url: str, seconds: int, headers: dict[str, str], script: Path | None = None) -> dict[str, float]:
+    """One wrk run at c=50 (after a 1 s warm-up) with the gateway's CPU per request; non-2xx answers fail it."""
+    args = ["wrk", "-t1", "-c50", "--latency", *(["-s", str(script)] if script else [])]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    subprocess.run([*args, "-d1s", url], capture_output=True, check=True)
+    before = cpu_seconds(pid)
+    out = subprocess.run([*args, f"-d{seconds}s", url], capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - before
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if bad is not None:
+        raise RuntimeError(f"{bad.group(1)} answers were not 2xx: the scenario measured errors\n{out}")
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "cpu_us": cpu / total * 1e6, "p50_ms": _latency(out, "50%"), "p99_ms": _latency(out, "99%")}
+
+
+async def create_credentials(base: str, token: str, upstream: str, count: int) -> None:
+    """``scale-1`` .. ``scale-<count>`` through ``POST /v1/credentials``, each with its own rate limit."""
+    headers = {"Authorization": f"Bearer {token}"}
+    gate = asyncio.Semaphore(16)
+
+    async def one(session: aiohttp.ClientSession, n: int) -> None:
+        body = {
+            "id": f"scale-{n}",
+            "provider": "rest",
+            "base_url": upstream,
+            "auth": {"type": "bearer", "token": f"upstream-token-{n}"},
+            "rate_limit": SCALE_LIMIT,
+        }
+        async with gate, session.post(f"{base}/v1/credentials", json=body, headers=headers) as resp:
+            if resp.status != 201:
+                raise RuntimeError(f"creating scale-{n}: {resp.status} {await resp.text()}")
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(one(session, n) for n in range(1, count + 1)))
+
+
+async def touch_credentials(base: str, token: str, count: int) -> None:
+    """One proxied call to every credential, so each has an active bucket and cache entries."""
+    headers = {"Authorization": f"Bearer {token}"}
+    gate = asyncio.Semaphore(50)
+
+    async def one(session: aiohttp.ClientSession, n: int) -> None:
+        async with gate, session.get(f"{base}/v1/proxy/credential/scale-{n}{SCALE_PATH}", headers=headers) as resp:
+            await resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"calling scale-{n}: {resp.status}")
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(one(session, n) for n in range(1, count + 1)))
+
+
+def settled_rss(pid: int) -> int:
+    """RSS (KiB) once the gateway is idle: the lowest of a few samples, so a passing burst does not count."""
+    samples = []
+    for _ in range(5):
+        time.sleep(0.1)
+        samples.append(rss_kib(pid))
+    return min(samples)
+
+
+def run_credentials(count: int, seconds: int) -> dict[str, Any]:
+    """One gateway, ``count`` credentials: the one-credential row, the spread row and the memory figures."""
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
+        upstream = stack.enter_context(upstream_server("sandbox", workdir))
+        gw = stack.enter_context(gateway(workdir, upstream, scope="admin,proxy"))
+        base = gw.url.split("/v1/", 1)[0]
+        pid = gw.proc.pid
+        auth = {"Authorization": f"Bearer {gw.token}"}
+        wrk(gw.url + SCALE_PATH, 50, 1, auth)  # warm: connections, buffers, the declared credential
+        start_rss = settled_rss(pid)
+        started = time.monotonic()
+        asyncio.run(create_credentials(base, gw.token, upstream, count))
+        created_in = time.monotonic() - started
+        idle_rss = settled_rss(pid)
+        asyncio.run(touch_credentials(base, gw.token, count))
+        active_rss = settled_rss(pid)
+        one = wrk_cpu(pid, f"{base}/v1/proxy/credential/scale-1{SCALE_PATH}", seconds, auth)
+        script = workdir / "spread.lua"
+        script.write_text(SPREAD_LUA.format(n=count, token=gw.token, path=SCALE_PATH))
+        spread = wrk_cpu(pid, base + "/", seconds, {}, script)
+        end_rss = rss_kib(pid)
+    return {
+        "credentials": count,
+        "created_per_s": count / created_in,
+        "rows": [{"credentials": 1, **one}, {"credentials": count, **spread}],
+        "rss_kib_per_idle_credential": (idle_rss - start_rss) / count,
+        "rss_kib_per_active_bucket": (active_rss - idle_rss) / count,
+        "rss_mib_at_end": end_rss / 1024,
+        "throughput_ratio": spread["rps"] / one["rps"],
+        "cpu_ratio": spread["cpu_us"] / one["cpu_us"],
+    }
+
+
+def print_credentials(result: dict[str, Any]) -> None:
+    print(f"{'credentials':>11} {'req/s':>8} {'CPU us/req':>11} {'p50 ms':>8} {'p99 ms':>8}")
+    for row in result["rows"]:
+        print(
+            f"{row['credentials']:>11} {row['rps']:>8.0f} {row['cpu_us']:>11.0f} "
+            f"{row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}"
+        )
+    print(
+        f"\n{result['credentials']} credentials vs 1: throughput {result['throughput_ratio']:.2f}x, "
+        f"CPU per request {result['cpu_ratio']:.2f}x\n"
+        f"RSS growth per idle credential {result['rss_kib_per_idle_credential']:.2f} KiB, "
+        f"per active bucket {result['rss_kib_per_active_bucket']:.2f} KiB "
+        f"(RSS at the end {result['rss_mib_at_end']:.0f} MiB; created {result['created_per_s']:.0f} credentials/s)"
+    )
+
+
 def run(
     seconds: int, *, upstreams: list[str], workers: int, small_only: bool = False, size: int = GIB
 ) -> dict[str, Any]:
@@ -540,7 +686,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes of the gateway xN row (1: no such row)")
     parser.add_argument("--small-only", action="store_true", help="skip the 1 GiB transfers")
     parser.add_argument("--quick", action="store_true", help="sandbox upstream, 1 s rows, 32 MiB transfers (CI)")
+    parser.add_argument("--credentials", type=int, help="the credential-scaling scenario with N credentials")
     ns = parser.parse_args()
+    if ns.credentials:
+        return scale_main(ns)
     if ns.quick:
         ns.seconds, ns.upstream, ns.workers = 1, "sandbox", 1
     if ns.role == "serve-upstream":
@@ -556,6 +705,17 @@ def main() -> None:
     broken = broken_guarantees(results)
     if broken:
         sys.exit("guarantee broken: " + "; ".join(broken))
+
+
+def scale_main(ns: argparse.Namespace) -> None:
+    """``--credentials N``: ``--quick`` runs N = 1,000 for 2 s a row and checks the throughput ratio."""
+    count, seconds = (min(ns.credentials, 1000), 2) if ns.quick else (ns.credentials, ns.seconds)
+    result = run_credentials(count, seconds)
+    print_credentials(result)
+    if ns.json:
+        ns.json.write_text(json.dumps(result, indent=2))
+    if ns.quick and result["throughput_ratio"] < QUICK_MIN_RATIO:
+        sys.exit(f"{count} credentials did {result['throughput_ratio']:.2f}x the one-credential throughput")
 
 
 if __name__ == "__main__":

@@ -21,11 +21,14 @@ from gateway.domain.models import (
 )
 from gateway.domain.objects import Credential
 from gateway.errors import Conflict, NotFound
+from gateway.store import changes
 from gateway.store import tables as t
 from gateway.store.db import as_utc, utcnow
 from gateway.store.rows import Rows, insert_unique, new_id
 
 _AUTH = TypeAdapter[Any](Auth)
+# What changes with every write to a credential's row: the cache compares it to drop stale entries.
+Stamp = tuple[int, Any]
 
 
 class CredentialRows(Rows):
@@ -59,6 +62,23 @@ class CredentialRows(Rows):
     async def credential(self, credential_id: str) -> Credential:
         return self._credential(await self._row(t.credentials, credential_id, "credential"))
 
+    async def stamped_credential(self, credential_id: str) -> tuple[Credential, Stamp]:
+        """The credential and the stamp of the row it was read from (see ``credential_stamps``)."""
+        row = await self._row(t.credentials, credential_id, "credential")
+        return self._credential(row), (row.version, row.updated_at)
+
+    async def credential_stamps(self) -> dict[str, Stamp]:
+        """Every credential's (version, updated_at), without decrypting: which rows changed since read."""
+        columns = (t.credentials.c.id, t.credentials.c.version, t.credentials.c.updated_at)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(*columns))).all()
+        return {row.id: (row.version, row.updated_at) for row in rows}
+
+    async def change_counters(self) -> tuple[int, int]:
+        """The credentials' and the syncs' change counters (store/changes.py), read together."""
+        counters = await changes.generations(self.engine)
+        return counters.get("credentials", 0), counters.get("syncs", 0)
+
     async def all_credentials(self) -> list[Credential]:
         """Every credential, decrypted, in one query (the console describes every bucket at once)."""
         async with self.engine.connect() as conn:
@@ -85,20 +105,20 @@ class CredentialRows(Rows):
         )
 
     async def patch_credential(self, credential_id: str, patch: CredentialPatch) -> CredentialView:
-        changes: dict[str, Any] = {}
+        values: dict[str, Any] = {}
         fields = patch.model_fields_set
         if "base_url" in fields and patch.base_url is not None:
-            changes["base_url"] = patch.base_url
+            values["base_url"] = patch.base_url
         if "auth" in fields and patch.auth is not None:
-            changes["auth_type"] = patch.auth.type
-            changes["auth_secret"] = self.keyring.seal(json.dumps(reveal(patch.auth)))
-            changes["version"] = t.credentials.c.version + 1
+            values["auth_type"] = patch.auth.type
+            values["auth_secret"] = self.keyring.seal(json.dumps(reveal(patch.auth)))
+            values["version"] = t.credentials.c.version + 1
         for name in ("rate_limit", "timeouts"):
             if name in fields:
-                changes[name] = _dump(getattr(patch, name))
+                values[name] = _dump(getattr(patch, name))
         if "ca_bundle" in fields:
-            changes["ca_bundle"] = patch.ca_bundle
-        await self._update(t.credentials, credential_id, "credential", changes)
+            values["ca_bundle"] = patch.ca_bundle
+        await self._update(t.credentials, credential_id, "credential", values, counted="credentials")
         return await self.credential_view(credential_id)
 
     async def replace_auth(self, credential_id: str, *, expected_version: int, auth: Auth) -> bool:
@@ -113,6 +133,8 @@ class CredentialRows(Rows):
                     updated_at=utcnow(),
                 )
             )
+            if result.rowcount:
+                await changes.bump(conn, "credentials")
         return bool(result.rowcount)
 
     async def delete_credential(self, credential_id: str) -> None:
@@ -129,6 +151,8 @@ class CredentialRows(Rows):
                     syncs=sorted(used),
                 )
             result = await conn.execute(delete(t.credentials).where(t.credentials.c.id == credential_id))
+            if result.rowcount:
+                await changes.bump(conn, "credentials")
         if not result.rowcount:
             raise NotFound(f"credential {credential_id!r} not found")
 

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.errors import Conflict, NotFound
+from gateway.store import changes
 from gateway.store.db import utcnow
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -52,11 +53,16 @@ class Rows:
             raise NotFound(f"{kind} {object_id!r} not found")
         return row
 
-    async def _update(self, table: Table, object_id: str, kind: str, changes: dict[str, Any]) -> None:
+    async def _update(
+        self, table: Table, object_id: str, kind: str, values: dict[str, Any], *, counted: changes.Kind | None = None
+    ) -> None:
+        """Update one row and stamp it; ``counted``: bump that change counter in the same transaction."""
         async with self.engine.begin() as conn:
             result = await conn.execute(
-                update(table).where(table.c.id == object_id).values(**changes, updated_at=utcnow())
+                update(table).where(table.c.id == object_id).values(**values, updated_at=utcnow())
             )
+            if counted is not None and result.rowcount:
+                await changes.bump(conn, counted)
         if not result.rowcount:
             raise NotFound(f"{kind} {object_id!r} not found")
 

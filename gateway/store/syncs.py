@@ -25,6 +25,7 @@ from gateway.domain.models import (
 from gateway.domain.objects import Sync
 from gateway.errors import InvalidRequest, NotFound
 from gateway.store import tables as t
+from gateway.store.changes import bump
 from gateway.store.db import as_utc, utcnow
 from gateway.store.rows import Rows, insert_unique, new_id
 
@@ -83,12 +84,14 @@ class SyncRows(Rows):
             )
         if "collections" in changes:
             changes["collections"] = _check_collections(changes["collections"])
-        await self._update(t.syncs, sync_id, "sync", changes)
+        await self._update(t.syncs, sync_id, "sync", changes, counted="syncs")
         return await self.sync_view(sync_id)
 
     async def delete_sync(self, sync_id: str) -> None:
         async with self.engine.begin() as conn:
             result = await conn.execute(delete(t.syncs).where(t.syncs.c.id == sync_id))
+            if result.rowcount:
+                await bump(conn, "syncs")
         if not result.rowcount:
             raise NotFound(f"sync {sync_id!r} not found")
 

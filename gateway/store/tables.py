@@ -205,3 +205,12 @@ replicas = Table(
     Column("started_at", Float, nullable=False),
     Column("seen_at", Float, nullable=False),
 )
+
+# One counter per object kind that replicas cache, bumped in the transaction of every change
+# (store/changes.py): a replica reads it every second to know when to re-check its cache.
+changes = Table(
+    "changes",
+    metadata,
+    Column("kind", String(32), primary_key=True),
+    Column("generation", BigInteger, nullable=False),
+)
