@@ -159,7 +159,8 @@ class MutationsConfig(Strict):
 
 
 class UpstreamConfig(Strict):
-    """Where the gateway's own outbound calls may go (credentials, OAuth2 token URLs, webhooks)."""
+    """Where the gateway's own outbound calls may go (credentials, OAuth2 token URLs, webhooks), and
+    how many credentials each process keeps ready for them."""
 
     deny: list[str] = Field(
         default_factory=lambda: ["169.254.0.0/16", "fe80::/10"],
@@ -168,6 +169,9 @@ class UpstreamConfig(Strict):
     deny_own_endpoints: bool = Field(default=True, description="also deny our listeners, Redis and PostgreSQL")
     allow: list[str] = Field(default_factory=list, description="when set, only these may be reached")
     ca_dir: str | None = Field(default=None, description="the directory a credential's ca_bundle must lie in")
+    credential_cache_size: int = Field(
+        default=16_384, ge=1, description="credentials kept decrypted in memory per process (read at start)"
+    )
 
 
 class ConsoleConfig(Strict):

@@ -30,6 +30,7 @@ from gateway.domain.catalog import Answers
 from gateway.domain.models import RateLimitOverride
 from gateway.domain.objects import Credential
 from gateway.errors import BackendUnavailable, ConfigError, InvalidRequest, RateLimited
+from gateway.lru import LRU
 from gateway.observability.metrics import Metrics
 from gateway.pacing import adaptive, bucket, queue
 from gateway.pacing.backend import Backend, BackendError, Permit, Refused, Reservation
@@ -47,7 +48,6 @@ T = TypeVar("T")
 PROBE_INTERVAL = 1.0
 LATE = JITTER  # a shared grant woken later than this after its slot is not sent (see _turn_on_redis)
 GUARD_HORIZON = 3600.0
-ROUTE_CACHE_SIZE = 4096
 
 
 class GrantedPermit:
@@ -86,8 +86,10 @@ class GatewayPacer:
         self._shared: RedisBackend | None = None
         self._degraded = False
         self._probe: asyncio.Task[None] | None = None
-        self._routes: dict[str, Route] = {}
-        self._plans: dict[tuple[str, str, RateLimitOverride | None, str | None], Plan] = {}
+        # Per credential (and Airtable base), as many as the upstream client's credential cache holds.
+        size = config.upstream.credential_cache_size
+        self._routes: LRU[str, Route] = LRU(size)  # the route each credential last used (``describe``)
+        self._plans: LRU[tuple[str, str, RateLimitOverride | None, str | None], Plan] = LRU(size)
         self._rule_locks: dict[str, asyncio.Lock] = {}  # one per rule bucket used (credentials x rules)
         self._queued: Counter[tuple[str, str]] = Counter()  # (home bucket, priority) -> calls waiting
         self._permits_local: dict[str, Permits] = {}
@@ -135,7 +137,7 @@ class GatewayPacer:
         call = self._route(credential, path, method)
         if cost is not None:
             call = _with_cost(call, cost)
-        self._routes[credential.id] = call
+        self._routes.put(credential.id, call)
         budget = call.limit.max_wait if max_wait is None else max_wait
         started = time.monotonic()
         if call.rule_buckets:
@@ -212,9 +214,8 @@ class GatewayPacer:
         key = (credential.id, credential.provider, credential.rate_limit, base)
         known = self._plans.get(key)
         if known is None:
-            if len(self._plans) >= ROUTE_CACHE_SIZE:
-                self._plans.clear()
-            known = self._plans[key] = plan(self._config, credential, path)
+            known = plan(self._config, credential, path)
+            self._plans.put(key, known)
         return known.route(method, path)
 
     # --- waiting ------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from gateway.domain.models import OAuth2Auth, display_name
 from gateway.domain.objects import Credential
 from gateway.egress import EgressPolicy, ca_bundle_path
 from gateway.errors import InvalidRequest, UpstreamAuthFailed, UpstreamUnavailable
+from gateway.lru import LRU
 from gateway.observability.metrics import Metrics
 from gateway.observability.recent import CallRates
 from gateway.pacing import adaptive
@@ -62,7 +63,6 @@ from gateway.upstream.cache import CredentialCache
 from gateway.upstream.response import CHUNK, UpstreamResponse, UpstreamResult, mapped
 from gateway.vault.credentials import OAuth2Refresher, access_token
 
-PREPARED_LIMIT = 1024
 URLS_LIMIT = 256
 DEFAULT_TIMEOUTS = {"connect": 10.0, "total": 60.0, "read": 60.0}
 MAX_PACING_RETRIES = 3
@@ -118,11 +118,12 @@ class UpstreamClient:
         self._session: aiohttp.ClientSession | None = None
         self._ssl: dict[str, ssl.SSLContext] = {}
         # id(credential) -> (credential, prepared); the credential is kept so its id is not reused.
-        self._prepared: dict[int, tuple[Credential, Prepared]] = {}
+        # As many as the credential cache holds, so a cached credential's prepared request stays too.
+        self._prepared: LRU[int, tuple[Credential, Prepared]] = LRU(config.upstream.credential_cache_size)
         self._counted: dict[tuple[str, int | str], tuple[Counter, Histogram]] = {}
         self.egress = EgressPolicy.from_config(config)
         self.oauth2 = OAuth2Refresher(objects, metrics, self._post_token_form)
-        self.credentials = CredentialCache(objects)
+        self.credentials = CredentialCache(objects, size=config.upstream.credential_cache_size)
 
     async def start(self) -> None:
         connector = self.egress.connector(limit=1024, limit_per_host=256, ttl_dns_cache=300, keepalive_timeout=30)
@@ -133,6 +134,7 @@ class UpstreamClient:
             trust_env=False,
             read_bufsize=CHUNK,
         )
+        await self.credentials.start()
 
     def reconfigure(self, config: Config) -> None:
         """Take new provider timeouts (a reload): prepared requests are rebuilt on their next use."""
@@ -140,6 +142,7 @@ class UpstreamClient:
         self._prepared.clear()
 
     async def close(self) -> None:
+        await self.credentials.close()
         if self._session is not None:
             await self._session.close()
 
@@ -150,7 +153,7 @@ class UpstreamClient:
         return self._session
 
     def prepared(self, credential: Credential) -> Prepared:
-        """The cached ``Prepared`` of this credential object (bounded: cleared when it grows large)."""
+        """The cached ``Prepared`` of this credential object (bounded like the credential cache)."""
         hit = self._prepared.get(id(credential))
         if hit is not None and hit[0] is credential:
             return hit[1]
@@ -163,9 +166,7 @@ class UpstreamClient:
             ),
             ssl=self._ssl_context(credential),
         )
-        if len(self._prepared) >= PREPARED_LIMIT:
-            self._prepared.clear()
-        self._prepared[id(credential)] = (credential, prepared)
+        self._prepared.put(id(credential), (credential, prepared))
         return prepared
 
     def timeouts(self, credential: Credential) -> dict[str, float]:
