@@ -32,6 +32,13 @@ class LocalBackend:
         self._sweep_at = SWEEP_FROM
         self._queues: dict[str, BucketQueue] = {}
 
+    def __len__(self) -> int:
+        """Buckets held in memory (idle ones are forgotten, see ``_sweep``)."""
+        return len(self._states)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._states
+
     def _now(self) -> int:
         return int(self._clock() * bucket.US)
 
