@@ -1,8 +1,8 @@
-"""Chaos on real processes: three scenarios, each with a table and an exit status that says whether it held.
+"""Chaos on real processes: four scenarios, each with a table and an exit status that says whether it held.
 
-    python -m bench.chaos [--quick] [--scenario kill|rotation|webhook ...] [--rounds 100]
-                          [--rotation-rounds 20] [--outage 120] [--max-backoff 60] [--clients 4] [--seed 1]
-                          [--json PATH]
+    python -m bench.chaos [--quick] [--scenario kill|rotation|webhook|syncs ...] [--rounds 100]
+                          [--rotation-rounds 20] [--outage 120] [--max-backoff 60] [--clients 4]
+                          [--sync-rounds 20] [--records 2000] [--seed 1] [--json PATH]
 
 ``kill``: kill -9 a real gateway during mutations on PostgreSQL; count changes missing from the stream
 and duplicates. Each round: clients create, update and delete records through Stripe, HubSpot and
@@ -25,10 +25,18 @@ consumer on its default ``max_backoff`` (bench/_outage.py): the backlog must arr
 ``max_backoff`` (plus a few seconds for the POSTs themselves) of the receiver's return, nothing lost,
 nothing delivered twice, every record's changes in order.
 
+``syncs``: kill -9 of the replica polling syncs during their backfills. HubSpot, Salesforce and Stripe
+sandboxes of ``--records`` records each are read by syncs into a ``postgres`` consumer; each round the
+process is killed with SIGKILL part-way through the backfills, after a create, an update and a delete
+upstream per sandbox; a last process runs until the consumer's tables equal the upstreams
+(tests/syncs/kill.py). ``missing``, ``extra`` and ``stale`` rows must be 0, and ``duplicate_inserts``
+at most one page (200) per kill.
+
 Needs PostgreSQL (``GATEWAY_TEST_PG``, default postgresql://postgres@127.0.0.1:5432/test; each
 scenario creates a database of its own and drops it at the end) and, for ``rotation``, Redis
-(``GATEWAY_TEST_REDIS``). Default: every scenario, 100 kill rounds, 20 rotation rounds, a 120 s outage.
-``--quick`` (CI): 3 kill rounds, 1 rotation round, a 6 s outage with ``max_backoff`` 2 s.
+(``GATEWAY_TEST_REDIS``). Default: every scenario, 100 kill rounds, 20 rotation rounds, a 120 s
+outage, 20 sync kill rounds. ``--quick`` (CI): 3 kill rounds, 1 rotation round, a 6 s outage with
+``max_backoff`` 2 s, 3 sync kill rounds over 300 records per sandbox.
 """
 
 from __future__ import annotations
@@ -52,8 +60,9 @@ from bench._outage import outage
 from tests.ops.chaos import RECOVERY_LEASE, Chaos
 from tests.ops.process import Deployment
 from tests.ops.rotation import RATE, WORKERS, Call, drill
+from tests.syncs.kill import CAPTURE_LEASE_TTL, PAGE, PROVIDERS, SyncKill
 
-SCENARIOS = ("kill", "rotation", "webhook")
+SCENARIOS = ("kill", "rotation", "webhook", "syncs")
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
 ADMIN_DSN = os.environ.get("GATEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -120,6 +129,22 @@ async def webhook(seconds: float, max_backoff: float) -> dict[str, Any]:
         return await outage(url, seconds, max_backoff)
 
 
+async def syncs(rounds: int, records: int, seed: int) -> dict[str, Any]:
+    async with _database() as url:
+        with tempfile.TemporaryDirectory() as tmp:
+            sections = {
+                "store": {"url": url},
+                "log": {"format": "json", "level": "warning"},
+                "stream": {"capture_lease_ttl": CAPTURE_LEASE_TTL},
+            }
+            deployment = Deployment.create(Path(tmp), sections)
+            await deployment.cli("migrate")
+            sync_kill = SyncKill(deployment, Path(tmp), url, records=records, seed=seed)
+            async with sync_kill.running():
+                tally = await sync_kill.run(rounds)
+    return {"providers": ",".join(PROVIDERS), "seed": seed, "capture_lease_ttl": CAPTURE_LEASE_TTL, **tally.summary()}
+
+
 def _p99_ms(calls: list[Call]) -> float:
     if not calls:
         return 0.0
@@ -138,6 +163,9 @@ def _broken(name: str, result: dict[str, Any]) -> bool:
         return bool(result["missing_from_stream"] or result["duplicate_creates"])
     if name == "rotation":
         return bool(result["failed"] or result["wrong_secrets"])
+    if name == "syncs":
+        lost = result["missing"] or result["extra"] or result["stale"]
+        return bool(lost or result["duplicate_inserts"] > result["rounds"] * PAGE)
     return bool(
         result["lost"] or result["duplicates"] or result["records_out_of_order"] or not result["within_max_backoff"]
     )
@@ -145,13 +173,17 @@ def _broken(name: str, result: dict[str, Any]) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 kill rounds, 1 rotation round, a 6 s outage (CI)")
+    parser.add_argument(
+        "--quick", action="store_true", help="3 kill rounds, 1 rotation round, a 6 s outage, 3 sync kill rounds (CI)"
+    )
     parser.add_argument("--scenario", choices=SCENARIOS, action="append", help="run only these (repeatable)")
     parser.add_argument("--rounds", type=int, default=100, help="kill -9 rounds")
     parser.add_argument("--rotation-rounds", type=int, default=20)
     parser.add_argument("--outage", type=float, default=120.0, help="seconds the webhook receiver is down")
     parser.add_argument("--max-backoff", type=float, default=60.0, help="the webhook consumer's max_backoff")
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--sync-rounds", type=int, default=20, help="kill -9 rounds of the syncs scenario")
+    parser.add_argument("--records", type=int, default=2000, help="syncs: records per sandbox")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
@@ -159,6 +191,7 @@ def main() -> None:
         "kill": lambda: kill(3 if args.quick else args.rounds, args.clients, args.seed),
         "rotation": lambda: rotation(1 if args.quick else args.rotation_rounds),
         "webhook": lambda: webhook(*((6.0, 2.0) if args.quick else (args.outage, args.max_backoff))),
+        "syncs": lambda: syncs(*((3, 300) if args.quick else (args.sync_rounds, args.records)), args.seed),
     }
     results: dict[str, dict[str, Any]] = {}
     for name in args.scenario or SCENARIOS:
