@@ -501,12 +501,6 @@ QUICK_MIN_RATIO = 0.5  # --quick: 1 s rows on a loaded CI machine; the cliff was
 SCALE_LIMIT = {"rate": 50000, "per": 1, "burst": 50000}  # each credential's own bucket, never the bottleneck
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` so far (/proc/<pid>/stat fields 14 and 15, in clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def wrk_cpu(pid: int, url: str, seconds: int, headers: dict[str, str], script: Path | None = None) -> dict[str, float]:
     """One wrk run at c=50 (after a 1 s warm-up) with the gateway's CPU per request; non-2xx answers fail it."""
     args = ["wrk", "-t1", "-c50", "--latency", *(["-s", str(script)] if script else [])]
