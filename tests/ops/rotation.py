@@ -31,6 +31,7 @@ from tests.support import poll
 from tests.upstream.helpers import Upstream
 
 RATE = 50  # proxied calls per second during the changes
+CALL_TIMEOUT = 60.0  # seconds; a call still unanswered then is a failure (and cannot pile up for ever)
 WORKERS = 2
 SHUTDOWN_TIMEOUT = 15.0
 RESTART_DEADLINE = 150.0  # seconds for two successors to start, one after the other, on a busy 2-core machine
@@ -78,12 +79,9 @@ class Call:
 
 @dataclass
 class Load:
-    """Calls one at a time, started every 1/``RATE`` s (later when the previous one is slower), round-robin
-    over the three credentials; what each one got back.
-
-    One at a time, as the existing reload tests do: concurrent calls on one credential queue in the Redis
-    pacer, and what is measured here is the reloads and restarts, not that queue.
-    """
+    """Calls started every 1/``RATE`` s, whatever the previous ones are doing (a steady rate, as clients
+    send it), round-robin over the three credentials; what each one got back. A call unanswered after
+    ``CALL_TIMEOUT`` s counts as failed."""
 
     gateway: GatewayProcess
     token: str
@@ -100,15 +98,20 @@ class Load:
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        async with aiohttp.ClientSession() as session:
+        in_flight: set[asyncio.Task[None]] = set()
+        timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
             due = loop.time()
             for n in range(sys.maxsize):
                 if stop.is_set():
                     break
-                await self._call(session, PATHS[n % len(PATHS)])
-                due = max(due + 1 / RATE, loop.time())
+                task = asyncio.create_task(self._call(session, PATHS[n % len(PATHS)]))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                due += 1 / RATE
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), due - loop.time())  # the pace of the load
+                    await asyncio.wait_for(stop.wait(), max(0.0, due - loop.time()))  # the pace of the load
+            await asyncio.gather(*in_flight)
 
     async def _call(self, session: aiohttp.ClientSession, path: str) -> None:
         headers = {"Authorization": f"Bearer {self.token}"}
