@@ -147,14 +147,24 @@ def nginx(workdir: Path, name: str, port: int, upstream_port: int, body: str) ->
         yield proc.pid
 
 
-def wrk(url: str, connections: int, seconds: int, headers: dict[str, str]) -> dict[str, float]:
-    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+def wrk(
+    url: str, connections: int, seconds: int, headers: dict[str, str], script: Path | None = None
+) -> dict[str, float]:
+    """One wrk run (``script``: a Lua file that builds each request); ``non_2xx`` counts the failures."""
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *(["-s", str(script)] if script else [])]
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    return {"rps": rps, "requests": requests, "p50_ms": _latency(out, "50%"), "p99_ms": _latency(out, "99%")}
+    failed = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {
+        "rps": rps,
+        "requests": requests,
+        "non_2xx": int(failed.group(1)) if failed else 0,
+        "p50_ms": _latency(out, "50%"),
+        "p99_ms": _latency(out, "99%"),
+    }
 
 
 def _latency(out: str, label: str) -> float:
@@ -401,6 +411,7 @@ class Target:
     url: str
     headers: dict[str, str]
     pid: int
+    script: Path | None = None  # a wrk Lua script that builds each request (the credentials scenario)
 
 
 def measure(target: Target, connections: int, seconds: int) -> dict[str, Any]:
@@ -409,9 +420,9 @@ def measure(target: Target, connections: int, seconds: int) -> dict[str, Any]:
     ``cpu_us`` is the utime+stime the serving process tree spent during the measured run divided by
     the requests wrk completed: unlike req/s it barely moves when other work shares the cores.
     """
-    wrk(target.url, connections, 1, target.headers)
+    wrk(target.url, connections, 1, target.headers, target.script)
     before = cpu_seconds(target.pid)
-    measured = wrk(target.url, connections, seconds, target.headers)
+    measured = wrk(target.url, connections, seconds, target.headers, target.script)
     spent = cpu_seconds(target.pid) - before
     return {"path": target.name, "c": connections, **measured, "cpu_us": spent / measured["requests"] * 1e6}
 
@@ -501,23 +512,6 @@ QUICK_MIN_RATIO = 0.5  # --quick: 1 s rows on a loaded CI machine; the cliff was
 SCALE_LIMIT = {"rate": 50000, "per": 1, "burst": 50000}  # each credential's own bucket, never the bottleneck
 
 
-def wrk_cpu(pid: int, url: str, seconds: int, headers: dict[str, str], script: Path | None = None) -> dict[str, float]:
-    """One wrk run at c=50 (after a 1 s warm-up) with the gateway's CPU per request; non-2xx answers fail it."""
-    args = ["wrk", "-t1", "-c50", "--latency", *(["-s", str(script)] if script else [])]
-    for name, value in headers.items():
-        args += ["-H", f"{name}: {value}"]
-    subprocess.run([*args, "-d1s", url], capture_output=True, check=True)
-    before = cpu_seconds(pid)
-    out = subprocess.run([*args, f"-d{seconds}s", url], capture_output=True, text=True, check=True).stdout
-    cpu = cpu_seconds(pid) - before
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    if bad is not None:
-        raise RuntimeError(f"{bad.group(1)} answers were not 2xx: the scenario measured errors\n{out}")
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return {"rps": rps, "cpu_us": cpu / total * 1e6, "p50_ms": _latency(out, "50%"), "p99_ms": _latency(out, "99%")}
-
-
 async def create_credentials(base: str, token: str, upstream: str, count: int) -> None:
     """``scale-1`` .. ``scale-<count>`` through ``POST /v1/credentials``, each with its own rate limit."""
     headers = {"Authorization": f"Bearer {token}"}
@@ -570,27 +564,35 @@ def run_credentials(count: int, seconds: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         upstream = stack.enter_context(upstream_server("sandbox", workdir))
-        gw = stack.enter_context(gateway(workdir, upstream, scope="admin,proxy"))
+        gw = stack.enter_context(gateway(workdir, upstream.url, scope="admin,proxy"))
         base = gw.url.split("/v1/", 1)[0]
         pid = gw.proc.pid
         auth = {"Authorization": f"Bearer {gw.token}"}
         wrk(gw.url + SCALE_PATH, 50, 1, auth)  # warm: connections, buffers, the declared credential
         start_rss = settled_rss(pid)
         started = time.monotonic()
-        asyncio.run(create_credentials(base, gw.token, upstream, count))
+        asyncio.run(create_credentials(base, gw.token, upstream.url, count))
         created_in = time.monotonic() - started
         idle_rss = settled_rss(pid)
         asyncio.run(touch_credentials(base, gw.token, count))
         active_rss = settled_rss(pid)
-        one = wrk_cpu(pid, f"{base}/v1/proxy/credential/scale-1{SCALE_PATH}", seconds, auth)
         script = workdir / "spread.lua"
         script.write_text(SPREAD_LUA.format(n=count, token=gw.token, path=SCALE_PATH))
-        spread = wrk_cpu(pid, base + "/", seconds, {}, script)
+        one, spread = (
+            measure(target, 50, seconds)
+            for target in (
+                Target("1 credential", f"{base}/v1/proxy/credential/scale-1{SCALE_PATH}", auth, pid),
+                Target(f"{count} credentials", base + "/", {}, pid, script),
+            )
+        )
+        for row in (one, spread):
+            if row["non_2xx"]:
+                raise RuntimeError(f"{row['path']}: {row['non_2xx']} answers were not 2xx: the row measured errors")
         end_rss = rss_kib(pid)
     return {
         "credentials": count,
         "created_per_s": count / created_in,
-        "rows": [{"credentials": 1, **one}, {"credentials": count, **spread}],
+        "rows": [{"credentials": 1, **one}, {"credentials": count, **spread}],  # c=50 each
         "rss_kib_per_idle_credential": (idle_rss - start_rss) / count,
         "rss_kib_per_active_bucket": (active_rss - idle_rss) / count,
         "rss_mib_at_end": end_rss / 1024,
