@@ -78,9 +78,12 @@ class ConsumerRows(Rows):
     async def consumer(self, consumer_id: str) -> Consumer:
         return self._consumer(await self._row(t.consumers, consumer_id, "consumer"))
 
-    async def all_consumers(self) -> list[Consumer]:
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(t.consumers).order_by(t.consumers.c.id))).all()
+    async def all_consumers(self, conn: AsyncConnection | None = None) -> list[Consumer]:
+        """Every consumer; pass the caller's ``conn`` to read them in its transaction (no second connection)."""
+        if conn is None:
+            async with self.engine.connect() as own:
+                return await self.all_consumers(own)
+        rows = (await conn.execute(select(t.consumers).order_by(t.consumers.c.id))).all()
         return [self._consumer(row) for row in rows]
 
     async def patch_consumer(self, consumer_id: str, patch: ConsumerPatch) -> ConsumerView:

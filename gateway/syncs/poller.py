@@ -7,6 +7,10 @@ answer and the commit re-reads that one page (its events at most twice, never lo
 refused because someone else moved the cursor (a backfill request, a poller that took over) makes
 the loop re-read the sync and go on from the stored cursor.
 
+The next page is requested while the previous one commits (its cursor is known from the answer), so
+a fast upstream is not kept waiting on the store; commits stay one per page, in page order, and a
+page fetched but not yet committed is re-read after a crash like any other uncommitted page.
+
 A failed page (an upstream error, an answer that is not a page) marks the sync ``failing`` with
 the error, keeps the cursor, and retries with exponential backoff; the next good page clears it.
 
@@ -162,15 +166,23 @@ class SyncPoller:
         progress = {c: n for c, n in sync.progress.items() if c in sync.collections}
         generation = sync.generation
         for reading in readings(sync):
-            while not self.stop.is_set():
-                cursor = cursors.get(reading.collection) or reading.capture.start(started)
-                page = await self._fetch(sync, credential, reading, cursor)
-                cursors[reading.collection] = page.cursor
-                if page.backfilled:
-                    progress[reading.collection] = progress.get(reading.collection, 0) + page.backfilled
-                generation = await self._commit(sync, reading, page, generation, cursors, progress)
-                if page.caught_up:
-                    break
+            cursor = cursors.get(reading.collection) or reading.capture.start(started)
+            fetching = self._prefetch(sync, credential, reading, cursor)
+            try:
+                while not self.stop.is_set():
+                    page = await fetching
+                    cursors[reading.collection] = page.cursor
+                    if page.backfilled:
+                        progress[reading.collection] = progress.get(reading.collection, 0) + page.backfilled
+                    if not page.caught_up and not page.scan_complete:  # the next page travels while this one commits
+                        fetching = self._prefetch(sync, credential, reading, page.cursor)
+                    generation = await self._commit(sync, reading, page, generation, cursors, progress)
+                    if page.caught_up:
+                        break
+                    if page.scan_complete:
+                        fetching = self._prefetch(sync, credential, reading, page.cursor)
+            finally:
+                _abandon(fetching)
         if self.stop.is_set():
             return
         async with self.objects.engine.begin() as conn:
@@ -183,10 +195,18 @@ class SyncPoller:
                 for reading in readings(sync):
                     await self.settle(conn, sync.id, reading.collection, complete_since=started)
 
-    async def _fetch(self, sync: Sync, credential: Credential, reading: Reading, cursor: Cursor) -> Page:
-        """One page through the upstream client; a refusal becomes the provider's error."""
+    def _prefetch(self, sync: Sync, credential: Credential, reading: Reading, cursor: Cursor) -> asyncio.Future[Page]:
+        """Start reading the page at ``cursor``; only its commit, in page order, moves the stored cursor.
+
+        A page fetched but not committed (a crash, ``stop``, a superseded commit) is simply read again
+        from the stored cursor, as the page a crash cut off between its answer and its commit is.
+        """
         if reading.capture.scan_start(cursor):
             self._scans[reading.collection] = set()
+        return asyncio.ensure_future(self._fetch(sync, credential, reading, cursor))
+
+    async def _fetch(self, sync: Sync, credential: Credential, reading: Reading, cursor: Cursor) -> Page:
+        """One page through the upstream client; a refusal becomes the provider's error."""
         call = reading.capture.request(cursor, reading.target)
         await self._space(sync, credential)
         outcome = "error"
@@ -236,13 +256,13 @@ class SyncPoller:
         scan = self._scans.get(reading.collection)
         if scan is not None:
             scan.update(s.upstream_id for s in page.seen)
-        consumers = await self.objects.all_consumers()
         state = "backfilling" if any(_backfilling(cursors.get(c)) for c in sync.collections) else "live"
         async with self.stream.transaction() as tx:
             conn = tx.conn
             new = await advance(conn, sync.id, generation, cursor=cursors, progress=progress, state=state)
             if new is None:
                 raise Superseded
+            consumers = await self.objects.all_consumers(conn)
             seen = list(page.seen)
             if page.scan_complete and scan is not None:
                 seen += reconcile.missing(scan, await live_ids(conn, sync.id, reading.collection))
@@ -268,6 +288,13 @@ def readings(sync: Sync) -> list[Reading]:
         if capture is not None:
             readings.append(Reading(collection, provider, capture, Target(obj=obj, options=sync.options, seed="")))
     return readings
+
+
+def _abandon(fetching: asyncio.Future[Page]) -> None:
+    """Drop a page fetch nobody will commit (its outcome, even an error, is read so none is reported lost)."""
+    if not fetching.done():
+        fetching.cancel()
+    fetching.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 def _backfilling(cursor: Cursor | None) -> bool:
