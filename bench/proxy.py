@@ -27,11 +27,12 @@ read slowly, with the gateway process's peak RSS growth.
 
 ``--credentials N`` runs the credential-scaling scenario instead (``run_credentials``): one ``gateway
 serve`` (default config: SQLite, local pacing), N credentials created through the management API,
-each with its own rate limit (so its own bucket), then wrk at c=50 on one of them, then wrk with a Lua
-script spreading the calls at random over all N. Rows: req/s, CPU per request (utime+stime of the
-gateway over the run), p50, and the gateway's RSS growth per idle credential (after creating them)
-and per active bucket (after one call to each). ``--quick`` uses N = 1,000 and 2 s rows, and fails
-when N credentials do less than half the one-credential throughput (the cliff this scenario guards).
+each with its own rate limit (so its own bucket), then wrk at c=50 on one of them, on one of them with
+N distinct URLs (a random query parameter), and with a Lua script spreading the calls at random over
+all N. Rows: req/s, CPU per request (utime+stime of the gateway over the run), p50, and the gateway's
+RSS growth per idle credential (after creating them) and per active bucket (after one call to each).
+``--quick`` uses N = 1,000 and 2 s rows, and fails when N credentials do less than half the
+one-credential throughput (the cliff this scenario guards).
 
 Needs ``wrk`` (``apt-get install wrk``); nginx rows are skipped with a message if ``nginx`` is not
 installed. PostgreSQL and Redis for the workers row: ``GATEWAY_TEST_PG`` (an admin DSN; the bench
@@ -499,14 +500,20 @@ def _size_label(size: int) -> str:
 
 # --- credential scaling: one credential vs N, each with its own bucket --------------------------------
 
+# Each request a random i in 1..n: ``{target}`` is a Lua expression of it (which credential, which URL).
 SPREAD_LUA = """
 local n, token = {n}, "{token}"
 local headers = {{["Authorization"] = "Bearer " .. token}}
 math.randomseed(os.time())
 request = function()
-  return wrk.format("GET", "/v1/proxy/credential/scale-" .. math.random(1, n) .. "{path}", headers)
+  local i = math.random(1, n)
+  return wrk.format("GET", {target}, headers)
 end
 """
+SPREAD_OVER_CREDENTIALS = '"/v1/proxy/credential/scale-" .. i .. "{path}"'
+# One credential, as many distinct URLs: yarl caches the last 128 URLs it parsed, so one repeated URL
+# is parsed once; this row shows what distinct URLs cost by themselves, apart from the credentials.
+SPREAD_OVER_URLS = '"/v1/proxy/credential/scale-1{path}&n=" .. i'
 SCALE_PATH = "/bytes/64?length=1"
 QUICK_MIN_RATIO = 0.5  # --quick: 1 s rows on a loaded CI machine; the cliff was 0.24x
 SCALE_LIMIT = {"rate": 50000, "per": 1, "burst": 50000}  # each credential's own bucket, never the bottleneck
@@ -576,41 +583,45 @@ def run_credentials(count: int, seconds: int) -> dict[str, Any]:
         idle_rss = settled_rss(pid)
         asyncio.run(touch_credentials(base, gw.token, count))
         active_rss = settled_rss(pid)
-        script = workdir / "spread.lua"
-        script.write_text(SPREAD_LUA.format(n=count, token=gw.token, path=SCALE_PATH))
-        one, spread = (
+        scripts = {name: workdir / f"{name}.lua" for name in ("credentials", "urls")}
+        for name, target in (("credentials", SPREAD_OVER_CREDENTIALS), ("urls", SPREAD_OVER_URLS)):
+            lua = SPREAD_LUA.format(n=count, token=gw.token, target=target.format(path=SCALE_PATH))
+            scripts[name].write_text(lua)
+        one, urls, spread = (
             measure(target, 50, seconds)
             for target in (
                 Target("1 credential", f"{base}/v1/proxy/credential/scale-1{SCALE_PATH}", auth, pid),
-                Target(f"{count} credentials", base + "/", {}, pid, script),
+                Target(f"1 credential, {count} URLs", base + "/", {}, pid, scripts["urls"]),
+                Target(f"{count} credentials", base + "/", {}, pid, scripts["credentials"]),
             )
         )
-        for row in (one, spread):
+        for row in (one, urls, spread):
             if row["non_2xx"]:
                 raise RuntimeError(f"{row['path']}: {row['non_2xx']} answers were not 2xx: the row measured errors")
         end_rss = rss_kib(pid)
     return {
         "credentials": count,
         "created_per_s": count / created_in,
-        "rows": [{"credentials": 1, **one}, {"credentials": count, **spread}],  # c=50 each
+        "rows": [one, urls, spread],  # c=50 each
         "rss_kib_per_idle_credential": (idle_rss - start_rss) / count,
         "rss_kib_per_active_bucket": (active_rss - idle_rss) / count,
         "rss_mib_at_end": end_rss / 1024,
         "throughput_ratio": spread["rps"] / one["rps"],
         "cpu_ratio": spread["cpu_us"] / one["cpu_us"],
+        "cpu_ratio_same_urls": spread["cpu_us"] / urls["cpu_us"],  # credentials apart from distinct URLs
     }
 
 
 def print_credentials(result: dict[str, Any]) -> None:
-    print(f"{'credentials':>11} {'req/s':>8} {'CPU us/req':>11} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'calls to':<28} {'req/s':>8} {'CPU us/req':>11} {'p50 ms':>8} {'p99 ms':>8}")
     for row in result["rows"]:
         print(
-            f"{row['credentials']:>11} {row['rps']:>8.0f} {row['cpu_us']:>11.0f} "
-            f"{row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}"
+            f"{row['path']:<28} {row['rps']:>8.0f} {row['cpu_us']:>11.0f} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}"
         )
     print(
         f"\n{result['credentials']} credentials vs 1: throughput {result['throughput_ratio']:.2f}x, "
-        f"CPU per request {result['cpu_ratio']:.2f}x\n"
+        f"CPU per request {result['cpu_ratio']:.2f}x ({result['cpu_ratio_same_urls']:.2f}x against "
+        f"{result['credentials']} URLs of 1 credential)\n"
         f"RSS growth per idle credential {result['rss_kib_per_idle_credential']:.2f} KiB, "
         f"per active bucket {result['rss_kib_per_active_bucket']:.2f} KiB "
         f"(RSS at the end {result['rss_mib_at_end']:.0f} MiB; created {result['created_per_s']:.0f} credentials/s)"
