@@ -94,10 +94,12 @@ def create_app(
     throttle = AuthThrottle(
         max_failures=server.auth_max_failures, window=server.auth_failure_window, max_backoff=server.auth_max_backoff
     )
+    app[appkeys.IN_FLIGHT] = set()
     app.middlewares.append(
         gateway_middleware(
             metrics=metrics, tokens=app[appkeys.TOKENS], scopes=scopes, throttle=throttle,
             trust_forwarded=server.trust_forwarded,
+            in_flight=app[appkeys.IN_FLIGHT],
             recent=recent.calls,
         )
     )

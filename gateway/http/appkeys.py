@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,3 +41,5 @@ PacingState = Callable[[Credential], Awaitable[dict[str, Any]]]
 ReadyCheck = Callable[[], Awaitable[bool]]
 PACING_STATE = web.AppKey[PacingState]("pacing_state")
 READY_CHECKS = web.AppKey("ready_checks", dict[str, ReadyCheck])
+# The tasks of the requests being served (the middleware keeps it), for the shutdown to cancel late ones.
+IN_FLIGHT = web.AppKey("in_flight", set[asyncio.Task[object]])

@@ -6,6 +6,7 @@ signal, so views never set it themselves.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import random
 import re
@@ -77,20 +78,26 @@ def gateway_middleware(
     scopes: dict[str, str | None],
     throttle: AuthThrottle,
     trust_forwarded: bool,
+    in_flight: set[asyncio.Task[object]],
     recent: RecentCalls | None = None,
 ) -> Middleware:
-    """Request context (id, log line, metrics, recent calls) -> errors -> auth, as one middleware.
+    """In-flight tracking -> request context (id, log line, metrics, recent calls) -> errors -> auth,
+    as one middleware.
 
-    One layer instead of three nested ones: aiohttp wraps every middleware in a partial and a
+    One layer instead of four nested ones: aiohttp wraps every middleware in a partial and a
     coroutine per request, which was measurable on the proxy's hot path. The order of the steps is
-    the order the three layers had, so the log line and the metrics see the final status, including
-    that of an error raised by authentication or by the view.
+    the order the layers had, so the log line and the metrics see the final status, including that
+    of an error raised by authentication or by the view. ``in_flight`` holds each request's task
+    while it runs, so the server can cancel the ones still running when its shutdown budget is spent.
     """
     count = _request_counter(metrics)
     authenticate = _authenticator(tokens, scopes, throttle, trust_forwarded=trust_forwarded)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        task = asyncio.current_task()
+        if task is not None:
+            in_flight.add(task)
         sent = request.headers.get("x-request-id", "")
         generated_id = not _SANE_ID.match(sent)
         request_id = new_request_id() if generated_id else sent
@@ -105,21 +112,25 @@ def gateway_middleware(
             status, priority = response.status, response.headers.get("x-gateway-priority", "")
             return response
         finally:
-            duration = time.perf_counter() - started
-            route = route_label(request)
-            count(route, request.method, status, duration)
-            if recent is not None and route in RECORDED_ROUTES:
-                recent.add(recent_call(request, status, duration, priority))
-            request_line(
-                route=route,
-                method=request.method,
-                status=status,
-                duration_ms=round(duration * 1000, 2),
-                upstream=request.get(UPSTREAM_PROVIDER),
-                pacing_wait_ms=request.get(PACING_WAIT_MS),
-                request_id=request_id,
-                generated_id=generated_id,
-            )
+            try:
+                duration = time.perf_counter() - started
+                route = route_label(request)
+                count(route, request.method, status, duration)
+                if recent is not None and route in RECORDED_ROUTES:
+                    recent.add(recent_call(request, status, duration, priority))
+                request_line(
+                    route=route,
+                    method=request.method,
+                    status=status,
+                    duration_ms=round(duration * 1000, 2),
+                    upstream=request.get(UPSTREAM_PROVIDER),
+                    pacing_wait_ms=request.get(PACING_WAIT_MS),
+                    request_id=request_id,
+                    generated_id=generated_id,
+                )
+            finally:
+                if task is not None:
+                    in_flight.discard(task)
 
     return middleware
 
