@@ -6,8 +6,9 @@ One call is a short pipeline, each step a small method:
                    (replayable bodies, at most 3 times, within the permit's max_wait); any other
                    answer, even one whose headers report exhaustion, is returned as it is, exactly
                    once; and once after an OAuth2 401 (replayable bodies; otherwise the 401 is returned)
-    _attempt()     one async context manager per send: pacer.acquire -> _send -> pacer.observe, and
-                   on leaving it the connection and the permit go back, whatever happened
+    _attempt()     one paced send: pacer.acquire -> _send -> pacer.observe; the ``_Attempt`` it returns
+                   holds the connection and the permit, which ``close()`` gives back (each attempt
+                   not answered is closed at once, the answered one when the ``async with`` ends)
     _send()        safe URL join -> auth injection -> aiohttp request; foreign errors mapped ONCE here
 
 API (others depend on it)::
@@ -34,9 +35,9 @@ from __future__ import annotations
 import json as jsonlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
 
@@ -102,6 +103,50 @@ class _Attempt:
     raw: aiohttp.ClientResponse
     permit: Permit
     pause: float | None
+
+    def close(self) -> None:
+        """Give back the connection (closed unless fully read), then the permit, whatever happens."""
+        try:
+            self.raw.release()
+        finally:
+            self.permit.release()
+
+
+class _Exchange:
+    """What ``stream`` returns: entering sends (``UpstreamClient._exchange``), leaving closes the answer.
+
+    A class, not ``asynccontextmanager`` generators: ``stream`` around ``_attempt`` were two of them,
+    each a generator, its wrapper and an ``asend``/``athrow`` per call on the proxy's hot path.
+    """
+
+    __slots__ = ("_attempt", "body", "client", "cost", "credential", "headers", "method", "path", "query")
+
+    def __init__(
+        self,
+        client: UpstreamClient,
+        credential: Credential,
+        method: str,
+        path: str,
+        query: str | Mapping[str, str] | None,
+        headers: Mapping[str, str] | CIMultiDict[str] | None,
+        body: Body,
+        cost: int | None,
+    ) -> None:
+        self.client, self.credential, self.method, self.path = client, credential, method, path
+        self.query, self.headers, self.body, self.cost = query, headers, body, cost
+        self._attempt: _Attempt | None = None
+
+    async def __aenter__(self) -> UpstreamResponse:
+        attempt, waited = await self.client._exchange(self)
+        self._attempt = attempt
+        return UpstreamResponse(attempt.raw, provider=self.credential.provider, pacing_wait=waited)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        attempt, self._attempt = self._attempt, None
+        if attempt is not None:
+            attempt.close()
 
 
 class UpstreamClient:
@@ -183,8 +228,7 @@ class UpstreamClient:
                 values.update(override.model_dump(exclude_none=True))
         return values
 
-    @asynccontextmanager
-    async def stream(
+    def stream(
         self,
         credential: Credential,
         method: str,
@@ -194,16 +238,21 @@ class UpstreamClient:
         headers: Mapping[str, str] | CIMultiDict[str] | None = None,
         body: Body = None,
         cost: int | None = None,
-    ) -> AsyncIterator[UpstreamResponse]:
-        """Send one request (with the retries above) and yield the answer with its body unread.
+    ) -> _Exchange:
+        """Send one request (with the retries above) on entering; the block gets the answer, body unread.
 
         ``cost``: tokens the call takes from each of its buckets (the client's ``x-gateway-cost``).
         """
-        raw_query = query if isinstance(query, str) else urlencode(query or {})
-        outgoing = CIMultiDict(headers or {})
+        return _Exchange(self, credential, method, path, query, headers, body, cost)
+
+    async def _exchange(self, exchange: _Exchange) -> tuple[_Attempt, float]:
+        """``stream``'s retries: the attempt that answers (still open) and the pacing wait of all of them."""
+        credential, method, body = exchange.credential, exchange.method, exchange.body
+        raw_query = exchange.query if isinstance(exchange.query, str) else urlencode(exchange.query or {})
+        outgoing = CIMultiDict(exchange.headers or {})
         for name in ("Authorization", "Host"):  # security: the caller's credentials never go upstream
             outgoing.popall(name, None)
-        address = _Address(path, raw_query, cost)
+        address = _Address(exchange.path, raw_query, exchange.cost)
         self._url(credential, address)  # refuse a bad path before pacing or refreshing
         current = await self.oauth2.current(credential)
         if current is not credential:
@@ -211,12 +260,13 @@ class UpstreamClient:
         replayable = not isinstance(body, StreamedBody)
         waited, retries, refreshed = 0.0, 0, False
         while True:
-            async with self._attempt(current, method, address, outgoing, body) as attempt:
+            attempt = await self._attempt(current, method, address, outgoing, body)
+            try:
                 waited += attempt.permit.waited
                 if self._retry_after_refusal(attempt, waited, replayable=replayable, retries=retries):
                     retries += 1
-                    continue
-                if attempt.raw.status == 401 and isinstance(current.auth, OAuth2Auth):
+                    again = True
+                elif attempt.raw.status == 401 and isinstance(current.auth, OAuth2Auth):
                     if refreshed:
                         raise UpstreamAuthFailed(
                             f"Error: {display_name(current.provider)} rejected the credential even after a token "
@@ -224,11 +274,16 @@ class UpstreamClient:
                             upstream_status=401,
                         )
                     current, refreshed = await self._refreshed(current), True
-                    if replayable:
-                        continue
-                    # The body is gone: the client gets this 401, the next call the new token.
-                yield UpstreamResponse(attempt.raw, provider=credential.provider, pacing_wait=waited)
-                return
+                    # Not replayable: the body is gone, the client gets this 401, the next call the new token.
+                    again = replayable
+                else:
+                    again = False
+            except BaseException:
+                attempt.close()
+                raise
+            if not again:
+                return attempt, waited
+            attempt.close()
 
     def _url(self, credential: Credential, address: _Address) -> URL:
         """The checked upstream URL, joined once per base URL (a refresh may bring a new credential)."""
@@ -244,11 +299,10 @@ class UpstreamClient:
             address.base_url = credential.base_url
         return address.url
 
-    @asynccontextmanager
     async def _attempt(
         self, credential: Credential, method: str, address: _Address, headers: CIMultiDict[str], body: Body
-    ) -> AsyncIterator[_Attempt]:
-        """One paced send; leaving the block gives back the connection (closed unless fully read) and the permit."""
+    ) -> _Attempt:
+        """One paced send; the ``_Attempt`` holds the connection and the permit until it is closed."""
         permit = await self._pacer.acquire(
             credential, address.path, share=current_share.get(), method=method, cost=address.cost
         )
@@ -261,11 +315,13 @@ class UpstreamClient:
             self._rate(credential, permit, raw.status)
             try:
                 pause = await self._pacer.observe(credential, address.path, raw.status, raw.headers, method=method)
-                yield _Attempt(raw, permit, pause)
-            finally:
+            except BaseException:
                 raw.release()
-        finally:
+                raise
+        except BaseException:
             permit.release()
+            raise
+        return _Attempt(raw, permit, pause)
 
     def _rate(self, credential: Credential, permit: Permit, status: int | None) -> None:
         """Count the attempt for the web console's live view (``status`` None: no answer came)."""
