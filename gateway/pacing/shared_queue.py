@@ -137,7 +137,9 @@ class SharedQueue:
         expired = self._expired(now)
         leaving, self._cancels = self._cancels + expired, []
         polled = await self._poll(leaving)
-        for member, granted in polled.granted.items():
+        # Calls granted in one poll wake in their slots' order (the script's answer is in hash order):
+        # a grant already due at once would otherwise overtake an earlier one of the same poll.
+        for member, granted in sorted(polled.granted.items(), key=_slot_order):
             future = self._waiters.pop(member, None)
             maker = self._makers.pop(member, None) or self._left.get(member)
             if maker is None:
@@ -167,3 +169,7 @@ class SharedQueue:
         while self._deadlines and self._deadlines[0][1] not in self._waiters:
             heapq.heappop(self._deadlines)
         return self._deadlines[0][0] if self._deadlines else math.inf
+
+
+def _slot_order(item: tuple[str, Granted]) -> tuple[float, int]:
+    return item[1].deadline, item[1].place.tag
