@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -89,19 +89,24 @@ async def append_changes(
     collection_id: str,
     changes: Sequence[RecordChange],
     consumers: Sequence[Consumer],
+    known: Mapping[str, Record] | None = None,
 ) -> list[Event]:
-    """Record, log and fan out ``changes`` in ``tx``; see the module docstring."""
+    """Record, log and fan out ``changes`` in ``tx``; see the module docstring.
+
+    ``known``: what ``last_known`` answered for (at least) these records in this same transaction, when
+    the caller read it to decide the changes (a sync's page): it is not read a second time.
+    """
     if not changes:
         return []
     conn = tx.conn
-    known = await last_known(conn, sync_id, collection_id, [c.upstream_id for c in changes])
+    state = dict(known if known is not None else await last_known(conn, sync_id, collection_id, _ids(changes)))
     now = utcnow()
     planned: list[tuple[Action, Record, dict[str, Any]]] = []
     for change in changes:  # in order: a record changed twice diffs against its first change
-        previous = known.get(change.upstream_id)
+        previous = state.get(change.upstream_id)
         record = _next_state(sync_id, collection_id, change, previous, now)
         planned.append((change.action, record, _diff(previous, record, change.action)))
-        known[change.upstream_id] = record
+        state[change.upstream_id] = record
     await _save_records(conn, list({r.upstream_id: r for _, r, _ in planned}.values()))
     events = await _insert_events(conn, planned)
     wanted = [c.id for c in consumers if c.wants(sync_id, collection_id)]
@@ -116,6 +121,10 @@ async def append_changes(
         )
     await tx.announce("append")
     return events
+
+
+def _ids(changes: Sequence[RecordChange]) -> list[str]:
+    return [c.upstream_id for c in changes]
 
 
 def _next_state(

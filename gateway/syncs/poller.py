@@ -269,7 +269,12 @@ class SyncPoller:
             known = await last_known(conn, sync.id, reading.collection, [s.upstream_id for s in seen])
             changes = reconcile.changes(seen, known)
             await append_changes(
-                tx, sync_id=sync.id, collection_id=reading.collection, changes=changes, consumers=consumers
+                tx,
+                sync_id=sync.id,
+                collection_id=reading.collection,
+                changes=changes,
+                consumers=consumers,
+                known=known,
             )
             if changes and self.settle is not None:
                 await self.settle(conn, sync.id, reading.collection)
