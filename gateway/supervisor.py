@@ -277,11 +277,16 @@ class Supervisor:
         self.restarting = asyncio.create_task(self.restart_workers())
 
     def reload_workers(self) -> None:
-        """SIGHUP: every worker re-reads the config itself (a restarted worker starts from the file anyway)."""
+        """SIGHUP: every worker re-reads the config itself (a restarted worker starts from the file anyway).
+
+        A restart's successor serves as soon as it is ready, while its predecessor still drains: both get
+        the signal, or the successor would keep serving with the config the reload replaced.
+        """
         for slot in self.slots:
-            if slot.process is not None and slot.pid:
-                with suppress(ProcessLookupError):
-                    os.kill(slot.pid, signal.SIGHUP)
+            for process in (slot.process, slot.successor):
+                if process is not None and process.pid:
+                    with suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGHUP)
         log.info("reload_forwarded", workers=len(self.slots))
 
     def _ops_app(self) -> web.Application:

@@ -34,6 +34,7 @@ RATE = 50  # proxied calls per second during the changes
 CALL_TIMEOUT = 60.0  # seconds; a call still unanswered then is a failure (and cannot pile up for ever)
 WORKERS = 2
 SHUTDOWN_TIMEOUT = 15.0
+ROTATE_DEADLINE = 120.0  # seconds for the heartbeats to show the new key, each try a CLI process on a busy machine
 RESTART_DEADLINE = 150.0  # seconds for two successors to start, one after the other, on a busy 2-core machine
 PATHS = ("cred-bearer/echo/a", "cred-basic/echo/b", "cred-oauth/protected/c")
 EXPECTED = {  # the Authorization the echo upstream must receive; /protected answers 401 to any other token
@@ -201,10 +202,17 @@ class Drill:
         self.upstream.state.valid_token = f"revoked-{self.rounds}"  # the next OAuth2 call gets a 401 and refreshes
         await poll("an OAuth2 refresh after the reload", lambda: self.upstream.state.refreshes > refreshes, 30)
 
-        async def rotated() -> bool:  # refused until every worker's heartbeat shows the new key (<= 5 s)
-            return (await run_cli(self.deployment, "keys", "rotate"))[0] == 0
+        refusal = ""
 
-        await poll("keys rotate accepted", rotated, deadline=60)
+        async def rotated() -> bool:  # refused until every worker's heartbeat shows the new key (<= 5 s)
+            nonlocal refusal
+            code, refusal = await run_cli(self.deployment, "keys", "rotate")
+            return code == 0
+
+        try:
+            await poll("keys rotate accepted", rotated, deadline=ROTATE_DEADLINE)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its last answer: {refusal[-2000:]}") from None
         await self._restart()
         await self._reload([new])  # refused if any secret were still sealed with the old key
         await self.load.more(RATE, "calls after the round")

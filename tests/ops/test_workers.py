@@ -214,3 +214,25 @@ async def test_sigusr2_restarts_every_worker_without_a_failed_call(workers: Work
     assert await asyncio.gather(*slow) == [200] * 10, "in-flight calls finish on the old workers"
     assert len(outcomes) >= 50 and set(outcomes) == {200}, [o for o in outcomes if o != 200]
     assert await workers.ready_status() == 200
+
+
+
+async def test_a_reload_during_a_rolling_restart_reaches_the_successors(workers: Workers) -> None:
+    """SIGHUP right after ``restarted``, while the last predecessor still drains slow calls: the successors
+    (already serving) apply it too. Observed through ``log.level = "warning"``: no request line after it."""
+    workers.gateway.proc.send_signal(signal.SIGUSR2)
+    await poll("the last successor spawned", lambda: len(workers.lines("worker_started")) == 4, 90)
+    slow = [asyncio.create_task(workers.get("/v1/proxy/credential/fast/slow?delay=12")) for _ in range(10)]
+    await poll("the rolling restart", lambda: bool(workers.lines("restarted")), 90)
+    config = workers.gateway.log_path.parent / "gateway.toml"
+    text = config.read_text(encoding="utf-8")
+    assert 'log = {format = "json"}' in text
+    config.write_text(text.replace('log = {format = "json"}', 'log = {format = "json", level = "warning"}'))
+    workers.gateway.proc.send_signal(signal.SIGHUP)
+    assert len(workers.lines("worker_replaced")) < 2, "a predecessor still drains when the reload comes"
+    assert await asyncio.gather(*slow) == [200] * 10
+    await poll("both predecessors replaced", lambda: len(workers.lines("worker_replaced")) == 2, 60)
+    served, logged = await workers.served(), len(workers.request_workers())
+    assert await workers.fire("/v1/proxy/credential/fast/echo/x", 20) == [200] * 20
+    await poll("the calls are counted", lambda: _equals(workers.served(), served + 20), 10)
+    assert len(workers.request_workers()) == logged, "every worker logs at warning now"
