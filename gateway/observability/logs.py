@@ -156,7 +156,14 @@ def configure_logging(
     )
     # The request line's template writes what this chain would, without it (request_log.py).
     enabled = numeric_level <= logging.INFO
-    use_template(processors if as_json else None, enabled=enabled, worker=worker, redact=redact_text, write=_STDERR.msg)
+    use_template(
+        processors if as_json else None,
+        enabled=enabled,
+        worker=worker,
+        redact=redact_text,
+        write=_STDERR.msg,
+        factory=_stderr_logger,
+    )
     _route_standard_logging(stamped, rendered, numeric_level)
 
 

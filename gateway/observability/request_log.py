@@ -32,6 +32,7 @@ log = structlog.get_logger(__name__)
 @dataclass(frozen=True)
 class _Template:
     processors: tuple[Any, ...]  # the chain ``configure_logging`` installed: still the active one?
+    factory: Any  # and the logger factory it installed (a test may send lines elsewhere)
     enabled: bool  # info passes the configured level
     tail: str  # ``,"worker":N`` (or nothing) then ``,"level":"info","timestamp":``
     redact: Callable[[str], str]
@@ -48,6 +49,7 @@ def use_template(
     worker: int | None = None,
     redact: Callable[[str], str] = str,
     write: Callable[[str], None] = print,
+    factory: Any = None,
 ) -> None:
     """Called by ``configure_logging``: the JSON chain it installed (None: no template, e.g. console)."""
     global _template
@@ -55,7 +57,7 @@ def use_template(
         _template = None
         return
     tagged = "" if worker is None else f',"worker":{worker}'
-    _template = _Template(tuple(processors), enabled, tagged + ',"level":"info","timestamp":', redact, write)
+    _template = _Template(tuple(processors), factory, enabled, tagged + ',"level":"info","timestamp":', redact, write)
 
 
 def request_line(
@@ -70,9 +72,13 @@ def request_line(
     generated_id: bool,
 ) -> None:
     """Log the request at info; ``generated_id``: the gateway made the id (random hex, nothing to redact)."""
-    template = _template
+    template, config = _template, structlog.get_config()
     # Compared by content: ``capture_logs`` swaps the processors inside the same list.
-    if template is None or tuple(structlog.get_config()["processors"]) != template.processors:
+    if (
+        template is None
+        or config["logger_factory"] is not template.factory
+        or tuple(config["processors"]) != template.processors
+    ):
         log.info(
             "request",
             route=route,
