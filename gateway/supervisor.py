@@ -277,11 +277,17 @@ class Supervisor:
         self.restarting = asyncio.create_task(self.restart_workers())
 
     def reload_workers(self) -> None:
-        """SIGHUP: every worker re-reads the config itself (a restarted worker starts from the file anyway).
+        """SIGHUP: every worker re-reads the config itself, and the supervisor too, for the workers it
+        starts later (a crashed worker's replacement must not come back with the keys the reload replaced).
 
         A restart's successor serves as soon as it is ready, while its predecessor still drains: both get
         the signal, or the successor would keep serving with the config the reload replaced.
         """
+        if self.config_path is not None:
+            try:
+                self.config, self.keyring = self._reread()
+            except GatewayError as exc:  # the workers refuse it too, each in its own log line
+                log.error("reload_refused", reason=exc.message)
         for slot in self.slots:
             for process in (slot.process, slot.successor):
                 if process is not None and process.pid:

@@ -160,6 +160,25 @@ async def test_a_killed_worker_is_restarted(workers: Workers) -> None:
     assert 0 in workers.request_workers()[50:], "the new worker 0 serves"
 
 
+async def test_a_worker_started_after_a_reload_starts_from_the_reloaded_config(workers: Workers) -> None:
+    """SIGHUP, then SIGKILL to a worker: its replacement starts from the config the reload applied, not the
+    one the supervisor started with. Observed through ``log.level = "warning"``: no request line after it."""
+    config = workers.gateway.log_path.parent / "gateway.toml"
+    text = config.read_text(encoding="utf-8")
+    assert 'log = {format = "json"}' in text
+    config.write_text(text.replace('log = {format = "json"}', 'log = {format = "json", level = "warning"}'))
+    workers.gateway.proc.send_signal(signal.SIGHUP)
+    await poll("the reload is forwarded", lambda: bool(workers.lines("reload_forwarded")), 30)
+    victim = _started(workers, 0)[0]
+    os.kill(victim, signal.SIGKILL)
+    await poll("worker 0 is started again", lambda: len(_started(workers, 0)) == 2, 20)
+    await poll("/readyz is 200 again", lambda: _equals(workers.ready_status(), 200), 30)
+    served, logged = await workers.served(), len(workers.request_workers())
+    assert await workers.fire("/v1/proxy/credential/fast/echo/x", 40) == [200] * 40
+    await poll("the calls are counted", lambda: _equals(workers.served(), served + 40), 10)
+    assert len(workers.request_workers()) == logged, "the new worker logs at the reloaded level"
+
+
 def _started(workers: Workers, index: int) -> list[int]:
     return [line["pid"] for line in workers.lines("worker_started") if line["worker"] == index]
 
