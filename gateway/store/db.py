@@ -7,6 +7,7 @@ the schema is at Alembic's head, migrating it when configured to.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,13 +46,31 @@ def async_url(url: str) -> str:
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
+class JsonText(str):
+    """A value of a JSON column already encoded (``json.dumps``): stored as is, not encoded again.
+
+    The stream's append path encodes each record's data once and stores that text in every row
+    that holds it (``records.data``, inside ``events.record``) instead of encoding it per row.
+    """
+
+
+def _json_serializer(value: Any) -> str:
+    return value if isinstance(value, JsonText) else json.dumps(value)
+
+
 def create_engine(config: StoreConfig) -> AsyncEngine:
     url = async_url(config.url)
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, json_serializer=_json_serializer)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=config.pool_size, max_overflow=config.pool_size, pool_pre_ping=True)
+    return create_async_engine(
+        url,
+        pool_size=config.pool_size,
+        max_overflow=config.pool_size,
+        pool_pre_ping=True,
+        json_serializer=_json_serializer,
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -17,12 +17,14 @@ Because the fan-out is in the same transaction, an event is never visible withou
 from __future__ import annotations
 
 import itertools
-import uuid
+import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from pydantic import TypeAdapter
 from sqlalchemy import delete, exists, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
@@ -31,10 +33,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.domain.models import Event, Record
 from gateway.domain.objects import Consumer
 from gateway.store import tables as t
-from gateway.store.db import as_utc, utcnow
+from gateway.store.db import JsonText, as_utc, utcnow
 from gateway.stream.signals import Transaction
 
 Action = Literal["insert", "update", "delete"]
+_NO_CHANGES = JsonText("{}")
+_TIME = TypeAdapter(datetime)  # times in ``events.record`` exactly as ``Record.model_dump(mode="json")`` has them
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,10 @@ async def append_changes(
         record = _next_state(sync_id, collection_id, change, previous, now)
         planned.append((change.action, record, _diff(previous, record, change.action)))
         state[change.upstream_id] = record
-    await _save_records(conn, list({r.upstream_id: r for _, r, _ in planned}.values()))
-    events = await _insert_events(conn, planned)
+    data = [JsonText(json.dumps(record.data)) for _, record, _ in planned]  # once per record, for every row
+    latest = {record.upstream_id: (record, text) for (_, record, _), text in zip(planned, data, strict=True)}
+    await _save_records(conn, list(latest.values()))
+    events = await _insert_events(conn, planned, data)
     wanted = [c.id for c in consumers if c.wants(sync_id, collection_id)]
     if wanted:
         await conn.execute(
@@ -143,7 +149,7 @@ def _next_state(
     )
 
 
-async def _save_records(conn: AsyncConnection, records: Sequence[Record]) -> None:
+async def _save_records(conn: AsyncConnection, records: Sequence[tuple[Record, JsonText]]) -> None:
     """One multi-row upsert (each record once: PostgreSQL refuses to update a row twice in a statement)."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(t.records)
@@ -152,7 +158,20 @@ async def _save_records(conn: AsyncConnection, records: Sequence[Record]) -> Non
         index_elements=["sync_id", "collection_id", "upstream_id"],
         set_={c.name: stmt.excluded[c.name] for c in t.records.columns if c.name not in keep},
     )
-    await conn.execute(stmt, [r.model_dump() for r in records])
+    rows = [
+        {
+            "sync_id": r.sync_id,
+            "collection_id": r.collection_id,
+            "upstream_id": r.upstream_id,
+            "data": data,
+            "deleted": r.deleted,
+            "upstream_updated_at": r.upstream_updated_at,
+            "inserted_at": r.inserted_at,
+            "updated_at": r.updated_at,
+        }
+        for r, data in records
+    ]
+    await conn.execute(stmt, rows)
 
 
 def _diff(previous: Record | None, record: Record, action: Action) -> dict[str, Any]:
@@ -164,28 +183,67 @@ def _diff(previous: Record | None, record: Record, action: Action) -> dict[str, 
 
 
 async def _insert_events(
-    conn: AsyncConnection, planned: Sequence[tuple[Action, Record, dict[str, Any]]]
+    conn: AsyncConnection, planned: Sequence[tuple[Action, Record, dict[str, Any]]], data: Sequence[JsonText]
 ) -> list[Event]:
-    """One multi-row insert; RETURNING in parameter order gives each event its seq."""
+    """One multi-row insert; RETURNING in parameter order gives each event its seq.
+
+    ``data``: each planned record's data, encoded; ``events.record`` is written around it (``_record_json``).
+    """
     inserted_at = utcnow()
+    ids = os.urandom(16 * len(planned)).hex()  # one random draw per page, 128 bits per event id
+    encoded = _Encoded()
     rows = [
         {
-            "id": "evt_" + uuid.uuid4().hex,
+            "id": "evt_" + ids[32 * i : 32 * (i + 1)],
             "sync_id": record.sync_id,
             "collection_id": record.collection_id,
             "upstream_id": record.upstream_id,
             "action": action,
-            "record": record.model_dump(mode="json"),
-            "changes": changes,
+            "record": _record_json(record, record_data, encoded),
+            "changes": JsonText(json.dumps(changes)) if changes else _NO_CHANGES,
             "inserted_at": inserted_at,
         }
-        for action, record, changes in planned
+        for i, ((action, record, changes), record_data) in enumerate(zip(planned, data, strict=True))
     ]
     seqs = await _insert_returning_seqs(conn, rows)
     return [
         Event(seq=seq, id=row["id"], action=action, record=record, changes=changes, inserted_at=inserted_at)
         for seq, row, (action, record, changes) in zip(seqs, rows, planned, strict=True)
     ]
+
+
+class _Encoded:
+    """JSON text of the values one append repeats (its sync, collection, times), each encoded once."""
+
+    def __init__(self) -> None:
+        self._times: dict[tuple[datetime, Any], str] = {}
+        self._names: dict[str, str] = {}
+
+    def name(self, value: str) -> str:
+        text = self._names.get(value)
+        if text is None:
+            text = self._names[value] = json.dumps(value)
+        return text
+
+    def time(self, value: datetime | None) -> str:
+        if value is None:
+            return "null"
+        key = (value, value.tzinfo)  # equal instants in other zones are written differently
+        text = self._times.get(key)
+        if text is None:
+            text = self._times[key] = json.dumps(_TIME.dump_python(value, mode="json"))
+        return text
+
+
+def _record_json(record: Record, data: JsonText, encoded: _Encoded) -> JsonText:
+    """``json.dumps(record.model_dump(mode="json"))`` byte for byte, around ``data`` encoded already."""
+    return JsonText(
+        f'{{"sync_id": {encoded.name(record.sync_id)}, "collection_id": {encoded.name(record.collection_id)}, '
+        f'"upstream_id": {json.dumps(record.upstream_id)}, '
+        f'"upstream_updated_at": {encoded.time(record.upstream_updated_at)}, '
+        f'"data": {data}, "deleted": {"true" if record.deleted else "false"}, '
+        f'"inserted_at": {encoded.time(record.inserted_at)}, "updated_at": {encoded.time(record.updated_at)}}}'
+    )
 
 
 async def _insert_returning_seqs(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[int]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -280,8 +281,8 @@ class SyncPoller:
                 await self.settle(conn, sync.id, reading.collection)
         if page.scan_complete:
             self._scans.pop(reading.collection, None)
-        for change in changes:
-            self.metrics.sync_events.labels(reading.provider, change.action).inc()
+        for action, count in Counter(change.action for change in changes).items():  # a page's events, per action
+            self.metrics.sync_events.labels(reading.provider, action).inc(count)
         return new
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Text, cast, func, select, update
 
 from gateway.http import appkeys
 from gateway.store import tables as t
@@ -85,3 +86,36 @@ async def test_a_record_changed_twice_in_one_append_keeps_both_events(make_gatew
     assert first.seq < second.seq and second.changes == {"Name": "v1"}
     async with gw.app[appkeys.ENGINE].connect() as conn:
         assert (await last_known(conn, "sync-a", CONTACTS, ["003G"]))["003G"].data["Name"] == "v2"
+
+
+async def test_stored_rows_are_the_records_json_exactly(make_gateway: GatewayFactory) -> None:
+    """``events.record`` is ``Record``'s JSON and ``records.data`` the data's, each encoded once per append.
+
+    On SQLite the stored text is compared byte for byte with ``json.dumps`` of the model (what consumers,
+    webhooks and the PostgreSQL table consumer read); PostgreSQL's JSONB keeps the value, not the text.
+    """
+    gw = await make_gateway()
+    await seed_sync(gw.app)
+    await append(gw.app, [insert("003H", Name="Zoë \u2028", Tags=["a", 1, 2.5, None, True], Nested={"x": {}})])
+    events = await append(
+        gw.app,
+        [
+            RecordChange("003H", "update", {"Id": "003H", "Name": 'Zoë "Z"'}, utcnow()),
+            RecordChange("003H", "delete", None),
+        ],
+    )
+    engine = gw.app[appkeys.ENGINE]
+    exact = engine.dialect.name == "sqlite"
+    e, r = t.events.c, t.records.c
+    async with engine.connect() as conn:
+        stored = dict((await conn.execute(select(e.id, cast(e.record, Text)).where(e.upstream_id == "003H"))).all())
+        changes = dict((await conn.execute(select(e.id, cast(e.changes, Text)))).all())
+        data = (await conn.execute(select(cast(r.data, Text)).where(r.upstream_id == "003H"))).scalar_one()
+    for event in events:
+        expected = event.record.model_dump(mode="json")
+        assert (stored[event.id] == json.dumps(expected)) if exact else json.loads(stored[event.id]) == expected
+        assert json.loads(changes[event.id]) == event.changes
+    assert events[0].changes == {"Name": "Zoë \u2028", "Tags": ["a", 1, 2.5, None, True], "Nested": {"x": {}}}
+    assert events[1].record.deleted and events[1].record.data == {"Id": "003H", "Name": 'Zoë "Z"'}
+    last = events[1].record.data
+    assert (data == json.dumps(last)) if exact else json.loads(data) == last
