@@ -86,19 +86,22 @@ async def _database() -> AsyncIterator[str]:
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def kill(rounds: int, clients: int, seed: int) -> dict[str, Any]:
+@asynccontextmanager
+async def _deployment(**sections: dict[str, Any]) -> AsyncIterator[tuple[Deployment, Path, str]]:
+    """A migrated deployment on a database of its own, logging warnings only: it, its folder, its store URL."""
     async with _database() as url:
         with tempfile.TemporaryDirectory() as tmp:
-            sections = {
-                "store": {"url": url},
-                "log": {"format": "json", "level": "warning"},
-                "mutations": {"recovery_lease": RECOVERY_LEASE},
-            }
-            deployment = Deployment.create(Path(tmp), sections)
+            settings = {"store": {"url": url}, "log": {"format": "json", "level": "warning"}, **sections}
+            deployment = Deployment.create(Path(tmp), settings)
             await deployment.cli("migrate")
-            chaos = Chaos(deployment, Path(tmp), url, clients=clients, seed=seed)
-            async with chaos.running():
-                tally = await chaos.run(rounds)
+            yield deployment, Path(tmp), url
+
+
+async def kill(rounds: int, clients: int, seed: int) -> dict[str, Any]:
+    async with _deployment(mutations={"recovery_lease": RECOVERY_LEASE}) as (deployment, folder, url):
+        chaos = Chaos(deployment, folder, url, clients=clients, seed=seed)
+        async with chaos.running():
+            tally = await chaos.run(rounds)
     return {"clients": clients, "seed": seed, "recovery_lease": RECOVERY_LEASE, **tally.summary()}
 
 
@@ -130,18 +133,10 @@ async def webhook(seconds: float, max_backoff: float) -> dict[str, Any]:
 
 
 async def syncs(rounds: int, records: int, seed: int) -> dict[str, Any]:
-    async with _database() as url:
-        with tempfile.TemporaryDirectory() as tmp:
-            sections = {
-                "store": {"url": url},
-                "log": {"format": "json", "level": "warning"},
-                "stream": {"capture_lease_ttl": CAPTURE_LEASE_TTL},
-            }
-            deployment = Deployment.create(Path(tmp), sections)
-            await deployment.cli("migrate")
-            sync_kill = SyncKill(deployment, Path(tmp), url, records=records, seed=seed)
-            async with sync_kill.running():
-                tally = await sync_kill.run(rounds)
+    async with _deployment(stream={"capture_lease_ttl": CAPTURE_LEASE_TTL}) as (deployment, folder, url):
+        sync_kill = SyncKill(deployment, folder, url, records=records, seed=seed)
+        async with sync_kill.running():
+            tally = await sync_kill.run(rounds)
     return {"providers": ",".join(PROVIDERS), "seed": seed, "capture_lease_ttl": CAPTURE_LEASE_TTL, **tally.summary()}
 
 
@@ -191,7 +186,7 @@ def main() -> None:
         "kill": lambda: kill(3 if args.quick else args.rounds, args.clients, args.seed),
         "rotation": lambda: rotation(1 if args.quick else args.rotation_rounds),
         "webhook": lambda: webhook(*((6.0, 2.0) if args.quick else (args.outage, args.max_backoff))),
-        "syncs": lambda: syncs(*((3, 300) if args.quick else (args.sync_rounds, args.records)), args.seed),
+        "syncs": lambda: syncs(3 if args.quick else args.sync_rounds, 300 if args.quick else args.records, args.seed),
     }
     results: dict[str, dict[str, Any]] = {}
     for name in args.scenario or SCENARIOS:
