@@ -5,14 +5,11 @@ its chunks and its average rate (408: ``server.body_idle_timeout``, ``server.min
 upstream/body.py: a client dawdling at a byte a second gets cut off), and its nesting depth (400):
 ``json.loads`` recurses per level, so 100,000 ``[`` would end in ``RecursionError``, and values
 nested a few hundred deep would fail later anyway, when the stream serializes them. Numbers must
-be finite: ``1e400`` parses as ``inf``, which no limit, record or upstream can use.
+be finite: ``1e400`` parses as ``inf``, which no limit, record or upstream can use (gateway/jsontext.py).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -20,12 +17,10 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gateway.errors import InvalidRequest, PayloadTooLarge, invalid_request
 from gateway.http import appkeys
+from gateway.jsontext import loads_finite, nests_deeper
 from gateway.upstream.body import read_whole
 
 M = TypeVar("M", bound=BaseModel)
-# A JSON string (skipped whole) or one bracket: what the depth scan looks at.
-_STRING_OR_BRACKET = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')
-_OPENERS = frozenset(b"[{")
 
 
 async def read_json(request: web.Request, *, limit: int) -> Any:
@@ -37,7 +32,7 @@ async def read_json(request: web.Request, *, limit: int) -> Any:
         raise InvalidRequest("request body is empty; a JSON object is required", field="body")
     check_depth(raw, server.max_json_depth)
     try:
-        return json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+        return loads_finite(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", field="body") from None
 
@@ -52,31 +47,11 @@ async def _read_bounded(request: web.Request, *, limit: int) -> bytes:
 
 
 def check_depth(raw: bytes, limit: int) -> None:
-    """400 when arrays/objects nest deeper than ``limit``; a scan that never recurses."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return  # too few brackets to nest that deep: the common case costs two counts
-    depth = 0
-    for match in _STRING_OR_BRACKET.finditer(raw):
-        byte = raw[match.start()]
-        if byte in _OPENERS:
-            depth += 1
-            if depth > limit:
-                raise InvalidRequest(
-                    f"request body: JSON nests deeper than {limit} levels (server.max_json_depth)", field="body"
-                )
-        elif byte != 0x22:  # a closing bracket; strings are skipped
-            depth -= 1
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:40]} is out of range")
-    return value
-
-
-def _no_constant(text: str) -> float:
-    raise ValueError(f"{text} is not a JSON number")
+    """400 when arrays/objects nest deeper than ``limit``."""
+    if nests_deeper(raw, limit):
+        raise InvalidRequest(
+            f"request body: JSON nests deeper than {limit} levels (server.max_json_depth)", field="body"
+        )
 
 
 def validate(model: type[M] | TypeAdapter[Any], data: Any, *, what: str = "body") -> Any:

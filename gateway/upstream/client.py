@@ -46,6 +46,7 @@ from multidict import CIMultiDict
 from prometheus_client import Counter, Histogram
 from yarl import URL
 
+from gateway import jsontext
 from gateway.aiohttp_compat import PassThroughRequest
 from gateway.config import Config
 from gateway.domain.models import OAuth2Auth, display_name
@@ -422,9 +423,11 @@ class UpstreamClient:
         async with self.stream(credential, method, path, query=query, headers=outgoing, body=body) as resp:
             raw = await resp.read()
         try:
-            parsed = jsonlib.loads(raw) if raw.strip() else None
-        except ValueError:
-            parsed = None  # an HTML error page from a load balancer, say: the status still tells the story
+            parsed = jsontext.loads(raw, max_depth=self._config.server.max_json_depth) if raw.strip() else None
+        except (ValueError, UnicodeDecodeError):
+            # An HTML error page from a load balancer, say (the status still tells the story), or JSON no
+            # record can hold: nested past server.max_json_depth, NaN, 1e400.
+            parsed = None
         return UpstreamResult(resp.status, dict(resp.headers), parsed, resp.pacing_wait)
 
     async def _post_token_form(self, url: str, form: dict[str, str]) -> tuple[int, Any]:
