@@ -60,7 +60,9 @@ class ServerConfig(Strict):
     )
     auth_failure_window: float = Field(default=60, gt=0, le=86400, description="seconds bad tokens are counted over")
     auth_max_backoff: float = Field(default=300, ge=1, le=86400, description="longest pause (doubling from 1 s)")
-    max_json_depth: int = Field(default=64, ge=2, le=128, description="deepest nesting a JSON body, or an upstream's JSON answer, may have")
+    max_json_depth: int = Field(
+        default=64, ge=2, le=128, description="deepest nesting a JSON body, or an upstream's JSON answer, may have"
+    )
     header_timeout: float = Field(
         default=10, gt=0, le=3600, description="seconds to send a request head; idle keep-alive closes too"
     )
