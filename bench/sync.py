@@ -38,6 +38,7 @@ from gateway.observability.logs import configure_logging
 from gateway.runtime import install_uvloop
 from gateway.sandbox.common import SANDBOX, Knobs
 from gateway.sandbox.runner import run_sandbox
+from gateway.server import settle_heap
 from gateway.store import tables as t
 from gateway.vault.crypto import Keyring, generate_key
 from tests.mutations.harness import SPECS
@@ -94,6 +95,7 @@ class Run:
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", 0).start()
         self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        settle_heap()  # as `gateway serve` does once started: the long-lived objects leave the collector's reach
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
