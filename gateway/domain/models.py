@@ -200,12 +200,19 @@ HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 GLOB_PATTERN = r"^/(\*\*|[^/*]*\*?[^/*]*)(/(\*\*|[^/*]*\*?[^/*]*))*/?$"
 
 
+# Every bucket's numbers (the credential's, each window's, each rule's) are bounded alike, so that every
+# rate the pacer derives (intervals, waits, Retry-After) stays finite; pacing/limits.py also bounds per / rate.
+Rate = Annotated[float, Field(gt=0, le=1e9)]
+Per = Annotated[float, Field(ge=0.001, le=31_622_400)]
+Burst = Annotated[int, Field(ge=1, le=1_000_000_000)]
+
+
 class Window(Strict):
     """One more limit on a bucket: at most ``rate`` calls per ``per`` seconds (``burst`` at once)."""
 
-    rate: float = Field(gt=0, description="calls per `per` seconds")
-    per: float = Field(gt=0, description="window length in seconds")
-    burst: int | None = Field(default=None, ge=1, description="default: rate, or 1% of it with spread")
+    rate: Rate = Field(description="calls per `per` seconds")
+    per: Per = Field(description="window length in seconds")
+    burst: Burst | None = Field(default=None, description="default: rate, or 1% of it with spread")
     spread: bool = Field(default=False, description="hand the window's calls out evenly across it")
 
 
@@ -229,9 +236,9 @@ class Rule(Strict):
     """A bucket of its own for the matching calls (``rate``/``per``/``burst``/``windows``) and/or their cost."""
 
     match: RuleMatch
-    rate: float | None = Field(default=None, gt=0)
-    per: float | None = Field(default=None, gt=0)
-    burst: int | None = Field(default=None, ge=1)
+    rate: Rate | None = None
+    per: Per | None = None
+    burst: Burst | None = None
     windows: tuple[Window, ...] = ()
     cost: int | None = Field(default=None, ge=1, description="tokens a matching call takes from each bucket")
 
@@ -252,10 +259,9 @@ class RateLimitOverride(Strict):
     ``windows`` and ``rules``, when given, replace the lists below them (they are not merged item by item).
     """
 
-    # Bounded so that every rate the pacer derives (rate / per, waits, Retry-After) stays finite.
-    rate: float | None = Field(default=None, gt=0, le=1e9, description="requests per `per` seconds")
-    per: float | None = Field(default=None, ge=0.001, le=31_622_400, description="window length in seconds")
-    burst: int | None = Field(default=None, ge=1, le=1_000_000_000, description="tokens available at once")
+    rate: Rate | None = Field(default=None, description="requests per `per` seconds")
+    per: Per | None = Field(default=None, description="window length in seconds")
+    burst: Burst | None = Field(default=None, description="tokens available at once")
     max_wait: float | None = Field(default=None, ge=0, le=3600, description="longest queue wait, seconds")
     max_concurrency: int | None = Field(default=None, ge=1, le=1_000_000)
     windows: tuple[Window, ...] | None = Field(default=None, description="more limits on the credential's bucket")

@@ -26,6 +26,7 @@ from gateway.errors import ConfigError, InvalidRequest
 from gateway.pacing.bucket import Limit
 
 DEFAULT_MAX_WAIT = 30.0
+MAX_INTERVAL = 31_622_400  # seconds: the slowest bucket allowed is one call a year
 SPREAD_BURST = 0.01
 
 
@@ -103,7 +104,17 @@ class EffectiveLimit:
         return (*own, *(BucketLimit.of_window(w) for w in rule.windows))
 
     def check(self) -> None:
-        """Refuse a rule whose cost no bucket of its calls could ever grant (``ValueError`` names it)."""
+        """Refuse a bucket slower than one call per ``MAX_INTERVAL`` (its interval would not be finite) and a
+        rule whose cost no bucket of its calls could ever grant (``ValueError`` names the field)."""
+        names = ["rate_limit", *(f"rate_limit.windows.{i}" for i in range(len(self.windows)))]
+        buckets = list(zip(names, self.limits, strict=True))
+        for index, rule in enumerate(self.rules):
+            names = [] if rule.rate is None else [f"rate_limit.rules.{index}"]
+            names += [f"rate_limit.rules.{index}.windows.{i}" for i in range(len(rule.windows))]
+            buckets += zip(names, self.rule_limits(rule), strict=True)
+        for name, limit in buckets:
+            if limit.per / limit.rate > MAX_INTERVAL:
+                raise ValueError(f"{name}.rate: {limit.rate:g} per {limit.per:g} s is under one call a year")
         smallest = min(limit.burst for limit in self.limits)
         for index, rule in enumerate(self.rules):
             bursts = [smallest, *(limit.burst for limit in self.rule_limits(rule))]

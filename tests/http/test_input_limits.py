@@ -92,6 +92,12 @@ async def test_mutation_data_nested_past_the_limit_is_refused_up_front(make_gate
         (b'{"rate_limit": {"max_wait": 1e300}}', "rate_limit.max_wait"),
         (b'{"timeouts": {"total": 1e300}}', "timeouts.total"),
         (b'{"rate_limit": {"burst": 1' + b"0" * 5000 + b"}}", "body"),
+        # windows and rules are bounded like the bucket itself (their intervals overflowed at the first call)
+        (b'{"rate_limit": {"windows": [{"rate": 5, "per": 1e308}]}}', "rate_limit.windows.0.per"),
+        (b'{"rate_limit": {"rules": [{"match": {"path": "/a"}, "rate": 1e300, "per": 1}]}}', "rate_limit.rules.0.rate"),
+        (b'{"rate_limit": {"rules": [{"match": {"path": "/a"}, "rate": 1, "per": 1e-300}]}}', "rate_limit.rules.0.per"),
+        (b'{"rate_limit": {"rate": 1e-300, "per": 31622400}}', "rate_limit.rate"),
+        (b'{"rate_limit": {"windows": [{"rate": 1e-300, "per": 60}]}}', "rate_limit.windows.0.rate"),
     ],
 )
 async def test_limits_must_be_finite_and_bounded(make_gateway: GatewayFactory, patch: bytes, field: str) -> None:
