@@ -2,8 +2,8 @@
 
 Applied at once, in the running process: encryption keys (the shared ``Keyring`` is replaced in
 place), declarative ``[[credentials]]``/``[[syncs]]``/``[[consumers]]``, provider overrides (limits,
-timeouts), the log level and format. Keys that need a restart (listeners, store, pacing backend,
-stream, workers) keep their running value; the log names them.
+timeouts), the log level and format. Keys read once at start (listeners, store, pacing backend,
+stream, workers, mutations, console, the egress policy) keep their running value; the log names both.
 
 A reload is all or nothing: a file that does not validate, a key list that is empty or lacks a key
 some stored secret is sealed with, or a declarative object naming a credential or sync that exists
@@ -26,7 +26,20 @@ from gateway.store.declared import check_declared, declare_objects
 from gateway.vault.crypto import Keyring
 
 log = structlog.get_logger(__name__)
-RESTART_SECTIONS = ("server", "metrics", "store", "pacing", "stream")
+# Read once at start: a change to these sections or keys is logged as needing a restart.
+RESTART_KEYS = (
+    "server",
+    "metrics",
+    "store",
+    "pacing",
+    "stream",
+    "mutations",
+    "console",
+    "upstream.deny",
+    "upstream.allow",
+    "upstream.deny_own_endpoints",
+    "upstream.credential_cache_size",
+)
 
 
 @dataclass
@@ -54,9 +67,9 @@ class Reloader:
             self._apply(new, keyring)
             await declare_objects(new, self.app[appkeys.OBJECTS])
             self.app[appkeys.UPSTREAM].credentials.clear()
-            restart = restart_needed(self.current, new)
+            applied, restart = changed_keys(self.current, new)
             self.current = new
-            log.info("reloaded", key_ids=keyring.key_ids, needs_restart=restart)
+            log.info("reloaded", key_ids=keyring.key_ids, applied=applied, needs_restart=restart)
             return True
 
     async def _checked(self) -> tuple[Config, Keyring]:
@@ -82,11 +95,18 @@ class Reloader:
             configure_logging(format=new.log.format, level=new.log.level, worker=self.worker)
 
 
-def restart_needed(old: Config, new: Config) -> list[str]:
-    """Dotted keys whose change takes effect only after a restart."""
-    changed: list[str] = []
-    for section in RESTART_SECTIONS:
-        before = getattr(old, section).model_dump()
-        after = getattr(new, section).model_dump()
-        changed += [f"{section}.{key}" for key in after if before.get(key) != after[key]]
-    return changed
+def changed_keys(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """The dotted keys that changed: those applied at once, and those that take effect only after a restart."""
+    applied: list[str] = []
+    restart: list[str] = []
+    before, after = old.model_dump(), new.model_dump()
+    for section in after:
+        was, now = before[section], after[section]
+        if isinstance(now, dict):
+            pairs = [(f"{section}.{key}", was.get(key), now.get(key)) for key in {**was, **now}]
+        else:
+            pairs = [(section, was, now)]
+        for key, value_before, value_after in pairs:
+            if value_before != value_after:
+                (restart if section in RESTART_KEYS or key in RESTART_KEYS else applied).append(key)
+    return applied, restart

@@ -15,6 +15,8 @@ from typing import Any
 
 import aiohttp
 
+from gateway.config import load_config
+from gateway.reload import changed_keys
 from gateway.vault.crypto import generate_key
 from tests.ops.process import Deployment, start_gateway, write_config
 from tests.ops.rotation import Load, add_credentials, drill, keyed_deployment, loaded, logged, reloaded, run_cli
@@ -177,3 +179,21 @@ async def test_a_hand_over_between_two_processes_fails_no_call(tmp_path: Path, a
             await poll("calls served by the new process alone", lambda: len(load.statuses) >= settled + 30, deadline=30)
         assert '"event":"request"' in new.output()
     assert set(load.statuses) == {200}, [s for s in load.statuses if s != 200]
+
+
+def test_a_reload_names_what_it_applied_and_what_needs_a_restart() -> None:
+    """Keys read once at start (the egress policy, the console, mutations) are never reported as applied."""
+    old = load_config(None, environ={"GATEWAY_ENCRYPTION_KEYS": "k1:AAAA"})
+    changes = {
+        "GATEWAY_ENCRYPTION_KEYS": "k2:BBBB,k1:AAAA",
+        "GATEWAY_LOG__LEVEL": "debug",
+        "GATEWAY_PROVIDERS__HUBSPOT__RATE_LIMIT__RATE": "50",
+        "GATEWAY_SERVER__PORT": "9999",
+        "GATEWAY_UPSTREAM__DENY": '["10.0.0.0/8"]',
+        "GATEWAY_CONSOLE__SESSION_TTL": "600",
+        "GATEWAY_MUTATIONS__RECOVERY_LEASE": "20",
+    }
+    applied, restart = changed_keys(old, load_config(None, environ=changes))
+    assert sorted(applied) == ["encryption.keys", "log.level", "providers.hubspot"]
+    assert sorted(restart) == ["console.session_ttl", "mutations.recovery_lease", "server.port", "upstream.deny"]
+    assert changed_keys(old, old) == ([], [])
