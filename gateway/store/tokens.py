@@ -44,7 +44,8 @@ TOUCH_INTERVAL = 60.0  # seconds between two writes of one token's last_used_at 
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    """The stored digest; ``surrogateescape`` because aiohttp decodes header bytes that are not UTF-8 so."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class _TTLCache:

@@ -74,3 +74,14 @@ async def test_typed_only_ids_name_one_kind(
     assert (sync.status, credential.status) == (sync_status, credential_status)
     if credential_status == 403:
         assert "credential 'billing'" in (await credential.json())["error"]
+
+
+async def test_a_token_that_is_not_utf8_is_a_401(make_gateway: GatewayFactory) -> None:
+    """aiohttp hands such header bytes over as surrogates; hashing them must not end in a 500."""
+    gw = await make_gateway()
+    reader, writer = await asyncio.open_connection(gw.client.host, gw.client.port)
+    writer.write(b"GET /v1/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    assert b'"code": "unauthorized"' in answer
