@@ -25,7 +25,7 @@ def _codes() -> set[str]:
         cls = todo.pop()
         found.add(cls.code)
         todo.extend(cls.__subclasses__())
-    operator_only = {"invalid_config", "encryption_key_missing", "decryption_failed", "rotation_refused"}  # CLI
+    operator_only = {"invalid_config", "rotation_refused"}  # CLI
     return found - operator_only - {"store_not_migrated", "store_unavailable"}
 
 
