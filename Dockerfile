@@ -4,6 +4,8 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
+# gateway/docs/errors.md links to the repository's docs/errors.md (served at /docs/errors): the link's target too.
+COPY docs/errors.md ./docs/errors.md
 RUN pip install --no-cache-dir --prefix=/install '.[speed]'
 
 FROM python:3.11-slim

@@ -71,6 +71,19 @@ def test_dockerfile_matches_the_cli_config_and_probes() -> None:
     load_config(None, environ={n: v for n, v in re.findall(r"\b(GATEWAY_[A-Z_]+)=(\S+)", docker["ENV"][-1])})
 
 
+def test_the_image_build_copies_what_the_package_links_to() -> None:
+    """A symlink in gateway/ whose target the build stage does not copy dangles there: the file is not shipped."""
+    copied = {source for line in _dockerfile()["COPY"] if not line.startswith("--from") for source in line.split()[:-1]}
+    targets = {
+        str(path.resolve().relative_to(ROOT))
+        for path in (ROOT / "gateway").rglob("*")
+        if path.is_symlink() and "__pycache__" not in path.parts
+    }
+    assert targets, "gateway/docs/errors.md is a link to docs/errors.md"
+    missing = {t for t in targets if not any(t == c or t.startswith(c.rstrip("/") + "/") for c in copied)}
+    assert missing == set(), f"the Dockerfile's build stage does not COPY {sorted(missing)}"
+
+
 def test_compose_env_ports_and_commands_are_real() -> None:
     compose = yaml.safe_load((ROOT / "config" / "docker-compose.yml").read_text())
     gateway = compose["x-gateway"]
