@@ -46,33 +46,43 @@ def service_missing(what: str) -> None:
 def pg_database() -> Iterator[str | None]:
     """A database of its own for this test run, migrated once; dropped at the end."""
     name = f"gw_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-
-    async def create() -> bool:
-        try:
-            conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-        except (OSError, asyncpg.PostgresError):
-            return False
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        return True
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    if not asyncio.run(create()):
+    if not asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"')):
         yield None
         return
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
-    url = f"{base}/{name}"
+    url = _pg_url(name)
     asyncio.run(_migrate(url))
     yield url
-    asyncio.run(drop())
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def unmigrated_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A store without any schema yet, on SQLite and on a PostgreSQL database of its own: for migration tests."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'gateway.db'}"
+        return
+    name = f"gw_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    if not await _pg_admin(f'CREATE DATABASE "{name}"'):
+        service_missing("PostgreSQL at " + PG_ADMIN_DSN)
+    yield _pg_url(name)
+    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _pg_admin(statement: str) -> bool:
+    """Run ``statement`` on the admin connection; False when PostgreSQL is unreachable."""
+    try:
+        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError):
+        return False
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+    return True
+
+
+def _pg_url(database: str) -> str:
+    return f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{database}"
 
 
 async def _migrate(url: str) -> None:
