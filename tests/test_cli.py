@@ -49,13 +49,15 @@ def test_keys_generate_prints_only_the_key(env: dict[str, str]) -> None:
 
 def test_tokens_create_list_revoke(env: dict[str, str]) -> None:
     """A token is printed once, listed without its value, and revoked by name."""
-    created = gateway("tokens", "create", "--name", "ci", "--scope", "proxy,mutations", "--only", "s1,s2", env=env)
+    only = ("--only", "sync:s1,credential:s2")
+    created = gateway("tokens", "create", "--name", "ci", "--scope", "proxy,mutations", *only, env=env)
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
     assert token.startswith("gw_") and len(token) > 40
     listed = gateway("tokens", "list", "--json", env=env)
     rows = json.loads(listed.stdout)
-    assert rows[0]["name"] == "ci" and rows[0]["scopes"] == ["proxy", "mutations"] and rows[0]["only"] == ["s1", "s2"]
+    assert rows[0]["name"] == "ci" and rows[0]["scopes"] == ["proxy", "mutations"]
+    assert rows[0]["only"] == ["sync:s1", "credential:s2"]
     assert token not in listed.stdout
     assert gateway("tokens", "revoke", "ci", env=env).returncode == 0
     assert gateway("tokens", "revoke", "ci", env=env).returncode == 2
@@ -90,6 +92,16 @@ def test_tokens_create_takes_priority_weight_and_expiry(env: dict[str, str]) -> 
     ]:
         bad = gateway("tokens", "create", "--name", "x", "--scope", "proxy", flag, value, env=env)
         assert bad.returncode == 2 and field in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize("only", ["billing", "sync:ok,secret:billing"])
+def test_untyped_only_ids_are_refused_in_one_line(env: dict[str, str], only: str) -> None:
+    """A plain or unknown-kind --only entry exits 2 with one line naming the field, and stores no token."""
+    result = gateway("tokens", "create", "--name", "x", "--scope", "proxy", "--only", only, env=env)
+    assert result.returncode == 2 and result.stdout == ""
+    said = [line for line in result.stderr.splitlines() if not line.startswith("{")]  # JSON lines are logs
+    assert len(said) == 1 and said[0].startswith("gateway: invalid token: only.") and "<kind>:<id>" in said[0], said
+    assert json.loads(gateway("tokens", "list", "--json", env=env).stdout) == []
 
 
 def test_bad_scope_is_usage_error(env: dict[str, str]) -> None:

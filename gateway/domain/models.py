@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from gateway.urltext import check_base_path
 
@@ -519,14 +520,34 @@ TOKEN_SCOPES: tuple[TokenScope, ...] = ("proxy", "mutations", "consumers", "admi
 TokenPriority = Literal["high", "normal", "low"]
 
 
+ObjectKind = Literal["sync", "credential", "consumer"]
+OBJECT_KINDS: tuple[ObjectKind, ...] = ("sync", "credential", "consumer")
+TYPED_ID_PATTERN = rf"^(?:{'|'.join(OBJECT_KINDS)}):{ID_PATTERN.removeprefix('^')}"
+
+
+def _typed_id(value: str) -> str:
+    """``<kind>:<id>``: a plain id would open every kind of object that happens to share it."""
+    if not re.fullmatch(TYPED_ID_PATTERN, value):
+        raise PydanticCustomError(
+            "typed_id",
+            "{value} is not <kind>:<id> with kind one of {kinds} (e.g. sync:billing)",
+            {"value": repr(value), "kinds": ", ".join(OBJECT_KINDS)},
+        )
+    return value
+
+
+TypedObjectId = Annotated[
+    str, AfterValidator(_typed_id), WithJsonSchema({"type": "string", "pattern": TYPED_ID_PATTERN})
+]
+
+
 class TokenIn(Strict):
     """What ``POST /v1/tokens`` and ``gateway tokens create`` accept."""
 
     name: ObjectId
     scopes: list[TokenScope] = Field(min_length=1)
-    only: list[ObjectId] | None = Field(
-        default=None,
-        description="ids the token is limited to: 'sync:<id>', 'credential:<id>', 'consumer:<id>', or plain (any kind)",
+    only: list[TypedObjectId] | None = Field(
+        default=None, description="objects the token is limited to: 'sync:<id>', 'credential:<id>', 'consumer:<id>'"
     )
     priority: TokenPriority = Field(default="normal", description="pacing class of this token's calls")
     weight: int = Field(default=1, ge=1, le=1000, strict=True, description="fair share within its priority")

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from gateway.domain.models import (
     TOKEN_SCOPES,
     Auth,
+    ObjectKind,
     Provider,
     RateLimitOverride,
     TimeoutsOverride,
@@ -77,10 +78,6 @@ class Consumer:
         return self.collections is None or collection_id in self.collections
 
 
-ObjectKind = Literal["sync", "credential", "consumer"]
-OBJECT_KINDS: frozenset[str] = frozenset(("sync", "credential", "consumer"))
-
-
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: the token's name, scopes, optional id restriction and pacing class.
@@ -103,16 +100,9 @@ class Principal:
         return "admin" in self.scopes or scope in self.scopes
 
     def may_use(self, kind: ObjectKind, object_id: str) -> bool:
-        """Whether ``--only`` lets this token use the ``kind`` object ``object_id``.
-
-        A typed entry (``sync:billing``) names one object of one kind; a plain entry (``billing``)
-        keeps the meaning tokens had before ids were typed: any kind with that id. An entry that
-        starts with a kind and a colon is always typed, so a sync literally named ``sync:x`` is
-        granted by ``sync:sync:x``.
-        """
-        if self.only is None or f"{kind}:{object_id}" in self.only:
-            return True
-        return object_id in self.only and object_id.split(":", 1)[0] not in OBJECT_KINDS
+        """Whether ``--only`` lets this token use the ``kind`` object ``object_id``: only the exact
+        ``kind:id`` entry does (an object whose id starts like a kind, ``sync:x``, is ``sync:sync:x``)."""
+        return self.only is None or f"{kind}:{object_id}" in self.only
 
 
 def parse_scopes(text: str) -> list[TokenScope]:

@@ -19,7 +19,8 @@ from aiohttp.typedefs import Middleware
 from aiohttp.web_exceptions import HTTPException, HTTPMethodNotAllowed
 from prometheus_client import Counter, Histogram
 
-from gateway.domain.objects import ObjectKind, Principal
+from gateway.domain.models import ObjectKind
+from gateway.domain.objects import Principal
 from gateway.errors import (
     Forbidden,
     GatewayError,

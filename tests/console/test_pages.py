@@ -76,7 +76,7 @@ async def test_a_created_token_is_shown_once_and_has_the_forms_fields(signed_in:
         "csrf": csrf,
         "name": "ci",
         "scopes": ["proxy", "mutations"],
-        "only": "sync-1, cred-1",
+        "only": "sync:sync-1, credential:cred-1",
         "priority": "low",
         "weight": "3",
         "expires_days": "2",
@@ -89,7 +89,7 @@ async def test_a_created_token_is_shown_once_and_has_the_forms_fields(signed_in:
     view = await (await gw.client.get("/v1/tokens/ci", headers=gw.auth())).json()
     assert (view["scopes"], view["only"], view["priority"], view["weight"]) == (
         ["proxy", "mutations"],
-        ["sync-1", "cred-1"],
+        ["sync:sync-1", "credential:cred-1"],
         "low",
         3,
     )
@@ -99,7 +99,8 @@ async def test_a_created_token_is_shown_once_and_has_the_forms_fields(signed_in:
 
 @pytest.mark.parametrize(
     ("field", "value", "named"),
-    [("name", "bad name!", "name"), ("weight", "0", "weight"), ("expires_days", "soon", "expires_days")],
+    [("name", "bad name!", "name"), ("weight", "0", "weight"), ("expires_days", "soon", "expires_days"),
+     ("only", "sync:a, billing", "only.1")],
 )
 async def test_a_bad_token_form_names_the_field(
     signed_in: SignedIn, field: str, value: str, named: str

@@ -58,8 +58,8 @@ async def test_backoff_is_off_with_zero_failures(make_gateway: GatewayFactory) -
 
 @pytest.mark.parametrize(
     ("only", "sync_status", "credential_status"),
-    [(["sync:billing"], 200, 403), (["credential:billing"], 403, 200), (["billing"], 200, 200),
-     (["sync:other", "credential:other"], 403, 403)],
+    [(["sync:billing"], 200, 403), (["credential:billing"], 403, 200), (["sync:other", "credential:other"], 403, 403),
+     (["consumer:billing"], 403, 403)],
 )
 async def test_typed_only_ids_name_one_kind(
     make_gateway: GatewayFactory, aiohttp_server: Any, only: list[str], sync_status: int, credential_status: int
@@ -85,3 +85,15 @@ async def test_a_token_that_is_not_utf8_is_a_401(make_gateway: GatewayFactory) -
     writer.close()
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
     assert b'"code": "unauthorized"' in answer
+
+
+@pytest.mark.parametrize("only", [["billing"], ["sync:billing", "secret:billing"], ["sync:"], ["sync:bad id"]])
+async def test_only_ids_without_a_known_kind_are_refused(make_gateway: GatewayFactory, only: list[str]) -> None:
+    """POST /v1/tokens refuses a plain id, an unknown kind or a bad id after the kind: 400 naming the entry."""
+    gw = await make_gateway()
+    spec = {"name": "app", "scopes": ["proxy"], "only": only}
+    resp = await gw.client.post("/v1/tokens", json=spec, headers=gw.auth())
+    body = await resp.json()
+    assert (resp.status, body["code"], body["fields"]) == (400, "invalid_request", [f"only.{len(only) - 1}"]), body
+    assert "<kind>:<id>" in body["error"] and "sync, credential, consumer" in body["error"]
+    assert (await gw.client.get("/v1/tokens/app", headers=gw.auth())).status == 404

@@ -134,8 +134,8 @@ async def test_webhook_consumer_cannot_be_received_over_http(make_gateway: Gatew
 async def test_tokens_restricted_to_other_ids_get_403(make_gateway: GatewayFactory) -> None:
     """A consumers token limited with --only to another consumer may not receive from this one."""
     gw = await _ready(make_gateway)
-    allowed = await gw.token("reader-app", ["consumers"], only=["reader"])
-    other = await gw.token("other-app", ["consumers"], only=["someone-else"])
+    allowed = await gw.token("reader-app", ["consumers"], only=["consumer:reader"])
+    other = await gw.token("other-app", ["consumers"], only=["consumer:someone-else"])
     assert (await _post(gw, "/v1/consumers/reader/receive", {"wait_for": 0}, allowed))[0] == 200
     status, body = await _post(gw, "/v1/consumers/reader/receive", {"wait_for": 0}, other)
     assert status == 403 and body["code"] == "forbidden"

@@ -248,11 +248,11 @@ async def test_scope_and_only_restrictions(make_gateway: GatewayFactory, aiohttp
     env = await connect(gw, aiohttp_server, "salesforce")
     body = env.body("create", records=[{"data": {"LastName": "X"}}])
     proxy_only = await gw.token("proxy-only", ["proxy"])
-    other_sync = await gw.token("other", ["mutations"], only=["sync-other"])
+    other_sync = await gw.token("other", ["mutations"], only=["sync:sync-other"])
     assert (await env.run(body, token=proxy_only))[0] == 403
     assert (await env.run(body, token=other_sync))[0] == 403
     assert env.sandbox.requests == []  # refused before anything went upstream
-    assert (await env.run(body, token=await gw.token("mine", ["mutations"], only=[SYNC])))[0] == 200
+    assert (await env.run(body, token=await gw.token("mine", ["mutations"], only=[f"sync:{SYNC}"])))[0] == 200
 
 
 @pytest.mark.parametrize(

@@ -44,11 +44,11 @@ async def test_token_limited_to_other_ids_is_403(make_gateway: GatewayFactory, u
     """A token restricted with --only to another id may not proxy through this one."""
     gw = await make_gateway()
     await add_credential(gw, upstream.url + "/echo")
-    allowed = await gw.token("limited", ["proxy"], only=["other"])
+    allowed = await gw.token("limited", ["proxy"], only=["credential:other"])
     resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth(allowed))
     assert resp.status == 403
     assert upstream.state.requests == 0
-    ok = await gw.token("ok", ["proxy"], only=["cred-1"])
+    ok = await gw.token("ok", ["proxy"], only=["credential:cred-1"])
     assert (await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth(ok))).status == 200
 
 

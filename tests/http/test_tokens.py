@@ -37,8 +37,8 @@ async def test_created_token_is_shown_once_and_works(make_gateway: GatewayFactor
 
 async def test_defaults_are_normal_priority_weight_one(make_gateway: GatewayFactory) -> None:
     gw = await make_gateway()
-    status, body = await _create(gw, {"name": "plain", "scopes": ["proxy"], "only": ["sync-1"]})
-    assert status == 201 and body["priority"] == "normal" and body["weight"] == 1 and body["only"] == ["sync-1"]
+    status, body = await _create(gw, {"name": "plain", "scopes": ["proxy"], "only": ["sync:sync-1"]})
+    assert status == 201 and body["priority"] == "normal" and body["weight"] == 1 and body["only"] == ["sync:sync-1"]
 
 
 async def test_principal_carries_priority_and_weight(make_gateway: GatewayFactory) -> None:

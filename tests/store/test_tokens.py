@@ -12,15 +12,18 @@ from typing import Any
 import pytest
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from pydantic import TypeAdapter
 from sqlalchemy import Connection, event, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import gateway.store
 from gateway.config import StoreConfig
-from gateway.domain.models import TokenIn
+from gateway.domain.models import ConsumerIn, CredentialIn, SyncIn, TokenIn
 from gateway.store import tables as t
 from gateway.store.db import create_engine, migrate, utcnow
+from gateway.store.objects import Objects
 from gateway.store.tokens import NEGATIVE_TTL, TOUCH_INTERVAL, Tokens, hash_token
+from gateway.vault.crypto import Keyring
 from tests.support import FakeClock
 
 
@@ -66,12 +69,12 @@ async def test_revoking_through_the_same_object_drops_its_cache_entry(engine: As
 async def test_cached_lookup_returns_the_principal(engine: AsyncEngine) -> None:
     """A cached answer carries the same name, scopes and id restriction as the stored token."""
     tokens = Tokens(engine, cache_ttl=5, clock=FakeClock())
-    token = await tokens.create(TokenIn(name="app", scopes=["proxy", "mutations"], only=["sync-1"]))
+    token = await tokens.create(TokenIn(name="app", scopes=["proxy", "mutations"], only=["sync:sync-1"]))
     first = await tokens.authenticate(token)
     again = await tokens.authenticate(token)
     assert again == first
     assert again is not None and again.scopes == frozenset({"proxy", "mutations"})
-    assert again.only == frozenset({"sync-1"})
+    assert again.only == frozenset({"sync:sync-1"})
 
 
 async def test_unknown_token_is_remembered_only_briefly(engine: AsyncEngine) -> None:
@@ -155,11 +158,12 @@ async def test_last_used_at_is_written_once_per_interval(engine: AsyncEngine) ->
     assert later is not None and later >= first
 
 
-def _upgrade_to_0001(connection: Connection) -> None:
+def _alembic(connection: Connection, verb: str, revision: str) -> None:
+    """``alembic upgrade|downgrade <revision>`` on ``connection``, as ``migrate`` runs it to the head."""
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(Path(gateway.store.__file__).parent / "migrations"))
     cfg.attributes["connection"] = connection
-    command.upgrade(cfg, "0001")
+    getattr(command, verb)(cfg, revision)
 
 
 async def test_tokens_made_before_the_migration_get_the_defaults(tmp_path: Path) -> None:
@@ -167,7 +171,7 @@ async def test_tokens_made_before_the_migration_get_the_defaults(tmp_path: Path)
     engine = create_engine(StoreConfig(url=f"sqlite:///{tmp_path / 'old.db'}"))
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(_upgrade_to_0001)
+            await conn.run_sync(_alembic, "upgrade", "0001")
             await conn.execute(
                 text("INSERT INTO api_tokens (name, token_hash, scopes, created_at) VALUES ('old', :h, '[]', :at)"),
                 {"h": hash_token("gw_old"), "at": utcnow()},
@@ -176,5 +180,49 @@ async def test_tokens_made_before_the_migration_get_the_defaults(tmp_path: Path)
         principal = await Tokens(engine).authenticate("gw_old")
         assert principal is not None
         assert (principal.priority, principal.weight, principal.expires_at) == ("normal", 1, None)
+    finally:
+        await engine.dispose()
+
+
+async def test_plain_only_ids_become_the_typed_entries_they_could_reach(
+    unmigrated_store_url: str, keyring: Keyring
+) -> None:
+    """0009 gives each stored plain id the kinds that have an object with that id (every kind where none
+    has), leaves typed entries and unrestricted tokens alone, and changes nothing when run again."""
+    engine = create_engine(StoreConfig(url=unmigrated_store_url))
+    old = {
+        "cred": ["billing", "sync:x"],  # only a credential is called billing
+        "both": ["shared", "credential:shared"],  # a sync and a credential are called shared
+        "ghost": ["gone"],  # nothing is called gone (yet)
+        "typed": ["consumer:mirror"],
+        "all": None,
+    }
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_alembic, "upgrade", "0008_change_counters")
+        objects = Objects(engine, keyring)
+        for cid in ("billing", "shared"):
+            auth = {"type": "bearer", "token": "t"}
+            body = {"id": cid, "provider": "stripe", "base_url": "https://api.stripe.com", "auth": auth}
+            await objects.create_credential(CredentialIn.model_validate(body))
+        await objects.create_sync(SyncIn(id="shared", credential_id="shared"))
+        await objects.create_consumer(TypeAdapter[Any](ConsumerIn).validate_python({"id": "mirror", "kind": "pull"}))
+        async with engine.begin() as conn:
+            for i, (name, only) in enumerate(old.items()):
+                row = {"name": name, "token_hash": hash_token(f"gw_{i}"), "scopes": ["proxy"], "only_ids": only}
+                await conn.execute(insert(t.api_tokens).values(**row, created_at=utcnow()))
+        await migrate(engine)
+        typed = {
+            "cred": ["credential:billing", "sync:x"],
+            "both": ["sync:shared", "credential:shared"],
+            "ghost": ["sync:gone", "credential:gone", "consumer:gone"],
+            "typed": ["consumer:mirror"],
+            "all": None,
+        }
+        assert {v.name: v.only for v in await Tokens(engine).list()} == typed
+        async with engine.begin() as conn:  # 0009 once more: already typed lists stay as they are
+            await conn.run_sync(_alembic, "downgrade", "0008_change_counters")
+        await migrate(engine)
+        assert {v.name: v.only for v in await Tokens(engine).list()} == typed
     finally:
         await engine.dispose()
