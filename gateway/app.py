@@ -57,6 +57,7 @@ def create_app(
     set_docs_base(docs_base(config))
     app = web.Application(client_max_size=config.server.max_json_bytes)
     app[appkeys.CONFIG] = config
+    app[appkeys.LIVE_CONFIG] = appkeys.LiveConfig(config)
     app[appkeys.KEYRING] = keyring
     app[appkeys.METRICS] = metrics
     app[appkeys.ENGINE] = engine

@@ -89,6 +89,7 @@ class Reloader:
 
     def _apply(self, new: Config, keyring: Keyring) -> None:
         self.app[appkeys.KEYRING].replace(keyring)
+        self.app[appkeys.LIVE_CONFIG].current = new
         self.app[appkeys.PACER].reconfigure(new)
         self.app[appkeys.UPSTREAM].reconfigure(new)
         if (new.log.format, new.log.level) != (self.current.log.format, self.current.log.level):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +25,17 @@ from gateway.upstream.client import UpstreamClient
 from gateway.vault.crypto import Keyring
 
 CONFIG = web.AppKey("config", Config)
+
+
+@dataclass
+class LiveConfig:
+    """The config as last (re)loaded, for what a reload changes under running handlers (the provider catalog
+    and limits the API checks credentials against); ``CONFIG`` stays the one the process started with."""
+
+    current: Config
+
+
+LIVE_CONFIG = web.AppKey("live_config", LiveConfig)
 KEYRING = web.AppKey("keyring", Keyring)
 METRICS = web.AppKey("metrics", Metrics)
 ENGINE = web.AppKey("engine", AsyncEngine)

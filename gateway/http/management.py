@@ -63,7 +63,7 @@ async def _with_pacing_state(request: web.Request, view: CredentialView) -> Cred
 
 async def _check_credential(request: web.Request, body: CredentialIn | CredentialPatch, target: str | None) -> None:
     """``ca_bundle`` inside ``upstream.ca_dir``; a provider of the catalog; limits that can grant every cost."""
-    config = request.app[appkeys.CONFIG]
+    config = request.app[appkeys.LIVE_CONFIG].current  # a reload may have added providers or changed limits
     if body.ca_bundle:
         ca_bundle_path(body.ca_bundle, config.upstream.ca_dir)
     provider = getattr(body, "provider", None)

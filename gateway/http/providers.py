@@ -22,7 +22,7 @@ _ERRORS = {400: "invalid request", 401: "missing or bad token", 404: "not found"
 
 
 async def list_providers(request: web.Request) -> web.Response:
-    catalog = request.app[appkeys.CONFIG].catalog
+    catalog = request.app[appkeys.LIVE_CONFIG].current.catalog
     return json_response({"data": [view(entry).model_dump(mode="json") for entry in catalog.values()]})
 
 
@@ -30,7 +30,7 @@ async def get_provider(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if not re.fullmatch(PROVIDER_PATTERN, name):
         raise InvalidRequest(f"name: {name[:80]!r} does not match {PROVIDER_PATTERN}", field="name")
-    entry = request.app[appkeys.CONFIG].catalog.get(name)
+    entry = request.app[appkeys.LIVE_CONFIG].current.catalog.get(name)
     if entry is None:
         raise NotFound(f"provider {name!r} is not in the catalog")
     return json_response(view(entry))

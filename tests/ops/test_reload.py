@@ -16,8 +16,10 @@ from typing import Any
 import aiohttp
 
 from gateway.config import load_config
-from gateway.reload import changed_keys
+from gateway.http import appkeys
+from gateway.reload import Reloader, changed_keys
 from gateway.vault.crypto import generate_key
+from tests.conftest import GatewayFactory
 from tests.ops.process import Deployment, start_gateway, write_config
 from tests.ops.rotation import Load, add_credentials, drill, keyed_deployment, loaded, logged, reloaded, run_cli
 from tests.support import free_port, poll
@@ -197,3 +199,28 @@ def test_a_reload_names_what_it_applied_and_what_needs_a_restart() -> None:
     assert sorted(applied) == ["encryption.keys", "log.level", "providers.hubspot"]
     assert sorted(restart) == ["console.session_ttl", "mutations.recovery_lease", "server.port", "upstream.deny"]
     assert changed_keys(old, old) == ([], [])
+
+
+ACME = """
+[providers.acme]
+display_name = "Acme"
+base_url = "https://api.acme.example"
+auth = ["bearer"]
+rate_limit = { rate = 5, per = 1 }
+"""
+
+
+async def test_a_provider_added_by_a_reload_is_in_the_api_at_once(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    """The catalog the API lists and checks credentials against is the reloaded one, as the pacer's is."""
+    gw = await make_gateway()
+    started = gw.app[appkeys.CONFIG]
+    path = tmp_path / "gateway.toml"
+    keys = started.encryption.key_text()
+    path.write_text(f'[store]\nurl = "{started.store.url}"\n[encryption]\nkeys = "{keys}"\n{ACME}')
+    assert (await gw.client.get("/v1/providers/acme", headers=gw.auth())).status == 404
+    assert await Reloader(gw.app, str(path), started).reload()
+    listed = await gw.client.get("/v1/providers/acme", headers=gw.auth())
+    assert listed.status == 200 and (await listed.json())["display_name"] == "Acme"
+    credential = {"provider": "acme", "base_url": "https://api.acme.example", "auth": {"type": "bearer", "token": "t"}}
+    created = await gw.client.post("/v1/credentials", json=credential, headers=gw.auth())
+    assert created.status == 201, await created.text()
