@@ -110,6 +110,7 @@ def create_app(
             app,
             ConsoleServices(
                 config=config,
+                catalog=lambda: app[appkeys.LIVE_CONFIG].current.catalog,
                 engine=engine,
                 objects=app[appkeys.OBJECTS],
                 tokens=app[appkeys.TOKENS],

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.catalog import Catalog
 from gateway.config import Config
 from gateway.domain.objects import Credential
 from gateway.observability.recent import Recent
@@ -34,7 +35,8 @@ class BadTokenBackoff(Protocol):
 
 @dataclass(frozen=True)
 class Services:
-    config: Config
+    config: Config  # as the process started (console.*, read once)
+    catalog: Callable[[], Catalog]  # the provider catalog as GET /v1/providers lists it now (a reload may add one)
     engine: AsyncEngine
     objects: Objects  # credentials, syncs, consumers: what /v1/credentials, /v1/syncs, /v1/consumers read
     tokens: Tokens  # what /v1/tokens reads and changes

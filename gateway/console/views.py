@@ -90,5 +90,5 @@ async def tokens(request: web.Request) -> web.StreamResponse:
 @page
 async def providers(request: web.Request) -> web.StreamResponse:
     """The catalog as ``GET /v1/providers`` shows it."""
-    catalog = services(request).config.catalog
+    catalog = services(request).catalog()
     return render(request, "providers.html", {"providers": [view(entry) for _, entry in sorted(catalog.items())]})

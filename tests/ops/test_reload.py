@@ -20,6 +20,7 @@ from gateway.http import appkeys
 from gateway.reload import Reloader, changed_keys
 from gateway.vault.crypto import generate_key
 from tests.conftest import GatewayFactory
+from tests.console.helpers import sign_in
 from tests.ops.process import Deployment, start_gateway, write_config
 from tests.ops.rotation import Load, add_credentials, drill, keyed_deployment, loaded, logged, reloaded, run_cli
 from tests.support import free_port, poll
@@ -224,3 +225,5 @@ async def test_a_provider_added_by_a_reload_is_in_the_api_at_once(make_gateway: 
     credential = {"provider": "acme", "base_url": "https://api.acme.example", "auth": {"type": "bearer", "token": "t"}}
     created = await gw.client.post("/v1/credentials", json=credential, headers=gw.auth())
     assert created.status == 201, await created.text()
+    await sign_in(gw.client, gw.admin_token)
+    assert "Acme" in await (await gw.client.get("/console/providers")).text()  # the console shows the same catalog
