@@ -227,15 +227,19 @@ async def _object_verb(config: Config, objects: Objects, plural: str, args: argp
 
 def _token_spec(args: argparse.Namespace) -> TokenIn:
     """``tokens create``'s flags as the API's body, validated by the same model (errors name the flag's field)."""
-    if args.expires is not None and not args.expires > 0:
-        raise ConfigError("--expires: must be a positive number of days")
+    try:
+        expires_at = utcnow() + timedelta(days=args.expires) if args.expires is not None else None
+    except (OverflowError, ValueError):  # inf, nan, or past the year 9999
+        expires_at = None
+    if args.expires is not None and (expires_at is None or not args.expires > 0):
+        raise ConfigError("--expires: must be a positive number of days, before the year 9999")
     data = {
         "name": args.name,
         "scopes": parse_scopes(args.scope),
         "only": [i.strip() for i in args.only.split(",") if i.strip()] if args.only else None,
         "priority": args.priority,
         "weight": args.weight,
-        "expires_at": utcnow() + timedelta(days=args.expires) if args.expires is not None else None,
+        "expires_at": expires_at,
     }
     return validate(TokenIn, data, what="token")  # type: ignore[no-any-return]
 

@@ -89,6 +89,7 @@ def test_tokens_create_takes_priority_weight_and_expiry(env: dict[str, str]) -> 
         ("--weight", "0", "weight"),
         ("--priority", "urgent", "priority"),
         ("--expires", "-1", "--expires"),
+        ("--expires", "1e7", "--expires"),  # past the year 9999: a traceback before
     ]:
         bad = gateway("tokens", "create", "--name", "x", "--scope", "proxy", flag, value, env=env)
         assert bad.returncode == 2 and field in bad.stderr, bad.stderr
