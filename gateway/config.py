@@ -90,8 +90,10 @@ class MetricsConfig(Strict):
     per_credential: bool = False
 
 
+# Fields that may hold a secret (a DSN password, the keys) are left out of repr(): a config in a traceback's
+# locals or a debug print shows none (check-config prints them masked).
 class StoreConfig(Strict):
-    url: str = "sqlite:///./gateway.db"
+    url: str = Field(default="sqlite:///./gateway.db", repr=False)
     auto_migrate: bool | None = Field(default=None, description="default: true for SQLite only")
     pool_size: int = Field(default=10, ge=1, le=200)
 
@@ -106,14 +108,16 @@ class StoreConfig(Strict):
 
 class PacingConfig(Strict):
     backend: Literal["local", "redis"] = "local"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
     on_backend_error: Literal["local", "reject"] = "local"
     key_prefix: str = "gateway"
 
 
 class EncryptionConfig(Strict):
     keys: str = Field(
-        default="", description=f"comma-separated key-id:base64 keys, newest first (default: ${KEYS_ENV})"
+        default="",
+        description=f"comma-separated key-id:base64 keys, newest first (default: ${KEYS_ENV})",
+        repr=False,
     )
     keys_file: str | None = Field(
         default=None, description="a file holding the keys instead (one per line or comma-separated, newest first)"

@@ -164,3 +164,14 @@ def test_one_spelling_of_the_key_variable_in_every_user_facing_file() -> None:
     """Docs, example config, compose, Dockerfile, manifests and messages all say GATEWAY_ENCRYPTION_KEYS."""
     mixed = [str(p.relative_to(ROOT)) for p in _user_facing_files() if "GATEWAY_ENCRYPTION__KEYS" in p.read_text()]
     assert mixed == []
+
+
+def test_the_repr_of_a_config_holds_no_secret() -> None:
+    """The keys and the passwords in store.url and pacing.redis_url stay out of repr() (tracebacks, debug prints)."""
+    environ = {
+        "GATEWAY_ENCRYPTION_KEYS": "k1:c2VjcmV0LWtleS1tYXRlcmlhbA==",
+        "GATEWAY_STORE__URL": "postgresql://u:store-pw@db/gw",
+        "GATEWAY_PACING__REDIS_URL": "redis://:redis-pw@cache:6379/0",
+    }
+    text = repr(load_config(None, environ=environ))
+    assert [s for s in ("c2VjcmV0LWtleS1tYXRlcmlhbA", "store-pw", "redis-pw") if s in text] == [], text
