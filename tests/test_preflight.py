@@ -39,7 +39,10 @@ async def _store_with(url: str, keyring: Keyring, *, credential: bool = False, c
 
 async def _serve_start_error(config: Any, keyring: Keyring) -> str | None:
     """What starting the real app (store preparation included) raises, as `serve` would meet it."""
-    server = TestServer(create_app(config, keyring=keyring, ops_on_main=True))
+    try:
+        server = TestServer(create_app(config, keyring=keyring, ops_on_main=True))
+    except GatewayError as exc:  # what building the app refuses (an egress rule that does not parse)
+        return exc.message
     try:
         await server.start_server()
     except GatewayError as exc:
@@ -64,6 +67,11 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     "consumer_without_sync": (
         {"consumers": [{"id": "c2", "kind": "pull", "sync_id": "gone"}]},
         "consumers[0].sync_id: sync 'gone' is neither declared in [[syncs]] nor in the store",
+    ),
+    "egress_rule_that_does_not_parse": (
+        {"upstream": {"deny": ["10.0.0.0/33"]}},
+        "invalid config: upstream.deny.0: '10.0.0.0/33' is neither a CIDR, an address, nor a host name (each "
+        "optionally with :port)",
     ),
     "consumer_changing_kind": (
         {"consumers": [{"id": "c1", "kind": "webhook", "url": "https://example.com/h", "secret": "whsec_" + "A" * 24}]},
