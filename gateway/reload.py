@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 
 from gateway.config import Config, load_config
+from gateway.egress import EgressPolicy
 from gateway.errors import ConfigError, GatewayError
 from gateway.http import appkeys
 from gateway.observability.logs import configure_logging
@@ -74,6 +75,7 @@ class Reloader:
 
     async def _checked(self) -> tuple[Config, Keyring]:
         new = load_config(self.config_path)
+        EgressPolicy.from_config(new)  # applied at the next start only, but a rule that does not parse would stop it
         keyring = Keyring.parse(new.encryption.key_text())
         if not keyring.keys:
             raise ConfigError("encryption.keys: the new config has no encryption key")

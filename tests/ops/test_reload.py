@@ -212,7 +212,8 @@ rate_limit = { rate = 5, per = 1 }
 
 
 async def test_a_provider_added_by_a_reload_is_in_the_api_at_once(make_gateway: GatewayFactory, tmp_path: Path) -> None:
-    """The catalog the API lists and checks credentials against is the reloaded one, as the pacer's is."""
+    """The catalog the API lists and checks credentials against is the reloaded one, as the pacer's is; a file that
+    serve would refuse (an egress rule that does not parse) is refused."""
     gw = await make_gateway()
     started = gw.app[appkeys.CONFIG]
     path = tmp_path / "gateway.toml"
@@ -227,3 +228,6 @@ async def test_a_provider_added_by_a_reload_is_in_the_api_at_once(make_gateway: 
     assert created.status == 201, await created.text()
     await sign_in(gw.client, gw.admin_token)
     assert "Acme" in await (await gw.client.get("/console/providers")).text()  # the console shows the same catalog
+
+    path.write_text(path.read_text() + '[upstream]\ndeny = ["10.0.0.0/33"]\n')  # serve would refuse to start
+    assert not await Reloader(gw.app, str(path), started).reload()
