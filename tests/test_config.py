@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config, masked_config
+from gateway.domain.models import mask_dsn
 from gateway.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "gateway.example.toml"
@@ -175,3 +176,17 @@ def test_the_repr_of_a_config_holds_no_secret() -> None:
     }
     text = repr(load_config(None, environ=environ))
     assert [s for s in ("c2VjcmV0LWtleS1tYXRlcmlhbA", "store-pw", "redis-pw") if s in text] == [], text
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        ("sqlite:////var/lib/gateway/gateway.db", "sqlite:////var/lib/gateway/gateway.db"),
+        ("sqlite:///./gateway.db", "sqlite:///./gateway.db"),
+        ("postgresql:///gw?host=/run/postgresql&password=pw", "postgresql:///gw?host=/run/postgresql&password=***"),
+        ("postgresql://u:pw@db:5432/gw", "postgresql://u:***@db:5432/gw"),
+    ],
+)
+def test_masking_keeps_the_rest_of_the_url_as_written(dsn: str, shown: str) -> None:
+    """check-config prints a URL a reader can copy back: an empty host keeps its ``//`` (it lost it before)."""
+    assert mask_dsn(dsn) == shown

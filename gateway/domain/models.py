@@ -186,7 +186,10 @@ def mask_dsn(dsn: str) -> str:
     userinfo, at, host = parts.netloc.rpartition("@")
     netloc = f"{userinfo.split(':', 1)[0]}:{MASK}@{host}" if at and ":" in userinfo else parts.netloc
     query = "&".join(_mask_param(pair) for pair in parts.query.split("&")) if parts.query else ""
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    masked = urlunsplit(parts._replace(netloc=netloc, query=query))
+    if not parts.netloc and dsn.startswith(parts.scheme + "://"):  # urlunsplit drops an empty authority's "//"
+        masked = parts.scheme + "://" + masked.removeprefix(parts.scheme + ":")
+    return masked
 
 
 def _mask_param(pair: str) -> str:
