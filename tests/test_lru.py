@@ -32,3 +32,14 @@ def test_replacing_a_value_keeps_the_bound_and_pop_and_clear_forget() -> None:
 def test_a_size_below_one_is_refused() -> None:
     with pytest.raises(ValueError):
         LRU(0)
+
+
+def test_peek_oldest_and_items_look_without_using() -> None:
+    cache: LRU[str, int] = LRU(3)
+    assert cache.oldest() is None
+    for key, value in (("a", 1), ("b", 2), ("c", 3)):
+        cache.put(key, value)
+    assert cache.peek("a") == 1 and cache.oldest() == ("a", 1)  # peek left a the least recently used
+    assert cache.items() == [("a", 1), ("b", 2), ("c", 3)]
+    cache.get("a")
+    assert cache.oldest() == ("b", 2)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import structlog
 
+from gateway.lru import LRU
 from gateway.observability.request_log import use_template
 
 MASK = "***"
@@ -42,10 +43,10 @@ _MIN_SECRET = 8
 _known_secrets: set[str] = set()
 _known_pattern: re.Pattern[str] | None = None
 # Short strings seen before (route names, methods, providers, event names) are redacted once: every
-# request line repeats them. Emptied when a secret is registered, bounded by clearing when full.
+# request line repeats them. Emptied when a secret is registered; the least recently used go first.
 _MEMO_TEXT = 64
 _MEMO_SIZE = 4096
-_memo: dict[str, str] = {}
+_memo: LRU[str, str] = LRU(_MEMO_SIZE)
 # Set by our own processors (``add_log_level``, ``TimeStamper``) right before redaction, over anything
 # a caller passed under the same names: level names and ISO timestamps, nothing to redact.
 _GENERATED = frozenset({"level", "timestamp"})
@@ -68,9 +69,7 @@ def redact_text(text: str) -> str:
         return hit
     redacted = _redact_text(text)
     if len(text) <= _MEMO_TEXT:
-        if len(_memo) >= _MEMO_SIZE:
-            _memo.clear()
-        _memo[text] = redacted
+        _memo.put(text, redacted)
     return redacted
 
 

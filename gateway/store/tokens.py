@@ -20,7 +20,6 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.domain.models import TokenIn, TokenView
 from gateway.domain.objects import Principal
 from gateway.errors import Conflict, NotFound
+from gateway.lru import LRU
 from gateway.singleflight import SingleFlight
 from gateway.store import tables as t
 from gateway.store.db import as_utc, utcnow
@@ -39,7 +39,7 @@ from gateway.store.db import as_utc, utcnow
 log = structlog.get_logger(__name__)
 TOKEN_PREFIX = "gw_"
 NEGATIVE_TTL = 0.25  # seconds: enough to absorb a burst of one bad token, too short to matter
-CACHE_SIZE = 10_000  # entries per cache (positive, negative); beyond it expired then oldest go
+CACHE_SIZE = 10_000  # entries per cache (positive, negative, last writes); least recently used go first
 TOUCH_INTERVAL = 60.0  # seconds between two writes of one token's last_used_at by one process
 
 
@@ -49,12 +49,11 @@ def hash_token(token: str) -> str:
 
 
 class _TTLCache:
-    """A bounded map of ``key -> (expires_at, value)`` kept in expiry order (one TTL per cache), so
-    expired and excess entries are always at the front and evicting them is O(1) each."""
+    """A bounded map of ``key -> (expires_at, value)`` (least recently used dropped first); an
+    expired entry is never answered and goes when looked up or when its turn to be dropped comes."""
 
     def __init__(self, *, size: int, clock: Callable[[], float]) -> None:
-        self._entries: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
-        self._size = size
+        self._entries: LRU[str, tuple[float, Principal | None]] = LRU(size)
         self._clock = clock
 
     def __len__(self) -> int:
@@ -62,21 +61,18 @@ class _TTLCache:
 
     def get(self, key: str) -> tuple[float, Principal | None] | None:
         hit = self._entries.get(key)
-        return hit if hit is not None and hit[0] > self._clock() else None
+        if hit is not None and hit[0] <= self._clock():
+            self._entries.pop(key)
+            return None
+        return hit
 
     def put(self, key: str, value: Principal | None, ttl: float) -> None:
-        now = self._clock()
-        self._entries.pop(key, None)
-        while self._entries:
-            oldest = next(iter(self._entries.values()))
-            if oldest[0] > now and len(self._entries) < self._size:
-                break
-            self._entries.popitem(last=False)
-        self._entries[key] = (now + ttl, value)
+        self._entries.put(key, (self._clock() + ttl, value))
 
     def drop(self, name: str) -> None:
-        for key in [k for k, (_, p) in self._entries.items() if p is not None and p.name == name]:
-            del self._entries[key]
+        for key, (_, principal) in self._entries.items():
+            if principal is not None and principal.name == name:
+                self._entries.pop(key)
 
 
 class Tokens:
@@ -98,7 +94,7 @@ class Tokens:
         self._lookups = SingleFlight()  # an expiring entry under load: one store query, not one each
         self._clock = clock
         self._wall_clock = wall_clock
-        self._touched: dict[str, float] = {}  # token name -> clock() of this process's last write
+        self._touched: LRU[str, float] = LRU(cache_size)  # token name -> clock() of this process's last write
 
     async def create(self, spec: TokenIn) -> str:
         """Store a new token and return it; this is the only time it is ever visible."""
@@ -158,11 +154,10 @@ class Tokens:
         """Record the use in ``last_used_at``, at most once per ``TOUCH_INTERVAL``; a store hiccup here
         must not fail the request, whose token is already known good."""
         now = self._clock()
-        if now - self._touched.get(name, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
+        last = self._touched.get(name)
+        if last is not None and now - last < TOUCH_INTERVAL:
             return
-        if len(self._touched) >= CACHE_SIZE:
-            self._touched.clear()
-        self._touched[name] = now
+        self._touched.put(name, now)
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(

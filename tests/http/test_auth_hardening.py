@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 
+from gateway.errors import RateLimited
+from gateway.http.throttle import TABLE_SIZE, AuthThrottle
 from tests.conftest import GatewayFactory
+from tests.support import FakeClock
 from tests.upstream.helpers import add_credential, add_sync, start_upstream
 
 BACKOFF = {"auth_max_failures": 5, "auth_failure_window": 60, "auth_max_backoff": 2, "trust_forwarded": True}
@@ -97,3 +100,19 @@ async def test_only_ids_without_a_known_kind_are_refused(make_gateway: GatewayFa
     assert (resp.status, body["code"], body["fields"]) == (400, "invalid_request", [f"only.{len(only) - 1}"]), body
     assert "<kind>:<id>" in body["error"] and "sync, credential, consumer" in body["error"]
     assert (await gw.client.get("/v1/tokens/app", headers=gw.auth())).status == 404
+
+
+def test_the_backoff_table_stays_bounded_and_keeps_blocking_recent_addresses() -> None:
+    """100,000 addresses each failing past the limit: at most TABLE_SIZE are remembered, the most
+    recently heard from are, and they are still held back."""
+    clock = FakeClock()
+    throttle = AuthThrottle(max_failures=2, window=60, max_backoff=30, clock=clock)
+    for n in range(100_000):
+        throttle.failed(f"10.{n >> 16}.{n >> 8 & 255}.{n & 255}")
+        throttle.failed(f"10.{n >> 16}.{n >> 8 & 255}.{n & 255}")
+        assert len(throttle._records) <= TABLE_SIZE
+    with pytest.raises(RateLimited):
+        throttle.check("10.1.134.159")  # the last address (99,999)
+    throttle.check("10.0.0.0")  # the first was forgotten: it starts over
+    throttle.succeeded("10.1.134.159")
+    throttle.check("10.1.134.159")

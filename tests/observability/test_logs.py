@@ -9,7 +9,8 @@ import warnings
 import pytest
 import structlog
 
-from gateway.observability.logs import configure_logging, redact_processor, register_secret
+from gateway.observability import logs
+from gateway.observability.logs import configure_logging, redact_processor, redact_text, register_secret
 
 
 def redact(**event: object) -> dict[str, object]:
@@ -46,6 +47,17 @@ def test_a_value_logged_before_it_is_registered_is_scrubbed_after() -> None:
     assert redact(x="late-registered-value")["x"] == "late-registered-value"
     register_secret("late-registered-value")
     assert redact(x="late-registered-value")["x"] == "***"
+
+
+def test_the_memo_of_redacted_strings_stays_bounded_and_keeps_what_repeats() -> None:
+    """100,000 distinct short strings (ids, paths) pass through; the memo keeps at most its size,
+    the strings every line repeats stay in it, and a secret among them is still masked."""
+    for n in range(100_000):
+        assert redact_text(f"/v1/proxy/credential/c{n}") == f"/v1/proxy/credential/c{n}"
+        assert redact_text("proxy_credential") == "proxy_credential"
+        assert len(logs._memo) <= logs._MEMO_SIZE
+    assert logs._memo.peek("proxy_credential") == "proxy_credential"
+    assert redact_text("Bearer tok_live_123456") == "Bearer ***"
 
 
 def test_ids_and_ordinary_fields_survive() -> None:
