@@ -7,7 +7,9 @@
   the credential page's chart), the throttles (upstream 429/503) and the pacing waits of the last
   minute (for p50/p99), fed by the upstream client on every attempt, sync polls and mutation
   batches included. Waits are kept as at most ``WAIT_SAMPLES`` recent samples per credential, so
-  under a flood the percentiles describe the most recent calls of that minute.
+  under a flood the percentiles describe the most recent calls of that minute. A credential without
+  calls for two minutes has nothing left to show and is forgotten at the next new credential's first
+  call; at most ``MAX_CREDENTIALS`` are kept (the least recently called forgotten first).
 
 Both are per process and in memory: another replica or a restart starts empty (the store keeps no
 traffic log, on purpose: it would be a second copy of every request's metadata to protect).
@@ -21,11 +23,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.lru import LRU
+
 RING_SIZE = 1000
 HISTORY_SECONDS = 120
 WINDOW_SECONDS = 60
 WAIT_SAMPLES = 2048
-MAX_CREDENTIALS = 10_000  # per-credential series kept (oldest-first eviction beyond)
+MAX_CREDENTIALS = 10_000  # per-credential series kept (least recently called forgotten beyond)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,26 +104,37 @@ class CallRates:
     """Per-credential upstream call rates of this process (see the module docstring)."""
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
-        self._series: dict[str, _Series] = {}
+        # Least recently called first, so the series idle for longest are at the front.
+        self._series: LRU[str, _Series] = LRU(MAX_CREDENTIALS)
         self._clock = clock
+
+    def __len__(self) -> int:
+        """Credentials with a series in memory."""
+        return len(self._series)
 
     def record(self, credential_id: str, *, wait_seconds: float, status: int | None) -> None:
         """One upstream attempt; ``status`` None when no answer came (connection failure, timeout)."""
+        now = self._clock()
         series = self._series.get(credential_id)
         if series is None:
-            if len(self._series) >= MAX_CREDENTIALS:
-                del self._series[next(iter(self._series))]
-            series = self._series[credential_id] = _Series()
-        series.record(self._clock(), wait_seconds * 1000, status in (429, 503))
+            self._forget_idle(now)
+            series = _Series()
+            self._series.put(credential_id, series)
+        series.record(now, wait_seconds * 1000, status in (429, 503))
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop the series without a call in the last two minutes: nothing of them is shown any more."""
+        while (oldest := self._series.oldest()) is not None and not _recent(oldest[1], now):
+            self._series.pop(oldest[0])
 
     def active(self, credential_id: str) -> bool:
         """Whether the credential had calls through this process in the last two minutes."""
-        series = self._series.get(credential_id)
-        return series is not None and bool(series.seconds) and series.seconds[-1][0] > self._clock() - HISTORY_SECONDS
+        series = self._series.peek(credential_id)
+        return series is not None and _recent(series, self._clock())
 
     def summary(self, credential_id: str) -> dict[str, Any]:
         """Calls and longest wait (ms) of the last complete second; throttles and wait p50/p99 of the last minute."""
-        series = self._series.get(credential_id)
+        series = self._series.peek(credential_id)
         if series is None:
             return {"calls_per_second": 0, "wait_last_ms": 0, "throttles": 0, "wait_p50_ms": None, "wait_p99_ms": None}
         now = self._clock()
@@ -135,10 +150,14 @@ class CallRates:
 
     def history(self, credential_id: str) -> list[list[float]]:
         """``[second, calls, max wait ms]`` for each second with calls in the last two minutes."""
-        series = self._series.get(credential_id)
+        series = self._series.peek(credential_id)
         if series is None:
             return []
         return [[s[0], s[1], round(s[3], 1)] for s in series.recent(self._clock(), HISTORY_SECONDS)]
+
+
+def _recent(series: _Series, now: float) -> bool:
+    return bool(series.seconds) and series.seconds[-1][0] > now - HISTORY_SECONDS
 
 
 def _percentile(ordered: list[float], q: float) -> float | None:

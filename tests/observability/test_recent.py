@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from gateway.observability.recent import RING_SIZE, CallRates, RecentCall, RecentCalls, status_matches
+from gateway.observability.recent import (
+    HISTORY_SECONDS,
+    MAX_CREDENTIALS,
+    RING_SIZE,
+    CallRates,
+    RecentCall,
+    RecentCalls,
+    status_matches,
+)
+from tests.support import FakeClock
 
 
 def _call(i: int, *, status: int = 200, token: str = "app", credential: str = "cred-1") -> RecentCall:
@@ -74,3 +83,20 @@ def test_a_failed_attempt_counts_as_a_call_but_not_a_throttle() -> None:
     rates.record("c", wait_seconds=0.0, status=None)
     assert rates.history("c") == [[5.0, 1, 0.0]]
     assert rates.summary("c")["throttles"] == 0
+
+
+def test_rates_forget_idle_credentials_and_keep_the_busy_ones_right() -> None:
+    """30,000 credentials called one after another: only the last two minutes' stay, capped at MAX_CREDENTIALS."""
+    clock = FakeClock(1_000_000.0)
+    rates = CallRates(clock=clock)
+    for n in range(30_000):
+        rates.record(f"c{n}", wait_seconds=0.0, status=200)
+        rates.record("busy", wait_seconds=0.002, status=429 if n % 1000 == 0 else 200)
+        clock.now += 0.01  # 100 new credentials a second: 12,000 within two minutes, above the cap
+        assert len(rates) <= MAX_CREDENTIALS
+    assert rates.active("busy") and rates.active("c29999") and not rates.active("c0")
+    summary = rates.summary("busy")
+    assert summary["calls_per_second"] == 100 and summary["throttles"] == 6 and summary["wait_p50_ms"] == 2.0
+    clock.now += HISTORY_SECONDS + 1
+    rates.record("late", wait_seconds=0.0, status=200)
+    assert len(rates) == 1  # everything else was idle for two minutes
