@@ -30,6 +30,7 @@ from gateway.domain.catalog import Answers
 from gateway.domain.models import RateLimitOverride
 from gateway.domain.objects import Credential
 from gateway.errors import BackendUnavailable, ConfigError, InvalidRequest, RateLimited
+from gateway.keylocks import KeyLocks
 from gateway.lru import LRU
 from gateway.observability.metrics import Metrics
 from gateway.pacing import adaptive, bucket, queue
@@ -90,9 +91,9 @@ class GatewayPacer:
         size = config.upstream.credential_cache_size
         self._routes: LRU[str, Route] = LRU(size)  # the route each credential last used (``describe``)
         self._plans: LRU[tuple[str, str, RateLimitOverride | None, str | None], Plan] = LRU(size)
-        self._rule_locks: dict[str, asyncio.Lock] = {}  # one per rule bucket used (credentials x rules)
+        self._rule_locks: KeyLocks[str] = KeyLocks()  # per rule bucket with calls in it (credentials x rules)
         self._queued: Counter[tuple[str, str]] = Counter()  # (home bucket, priority) -> calls waiting
-        self._permits_local: dict[str, Permits] = {}
+        self._permits_local: dict[str, Permits] = {}  # per credential, while its permits are held or awaited
         # the wait histogram's child per (provider, priority): a bounded set
         self._waits: dict[tuple[str, str], Histogram] = {}
 
@@ -260,9 +261,14 @@ class GatewayPacer:
             return None
         permits = self._permits_local.get(credential_id)
         if permits is None:
-            permits = self._permits_local[credential_id] = Permits(limit)
+            permits = self._permits_local[credential_id] = Permits(limit, partial(self._drop_permits, credential_id))
         permits.limit = limit  # a PATCHed limit applies from the next grant
         return permits
+
+    def _drop_permits(self, credential_id: str, permits: Permits) -> None:
+        """Forget a credential's permits once none is held or awaited: a new ``Permits`` is the same."""
+        if self._permits_local.get(credential_id) is permits:
+            del self._permits_local[credential_id]
 
     async def _wait_shared(
         self, credential_id: str, call: Route, share: Share, give_up_at: float
@@ -325,8 +331,7 @@ class GatewayPacer:
         calls wait one at a time per rule bucket in this process (FIFO) until the rule's buckets
         have their tokens, then take their turn with all their buckets like any call.
         """
-        lock = self._rule_locks.setdefault(call.rule_buckets[0].key, asyncio.Lock())
-        async with lock:
+        async with self._rule_locks.hold(call.rule_buckets[0].key):
             for spec in call.rule_buckets:
                 while (wait := await self._rule_deficit(spec)) > 0:
                     if time.monotonic() + wait > give_up_at:

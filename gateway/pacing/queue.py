@@ -32,9 +32,13 @@ Outcome = Reservation | Refused
 
 @dataclass(eq=False)
 class Permits:
-    """The in-process ``max_concurrency`` of one credential; ``queues`` are fired when one comes back."""
+    """The in-process ``max_concurrency`` of one credential; ``queues`` are fired when one comes back.
+
+    ``on_idle`` is called when no permit is held and no queue waits for one: its owner may forget it.
+    """
 
     limit: int
+    on_idle: Callable[[Permits], None] | None = None
     held: int = 0
     queues: set[BucketQueue] = field(default_factory=set)
 
@@ -46,6 +50,16 @@ class Permits:
         self.held -= 1
         for queue in list(self.queues):
             queue.fire()
+        self._idle()
+
+    def detach(self, queue: BucketQueue) -> None:
+        """``queue`` is empty and gone."""
+        self.queues.discard(queue)
+        self._idle()
+
+    def _idle(self) -> None:
+        if not self.held and not self.queues and self.on_idle is not None:
+            self.on_idle(self)
 
 
 @dataclass(frozen=True)
@@ -185,9 +199,9 @@ class BucketQueue:
 
     def _drop_if_empty(self) -> None:
         if not self.scheduler and self._timer is None:
-            if self._permits is not None:
-                self._permits.queues.discard(self)
             self._on_empty(self)
+            if self._permits is not None:
+                self._permits.detach(self)
 
 
 async def wait(ticket: Ticket) -> Outcome:

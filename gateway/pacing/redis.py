@@ -62,6 +62,7 @@ from gateway.config import PacingConfig
 from gateway.pacing import bucket
 from gateway.pacing.backend import BackendError, Permit, Place, Refused, Reservation
 from gateway.pacing.bucket import US, Charge
+from gateway.pacing.local import SWEEP_FROM
 from gateway.pacing.registry import BucketSpec
 from gateway.pacing.scheduler import PRIORITIES, Share, step
 from gateway.pacing.shared_queue import Granted, Polled, SharedQueue
@@ -148,7 +149,8 @@ class RedisBackend:
         self._releases: dict[str, list[tuple[Reservation, asyncio.Future[None]]]] = {}
         self._releasers: dict[str, asyncio.Task[None]] = {}
         self._clock_offset = ClockOffset()
-        self._queues: dict[str, SharedQueue] = {}
+        self._queues: dict[str, SharedQueue] = {}  # home bucket -> this replica's calls queued there
+        self._sweep_at = SWEEP_FROM
         self._permit_queues: dict[str, set[SharedQueue]] = {}  # lease set -> queues whose calls need one
         self._background: set[asyncio.Task[None]] = set()
 
@@ -199,10 +201,25 @@ class RedisBackend:
         home = self._key(buckets[0])
         queue = self._queues.get(home)
         if queue is None:
+            if len(self._queues) >= self._sweep_at:
+                self._sweep()
             queue = self._queues[home] = SharedQueue(
                 partial(self._poll, buckets), self._release_soon, self._renew_every
             )
         return queue
+
+    def _sweep(self) -> None:
+        """Forget the queues of buckets where this replica has no call (the queue itself is in Redis),
+        so memory follows the buckets in use, not every bucket ever queued on (as ``LocalBackend``)."""
+        idle = {home: queue for home, queue in self._queues.items() if queue.idle}
+        for home in idle:
+            del self._queues[home]
+        dropped = set(idle.values())
+        for key, queues in list(self._permit_queues.items()):
+            queues -= dropped
+            if not queues:
+                del self._permit_queues[key]
+        self._sweep_at = max(SWEEP_FROM, 2 * len(self._queues))
 
     async def _sender(self, tag: str) -> None:
         """Send the queued arrivals of ``tag``, one script call at a time, oldest first.

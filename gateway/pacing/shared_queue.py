@@ -71,6 +71,11 @@ class SharedQueue:
     def __bool__(self) -> bool:
         return bool(self._waiters or self._cancels)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing waits, leaves or is on its way, and no poll runs: dropping the queue loses nothing."""
+        return not (self or self._left or self._early) and (self._task is None or self._task.done())
+
     def add(self, member: str, maker: Maker, deadline: float, wake: float) -> asyncio.Future[Reservation | Refused]:
         future: asyncio.Future[Reservation | Refused] = asyncio.get_running_loop().create_future()
         early = self._early.pop(member, None)

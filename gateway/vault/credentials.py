@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 from gateway.domain.models import OAuth2Auth
 from gateway.domain.objects import Credential
 from gateway.errors import GatewayError, UpstreamAuthFailed, UpstreamDenied
+from gateway.keylocks import KeyLocks
 from gateway.observability.metrics import Metrics
 from gateway.store.leases import Leases
 from gateway.store.objects import Objects
@@ -69,7 +70,7 @@ class OAuth2Refresher:
         self._skew = skew
         self._lease_ttl = lease_ttl
         self._leases = Leases(objects.engine, "oauth2-" + uuid.uuid4().hex, ttl=lease_ttl)
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: KeyLocks[str] = KeyLocks()  # per credential, while a refresh is on
 
     async def current(self, credential: Credential) -> Credential:
         """``credential`` itself, or with a fresh access token if the stored one expires soon."""
@@ -79,8 +80,7 @@ class OAuth2Refresher:
 
     async def refresh(self, credential: Credential, *, stale_token: str) -> Credential:
         """A credential whose access token is not ``stale_token`` (refreshing at most once for all callers)."""
-        lock = self._locks.setdefault(credential.id, asyncio.Lock())
-        async with lock:
+        async with self._locks.hold(credential.id):
             latest = await self._objects.credential(credential.id)
             if self._usable(latest, stale_token):
                 return latest
