@@ -73,8 +73,13 @@ class SharedQueue:
 
     @property
     def idle(self) -> bool:
-        """Nothing waits, leaves or is on its way, and no poll runs: dropping the queue loses nothing."""
-        return not (self or self._left or self._early) and (self._task is None or self._task.done())
+        """Nothing waits or leaves, no grant waits for its caller, no poll runs: the queue may go.
+
+        ``_left`` is not looked at: it is emptied by the poll that takes those places out, and what
+        stays in it was in a poll that failed (Redis down); a grant of theirs arriving later is then
+        not given back by this replica, and their places lapse with its lease.
+        """
+        return not (self or self._early) and (self._task is None or self._task.done())
 
     def add(self, member: str, maker: Maker, deadline: float, wake: float) -> asyncio.Future[Reservation | Refused]:
         future: asyncio.Future[Reservation | Refused] = asyncio.get_running_loop().create_future()
