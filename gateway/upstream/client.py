@@ -177,6 +177,9 @@ class UpstreamClient:
             connector=connector,
             auto_decompress=False,  # bodies pass through exactly as the upstream encoded them
             request_class=PassThroughRequest,  # adds no header of its own (see aiohttp_compat)
+            # No cookie store: an upstream's Set-Cookie is relayed to the client that got it, never sent
+            # on another client's call (the default jar did, to any host name; filtering it cost CPU).
+            cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
             read_bufsize=CHUNK,
         )

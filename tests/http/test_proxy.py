@@ -252,3 +252,15 @@ async def test_request_log_names_the_upstream_and_never_the_secret(
     line = next(e for e in events if e["event"] == "request" and e["route"] == "proxy_credential")
     assert line["upstream"] == "rest" and isinstance(line["pacing_wait_ms"], float)
     assert "q-secret-123" not in str(events)
+
+
+async def test_upstream_cookies_are_not_kept_between_calls(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """A ``Set-Cookie`` is relayed to the client that got it, never stored and sent on another's call."""
+    gw = await make_gateway()
+    # A host name: aiohttp's cookie jar ignores cookies from IP addresses.
+    await add_credential(gw, upstream.url.replace("127.0.0.1", "localhost") + "/echo")
+    first = await gw.client.get("/v1/proxy/credential/cred-1/h", headers=gw.auth())
+    assert "session=abc" in first.headers["Set-Cookie"]
+    gw.client.session.cookie_jar.clear()  # the test client's own jar: this is another client
+    second = await gw.client.get("/v1/proxy/credential/cred-1/h", headers=gw.auth())
+    assert "cookie" not in (await second.json())["headers"]

@@ -274,7 +274,9 @@ class Workers:
     def _client(self) -> aiohttp.ClientSession:
         """The webhook sinks' shared session, opened on first use (inside the running loop)."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(connector=self.egress.connector())
+            # No cookie store: one receiver's Set-Cookie never rides on another consumer's delivery.
+            jar = aiohttp.DummyCookieJar()
+            self._session = aiohttp.ClientSession(connector=self.egress.connector(), cookie_jar=jar)
         return self._session
 
     async def close(self) -> None:
