@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
@@ -239,8 +239,12 @@ class Config(Strict):
 
     @property
     def catalog(self) -> Catalog:
-        """The provider catalog this config sees (built-in, ``catalog_dir``, inline tables)."""
-        return self._catalog
+        """The provider catalog this config sees (built-in, ``catalog_dir``, inline tables).
+
+        Read from pydantic's private dict: ``self._catalog`` reaches it only through
+        ``BaseModel.__getattr__`` after a failed lookup (~3 µs), and every proxied answer asks.
+        """
+        return cast(Catalog, self.__pydantic_private__["_catalog"])  # type: ignore[index]
 
     @model_validator(mode="after")
     def _load_catalog(self) -> Config:
