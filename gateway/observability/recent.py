@@ -20,8 +20,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.lru import LRU
 
@@ -32,8 +31,10 @@ WAIT_SAMPLES = 2048
 MAX_CREDENTIALS = 10_000  # per-credential series kept (least recently called forgotten beyond)
 
 
-@dataclass(frozen=True, slots=True)
-class RecentCall:
+class RecentCall(NamedTuple):
+    """One row of the ring; a named tuple, immutable like a frozen dataclass but built in a third of
+    the time (every proxied call makes one)."""
+
     at: float  # epoch seconds when the answer was complete
     request_id: str
     token: str
