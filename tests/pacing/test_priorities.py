@@ -93,25 +93,32 @@ def _windows(order: list[str], tenant: str) -> list[int]:
 
 
 async def test_two_flooding_tenants_share_half_and_half_and_a_light_one_always_gets_through(make_pacer: Any) -> None:
-    """50/s: a and b queue 150 calls each; c calls once every 0.5 s and waits at most two intervals."""
+    """50/s: a and b queue 150 calls each; c calls once every 0.5 s and is granted within a few grants of
+    asking, whatever the flood queued before it: counted in grants, not in a loaded loop's milliseconds."""
     pacer = await make_pacer()
     credential = make_credential(rate=50, burst=1, max_wait=600)
-    flood = [Share("normal", tenant) for _ in range(150) for tenant in ("a", "b")]
-    order: list[str] = []
-    light_waits: list[float] = []
+    order: list[str] = []  # every grant's tenant, in grant order
+    overtaken_by: list[int] = []  # grants to others between each of c's asks and its grant
 
-    async def heavy() -> None:
-        for index, _ in sorted(await grants(pacer, credential, flood), key=lambda g: g[1]):
-            order.append(flood[index].tenant)
+    async def call(tenant: str) -> None:
+        await pacer.acquire(credential, "/", share=Share("normal", tenant))
+        order.append(tenant)
 
     async def light() -> None:
         for _ in range(10):
-            await asyncio.sleep(0.5)
-            light_waits.append((await pacer.acquire(credential, "/", share=Share("normal", "c"))).waited)
+            await asyncio.sleep(0.5)  # c's pace, not a wait for the pacer
+            await asyncio.sleep(0)  # grants made before this ask are recorded first
+            asked = len(order)
+            await call("c")
+            overtaken_by.append(len(order) - 1 - asked)
 
-    await asyncio.gather(heavy(), light())
-    assert all(45 <= share <= 55 for share in _windows(order, "a"))
-    assert max(light_waits) <= 2 / 50 + MARGIN
+    await asyncio.gather(*(call(tenant) for _ in range(150) for tenant in ("a", "b")), light())
+    assert all(45 <= share <= 55 for share in _windows([tenant for tenant in order if tenant != "c"], "a"))
+    assert order.index("c") < 300 - 50  # c asked while the flood was still queued (else the bound is moot)
+    # test_scheduler.py checks the exact two-interval bound on a fake clock; here c goes within a few
+    # grants (a round of a and b, and grants the loaded loop made before c asked but had not recorded
+    # yet) where a queue without fair shares would put it behind the flood's backlog (some 250 grants).
+    assert max(overtaken_by) <= 4
 
 
 async def test_weights_three_to_one_get_three_quarters(make_pacer: Any) -> None:
