@@ -25,7 +25,8 @@ import aiohttp
 from gateway.vault.crypto import generate_key
 from tests.support import free_port
 
-START_DEADLINE = 45.0  # seconds; a loaded 2-core CI machine imports slowly
+START_DEADLINE = 120.0  # seconds for a process (or worker) to start: a hang guard, polled, so it costs nothing when
+# the start is quick; a loaded 2-core CI machine has taken over 45 s to import and start a worker
 
 
 def toml_value(value: Any) -> str:

@@ -26,7 +26,7 @@ import aiohttp
 from gateway.sandbox import run_sandbox
 from gateway.sandbox.generic import GenericState, create_generic_app
 from gateway.vault.crypto import generate_key
-from tests.ops.process import Deployment, GatewayProcess, start_gateway
+from tests.ops.process import START_DEADLINE, Deployment, GatewayProcess, start_gateway
 from tests.support import poll
 from tests.upstream.helpers import Upstream
 
@@ -35,7 +35,7 @@ CALL_TIMEOUT = 60.0  # seconds; a call still unanswered then is a failure (and c
 WORKERS = 2
 SHUTDOWN_TIMEOUT = 15.0
 ROTATE_DEADLINE = 120.0  # seconds for the heartbeats to show the new key, each try a CLI process on a busy machine
-RESTART_DEADLINE = 150.0  # seconds for two successors to start, one after the other, on a busy 2-core machine
+RESTART_DEADLINE = 2 * START_DEADLINE  # two successors start, one after the other
 PATHS = ("cred-bearer/echo/a", "cred-basic/echo/b", "cred-oauth/protected/c")
 EXPECTED = {  # the Authorization the echo upstream must receive; /protected answers 401 to any other token
     "cred-bearer": "Bearer upstream-bearer",

@@ -26,7 +26,7 @@ from prometheus_client.samples import Sample
 from gateway.pacing.bucket import worst_excess
 from gateway.sandbox import run_sandbox
 from gateway.sandbox.generic import GenericState, create_generic_app
-from tests.ops.process import Deployment, GatewayProcess, start_gateway
+from tests.ops.process import START_DEADLINE, Deployment, GatewayProcess, start_gateway
 from tests.ops.test_replicas import JITTER, counting_app
 from tests.support import poll
 
@@ -149,8 +149,8 @@ async def test_a_killed_worker_is_restarted(workers: Workers) -> None:
     await poll("the first requests are logged", lambda: len(workers.request_workers()) == 50, 10)
     victim = next(line["pid"] for line in workers.lines("worker_started") if line["worker"] == 0)
     os.kill(victim, signal.SIGKILL)
-    await poll("worker 0 is started again", lambda: len(_started(workers, 0)) == 2, 20)
-    await poll("/readyz is 200 again", lambda: _equals(workers.ready_status(), 200), 30)
+    await poll("worker 0 is started again", lambda: len(_started(workers, 0)) == 2, START_DEADLINE)
+    await poll("/readyz is 200 again", lambda: _equals(workers.ready_status(), 200), START_DEADLINE)
     exited = [line for line in workers.lines("worker_exited") if line["pid"] == victim]
     assert exited and exited[0]["exit_code"] == -signal.SIGKILL and exited[0]["level"] == "warning"
     assert _started(workers, 0)[1] != victim
@@ -171,8 +171,8 @@ async def test_a_worker_started_after_a_reload_starts_from_the_reloaded_config(w
     await poll("the reload is forwarded", lambda: bool(workers.lines("reload_forwarded")), 30)
     victim = _started(workers, 0)[0]
     os.kill(victim, signal.SIGKILL)
-    await poll("worker 0 is started again", lambda: len(_started(workers, 0)) == 2, 20)
-    await poll("/readyz is 200 again", lambda: _equals(workers.ready_status(), 200), 30)
+    await poll("worker 0 is started again", lambda: len(_started(workers, 0)) == 2, START_DEADLINE)
+    await poll("/readyz is 200 again", lambda: _equals(workers.ready_status(), 200), START_DEADLINE)
     served, logged = await workers.served(), len(workers.request_workers())
     assert await workers.fire("/v1/proxy/credential/fast/echo/x", 40) == [200] * 40
     await poll("the calls are counted", lambda: _equals(workers.served(), served + 40), 10)
@@ -224,7 +224,7 @@ async def test_sigusr2_restarts_every_worker_without_a_failed_call(workers: Work
     slow = [asyncio.create_task(workers.get("/v1/proxy/credential/fast/slow?delay=2")) for _ in range(10)]
     await poll("the slow calls reached the upstream", lambda: workers.upstream.requests >= 10, 20)
     workers.gateway.proc.send_signal(signal.SIGUSR2)
-    await poll("both workers replaced", lambda: len(workers.lines("worker_replaced")) == 2, 90)
+    await poll("both workers replaced", lambda: len(workers.lines("worker_replaced")) == 2, 2 * START_DEADLINE)
     assert [len(_started(workers, i)) for i in (0, 1)] == [2, 2]
     settled = len(outcomes)
     await poll("calls served by the new workers", lambda: len(outcomes) >= settled + 25, 20)
@@ -240,9 +240,9 @@ async def test_a_reload_during_a_rolling_restart_reaches_the_successors(workers:
     """SIGHUP right after ``restarted``, while the last predecessor still drains slow calls: the successors
     (already serving) apply it too. Observed through ``log.level = "warning"``: no request line after it."""
     workers.gateway.proc.send_signal(signal.SIGUSR2)
-    await poll("the last successor spawned", lambda: len(workers.lines("worker_started")) == 4, 90)
+    await poll("the last successor spawned", lambda: len(workers.lines("worker_started")) == 4, 2 * START_DEADLINE)
     slow = [asyncio.create_task(workers.get("/v1/proxy/credential/fast/slow?delay=12")) for _ in range(10)]
-    await poll("the rolling restart", lambda: bool(workers.lines("restarted")), 90)
+    await poll("the rolling restart", lambda: bool(workers.lines("restarted")), 2 * START_DEADLINE)
     config = workers.gateway.log_path.parent / "gateway.toml"
     text = config.read_text(encoding="utf-8")
     assert 'log = {format = "json"}' in text
