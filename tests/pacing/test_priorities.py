@@ -17,11 +17,11 @@ from gateway.pacing.bucket import worst_excess
 from gateway.pacing.pacer import GatewayPacer
 from gateway.pacing.scheduler import PRIORITIES, Share
 from tests.pacing.conftest import CountingUpstream, make_credential, warm_up
+from tests.support import poll
 
 pytestmark = pytest.mark.slow
 JITTER = 0.05  # slack at the upstream (see test_local.py)
 WAKE = 0.02  # slack on grant times: a task resumes after its grant when the loaded loop gets to it
-MARGIN = 0.05  # scheduling noise allowed on a shared 2-core machine, beyond the promise itself
 
 
 def achieved(times: list[float]) -> float:
@@ -72,15 +72,25 @@ async def test_all_three_classes_mixed_keep_the_bound_and_the_rate(
 
 
 async def test_a_high_call_overtakes_a_thousand_queued_low_calls(make_pacer: Any) -> None:
-    """20/s with 1,000 low calls queued: a high call is granted within two intervals + 50 ms."""
+    """20/s with 1,000 low calls queued: a high call goes within a few grants (counted in grants, not in
+    a loaded loop's milliseconds), where the lows queued before it would take some 50 s."""
     pacer = await make_pacer()
     credential = make_credential(rate=20, burst=1, max_wait=600)
-    lows = [asyncio.ensure_future(pacer.acquire(credential, "/", share=Share("low", "batch"))) for _ in range(1000)]
-    await asyncio.sleep(0.12)  # the first low call went, the rest wait
-    assert (await pacer.describe(credential))["queued"]["low"] >= 990
-    started = time.monotonic()
-    await pacer.acquire(credential, "/", share=Share("high", "app"))
-    assert time.monotonic() - started <= 2 / 20 + MARGIN
+    granted: list[str] = []
+
+    async def call(priority: TokenPriority) -> None:
+        await pacer.acquire(credential, "/", share=Share(priority, priority))
+        granted.append(priority)
+
+    lows = [asyncio.ensure_future(call("low")) for _ in range(1000)]
+    await poll("the first low call went", lambda: bool(granted))
+    assert (await pacer.describe(credential))["queued"]["low"] >= 900
+    await asyncio.sleep(0)  # grants made before the high call asks are recorded first
+    asked = len(granted)
+    await call("high")
+    # test_scheduler.py checks strict priority exactly; here the high call goes next but for grants the
+    # loaded loop made before it asked and had not recorded yet, where FIFO would put it some 900 behind
+    assert len(granted) - 1 - asked <= 4
     for waiter in lows:
         waiter.cancel()
     await asyncio.gather(*lows, return_exceptions=True)
@@ -131,18 +141,20 @@ async def test_weights_three_to_one_get_three_quarters(make_pacer: Any) -> None:
 
 
 async def test_an_overtaken_call_is_refused_when_its_max_wait_runs_out(make_pacer: Any) -> None:
-    """A low call queued with 0.3 s to spare, then overtaken by high calls, gets 429 at 0.3 s, unsent."""
+    """A low call queued with 0.3 s to spare, then overtaken by 40 high calls (2 s of slots), gets 429
+    once its 0.3 s are up, unsent: while the high calls still go, not after them."""
     pacer = await make_pacer()
     credential = make_credential(rate=20, burst=1, max_wait=600)
     await pacer.acquire(credential, "/")
     started = time.monotonic()
     low = asyncio.ensure_future(pacer.acquire(credential, "/", max_wait=0.3, share=Share("low", "batch")))
-    highs = asyncio.ensure_future(grants(pacer, credential, [Share("high", "app")] * 12))
+    highs = asyncio.ensure_future(grants(pacer, credential, [Share("high", "app")] * 40))
     with pytest.raises(RateLimited) as refused:
         await low
-    assert 0.3 <= time.monotonic() - started <= 0.3 + MARGIN
+    assert time.monotonic() - started >= 0.3
+    assert not highs.done()  # refused at its deadline, not when the high calls let it go
     assert refused.value.retry_after > 0
-    assert len(await highs) == 12
+    assert len(await highs) == 40
 
 
 async def test_cancelled_waiters_lose_no_slot(make_pacer: Any) -> None:
