@@ -3,7 +3,8 @@
 --
 -- Times are integer microseconds from the Redis server's clock (TIME), so replica clocks never
 -- matter. Keys of one home bucket share its cluster hash slot (the caller adds a {tag}); KEYS[i] is
--- a bucket's hash (tat, paused, and for a home bucket: v0..v2 class virtual times, seq); the
+-- a bucket's hash (tat, paused, the refund book: o, from, debt, bar (see "release" below), and for a home
+-- bucket: v0..v2 class virtual times, seq); the
 -- queue keys hang off a home bucket's name H:
 --   H:q<c>     zset   calls queued in class c: member "seq|replica|arrival|tenant", score = start tag
 --   H:f<c>     hash   tenant -> last finish tag in class c
@@ -24,6 +25,23 @@
 --   poll    home index, catchup, ahead, replica, lease, members to cancel...
 --           -> {now, wake, {member, "tag,slot,key..", ...}, depth_0, depth_1, depth_2}
 --   release nb, then per bucket: index, interval, key                -> {now}
+--
+-- Charge keys and refunds. A charge's key is the bucket's tat right after it plus o, the total
+-- refunded so far: keys strictly increase in charge order and a refund never makes two alike. A
+-- slot given back unused (its caller woke too late, see redis.py) is taken out of the GCRA:
+-- - the last charge still held (key = tat + o, as keys of later charges given back were rewound):
+--   tat goes back by its interval, as bucket.release does;
+-- - an earlier one j: removing it from the history lowers every later tat by exactly its interval
+--   I_j if every later charge k carried a debt d_k = (tat before k) - (slot of k) >= I_j; then
+--   tat - I_j is the GCRA state of the history without j, and every slot granted since still
+--   conforms (its tat before only got smaller). A refund lowers the debt of every later charge by
+--   I_j. The book keeps a lower bound of that debt: 'debt' over every charge after the one keyed
+--   'from'; a charge whose debt (or the bound) is under its own interval restarts the book after
+--   it. A refund needs key >= from and debt >= I_j, else the slot stays lost (the bound first).
+-- A rewind leaves tat at least the GCRA's over the charges held, not exactly it, so it restarts the
+-- book (no refund of the charges before it). A pause restarts it too, and nothing charged before
+-- it is rewound ('bar'): its tat stays. So tat is never below the GCRA's over the slots sent, and
+-- the bound is the GCRA's (a test checks this on random histories against a recomputation).
 --   pause   index, tolerance, seconds_us                             -> {now, paused}
 --   state   index                                                    -> {now, tat, paused, depth_0..2}
 
@@ -77,16 +95,24 @@ local function due_of(bs)
   return due
 end
 
--- bucket.take: charge slot in every bucket; returns "slot,key_1,..,key_nb" and the keys.
+-- bucket.take: charge slot in every bucket; returns "slot,key_1,..,key_nb" and the keys (see
+-- "Charge keys and refunds" above for the key and the refund book kept here).
 local function take(bs, slot)
   local keys, text = {}, fmt(slot)
   for b, spec in ipairs(bs) do
-    local tat, paused = load(spec[1])
-    tat = math.max(tat, slot) + spec[2]
-    redis.call('HSET', spec[1], 'tat', fmt(tat))
+    local v = redis.call('HMGET', spec[1], 'tat', 'paused', 'o', 'debt')
+    local before, paused, o = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
+    local tat = math.max(before, slot) + spec[2]
+    local debt = math.min(tonumber(v[4]) or math.huge, before - slot)
+    if debt < spec[2] then
+      redis.call('HSET', spec[1], 'tat', fmt(tat), 'from', fmt(tat + o))
+      redis.call('HDEL', spec[1], 'debt')
+    else
+      redis.call('HSET', spec[1], 'tat', fmt(tat), 'debt', fmt(debt))
+    end
     touch(spec[1], tat, paused)
-    keys[b] = tat
-    text = text .. ',' .. fmt(tat)
+    keys[b] = tat + o
+    text = text .. ',' .. fmt(tat + o)
   end
   return text, keys
 end
@@ -251,9 +277,15 @@ elseif op == 'release' then
   for _ = 1, tonumber(ARGV[3]) do
     local key, iv, charged = KEYS[tonumber(ARGV[pos])], tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
     pos = pos + 3
-    local tat, paused = load(key)
-    if tat == charged then -- the last slot taken: rewind (another one taken since stays lost, as in bucket.py's past slots)
-      redis.call('HSET', key, 'tat', fmt(tat - iv))
+    local v = redis.call('HMGET', key, 'tat', 'paused', 'o', 'from', 'debt', 'bar')
+    local tat, paused, o = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
+    local from, debt, bar = tonumber(v[4]) or math.huge, tonumber(v[5]) or -1, tonumber(v[6]) or 0
+    if charged == tat + o and charged >= bar then -- the last charge: rewind
+      redis.call('HSET', key, 'tat', fmt(tat - iv), 'from', fmt(tat - iv + o + 1))
+      redis.call('HDEL', key, 'debt')
+      touch(key, tat - iv, paused)
+    elseif charged >= from and charged < tat + o and debt >= iv then -- an earlier one: refund
+      redis.call('HSET', key, 'tat', fmt(tat - iv), 'o', fmt(o + iv), 'debt', fmt(debt - iv))
       touch(key, tat - iv, paused)
     end
   end
@@ -263,7 +295,9 @@ elseif op == 'pause' then
   local tat, paused = load(key)
   paused = math.max(paused, now + span)
   tat = math.max(tat, now + span + tol)
-  redis.call('HSET', key, 'tat', fmt(tat), 'paused', fmt(paused))
+  local o = tonumber(redis.call('HGET', key, 'o') or '0')
+  redis.call('HSET', key, 'tat', fmt(tat), 'paused', fmt(paused), 'from', fmt(tat + o + 1), 'bar', fmt(tat + o + 1))
+  redis.call('HDEL', key, 'debt')
   touch(key, tat, paused)
   return {now, paused}
 elseif op == 'state' then

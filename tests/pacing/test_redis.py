@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import dataclasses
+import math
 import random
 import sys
 import time
@@ -18,12 +19,13 @@ from gateway.config import PacingConfig
 from gateway.errors import BackendUnavailable, ConfigError
 from gateway.observability.metrics import Metrics
 from gateway.pacing import bucket
-from gateway.pacing.backend import Place
-from gateway.pacing.bucket import worst_excess
+from gateway.pacing.backend import Place, Reservation
+from gateway.pacing.bucket import Charge, worst_excess
 from gateway.pacing.limits import BucketLimit
 from gateway.pacing.redis import CATCHUP, LOOKAHEAD, RedisBackend
 from gateway.pacing.registry import BucketSpec
 from gateway.pacing.scheduler import PRIORITIES, Scheduler, Share, Waiter, step
+from gateway.pacing.shared_queue import Granted
 from tests.pacing.conftest import CountingUpstream, make_credential, paced_calls, warm_up
 from tests.support import scrape
 
@@ -36,19 +38,29 @@ NEVER = 10**15
 # the FIFO order within a replica do not yet survive event-loop stalls on a loaded machine. A grant
 # woken later than the jitter headroom is given back (sending it would break the bound) and rejoins
 # at its old place, but (1) the calls of the same replica granted meanwhile go first (FIFO), and
-# (2) its slot is lost: most late grants were made by another replica's poll and collected late by
-# their stalled owner (measured: 3 in 4), so the rate drops with the load (three processes: 60-97%
-# at load 5-18 on 2 cores). Next steps: slots of one lane swapped within a replica (branch
-# redisq-fifo-wip, unproven), and giving a lost past slot back to the GCRA when provably safe.
-LATE_GRANT_DEFECT = "late Redis grants lose their slot, and calls granted meanwhile overtake them (issue 14)"
+# (2) its slot is refunded to the GCRA only when that is provably safe (pacing.lua, "Charge keys and
+# refunds"), else lost; on a machine at load 15-20 most calls still miss their slot and the rate
+# collapses. Next step: slots of one lane handed over within a replica in queue order.
+LATE_GRANT_DEFECT = "late Redis grants cost rate, and calls granted meanwhile overtake them (issue 14)"
+
+
+@dataclasses.dataclass
+class Book:
+    """pacing.lua's refund book of one bucket: refunded total, first refundable key, lower bound of the debt."""
+
+    refunded: int = 0
+    first: float = math.inf
+    debt: float = math.inf
 
 
 class Model:
     """bucket.py + scheduler.py doing what pacing.lua does for one replica: the oracle of the test below.
-    Each call is charged on its own buckets at its own cost (``BucketSpec.schedule``), as queue.py does."""
+    Each call is charged on its own buckets at its own cost (``BucketSpec.schedule``), as queue.py does;
+    a slot given back is rewound or refunded as pacing.lua's "Charge keys and refunds" says."""
 
     def __init__(self) -> None:
         self.states: dict[str, bucket.BucketState] = {}
+        self.books: dict[str, Book] = {}
         self.scheduler: Scheduler[int] = Scheduler()
         self.granted: dict[int, tuple[int, ...]] = {}
         self.waiters: dict[int, Waiter[int]] = {}
@@ -57,6 +69,30 @@ class Model:
     def pairs(self, specs: tuple[BucketSpec, ...]) -> list[tuple[bucket.BucketState, bucket.Limit]]:
         return [(self.states.setdefault(spec.key, bucket.BucketState()), spec.schedule) for spec in specs]
 
+    def take(self, specs: tuple[BucketSpec, ...], slot: int) -> tuple[int, ...]:
+        """bucket.take, and each charge's key and debt in its bucket's book."""
+        pairs = self.pairs(specs)
+        before = [state.tat for state, _ in pairs]
+        keys = []
+        for spec, tat, charge in zip(specs, before, bucket.take(pairs, slot), strict=True):
+            book = self.books.setdefault(spec.key, Book())
+            book.debt = min(book.debt, tat - slot)
+            if book.debt < spec.schedule.interval:
+                book.first, book.debt = charge.key + book.refunded, math.inf
+            keys.append(charge.key + book.refunded)
+        return (slot, *keys)
+
+    def release(self, specs: tuple[BucketSpec, ...], keys: tuple[int, ...]) -> None:
+        for spec, key in zip(specs, keys, strict=True):
+            state, book, interval = self.states[spec.key], self.books[spec.key], spec.schedule.interval
+            if key == state.tat + book.refunded:
+                state.tat -= interval
+                book.first, book.debt = state.tat + book.refunded + 1, math.inf
+            elif book.first <= key < state.tat + book.refunded and book.debt >= interval:
+                state.tat -= interval
+                book.refunded += interval
+                book.debt -= interval
+
     def grant(self, now: int) -> None:
         while (head := self.scheduler.peek()) is not None:
             pairs = self.pairs(self.specs[head.ticket])
@@ -64,7 +100,7 @@ class Model:
             if slot > now + LOOKAHEAD:
                 return
             self.waiters[head.ticket] = self.scheduler.pop()  # type: ignore[assignment]
-            self.granted[head.ticket] = (slot, *(c.key for c in bucket.take(pairs, slot)))
+            self.granted[head.ticket] = self.take(self.specs[head.ticket], slot)
 
     def enter(
         self, now: int, specs: tuple[BucketSpec, ...], share: Share, max_wait: int, ticket: int, rejoin: bool = False
@@ -72,7 +108,7 @@ class Model:
         self.grant(now)
         pairs = self.pairs(specs)
         if not self.scheduler and bucket.estimate(pairs, now, 0) == 0:
-            return (1, now, *(c.key for c in bucket.take(pairs, now)))
+            return (1, *self.take(specs, now))
         if rejoin:  # the script counts every call tied with the old tag as ahead
             old = self.waiters[ticket]
             start = min(old.start, self.scheduler._classes[old.cls].virtual)
@@ -111,15 +147,16 @@ async def enter_one(
 
 async def test_the_lua_script_computes_what_bucket_and_scheduler_compute(redis_url: str, redis_prefix: str) -> None:
     """800 random arrivals (classes, tenants, weights, costs, one or two buckets), polls, cancellations
-    and late grants rejoining at their old place, on a fake clock: Redis grants the same calls the
-    same slots in the same order as bucket.py and scheduler.py, each charged on its own buckets."""
+    and late grants given back (rewound or refunded) and rejoining at their old place, on a fake clock:
+    Redis grants the same calls the same slots in the same order as bucket.py and scheduler.py, each
+    charged on its own buckets, and gives back what the model gives back."""
     now = [10**12]
     backend = RedisBackend(PacingConfig(redis_url=redis_url, key_prefix=redis_prefix), clock=lambda: now[0])
     own = BucketSpec("own", BucketLimit(rate=20, per=1, burst=4), "t")
     shared = BucketSpec("shared", BucketLimit(rate=30, per=1, burst=2), "t")
     model, rng = Model(), random.Random(11)
     members: dict[int, str] = {}
-    places: dict[int, Place] = {}
+    places: dict[int, Granted] = {}
     queued: list[int] = []
     try:
         for ticket in range(800):
@@ -139,8 +176,13 @@ async def test_the_lua_script_computes_what_bucket_and_scheduler_compute(redis_u
                     assert got == expected
             elif roll < 0.7 and places:  # a grant woken too late rejoins at its old place
                 late = rng.choice(sorted(places))
-                place = places.pop(late)
-                specs = model.specs[late]
+                granted = places.pop(late)
+                place, specs = granted.place, model.specs[late]
+                model.release(specs, tuple(c.key for c in granted.charges))
+                await backend._send_releases([Reservation(specs, granted.charges, 0, place)])
+                for spec in specs:
+                    state = await backend._run([backend._key(spec)], ["state", 1])
+                    assert int(state[1]) == model.states[spec.key].tat
                 expected = model.enter(now[0], specs, Share(), 2 * bucket.US, late, rejoin=True)
                 waiter = model.waiters[late]
                 share = Share(PRIORITIES[waiter.cls], waiter.tenant)
@@ -160,10 +202,11 @@ async def test_the_lua_script_computes_what_bucket_and_scheduler_compute(redis_u
                 assert got_slots == want
                 for t in set(model.granted) - set(leaving):  # granted before its cancellation reached Redis
                     queued.remove(t)
-                    places[t] = polled.granted[members[t]].place
-                    assert places[t].tag == model.waiters[t].start
+                    places[t] = polled.granted[members[t]]
+                    assert places[t].place.tag == model.waiters[t].start
                 model.granted.clear()
         assert len(places) > 20  # rejoins happened
+        assert sum(book.refunded for book in model.books.values()) > 0  # and refunds
     finally:
         await backend.close()
 
@@ -352,3 +395,55 @@ async def test_a_malformed_redis_url_is_a_config_error(make_pacer: Any) -> None:
     """pacing.redis_url that is not a Redis URL stops the start with the key named."""
     with pytest.raises(ConfigError, match=r"pacing\.redis_url"):
         await make_pacer(pacing={"backend": "redis", "redis_url": "http://127.0.0.1:6379"})
+
+
+async def test_slots_given_back_never_take_the_bucket_below_the_gcra_of_the_slots_kept(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Random charges (costs 1-3), pauses and give-backs (rewinds, refunds, lost slots) on a fake
+    clock: after each one the script's tat is at least the GCRA's recomputed over the slots still
+    held and the pauses, so what is sent stays within the bound; and refunds do happen."""
+    now = [10**12]
+    backend = RedisBackend(PacingConfig(redis_url=redis_url, key_prefix=redis_prefix), clock=lambda: now[0])
+    spec = BucketSpec("b", BucketLimit(rate=100, per=1, burst=10), "t")
+    rng = random.Random(5)
+    held: list[tuple[BucketSpec, Charge]] = []  # in charge order
+    history: list[tuple[int, int, Charge | None]] = []  # (slot, interval, charge; None: a pause)
+    refunded = 0
+    try:
+        for _ in range(600):
+            now[0] += rng.choice([0, 0, 1_000, 5_000, 30_000, 300_000])
+            roll = rng.random()
+            if roll < 0.6:
+                costed = dataclasses.replace(spec, cost=rng.choice([1, 1, 1, 2, 3]))
+                got = await enter_one(backend, (costed,), Share(), 10 * bucket.US)
+                if got[0] == 2:  # queued: granted as soon as due
+                    while not (polled := await backend._poll((costed,), [])).granted:
+                        now[0] += 1_000
+                    (granted,) = polled.granted.values()
+                    charge = granted.charges[0]
+                else:
+                    charge = Charge(slot=got[1], key=got[2])
+                held.append((costed, charge))
+                history.append((charge.slot, costed.schedule.interval, charge))
+            elif roll < 0.65:
+                await backend.pause(spec, 0.05)
+                history.append((now[0] + 50_000 + spec.schedule.tolerance, 0, None))
+            elif held:
+                index = max(0, len(held) - 1 - rng.randrange(12))
+                costed, charge = held.pop(index)
+                before = await tat_of(backend, spec)
+                await backend._send_releases([Reservation((costed,), (charge,), 0, Place("x", 0))])
+                history = [entry for entry in history if entry[2] is not charge]
+                refunded += index < len(held) and await tat_of(backend, spec) < before  # a later one is held
+            gcra = 0
+            for slot, interval, _ in history:
+                gcra = max(gcra, slot) + interval
+            assert await tat_of(backend, spec) >= gcra
+        assert refunded > 0
+    finally:
+        await backend.close()
+
+
+async def tat_of(backend: RedisBackend, spec: BucketSpec) -> int:
+    return int((await backend._run([backend._key(spec)], ["state", 1]))[1])
