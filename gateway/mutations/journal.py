@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -199,15 +199,18 @@ class Journal:
 # --- the hook change capture calls (the syncs' poller) ------------------------------------------------
 
 
+_J = t.mutation_journal.c
+_UNKNOWN_CREATES = (  # built once: every page of a sync that appended something runs it
+    select(t.mutation_journal)
+    .where(_J.state == UNKNOWN, _J.sync_id == bindparam("sync_id"), _J.collection_id == bindparam("collection_id"))
+    .order_by(_J.created_at)
+)
+
+
 async def unknown_creates(conn: AsyncConnection, sync_id: str, collection_id: str) -> list[Entry]:
     """Creates whose outcome only change capture can tell (``gateway.mutations.settling``), oldest first."""
-    j = t.mutation_journal.c
-    query = (
-        select(t.mutation_journal)
-        .where(j.state == UNKNOWN, j.sync_id == sync_id, j.collection_id == collection_id)
-        .order_by(j.created_at)
-    )
-    return [Entry.of(row) for row in (await conn.execute(query)).all()]
+    rows = (await conn.execute(_UNKNOWN_CREATES, {"sync_id": sync_id, "collection_id": collection_id})).all()
+    return [Entry.of(row) for row in rows]
 
 
 async def resolve_unknown(conn: AsyncConnection, entry: Entry, created: Sequence[Record]) -> None:

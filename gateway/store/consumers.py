@@ -27,6 +27,7 @@ from gateway.store.rows import Rows, insert_unique, new_id
 _CONSUMER = TypeAdapter[Any](ConsumerIn)
 _VIEW = TypeAdapter[Any](ConsumerView)
 _SECRET_SETTINGS = ("secret", "dsn")
+_ALL_CONSUMERS = select(t.consumers).order_by(t.consumers.c.id)  # built once: every page of a sync reads it
 
 
 class ConsumerRows(Rows):
@@ -83,7 +84,7 @@ class ConsumerRows(Rows):
         if conn is None:
             async with self.engine.connect() as own:
                 return await self.all_consumers(own)
-        rows = (await conn.execute(select(t.consumers).order_by(t.consumers.c.id))).all()
+        rows = (await conn.execute(_ALL_CONSUMERS)).all()
         return [self._consumer(row) for row in rows]
 
     async def patch_consumer(self, consumer_id: str, patch: ConsumerPatch) -> ConsumerView:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -156,6 +156,14 @@ class SyncRows(Rows):
         )
 
 
+# The cursor write, built once (a page runs it): the SET clause follows the values passed.
+_ADVANCE = update(t.syncs).where(
+    t.syncs.c.id == bindparam("read_id"),
+    t.syncs.c.generation == bindparam("read_generation"),
+    t.syncs.c.paused.is_(False),
+)
+
+
 async def advance(
     conn: AsyncConnection,
     sync_id: str,
@@ -167,8 +175,9 @@ async def advance(
     caught_up_at: datetime | None = None,
 ) -> int | None:
     """Store the cursor in ``conn``'s transaction if nobody else moved it; the new generation or None."""
-    s = t.syncs.c
     values: dict[str, Any] = {
+        "read_id": sync_id,
+        "read_generation": generation,
         "cursor": cursor,
         "progress": progress,
         "state": state,
@@ -178,9 +187,7 @@ async def advance(
     }
     if caught_up_at is not None:
         values["caught_up_at"] = caught_up_at
-    result = await conn.execute(
-        update(t.syncs).where(s.id == sync_id, s.generation == generation, s.paused.is_(False)).values(values)
-    )
+    result = await conn.execute(_ADVANCE, values)
     return generation + 1 if result.rowcount else None
 
 

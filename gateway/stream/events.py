@@ -25,8 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import TypeAdapter
-from sqlalchemy import delete, exists, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, delete, exists, insert, select, text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -51,20 +50,26 @@ class RecordChange:
     upstream_updated_at: datetime | None = None
 
 
+_R = t.records.c
+# Statements a page runs, built once: building and keying them again was a share of each page's CPU.
+_LAST_KNOWN = select(t.records).where(
+    _R.sync_id == bindparam("sync_id"),
+    _R.collection_id == bindparam("collection_id"),
+    _R.upstream_id.in_(bindparam("upstream_ids", expanding=True)),
+)
+_INSERT_EVENTS_IN_ORDER = insert(t.events).returning(t.events.c.seq, sort_by_parameter_order=True)
+_INSERT_EVENTS = insert(t.events).returning(t.events.c.id, t.events.c.seq)
+_INSERT_DELIVERIES = insert(t.deliveries)
+
+
 async def last_known(
     conn: AsyncConnection, sync_id: str, collection_id: str, upstream_ids: Sequence[str]
 ) -> dict[str, Record]:
     """The stored state of those records (deleted ones included), by upstream id; unknown ids are absent."""
     if not upstream_ids:
         return {}
-    r = t.records.c
-    rows = (
-        await conn.execute(
-            select(t.records).where(
-                r.sync_id == sync_id, r.collection_id == collection_id, r.upstream_id.in_(list(upstream_ids))
-            )
-        )
-    ).all()
+    params = {"sync_id": sync_id, "collection_id": collection_id, "upstream_ids": list(upstream_ids)}
+    rows = (await conn.execute(_LAST_KNOWN, params)).all()
     return {row.upstream_id: _record(row) for row in rows}
 
 
@@ -118,7 +123,7 @@ async def append_changes(
     wanted = [c.id for c in consumers if c.wants(sync_id, collection_id)]
     if wanted:
         await conn.execute(
-            insert(t.deliveries),
+            _INSERT_DELIVERIES,
             [
                 {"consumer_id": cid, "seq": e.seq, "ack_id": None, "visible_at": 0.0, "attempts": 0}
                 for e in events
@@ -137,7 +142,9 @@ def _next_state(
     sync_id: str, collection_id: str, change: RecordChange, previous: Record | None, now: datetime
 ) -> Record:
     data = change.data if change.data is not None else (previous.data if previous else {})
-    return Record(
+    # Built from values of the right types (a capture's or a mutation's parsed JSON, times made here):
+    # validating them again cost a pydantic pass per record.
+    return Record.model_construct(
         sync_id=sync_id,
         collection_id=collection_id,
         upstream_id=change.upstream_id,
@@ -149,15 +156,18 @@ def _next_state(
     )
 
 
+# ``records``' upsert as text, the same SQL on SQLite and PostgreSQL: SQLAlchemy cannot cache an
+# ``on_conflict_do_update`` construct, so it compiled one again for every page.
+_UPSERT_RECORDS = text(
+    "INSERT INTO records (sync_id, collection_id, upstream_id, data, deleted, upstream_updated_at, inserted_at,"
+    " updated_at) VALUES (:sync_id, :collection_id, :upstream_id, :data, :deleted, :upstream_updated_at,"
+    " :inserted_at, :updated_at) ON CONFLICT (sync_id, collection_id, upstream_id) DO UPDATE SET data = excluded.data,"
+    " deleted = excluded.deleted, upstream_updated_at = excluded.upstream_updated_at, updated_at = excluded.updated_at"
+).bindparams(*(bindparam(c.name, type_=c.type) for c in t.records.columns))
+
+
 async def _save_records(conn: AsyncConnection, records: Sequence[tuple[Record, JsonText]]) -> None:
-    """One multi-row upsert (each record once: PostgreSQL refuses to update a row twice in a statement)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(t.records)
-    keep = ("sync_id", "collection_id", "upstream_id", "inserted_at")
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["sync_id", "collection_id", "upstream_id"],
-        set_={c.name: stmt.excluded[c.name] for c in t.records.columns if c.name not in keep},
-    )
+    """One executemany upsert (each record once: PostgreSQL refuses to update a row twice in a statement)."""
     rows = [
         {
             "sync_id": r.sync_id,
@@ -171,7 +181,7 @@ async def _save_records(conn: AsyncConnection, records: Sequence[tuple[Record, J
         }
         for r, data in records
     ]
-    await conn.execute(stmt, rows)
+    await conn.execute(_UPSERT_RECORDS, rows)
 
 
 def _diff(previous: Record | None, record: Record, action: Action) -> dict[str, Any]:
@@ -192,7 +202,7 @@ async def _insert_events(
     inserted_at = utcnow()
     ids = os.urandom(16 * len(planned)).hex()  # one random draw per page, 128 bits per event id
     encoded = _Encoded()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "id": "evt_" + ids[32 * i : 32 * (i + 1)],
             "sync_id": record.sync_id,
@@ -207,7 +217,9 @@ async def _insert_events(
     ]
     seqs = await _insert_returning_seqs(conn, rows)
     return [
-        Event(seq=seq, id=row["id"], action=action, record=record, changes=changes, inserted_at=inserted_at)
+        Event.model_construct(
+            seq=seq, id=row["id"], action=action, record=record, changes=changes, inserted_at=inserted_at
+        )
         for seq, row, (action, record, changes) in zip(seqs, rows, planned, strict=True)
     ]
 
@@ -256,10 +268,8 @@ async def _insert_returning_seqs(conn: AsyncConnection, rows: list[dict[str, Any
     writer lock, so the seqs still ascend in the order given; the check below makes that explicit.
     """
     if conn.dialect.name == "postgresql":
-        stmt = insert(t.events).returning(t.events.c.seq, sort_by_parameter_order=True)
-        return list((await conn.execute(stmt, rows)).scalars().all())
-    stmt = insert(t.events).returning(t.events.c.id, t.events.c.seq)
-    by_id = {event_id: seq for event_id, seq in (await conn.execute(stmt, rows)).tuples()}
+        return list((await conn.execute(_INSERT_EVENTS_IN_ORDER, rows)).scalars().all())
+    by_id = {event_id: seq for event_id, seq in (await conn.execute(_INSERT_EVENTS, rows)).tuples()}
     seqs = [by_id[row["id"]] for row in rows]
     if any(a >= b for a, b in itertools.pairwise(seqs)):
         raise RuntimeError("SQLite numbered a multi-row insert out of VALUES order")
