@@ -158,7 +158,8 @@ async def test_an_overtaken_call_is_refused_when_its_max_wait_runs_out(make_pace
 
 
 async def test_cancelled_waiters_lose_no_slot(make_pacer: Any) -> None:
-    """100/s burst 10: of 200 queued calls every other one leaves; the rest still go at the full rate."""
+    """100/s burst 10: of 200 queued calls every other one still waiting leaves; the rest go at the full
+    rate, not at the half a lost slot per leaver would leave (some 55/s)."""
     pacer = await make_pacer()
     credential = make_credential(rate=100, burst=10, max_wait=600)
     granted: list[float] = []
@@ -168,12 +169,13 @@ async def test_cancelled_waiters_lose_no_slot(make_pacer: Any) -> None:
         granted.append(time.monotonic())
 
     calls = [asyncio.ensure_future(call()) for _ in range(200)]
-    await asyncio.sleep(0.05)
-    for gone in calls[20::2]:
-        gone.cancel()
+    await poll("the burst went", lambda: len(granted) >= 10)
+    gone = [waiter for waiter in calls[20::2] if not waiter.done()]  # a loaded loop may have granted a few
+    for waiter in gone:
+        waiter.cancel()
     await asyncio.gather(*calls, return_exceptions=True)
-    assert len(granted) == 110
-    assert achieved(granted) >= 0.99 * 100
+    assert len(gone) >= 80 and len(granted) == 200 - len(gone)
+    assert achieved(granted) >= 0.8 * 100  # a late loop stretches the span a little; lost slots by ~45%
 
 
 async def test_concurrency_permits_follow_the_same_order(make_pacer: Any) -> None:
