@@ -34,6 +34,7 @@ FAST = {"rate": 100000, "per": 1, "burst": 100000}
 PACED = {"rate": 5, "per": 1, "burst": 1, "max_wait": 30}
 SHUTDOWN_TIMEOUT = 15.0
 MARGIN = 5.0  # seconds of teardown beyond shutdown_timeout for a supervisor and its workers on a busy machine
+IN_FLIGHT = 6  # seconds the upstream holds the calls a drain waits for: /readyz must turn 503 meanwhile
 
 
 @dataclass
@@ -130,11 +131,11 @@ async def test_two_workers_share_the_port_the_metrics_and_the_pacing_bound(worke
 async def test_sigterm_drains_every_worker_and_exits_zero(workers: Workers) -> None:
     """/readyz is 200 once started, 503 as soon as the drain begins; in-flight slow requests all finish."""
     assert await workers.ready_status() == 200
-    calls = [asyncio.create_task(workers.get("/v1/proxy/credential/fast/slow?delay=3")) for _ in range(40)]
+    calls = [asyncio.create_task(workers.get(f"/v1/proxy/credential/fast/slow?delay={IN_FLIGHT}")) for _ in range(40)]
     await poll("the upstream received every request", lambda: workers.upstream.requests >= 40, 20)
     workers.gateway.proc.send_signal(signal.SIGTERM)
     sent = time.monotonic()
-    await poll("/readyz turns 503", lambda: _equals(workers.ready_status(), 503), 3)
+    await poll("/readyz turns 503", lambda: _equals(workers.ready_status(), 503), IN_FLIGHT)
     assert not all(call.done() for call in calls), "503 must be observed while requests are in flight"
     assert await asyncio.gather(*calls) == [200] * 40
     assert await workers.gateway.wait_exit(SHUTDOWN_TIMEOUT + MARGIN) == 0
