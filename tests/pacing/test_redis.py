@@ -243,7 +243,8 @@ async def test_three_processes_share_one_bound(
         await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.pacing.replica", *args, cwd=ROOT)
         for _ in range(3)
     ]
-    codes = await asyncio.wait_for(asyncio.gather(*(p.wait() for p in processes)), timeout=30)
+    # a hang guard: the replicas' 3 s of calls come after their imports, which take tens of seconds on a loaded box
+    codes = await asyncio.wait_for(asyncio.gather(*(p.wait() for p in processes)), timeout=120)
     assert codes == [0, 0, 0]
     arrivals = counting_upstream.arrivals
     assert len(arrivals) == 300
@@ -292,7 +293,7 @@ async def test_a_pause_seen_by_one_replica_holds_back_the_others(
     credential = make_credential(rate=100)
     assert await first.observe(credential, "/", 429, {"Retry-After": "1"}) == 1
     permit = await second.acquire(credential, "/")
-    assert 0.85 <= permit.waited <= 1.5
+    assert 0.85 <= permit.waited < 2 * 1  # held back for the 1 s pause, not for a second one
 
 
 async def test_a_vanished_script_is_loaded_again(make_pacer: Any, redis_url: str, redis_prefix: str) -> None:
