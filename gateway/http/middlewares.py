@@ -230,7 +230,7 @@ def _from_http_exception(exc: HTTPException) -> GatewayError:
 def _authenticator(
     tokens: Tokens, scopes: dict[str, str | None], throttle: AuthThrottle, *, trust_forwarded: bool
 ) -> Callable[[web.Request], Awaitable[None]]:
-    """Require a bearer token on ``/v1/``; ``scopes`` maps route names to the scope they need.
+    """Require one bearer token on ``/v1/``; ``scopes`` maps route names to the scope they need.
 
     An address that keeps sending bad or missing tokens is paused by ``throttle`` (429).
     """
@@ -238,6 +238,8 @@ def _authenticator(
     async def authenticate(request: web.Request) -> None:
         address = client_address(request, trust_forwarded=trust_forwarded)
         throttle.check(address)
+        if len(request.headers.getall("Authorization", ())) > 1:  # never guess which one the client meant
+            raise InvalidRequest("more than one Authorization header: send exactly one")
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -12,7 +13,7 @@ from gateway.errors import RateLimited
 from gateway.http.throttle import TABLE_SIZE, AuthThrottle
 from tests.conftest import GatewayFactory
 from tests.support import FakeClock
-from tests.upstream.helpers import add_credential, add_sync, start_upstream
+from tests.upstream.helpers import add_credential, add_sync, raw_request, start_upstream
 
 BACKOFF = {"auth_max_failures": 5, "auth_failure_window": 60, "auth_max_backoff": 2, "trust_forwarded": True}
 
@@ -116,3 +117,20 @@ def test_the_backoff_table_stays_bounded_and_keeps_blocking_recent_addresses() -
     throttle.check("10.0.0.0")  # the first was forgotten: it starts over
     throttle.succeeded("10.1.134.159")
     throttle.check("10.1.134.159")
+
+
+@pytest.mark.parametrize("second", ["Bearer gw_not_a_token", "<admin>"])
+async def test_two_authorization_headers_are_400(
+    make_gateway: GatewayFactory, aiohttp_server: Any, second: str
+) -> None:
+    """More than one Authorization header, in any case, is refused and nothing is proxied: the first one
+    used to win silently."""
+    gw = await make_gateway()
+    upstream = await start_upstream(aiohttp_server)
+    await add_sync(gw, await add_credential(gw, upstream.url + "/echo"))
+    again = gw.auth()["Authorization"] if second == "<admin>" else second
+    for line in ("GET /v1/credentials HTTP/1.1", "GET /v1/proxy/sync/sync-1/items HTTP/1.1"):
+        status, body = await raw_request(gw, line, {"authorization": again})
+        assert status == 400, body
+        assert json.loads(body)["code"] == "invalid_request" and b"Authorization" in body
+    assert upstream.state.requests == 0
