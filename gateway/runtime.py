@@ -7,6 +7,7 @@ and neither imports the other: the CLI picks one, as uvicorn does.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import sys
@@ -114,11 +115,26 @@ def signal_gateway(pid_file: str | None, pid: int | None, name: str) -> int:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"server.pid_file: cannot read a pid from {pid_file}: {exc}") from None
     try:
+        if not _serves(pid):  # a stale pid file or a mistyped --pid must not signal another program
+            raise ProcessLookupError
         os.kill(pid, getattr(signal, name))
     except ProcessLookupError:
         raise ConfigError(f"no gateway runs with pid {pid}") from None
     print(f"sent {name} to {pid}; the gateway's log says what it applied", file=sys.stderr)
     return 0
+
+
+def _serves(pid: int) -> bool:
+    """Whether ``pid`` runs ``gateway serve`` (``gateway``, or ``python -m gateway``), by its command line.
+
+    Without ``/proc`` (not Linux) the pid is trusted as given.
+    """
+    try:
+        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return not Path("/proc/self").exists()
+    entry = any(Path(a).name == "gateway" for a in argv) or ("-m", "gateway") in itertools.pairwise(argv)
+    return entry and "serve" in argv
 
 
 async def check_replicas_hold(engine: AsyncEngine, key_id: str, *, force: bool) -> None:

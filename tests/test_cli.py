@@ -282,3 +282,23 @@ def test_a_missing_database_is_one_line_naming_store_url_and_createdb(verb: list
         f"-U {server.username} {missing} (then `gateway migrate`)"
     ]
     assert "hunter2secret" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("verb", ["reload", "restart"])
+def test_reload_and_restart_signal_only_a_gateway(verb: str, tmp_path: Path) -> None:
+    """A pid that is not ``gateway serve`` (here a sleeping python with ``serve`` in its argv), given by
+    --pid or by a stale pid file, exits 2 and is not signalled: ``restart --pid $$`` used to kill a shell."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "serve"])
+    try:
+        pid_file = tmp_path / "gateway.pid"
+        pid_file.write_text(f"{other.pid}\n", encoding="utf-8")
+        base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        env = {**base, "GATEWAY_SERVER__PID_FILE": str(pid_file), "GATEWAY_ENCRYPTION_KEYS": generate_key("k1")}
+        for how in (["--pid", str(other.pid)], []):
+            result = gateway(verb, *how, env=env)
+            assert result.returncode == 2, result.stderr
+            assert result.stderr.strip().splitlines() == [f"gateway: no gateway runs with pid {other.pid}"]
+    finally:
+        other.terminate()  # SIGTERM (15): a pending SIGHUP (1) or SIGUSR2 (12) would be delivered first
+        other.wait(timeout=60)
+    assert other.returncode == -15
