@@ -331,8 +331,15 @@ def _sync_options(value: Any) -> Any:
     return value
 
 
+SYNC_OPTIONS = ("poll_interval", "max_share", "base_id", "api_version")
+MAX_POLL_INTERVAL = 86_400  # seconds: a sync polls at least once a day
+
+
 def _check_sync_options(options: dict[str, str]) -> dict[str, str]:
-    _number_option(options, "poll_interval", 1, None, " (seconds)")
+    for name in options:  # a mistyped option would be stored and silently ignored
+        if name not in SYNC_OPTIONS:
+            raise ValueError(f"options.{name[:64]}: not a sync option (known: {', '.join(SYNC_OPTIONS)})")
+    _number_option(options, "poll_interval", 1, MAX_POLL_INTERVAL, " (seconds)")
     _number_option(options, "max_share", 0, 1, "")
     return options
 
@@ -348,7 +355,7 @@ class SyncIn(Strict):
     )
     options: SyncOptions = Field(
         default_factory=dict,
-        description="provider options (base_id, api_version) and poll_interval (s, >= 1, default 10), "
+        description="provider options (base_id, api_version) and poll_interval (s, 1-86400, default 10), "
         "max_share (0-1, default 0.5)",
     )
 

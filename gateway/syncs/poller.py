@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config import Config
+from gateway.domain.models import MAX_POLL_INTERVAL
 from gateway.domain.objects import Credential, Sync
 from gateway.errors import GatewayError, NotFound
 from gateway.observability.metrics import Metrics
@@ -142,7 +143,7 @@ class SyncPoller:
                 await self._sleep(_backoff(failures))
                 continue
             failures = 0
-            await self._sleep(max(1.0, option(sync, "poll_interval", DEFAULT_POLL_INTERVAL)))
+            await self._sleep(min(max(1.0, option(sync, "poll_interval", DEFAULT_POLL_INTERVAL)), MAX_POLL_INTERVAL))
 
     async def _sleep(self, seconds: float) -> None:
         waiters = [asyncio.ensure_future(e.wait()) for e in (self.stop, self.wake)]

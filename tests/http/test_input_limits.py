@@ -60,7 +60,7 @@ async def test_deep_nesting_is_400_on_every_json_endpoint(make_gateway: GatewayF
 
 async def test_nesting_within_the_limit_and_brackets_in_strings_pass(make_gateway: GatewayFactory) -> None:
     gw = await _seeded(make_gateway, server={"max_json_depth": 8})
-    options = {"note": "[[[[[[[[[[{{{{{{{{{{ \\\" [[[[[["}
+    options = {"api_version": "[[[[[[[[[[{{{{{{{{{{ \\\" [[[[[["}
     resp = await gw.client.patch("/v1/syncs/sync", json={"options": options}, headers=gw.auth())
     assert resp.status == 200, await resp.text()
     deep: Any = 1

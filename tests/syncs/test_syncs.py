@@ -137,6 +137,8 @@ async def test_bad_syncs_are_refused_naming_the_field(make_gateway: GatewayFacto
         ({"credential_id": "cred-airtable", "collections": [], "options": {"poll_interval": 0.5}}, "poll_interval"),
         ({"credential_id": "cred-airtable", "collections": [], "options": {"max_share": 2}}, "max_share"),
         ({"credential_id": "cred-airtable", "collections": [], "options": {"max_share": "x"}}, "max_share"),
+        ({"credential_id": "cred-airtable", "collections": [], "options": {"poll_interval": 1e308}}, "poll_interval"),
+        ({"credential_id": "cred-airtable", "collections": [], "options": {"poll_intervall": 5}}, "poll_intervall"),
     ]
     for body, named in cases:
         async with gw.client.post("/v1/syncs", json=body, headers=gw.auth()) as resp:
