@@ -404,7 +404,7 @@ class WebhookConsumerIn(_ConsumerBase):
     batch_size: int = Field(default=10, ge=1, le=1000)
     timeout: float = Field(default=10, gt=0, le=300)
     max_retry_duration: float = Field(
-        default=86400, gt=0, le=MAX_RETRY_DURATION, description="seconds before marked failing"
+        default=86400, gt=0, le=MAX_RETRY_DURATION, description="caps the retry backoff at a tenth of it"
     )
     max_backoff: float = Field(default=60, ge=1, le=3600, description="longest seconds between two retries")
 

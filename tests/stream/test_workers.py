@@ -193,7 +193,8 @@ async def test_a_receiver_back_from_an_outage_gets_its_backlog_within_max_backof
 
 
 async def test_a_failing_webhook_says_why_until_it_recovers(replica: dict[Any, Any], aiohttp_server: Any) -> None:
-    """Past ``max_retry_duration`` the consumer reads ``failing`` with the last error; a 2xx clears both."""
+    """From its first failed delivery the consumer reads ``failing`` with the last error, long before
+    ``max_retry_duration`` (it read ``active`` for a day by default); a 2xx clears both."""
     down = True
 
     async def hook(request: web.Request) -> web.Response:
@@ -201,7 +202,8 @@ async def test_a_failing_webhook_says_why_until_it_recovers(replica: dict[Any, A
 
     url = await _receiver(aiohttp_server, hook)
     await seed_sync(replica)
-    await add_consumer(replica, id="hooks", kind="webhook", url=url, secret=SECRET, max_retry_duration=1)
+    await add_consumer(replica, id="hooks", kind="webhook", url=url, secret=SECRET, max_retry_duration=86400,
+                       max_backoff=1)  # fmt: skip
     await append(replica, [record_insert("003A")])
     workers = Workers(objects=replica[appkeys.OBJECTS], stream=replica[appkeys.STREAM], retention=86400,
                       shutdown_timeout=5)  # fmt: skip

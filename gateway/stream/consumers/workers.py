@@ -9,8 +9,9 @@ past ``stream.retention``.
 
 A worker has one batch in flight: claim the lowest pending events (``ordered``), hand them to its
 sink until the sink accepts them, then ack. Failures are retried with exponential backoff and
-jitter; after ``max_retry_duration`` the consumer is marked ``failing`` and retries continue at the
-longest backoff, keeping its position (nothing is dropped); the first success marks it active again.
+jitter; from the first failure the consumer is marked ``failing`` with the last error, and retries
+continue at the longest backoff, keeping its position (nothing is dropped); the first success marks it
+active again.
 """
 
 from __future__ import annotations
@@ -135,16 +136,16 @@ class ConsumerWorker:
         """Retry until the sink accepts the batch (True) or the worker is stopped (False)."""
         events, ack_ids = [d.event for d in batch], [d.ack_id for d in batch]
         max_retry = float(consumer.settings.get("max_retry_duration", 86400))
-        first_failure, attempt = time.monotonic(), 0
+        attempt, shown = 0, None
         while not self.stop.is_set():
             try:
                 await self.sink.deliver(consumer, events)
             except DeliveryFailed as exc:
                 attempt += 1
                 log.warning("consumer_delivery_failed", consumer=consumer.id, attempt=attempt, error=str(exc))
-                if time.monotonic() - first_failure >= max_retry and consumer.status != "failing":
-                    await self.objects.set_consumer_status(consumer.id, "failing", f"delivery failing: {exc}")
-                    consumer = replace(consumer, status="failing")
+                if (detail := f"delivery failing: {exc}") != shown:  # failing from the first failure, last error
+                    await self.objects.set_consumer_status(consumer.id, "failing", detail)
+                    consumer, shown = replace(consumer, status="failing"), detail
                 delay = self.backoff.delay(
                     attempt - 1,
                     max_retry_duration=max_retry,
