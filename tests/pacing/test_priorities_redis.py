@@ -10,25 +10,26 @@ from typing import Any
 import pytest
 
 from gateway.pacing.pacer import GatewayPacer
+from gateway.pacing.redis import LEASE_TTL
 from gateway.pacing.scheduler import Priority, Share
 from tests.pacing.conftest import make_credential
 
 pytestmark = pytest.mark.slow
-MARGIN = 0.05
-TTL = 2.0  # lease TTL of these tests' pacers
+DEAD_TTL = 2.0  # lease TTL where a replica's death is the point: its places are forgotten this fast
 
 
 @pytest.fixture
 def replicas(make_pacer: Any, redis_url: str, redis_prefix: str) -> Any:
-    async def start(n: int) -> list[GatewayPacer]:
+    async def start(n: int, ttl: float = LEASE_TTL) -> list[GatewayPacer]:  # a loaded box's live replica lives on
         pacing = {"backend": "redis", "redis_url": redis_url, "key_prefix": redis_prefix, "on_backend_error": "reject"}
-        return [await make_pacer(pacing=pacing, permit_ttl=TTL) for _ in range(n)]
+        return [await make_pacer(pacing=pacing, permit_ttl=ttl) for _ in range(n)]
 
     return start
 
 
 async def test_a_high_call_on_one_replica_overtakes_a_thousand_low_calls_on_another(replicas: Any) -> None:
-    """20/s: replica A queues 1,000 low calls; replica B's high call goes within two intervals + 50 ms."""
+    """20/s: replica A queues 1,000 low calls; replica B's high call goes next: at most a few lows, the
+    ones already granted or being granted, go before it (in arrival order it would be some 990)."""
     a, b = await replicas(2)
     credential = make_credential(rate=20, burst=1, max_wait=600)
     lows = [asyncio.ensure_future(a.acquire(credential, "/", share=Share("low", "batch"))) for _ in range(1000)]
@@ -36,9 +37,9 @@ async def test_a_high_call_on_one_replica_overtakes_a_thousand_low_calls_on_anot
     while (await b.describe(credential))["queued"]["low"] < 990:
         assert time.monotonic() < deadline, "the low calls never queued"
         await asyncio.sleep(0.05)
-    started = time.monotonic()
+    granted_before = sum(waiter.done() for waiter in lows)
     await b.acquire(credential, "/", share=Share("high", "app"))
-    assert time.monotonic() - started <= 2 / 20 + MARGIN
+    assert sum(waiter.done() for waiter in lows) - granted_before <= 4
     for waiter in lows:
         waiter.cancel()
     await asyncio.gather(*lows, return_exceptions=True)
@@ -63,7 +64,7 @@ async def test_a_dead_replicas_queued_calls_hold_the_bucket_back_at_most_one_lea
     replicas: Any, make_pacer: Any
 ) -> None:
     """Replica A queues 200 high calls and stops polling (dies); B's low call goes within the lease TTL."""
-    a, b = await replicas(2)
+    a, b = await replicas(2, DEAD_TTL)
     credential = make_credential(rate=5, burst=1, max_wait=600)
     await a.acquire(credential, "/")
     highs = [asyncio.ensure_future(a.acquire(credential, "/", share=Share("high", "x"))) for _ in range(200)]
@@ -76,7 +77,7 @@ async def test_a_dead_replicas_queued_calls_hold_the_bucket_back_at_most_one_lea
         await queue.close()
     started = time.monotonic()
     await b.acquire(credential, "/", share=Share("low", "y"))
-    assert time.monotonic() - started <= TTL + 1 / 5 + 0.5
+    assert time.monotonic() - started <= DEAD_TTL + 1 / 5 + 0.5
     for waiter in highs:
         waiter.cancel()
     await asyncio.gather(*highs, return_exceptions=True)
