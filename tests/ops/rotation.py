@@ -133,7 +133,7 @@ class Load:
     async def more(self, count: int, what: str) -> None:
         """Wait until ``count`` more calls have been answered."""
         settled = len(self.calls)
-        await poll(what, lambda: len(self.calls) >= settled + count, deadline=60)
+        await poll(what, lambda: len(self.calls) >= settled + count, deadline=120)
 
 
 @contextlib.asynccontextmanager
@@ -200,7 +200,7 @@ class Drill:
         await self._reload([new, old])
         refreshes = self.upstream.state.refreshes
         self.upstream.state.valid_token = f"revoked-{self.rounds}"  # the next OAuth2 call gets a 401 and refreshes
-        await poll("an OAuth2 refresh after the reload", lambda: self.upstream.state.refreshes > refreshes, 30)
+        await poll("an OAuth2 refresh after the reload", lambda: self.upstream.state.refreshes > refreshes, 60)
 
         refusal = ""
 

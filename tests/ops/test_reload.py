@@ -52,7 +52,7 @@ async def test_online_key_rotation_under_load_fails_no_call(tmp_path: Path, aioh
             key_file.write_text(f"{k2}\n{k1}\n", encoding="utf-8")
             await reloaded(gateway, deployment, "reloaded", 1)
             upstream.state.valid_token = "token-rotated"  # the next OAuth2 call gets a 401 and refreshes
-            await poll("an OAuth2 refresh after the reload", lambda: upstream.state.refreshes == 1, deadline=30)
+            await poll("an OAuth2 refresh after the reload", lambda: upstream.state.refreshes == 1, deadline=60)
             sealed = lambda: sealed_key_ids(tmp_path, "cred-oauth") == {"k2"}  # noqa: E731
             await poll("the refreshed token sealed with k2", sealed, deadline=30)
             assert sealed_key_ids(tmp_path, "cred-bearer") == {"k1"}
