@@ -78,7 +78,7 @@ class Limit:
         return cls(interval=math.ceil(interval * BURST1_PADDING), tolerance=0)
 
 
-@dataclass
+@dataclass(slots=True)
 class BucketState:
     """Mutable state of one bucket: ``holes`` maps a freed reservation's ``tat`` after it to its slot."""
 

@@ -62,7 +62,6 @@ from gateway.config import PacingConfig
 from gateway.pacing import bucket
 from gateway.pacing.backend import BackendError, Permit, Place, Refused, Reservation
 from gateway.pacing.bucket import US, Charge
-from gateway.pacing.local import SWEEP_FROM
 from gateway.pacing.registry import BucketSpec
 from gateway.pacing.scheduler import PRIORITIES, Share, step
 from gateway.pacing.shared_queue import Granted, Polled, SharedQueue
@@ -72,6 +71,7 @@ PERMITS_SCRIPT = resources.files("gateway.pacing").joinpath("permits.lua").read_
 T = TypeVar("T")
 TIMEOUT = 1.0
 LEASE_TTL = 30.0  # how long a replica's queued calls and concurrency permits outlive it
+SWEEP_FROM = 1024  # queues held before the idle ones are forgotten (then twice those left)
 LOOKAHEAD = 20_000  # µs: slots are granted this long before they come, so a poll's round trip makes no call late
 MAX_BATCH = 32  # calls per script call: each grant in a call is as late as the whole call is long
 # How far in the past a queued call's slot may lie (bucket.head_slot): none. Grants are made ahead,

@@ -19,8 +19,7 @@ from gateway.config import PacingConfig
 from gateway.errors import RateLimited
 from gateway.pacing.backend import BackendError, Reservation
 from gateway.pacing.limits import BucketLimit
-from gateway.pacing.local import SWEEP_FROM
-from gateway.pacing.redis import RedisBackend
+from gateway.pacing.redis import SWEEP_FROM, RedisBackend
 from gateway.pacing.registry import BucketSpec
 from gateway.pacing.scheduler import DEFAULT_SHARE
 from tests.pacing.conftest import make_credential
