@@ -80,7 +80,7 @@ async def test_empty_receive_waits_for_wait_for(make_gateway: GatewayFactory) ->
     started = time.monotonic()
     status, body = await _post(gw, "/v1/consumers/reader/receive", {"wait_for": 300})
     assert (status, body) == (200, {"data": []})
-    assert 0.25 < time.monotonic() - started < 3
+    assert 0.25 < time.monotonic() - started < 10
 
 
 async def test_nack_makes_events_receivable_again(make_gateway: GatewayFactory) -> None:

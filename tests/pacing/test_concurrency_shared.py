@@ -98,7 +98,7 @@ async def test_a_waiter_beyond_max_wait_is_refused_and_leaves_the_queue(replica:
     started = time.monotonic()
     with pytest.raises(RateLimited, match="max_wait"):
         await pacer.acquire(ONE_PERMIT, "/", max_wait=0.2)
-    assert 0.2 <= time.monotonic() - started < 2
+    assert 0.2 <= time.monotonic() - started < 5
     assert (await pacer.describe(ONE_PERMIT))["queue_depth"] == 0
     holder.release()
     assert (await asyncio.wait_for(pacer.acquire(ONE_PERMIT, "/", max_wait=5), 5)).waited < 2

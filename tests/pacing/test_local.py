@@ -63,7 +63,7 @@ async def test_cancelled_waiters_give_their_slots_back(make_pacer: Any) -> None:
     await asyncio.gather(*waiters, return_exceptions=True)
     started = time.monotonic()
     await pacer.acquire(credential, "/")
-    assert time.monotonic() - started < 0.15
+    assert time.monotonic() - started < 1  # half the 2 s the 20 slots would take
     assert (await pacer.describe(credential))["queue_depth"] == 0
 
 
@@ -93,7 +93,7 @@ async def test_an_upstream_429_pauses_the_bucket_for_every_caller(make_pacer: An
     assert await pacer.observe(credential, "/", 429, {"Retry-After": "1"}) == 1
     assert (await pacer.describe(credential))["paused_until"] is not None
     permit = await pacer.acquire(credential, "/")
-    assert 0.9 <= permit.waited <= 1.5
+    assert 0.9 <= permit.waited < 2  # the 1 s pause once, not twice
     assert scrape(metrics.registry, "gateway_upstream_throttled_total", provider="rest") == 1
 
 
@@ -125,12 +125,12 @@ async def test_a_stalled_process_does_not_release_a_burst(make_pacer: Any) -> No
 
 
 async def test_airtable_bases_are_paced_separately(make_pacer: Any) -> None:
-    """Two Airtable bases of one credential each have their own 5/s bucket; the same base waits."""
-    pacer = await make_pacer(providers={"airtable": {"rate_limit": {"burst": 1}}})
+    """Two Airtable bases of one credential each have their own bucket (here 1/s); the same base waits."""
+    pacer = await make_pacer(providers={"airtable": {"rate_limit": {"rate": 1, "burst": 1}}})
     credential = make_credential(provider="airtable")
     await pacer.acquire(credential, "/v0/appAAA/t")
-    assert (await pacer.acquire(credential, "/v0/appBBB/t")).waited < 0.1
-    assert (await pacer.acquire(credential, "/v0/appAAA/t")).waited > 0.15
+    assert (await pacer.acquire(credential, "/v0/appBBB/t")).waited < 0.5
+    assert (await pacer.acquire(credential, "/v0/appAAA/t")).waited > 0.75
 
 
 async def test_a_provider_wide_bucket_is_shared_by_its_credentials(make_pacer: Any) -> None:

@@ -304,7 +304,7 @@ async def test_a_vanished_script_is_loaded_again(make_pacer: Any, redis_url: str
     )
     pacer._shared._script.sha = "0" * 40
     permit = await pacer.acquire(make_credential(), "/")
-    assert permit.waited < 0.5
+    assert permit.waited < 2
     assert scrape(metrics.registry, "gateway_pacing_backend_fallbacks_total") == 0
 
 

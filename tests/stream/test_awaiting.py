@@ -49,7 +49,7 @@ async def test_await_times_out_naming_pending_consumers(make_gateway: GatewayFac
     started = time.monotonic()
     pending = await gw.app[appkeys.STREAM].await_consumers(["accounts-only", "idle"], [event.seq], 0.3)
     assert pending == ["idle"]
-    assert 0.25 < time.monotonic() - started < 3
+    assert 0.25 < time.monotonic() - started < 10
 
 
 async def test_an_ack_on_another_replica_wakes_the_waiter_through_notify(
