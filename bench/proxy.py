@@ -135,7 +135,7 @@ def child(args: list[str], port: int, **kwargs: Any) -> Iterator[subprocess.Pope
         yield proc
     finally:
         proc.terminate()
-        proc.wait(10)
+        proc.wait(60)  # a graceful drain, which a loaded machine holding 10,000 credentials can stretch past 10 s
 
 
 @contextmanager
