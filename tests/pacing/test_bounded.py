@@ -17,9 +17,10 @@ import pytest
 
 from gateway.config import PacingConfig
 from gateway.errors import RateLimited
+from gateway.pacing import redis
 from gateway.pacing.backend import BackendError, Reservation
 from gateway.pacing.limits import BucketLimit
-from gateway.pacing.redis import SWEEP_FROM, RedisBackend
+from gateway.pacing.redis import RedisBackend
 from gateway.pacing.registry import BucketSpec
 from gateway.pacing.scheduler import DEFAULT_SHARE
 from tests.pacing.conftest import make_credential
@@ -105,14 +106,18 @@ async def queue_once(backend: RedisBackend, key: str) -> None:
 
 
 @pytest.mark.slow
-async def test_redis_queues_of_this_replica_are_forgotten_once_idle(redis_url: str, redis_prefix: str) -> None:
+async def test_redis_queues_of_this_replica_are_forgotten_once_idle(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sweep_from = 64  # the production threshold (1,024) needs over 3,000 Redis queues (85 s) to show the same
+    monkeypatch.setattr(redis, "SWEEP_FROM", sweep_from)
     backend = RedisBackend(PacingConfig(redis_url=redis_url, key_prefix=redis_prefix))
-    batch = 32
+    batch = sweep_from  # three rounds: without the sweep the third would exceed sweep_from + batch
     try:
-        for start in range(0, 3 * SWEEP_FROM, batch):
+        for start in range(0, 3 * sweep_from, batch):
             await asyncio.gather(*(queue_once(backend, f"k{n}") for n in range(start, start + batch)))
             await until(lambda: all(queue.idle for queue in backend._queues.values()))
-            assert len(backend._queues) <= SWEEP_FROM + batch
+            assert len(backend._queues) <= sweep_from + batch
         assert len(backend._permit_queues) == 0
         # Queues made after the sweeps still queue and grant in order.
         later = spec("later", rate=20, burst=1)
