@@ -100,7 +100,7 @@ def test_salesforce_refuses_garbage() -> None:
 
 
 def hs_row(upstream_id: str, stamp: str) -> dict[str, Any]:
-    return {"id": upstream_id, "properties": {"email": "a@b.co", "hs_lastmodifieddate": stamp}, "updatedAt": stamp}
+    return {"id": upstream_id, "properties": {"email": "a@b.co", "lastmodifieddate": stamp}, "updatedAt": stamp}
 
 
 def test_hubspot_list_backfill_then_search_then_archived() -> None:
@@ -116,11 +116,14 @@ def test_hubspot_list_backfill_then_search_then_archived() -> None:
     search = hs.request(done.cursor, target)
     assert search.path == "/crm/v3/objects/contacts/search" and search.method == "POST"
     assert search.json["filterGroups"][0]["filters"][0] == {
-        "propertyName": "hs_lastmodifieddate",
+        "propertyName": "lastmodifieddate",  # contacts have no hs_lastmodifieddate
         "operator": "GT",
         "value": str(cursor["since"] - 1),
     }
-    assert search.json["sorts"] == [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}]
+    assert search.json["sorts"] == [{"propertyName": "lastmodifieddate", "direction": "ASCENDING"}]
+    for obj in ("company", "deal", "2-123456"):
+        other = hs.request(done.cursor, Target(obj, {}, "")).json
+        assert other["sorts"] == [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}]
     found = hs.page(done.cursor, {"results": [hs_row("7", "2026-01-03T00:00:00.000Z")]})
     assert [s.upstream_id for s in found.seen] == ["7"] and found.cursor["step"] == "archived"
     archived = hs.request(found.cursor, target)

@@ -1,8 +1,9 @@
 """HubSpot change capture: the object list (backfill), CRM search (changes), archived lists (deletes).
 
 The backfill pages ``GET /crm/v3/objects/{type}?limit=100&after=`` (ordered by id, so records
-changed meanwhile cannot shift a page); changes then come from ``POST .../search`` filtered on
-``hs_lastmodifieddate`` GT the cursor, sorted ascending, 100 per page, starting from the backfill's
+changed meanwhile cannot shift a page); changes then come from ``POST .../search`` filtered on the
+last-modified property GT the cursor (``lastmodifieddate`` for contacts, ``hs_lastmodifieddate`` for
+every other object type, as HubSpot names them), sorted ascending, 100 per page, starting from the backfill's
 start less ``SKEW`` (the gateway's clock against HubSpot's). Each search starts again at the last
 instant read (the filter value is that instant less 1 ms) and skips the ids already read at it;
 if 100 records share the instant the search pages through them with ``after``. When a search is
@@ -20,6 +21,14 @@ from gateway.providers.hubspot import object_type
 
 LIMIT = 100
 SKEW = 30.0  # seconds: changes made this long before the backfill began are read again once
+# HubSpot's contacts predate the ``hs_`` prefix: their last-modified property has none.
+_CONTACTS_MODIFIED = "lastmodifieddate"
+_MODIFIED = "hs_lastmodifieddate"
+
+
+def modified_property(object_type: str) -> str:
+    """The property holding a record's last-modified instant, for ``object_type`` (``contacts``, ...)."""
+    return _CONTACTS_MODIFIED if object_type in ("contacts", "0-1") else _MODIFIED
 
 
 def _next_after(body: dict[str, Any]) -> str | None:
@@ -42,21 +51,19 @@ class HubSpotCapture(Capture):
         return {"phase": "backfill", "after": None, "since": millis(now) - int(SKEW * 1000)}
 
     def request(self, cursor: Cursor, target: Target) -> Call:
-        path = f"/crm/v3/objects/{object_type(target.obj)}"
+        kind = object_type(target.obj)
+        path = f"/crm/v3/objects/{kind}"
         after = [("after", str(cursor["after"]))] if cursor.get("after") else []
         if cursor.get("phase") == "backfill":
             return Call("GET", path, query=[("limit", str(LIMIT)), *after])
         if cursor.get("step") == "archived":
             return Call("GET", path, query=[("archived", "true"), ("limit", str(LIMIT)), *after])
+        modified = modified_property(kind)
         body: dict[str, Any] = {
             "filterGroups": [
-                {
-                    "filters": [
-                        {"propertyName": "hs_lastmodifieddate", "operator": "GT", "value": str(cursor["since"] - 1)}
-                    ]
-                }
+                {"filters": [{"propertyName": modified, "operator": "GT", "value": str(cursor["since"] - 1)}]}
             ],
-            "sorts": [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}],
+            "sorts": [{"propertyName": modified, "direction": "ASCENDING"}],
             "limit": LIMIT,
         }
         if cursor.get("after"):
@@ -86,7 +93,7 @@ class HubSpotCapture(Capture):
         for row in results:
             upstream_id = text(row, "id")
             properties = _properties(row)
-            at = millis(stamp(properties, "hs_lastmodifieddate"))
+            at = millis(stamp(properties, _MODIFIED if properties.get(_MODIFIED) else _CONTACTS_MODIFIED))
             if ties.fresh(at, upstream_id):
                 seen.append(Seen(upstream_id, properties, parse_time(row.get("updatedAt"))))
             ties.advance(at, upstream_id)

@@ -29,7 +29,9 @@ DEFAULT_PROPERTIES = {
     "companies": ("name", "domain"),
     "deals": ("dealname", "amount", "dealstage", "pipeline", "closedate"),
 }
-SYSTEM_PROPERTIES = ("createdate", "hs_lastmodifieddate", "hs_object_id", "lastmodifieddate")
+# The last-modified property: contacts call it ``lastmodifieddate``, the other types ``hs_lastmodifieddate``
+# (https://developers.hubspot.com/docs/api/crm/search, "default returned properties").
+MODIFIED = {"contacts": "lastmodifieddate", "companies": "hs_lastmodifieddate", "deals": "hs_lastmodifieddate"}
 NUMERIC = frozenset({"amount", "numberofemployees"})
 
 
@@ -93,13 +95,7 @@ class HubSpotState(SandboxState):
     def insert(self, object_type: str, properties: dict[str, str]) -> dict[str, Any]:
         self.serial += 1
         object_id, stamp = str(self.serial), utc_iso(now())
-        stored = {
-            **properties,
-            "hs_object_id": object_id,
-            "createdate": stamp,
-            "lastmodifieddate": stamp,
-            "hs_lastmodifieddate": stamp,
-        }
+        stored = {**properties, "hs_object_id": object_id, "createdate": stamp, MODIFIED[object_type]: stamp}
         obj = {"id": object_id, "properties": stored, "createdAt": stamp, "updatedAt": stamp, "archived": False}
         self.table(object_type)[object_id] = obj
         return obj
@@ -107,7 +103,7 @@ class HubSpotState(SandboxState):
     def update(self, object_type: str, object_id: str, properties: dict[str, str]) -> dict[str, Any]:
         obj = self.table(object_type)[object_id]
         stamp = utc_iso(now())
-        obj["properties"].update(properties, lastmodifieddate=stamp, hs_lastmodifieddate=stamp)
+        obj["properties"].update(properties, **{MODIFIED[object_type]: stamp})
         obj["updatedAt"] = stamp
         return obj
 
@@ -181,7 +177,8 @@ def as_strings(properties: dict[str, Any]) -> dict[str, str]:
 
 def view(object_type: str, obj: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
     """The object with the asked-for properties (plus the system ones), as HubSpot answers reads."""
-    wanted = [*(names if names is not None else DEFAULT_PROPERTIES[object_type]), *SYSTEM_PROPERTIES]
+    system = ("createdate", "hs_object_id", MODIFIED[object_type])
+    wanted = [*(names if names is not None else DEFAULT_PROPERTIES[object_type]), *system]
     props = obj["properties"]
     return {**obj, "properties": {n: props.get(n) for n in dict.fromkeys(wanted)}}
 
