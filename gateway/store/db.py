@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.config import StoreConfig
 from gateway.errors import ConfigError, GatewayError
+from gateway.store import onehop
 from gateway.store.failures import StoreUnavailable, describe, open_connection
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -63,6 +64,7 @@ def create_engine(config: StoreConfig) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30}, json_serializer=_json_serializer)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        onehop.install(engine)
         return engine
     return create_async_engine(
         url,
