@@ -61,6 +61,8 @@ class UpstreamAnswer(Protocol):
     def headers(self) -> Mapping[str, str]: ...
     @property
     def body_json(self) -> Any: ...
+    @property
+    def pause(self) -> float | None: ...
 
 
 class Upstream(Protocol):
@@ -376,7 +378,7 @@ class MutationService:
             headers=call.headers,
         )
         if not 200 <= answer.status < 300:
-            raise plan.translator.error_for(answer.status, answer.headers, answer.body_json)
+            raise plan.translator.error_for(answer.status, answer.headers, answer.body_json, answer.pause)
         return answer
 
     async def _await_consumers(self, run: Run) -> None:

@@ -136,13 +136,17 @@ class Translator(ABC):
     def not_found(self, message: str) -> GatewayError:
         return NotFound(f"Error: {self.name} record not found: `{message}`")
 
-    def error_for(self, status: int, headers: Mapping[str, str], body: Any) -> GatewayError:
-        """Map a non-2xx answer to the spec's error table."""
+    def error_for(self, status: int, headers: Mapping[str, str], body: Any, pause: float | None = None) -> GatewayError:
+        """Map a non-2xx answer to the spec's error table.
+
+        ``pause``: what the pacer read from the answer (``Retry-After`` in seconds or as an HTTP date,
+        the provider's penalty when there is none, as Airtable's 30 s); a throttled answer asks the
+        caller to wait that long, else its ``Retry-After`` seconds.
+        """
         message = _clip(self.error_message(body) or f"HTTP {status}")
         if self.is_throttled(status, body):
-            return RateLimited(
-                f"Error: {self.name} rate limit exceeded: `{message}`", retry_after=_retry_after(headers)
-            )
+            wait = pause if pause else _retry_after(headers)
+            return RateLimited(f"Error: {self.name} rate limit exceeded: `{message}`", retry_after=max(1.0, wait))
         if status in (401, 403):
             return UpstreamAuthFailed(
                 f"Error: {self.name} rejected the credential: `{message}`", upstream_status=status

@@ -148,6 +148,8 @@ class Flavor:
 
     name = "sandbox"
     public_prefixes: tuple[str, ...] = ()
+    # Whether the provider's throttled answers carry Retry-After (Stripe, Airtable, Salesforce: none).
+    sends_retry_after = True
 
     def authenticate(self, request: web.Request, state: SandboxState) -> bool:
         raise NotImplementedError
@@ -302,7 +304,8 @@ def _check_access(request: web.Request, state: SandboxState, key: str) -> None:
     retry_after, daily = state.admit(key)
     if retry_after:
         response = state.flavor.throttled(retry_after, daily=daily)
-        response.headers.setdefault("Retry-After", str(max(1, round(retry_after))))
+        if state.flavor.sends_retry_after:
+            response.headers.setdefault("Retry-After", str(max(1, round(retry_after))))
         raise Reject(response)
 
 

@@ -224,7 +224,7 @@ class SyncPoller:
                 return Page([], retry)
             translator = translator_for(reading.provider)
             assert translator is not None  # every provider with a capture has a translator
-            raise translator.error_for(answer.status, answer.headers, answer.body_json)
+            raise translator.error_for(answer.status, answer.headers, answer.body_json, answer.pause)
         finally:
             self.metrics.sync_polls.labels(reading.provider, outcome).inc()
 

@@ -21,7 +21,7 @@ API (others depend on it)::
     result = await client.request_json(credential, "POST", "services/data/v59.0/composite/sobjects",
                                        json={...} | None, form={...} | None, query={...} | None,
                                        headers={...} | None)
-    result.status, result.headers, result.body_json, result.pacing_wait
+    result.status, result.headers, result.body_json, result.pacing_wait, result.pause
 
 ``path`` is relative to the credential's base URL, percent-encoded as it should go on the wire; it is
 checked by ``paths.join`` (``InvalidPath`` before anything is sent). ``bytes``/``None`` bodies are
@@ -69,6 +69,8 @@ URLS_LIMIT = 256
 DEFAULT_TIMEOUTS = {"connect": 10.0, "total": 60.0, "read": 60.0}
 MAX_PACING_RETRIES = 3
 Body = bytes | StreamedBody | None
+
+
 @dataclass(frozen=True)
 class Prepared:
     """What the send path needs of one credential object, computed once per object.
@@ -142,7 +144,7 @@ class _Exchange:
     async def __aenter__(self) -> UpstreamResponse:
         attempt, waited = await self.client._exchange(self)
         self._attempt = attempt
-        return UpstreamResponse(attempt.raw, provider=self.credential.provider, pacing_wait=waited)
+        return UpstreamResponse(attempt.raw, provider=self.credential.provider, pacing_wait=waited, pause=attempt.pause)
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
@@ -433,7 +435,7 @@ class UpstreamClient:
             # An HTML error page from a load balancer, say (the status still tells the story), or JSON no
             # record can hold: nested past server.max_json_depth, NaN, 1e400.
             parsed = None
-        return UpstreamResult(resp.status, dict(resp.headers), parsed, resp.pacing_wait)
+        return UpstreamResult(resp.status, dict(resp.headers), parsed, resp.pacing_wait, resp.pause)
 
     async def _post_token_form(self, url: str, form: dict[str, str]) -> tuple[int, Any]:
         """The OAuth2 token endpoint call (unpaced: it is not the API the bucket protects)."""

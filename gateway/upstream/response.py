@@ -27,17 +27,21 @@ class UpstreamResult:
     headers: Mapping[str, str]
     body_json: Any
     pacing_wait: float = 0.0
+    pause: float | None = None  # seconds the answer paused its bucket (its Retry-After, the penalty, ...)
 
 
 class UpstreamResponse:
     """An upstream answer whose body is still on the wire; ``chunks()`` relays it as it arrives."""
 
-    def __init__(self, raw: aiohttp.ClientResponse, *, provider: str, pacing_wait: float) -> None:
+    def __init__(
+        self, raw: aiohttp.ClientResponse, *, provider: str, pacing_wait: float, pause: float | None = None
+    ) -> None:
         self._raw = raw
         self._provider = provider
         self.status = raw.status
         self.headers: CIMultiDictProxy[str] = raw.headers
         self.pacing_wait = pacing_wait
+        self.pause = pause
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:

@@ -112,6 +112,7 @@ async def test_over_the_limit_is_429_rate_limit(st: Running) -> None:
         pass
     async with st.request("GET", CUSTOMERS) as resp:
         assert resp.status == 429 and (await resp.json())["error"]["code"] == "rate_limit"
+        assert "Retry-After" not in resp.headers  # Stripe's 429s say nothing of when to retry
 
 
 def stripe_state(running: Running) -> stripe.StripeState:

@@ -40,6 +40,7 @@ def at_error(status: int, kind: str, message: str) -> web.Response:
 
 class AirtableFlavor(Flavor):
     name = "airtable"
+    sends_retry_after = False  # https://airtable.com/developers/web/api/rate-limits: wait 30 s, no header says so
 
     def __init__(self, token: str) -> None:
         self._token = token

@@ -101,6 +101,7 @@ def sf_error(status: int, code: str, message: str, fields: list[str] | None = No
 
 class SalesforceFlavor(Flavor):
     name = "salesforce"
+    sends_retry_after = False  # 403 REQUEST_LIMIT_EXCEEDED: the 24-hour allocation, no Retry-After
     public_prefixes = ("/services/oauth2/",)
 
     def authenticate(self, request: web.Request, state: SandboxState) -> bool:

@@ -57,6 +57,7 @@ def stripe_error(
 
 class StripeFlavor(Flavor):
     name = "stripe"
+    sends_retry_after = False  # https://docs.stripe.com/rate-limits: a 429 says nothing of when to retry
 
     def __init__(self, secret_key: str) -> None:
         self._key = secret_key
