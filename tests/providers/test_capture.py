@@ -174,6 +174,15 @@ def test_stripe_without_anchor_relists_when_events_overflow_a_page() -> None:
     assert page.cursor == {"phase": "backfill", "anchored": True, "event": "evt_9", "after": None}
 
 
+def test_stripe_relists_when_its_anchor_event_aged_out() -> None:
+    """Only a live cursor's missing event restarts the backfill; other refusals stay errors."""
+    st = StripeCapture()
+    missing = {"error": {"type": "invalid_request_error", "code": "resource_missing", "param": "ending_before"}}
+    assert st.recover({"phase": "live", "event": "evt_1"}, 400, missing) == st.start(NOW)
+    assert st.recover({"phase": "live", "event": None}, 400, missing) is None
+    assert st.recover({"phase": "live", "event": "evt_1"}, 400, {"error": {"code": "parameter_invalid"}}) is None
+
+
 def test_airtable_scan_pages_and_restarts_an_expired_offset() -> None:
     at = AirtableCapture()
     target = Target("Contacts", {"base_id": "appSandboxBase001"}, "")

@@ -196,3 +196,27 @@ async def _progress_over(env: Any, n: int) -> bool:
 
 async def _stopped(env: Any) -> bool:
     return SYNC not in env.gw.app[appkeys.SYNC_RUNNERS].running
+
+
+async def test_a_stripe_anchor_older_than_30_days_makes_the_sync_list_again(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    """No event for 30 days: Stripe no longer knows the anchor event and refuses it as ``ending_before``
+    (resource_missing); the sync notes the newest event again and re-lists, and the change arrives."""
+    env = await connect(make_gateway, aiohttp_server, "stripe", seed=3)
+    await until("the backfill is complete", env.in_step)
+    await until("the sync is live", lambda: _state(env, "live"))
+    assert (await env.post("pause"))["state"] == "paused"
+    await until("the poller stopped", lambda: _stopped(env))
+    anchor = (await env.view())["cursor"][env.collection]["event"]
+    assert anchor is not None
+    for event in env.sandbox.events:  # type: ignore[attr-defined]
+        event["created"] -= 31 * 86400  # every event so far is past Stripe's 30-day window
+    edit = sorted(env.upstream())[0]
+    env.change("update", edit, env.sample(20))
+    await env.post("resume")
+    await until("the change arrived", env.in_step)
+    refused = [r for r in env.sandbox.requests_to("/v1/events") if ("ending_before", anchor) in r.query]
+    assert refused, "the expired anchor was never asked for"
+    view = await env.view()
+    assert view["state"] != "failing" and view["cursor"][env.collection]["event"] != anchor

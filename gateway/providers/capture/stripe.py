@@ -5,13 +5,15 @@ before the backfill the newest ``<object>.*`` event is noted (the anchor), the b
 list endpoint with ``starting_after``, then polling asks ``/v1/events?types[]=...&ending_before=
 <anchor>``, which answers the events just newer than the anchor; they are applied oldest first and
 the newest becomes the anchor. With no anchor yet (no event in Stripe's 30-day window when the
-backfill began) a poll that finds more than one page of events re-reads the list instead.
+backfill began) a poll that finds more than one page of events re-reads the list instead; so does a
+poll whose anchor aged out of that window (no new event for 30 days: Stripe refuses the cursor with
+``resource_missing``). A re-read list shows changes, not deletes: the list omits deleted objects.
 ``upstream_updated_at`` stays empty: Stripe objects carry no modification time (mutations agree).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.providers.base import Call, Target
@@ -66,3 +68,12 @@ class StripeCapture(Capture):
         seen = [_event_seen(event) for event in reversed(data)]
         newest = text(data[0], "id") if data else cursor.get("event")
         return Page(seen, {**cursor, "event": newest}, caught_up=not more)
+
+    def recover(self, cursor: Cursor, status: int, body: Any) -> Cursor | None:
+        """The anchor event is gone (older than 30 days): note the newest event again and re-list."""
+        error = body.get("error") if isinstance(body, dict) else None
+        code = error.get("code") if isinstance(error, dict) else None
+        anchored = cursor.get("phase") == "live" and cursor.get("event")
+        if status in (400, 404) and code == "resource_missing" and anchored:
+            return self.start(datetime.now(UTC))
+        return None

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from gateway.sandbox.common import Reject
+from gateway.sandbox.common import Reject, now
 from gateway.sandbox.stripe.state import STRIPE, StripeState, check_customer, parse_form, stripe_error
 
 View = Callable[[web.Request], Awaitable[web.Response]]
@@ -105,6 +105,9 @@ def _limit(raw: str) -> int:
     return limit
 
 
+EVENT_RETENTION = 30 * 86400  # seconds: https://docs.stripe.com/api/events ("up to 30 days")
+
+
 def _listed(rows: list[dict[str, Any]], query: Any, url: str, noun: str) -> web.Response:
     """One page of a newest-first list; ``starting_after``/``ending_before`` cursors are object ids."""
     limit = _limit(query.get("limit", "10"))
@@ -134,10 +137,14 @@ async def list_customers(request: web.Request) -> web.Response:
 
 
 async def list_events(request: web.Request) -> web.Response:
-    """``GET /v1/events?type=&types[]=``: newest first, kept 30 days as in Stripe (here: all)."""
+    """``GET /v1/events?type=&types[]=``: newest first, only the last 30 days' as in Stripe.
+
+    An older event is gone: a cursor naming it is refused like any unknown id.
+    """
     state = request.app[STRIPE]
     types = set(request.query.getall("types[]", [])) | set(request.query.getall("type", []))
-    rows = [e for e in reversed(state.events) if not types or e["type"] in types]
+    kept = now() - EVENT_RETENTION
+    rows = [e for e in reversed(state.events) if e["created"] >= kept and (not types or e["type"] in types)]
     return _listed(rows, request.query, "/v1/events", "event")
 
 
