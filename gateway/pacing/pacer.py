@@ -35,7 +35,6 @@ from gateway.lru import LRU
 from gateway.observability.metrics import Metrics
 from gateway.pacing import adaptive, bucket, queue
 from gateway.pacing.backend import Backend, BackendError, Permit, Refused, Reservation
-from gateway.pacing.bucket import JITTER
 from gateway.pacing.concurrency import SharedPermits
 from gateway.pacing.limits import EffectiveLimit
 from gateway.pacing.local import LocalBackend
@@ -47,7 +46,6 @@ from gateway.pacing.scheduler import DEFAULT_SHARE, PRIORITIES, Share
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 PROBE_INTERVAL = 1.0
-LATE = JITTER  # a shared grant woken later than this after its slot is not sent (see _turn_on_redis)
 GUARD_HORIZON = 3600.0
 
 
@@ -248,8 +246,8 @@ class GatewayPacer:
         If the process stalls (GC, CPU contention), every waiter granted just before it resumes
         after it, together with those granted after it. Re-pacing each resumed call through
         in-process copies of the buckets keeps the actual sends within the bound; without a stall it
-        never delays anything. Local only: on Redis the other replicas went on time, so a late call
-        is given back instead (``_turn_on_redis``).
+        never delays anything. Local only: on Redis the other replicas went on time, so a slot woken
+        up for too late is given back instead (shared_queue.py).
         """
         outcome = self._guard.reserve_now(call.buckets, GUARD_HORIZON)
         if isinstance(outcome, Reservation) and outcome.deadline > asyncio.get_running_loop().time():
@@ -290,28 +288,19 @@ class GatewayPacer:
         return partial(self._permits.release, permit)
 
     async def _turn_on_redis(self, credential_id: str, call: Route, share: Share, give_up_at: float) -> Permit | None:
-        """Queue, then sleep until the slot (granted up to LOOKAHEAD early). A grant this replica
-        wakes up for more than ``LATE`` after its slot (the process stalled) is given back and the
-        call queues again at its old place (the head, ahead of everyone who came after it): sent
-        now, it would squeeze the gap to the other replicas' calls, which went on time. That keeps
-        the bound and the order, and costs a slot only when the process stalls. Returns the
-        ``max_concurrency`` permit granted with the slot, if the credential has a limit."""
+        """Queue; the backend hands the call a slot of its lane when the slot comes (a slot this
+        replica wakes up for too late is given back instead, and the call waits on: see
+        shared_queue.py). Returns the ``max_concurrency`` permit granted with the slot, if the
+        credential has a limit."""
         assert self._shared is not None
         limit = call.limit.max_concurrency
         permits = None if limit is None else (self._shared.permit_key(call.home.tag, credential_id), limit)
-        loop = asyncio.get_running_loop()
-        place = None
-        while True:
-            with self._queued_as(call, share):
-                budget = max(0.0, give_up_at - time.monotonic())
-                outcome = await self._shared.wait_turn(_shared_order(call), share, budget, place, permits)
-            if isinstance(outcome, Refused):
-                raise self._refused(call, outcome)
-            await self._sleep(call, share, self._shared, outcome)
-            if loop.time() - outcome.deadline <= LATE:
-                return outcome.permit
-            await self._release(self._shared, outcome)
-            place = outcome.place
+        with self._queued_as(call, share):
+            budget = max(0.0, give_up_at - time.monotonic())
+            outcome = await self._shared.wait_turn(_shared_order(call), share, budget, permits)
+        if isinstance(outcome, Refused):
+            raise self._refused(call, outcome)
+        return outcome.permit
 
     async def _take_turn(
         self, credential_id: str, call: Route, share: Share, give_up_at: float

@@ -64,7 +64,7 @@ from gateway.pacing.backend import BackendError, Permit, Place, Refused, Reserva
 from gateway.pacing.bucket import US, Charge
 from gateway.pacing.registry import BucketSpec
 from gateway.pacing.scheduler import PRIORITIES, Share, step
-from gateway.pacing.shared_queue import Granted, Polled, SharedQueue
+from gateway.pacing.shared_queue import Entered, Granted, Lane, Polled, Queued, SharedQueue
 
 SCRIPT = resources.files("gateway.pacing").joinpath("pacing.lua").read_text(encoding="utf-8")
 PERMITS_SCRIPT = resources.files("gateway.pacing").joinpath("permits.lua").read_text(encoding="utf-8")
@@ -80,23 +80,21 @@ MAX_BATCH = 32  # calls per script call: each grant in a call is as late as the 
 CATCHUP = 0
 
 
-
-@dataclass(frozen=True)
-class _Queued:
-    member: str
-    wake: float  # loop time of the next grant the script foresaw
+# A lane's key (shared_queue.py): the call's buckets, share and permits (lease set, max_concurrency).
+LaneKey = tuple[tuple[BucketSpec, ...], Share, tuple[str, int] | None]
 
 
 @dataclass(eq=False)
 class _Call:
-    """One arrival on its way to the script; ``permits``: its lease set and ``max_concurrency``."""
+    """One place on its way to the script (an arrival, or a late grant rejoining at ``place``);
+    ``deliver`` takes what the script made of it."""
 
     buckets: tuple[BucketSpec, ...]
     share: Share
     max_wait: float
     place: Place | None
     permits: tuple[str, int] | None
-    future: asyncio.Future[Reservation | Refused | _Queued]
+    deliver: Callable[[Entered], None]
 
 
 class ClockOffset:
@@ -149,9 +147,9 @@ class RedisBackend:
         self._releases: dict[str, list[tuple[Reservation, asyncio.Future[None]]]] = {}
         self._releasers: dict[str, asyncio.Task[None]] = {}
         self._clock_offset = ClockOffset()
-        self._queues: dict[str, SharedQueue] = {}  # home bucket -> this replica's calls queued there
+        self._queues: dict[str, SharedQueue[LaneKey]] = {}  # home bucket -> this replica's calls queued there
         self._sweep_at = SWEEP_FROM
-        self._permit_queues: dict[str, set[SharedQueue]] = {}  # lease set -> queues whose calls need one
+        self._permit_queues: dict[str, set[SharedQueue[LaneKey]]] = {}  # lease set -> queues whose calls need one
         self._background: set[asyncio.Task[None]] = set()
 
     def _key(self, spec: BucketSpec) -> str:
@@ -170,41 +168,61 @@ class RedisBackend:
         buckets: Sequence[BucketSpec],
         share: Share,
         max_wait: float,
-        place: Place | None = None,
         permits: tuple[str, int] | None = None,
     ) -> Reservation | Refused:
-        """Grant now, refuse now, or queue in the home bucket's shared queue and wait for the grant.
-        ``place``: the call's place of a grant it gave back unused (it rejoins there, see pacing.lua).
-        ``permits``: the credential's lease set and ``max_concurrency``; the grant then holds a permit."""
+        """A place in the home bucket's shared queue, and the slot of the call's lane when it comes
+        (shared_queue.py), or a refusal (the wait would exceed ``max_wait``). ``permits``: the
+        credential's lease set and ``max_concurrency``; the grant then holds a permit."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + max_wait
-        future: asyncio.Future[Reservation | Refused | _Queued] = loop.create_future()
-        tag = buckets[0].tag
-        self._calls.setdefault(tag, []).append(_Call(tuple(buckets), share, max_wait, place, permits, future))
-        if tag not in self._senders:
-            self._senders[tag] = loop.create_task(self._sender(tag))
-        outcome = await future
-        if not isinstance(outcome, _Queued):
-            return outcome
-        queue = self._queue(tuple(buckets))
+        ordered = tuple(buckets)
+        queue = self._queue(ordered)
         if permits is not None:
             self._permit_queues.setdefault(permits[0], set()).add(queue)
-        maker = partial(_reservation, tuple(buckets), None if permits is None else permits[0])
-        waiting = queue.add(outcome.member, maker, deadline, outcome.wake)
+        maker = partial(_reservation, ordered, None if permits is None else permits[0])
+        lane = queue.lane((ordered, share, permits), maker)
+        turn = queue.join(lane, loop.time() + max_wait)
+        self._enter(queue, lane, max_wait, None)
         try:
-            return await waiting
+            return await turn
         except asyncio.CancelledError:
-            queue.leave(outcome.member, maker)
+            if turn.cancelled():
+                queue.leave(lane, turn)
+            elif isinstance(outcome := turn.result(), Reservation):  # handed over, then cancelled
+                self._release_soon(outcome)
             raise
 
-    def _queue(self, buckets: tuple[BucketSpec, ...]) -> SharedQueue:
+    def _enter(self, queue: SharedQueue[LaneKey], lane: Lane[LaneKey], max_wait: float, place: Place | None) -> None:
+        """Send a place of ``lane`` to the script with the next batch of its hash tag."""
+        buckets, share, permits = lane.key
+        tag = buckets[0].tag
+        self._calls.setdefault(tag, []).append(
+            _Call(buckets, share, max_wait, place, permits, partial(queue.entered, lane))
+        )
+        if tag not in self._senders:
+            self._senders[tag] = asyncio.get_running_loop().create_task(self._sender(tag))
+
+    def _rejoin(self, lane: Lane[LaneKey], granted: Granted) -> None:
+        self._spawn(self._give_back_and_rejoin(lane, granted))
+
+    async def _give_back_and_rejoin(self, lane: Lane[LaneKey], granted: Granted) -> None:
+        """A grant woken too late: its slot goes back to the bucket first (rewound or refunded, see
+        pacing.lua), then its place rejoins the queue at its old start tag, the head again."""
+        queue = self._queue(lane.key[0])
+        try:
+            await self.release(lane.maker(granted))
+        except BackendError as exc:
+            queue.entered(lane, exc)
+            return
+        self._enter(queue, lane, lane.budget(asyncio.get_running_loop().time()), granted.place)
+
+    def _queue(self, buckets: tuple[BucketSpec, ...]) -> SharedQueue[LaneKey]:
         home = self._key(buckets[0])
         queue = self._queues.get(home)
         if queue is None:
             if len(self._queues) >= self._sweep_at:
                 self._sweep()
             queue = self._queues[home] = SharedQueue(
-                partial(self._poll, buckets), self._release_soon, self._renew_every
+                partial(self._poll, buckets), self._release_soon, self._rejoin, self._renew_every
             )
         return queue
 
@@ -235,8 +253,7 @@ class RedisBackend:
                 except Exception as exc:  # whatever went wrong, no caller of this batch may wait forever
                     failure = exc if isinstance(exc, BackendError) else BackendError(f"redis: {type(exc).__name__}")
                     for call in batch:
-                        if not call.future.done():
-                            call.future.set_exception(failure)
+                        call.deliver(failure)
         finally:
             self._calls.pop(tag, None)
             del self._senders[tag]
@@ -254,14 +271,7 @@ class RedisBackend:
         reply = await self._run(keys, args)
         offset = self._offset(int(reply[0]))
         for call, answer in zip(batch, reply[1:], strict=True):
-            outcome = self._outcome(call, answer, offset)
-            if not call.future.done():
-                call.future.set_result(outcome)
-            elif isinstance(outcome, Reservation):  # the caller left while the answer was on its way
-                self._release_soon(outcome)
-            elif isinstance(outcome, _Queued):
-                permit_key = None if call.permits is None else call.permits[0]
-                self._queue(call.buckets).leave(outcome.member, partial(_reservation, call.buckets, permit_key))
+            call.deliver(_outcome(answer, offset))
 
     def _index(self, spec: BucketSpec, keys: list[str], index: dict[str, int]) -> int:
         return _indexed(self._key(spec), keys, index)
@@ -272,18 +282,6 @@ class RedisBackend:
             limit = spec.schedule
             args += [self._index(spec, keys, index), limit.interval, limit.tolerance]
         return args
-
-    def _outcome(self, call: _Call, answer: list[Any], offset: float) -> Reservation | Refused | _Queued:
-        kind = int(answer[0])
-        if kind == 0:
-            return Refused(retry_after=int(answer[1]) / US)
-        if kind == 2:
-            return _Queued(member=_text(answer[1]), wake=int(answer[2]) / US + offset)
-        slot, *tats, member = answer[1:]
-        charges = tuple(Charge(slot=int(slot), key=int(key)) for key in tats)
-        place = Place(_text(member), 0)  # granted with nobody waiting: a give-back rejoins at the head
-        permit = None if call.permits is None else Permit(call.permits[0], place.member)
-        return Reservation(call.buckets, charges, int(slot) / US + offset, place, permit)
 
     async def _poll(self, buckets: tuple[BucketSpec, ...], leaving: list[str]) -> Polled:
         """One poll of a home bucket's queue for this replica (see shared_queue.py)."""
@@ -406,6 +404,19 @@ def _indexed(key: str, keys: list[str], index: dict[str, int]) -> int:
         keys.append(key)
         index[key] = len(keys)
     return index[key]
+
+
+def _outcome(answer: list[Any], offset: float) -> Entered:
+    """An ``enter`` answer: refused, queued, or granted at once (tag 0: nobody waited, so a give-back
+    rejoins at the head)."""
+    kind = int(answer[0])
+    if kind == 0:
+        return Refused(retry_after=int(answer[1]) / US)
+    if kind == 2:
+        return Queued(member=_text(answer[1]), wake=int(answer[2]) / US + offset)
+    slot, *tats, member = answer[1:]
+    charges = tuple(Charge(slot=int(slot), key=int(key)) for key in tats)
+    return Granted(Place(_text(member), 0), charges, deadline=int(slot) / US + offset)
 
 
 def _reservation(buckets: tuple[BucketSpec, ...], permit_key: str | None, granted: Granted) -> Reservation:

@@ -1,13 +1,31 @@
 """This replica's calls waiting in a Redis-held bucket queue: one poller task per bucket, not per call.
 
 The queue itself (who is next, when the next slot is due) lives in Redis (pacing.lua); a replica only
-keeps a future per queued call and polls when something can change for them: at the instant the
-next grant is due (the script says when), at the earliest ``max_wait`` deadline of its calls, when
-one of its callers leaves, and at least every third of the lease so its calls stay alive. Each poll
-collects the calls that any replica granted to this one, removes the cancelled and expired ones, and
-grants what is due. The script charges each call on its own buckets and cost (and its
-``max_concurrency`` permit); only the call's replica knows those, so the queue keeps per call how
-to make its reservation from the grant.
+keeps a future per queued caller and polls when something can change for them: at the instant the
+next grant is due (the script says when), at the earliest ``max_wait`` deadline of its callers, when
+one of its callers leaves, and at least every third of the lease so its places stay alive. Each poll
+collects the places that any replica granted to this one, removes the cancelled ones, and grants
+what is due. The script charges each place on its own buckets and cost (and its ``max_concurrency``
+permit).
+
+Lanes: callers and places are kept apart. A lane is this replica's calls of one queue that are
+interchangeable for Redis: same buckets, cost, class, tenant, weight and permit set, so the script
+treats them alike and orders them FIFO. Each caller adds one place (a member of the Redis queue) to
+its lane; a slot granted to any place of the lane goes, when it comes, to the lane's first caller.
+The slot times are the script's, whichever caller takes them, so the bound is the GCRA's; and the
+callers of a lane are served in arrival order whatever happens to the places:
+
+- a slot this replica wakes up for more than ``LATE`` after it (the process stalled) is not sent
+  (the other replicas went on time, and a late send would squeeze their calls): it is given back to
+  the bucket and its place rejoins the Redis queue at its old start tag, the head again. The first
+  caller keeps waiting and takes the next slot of the lane that comes on time, so a later caller
+  never goes first (before lanes, the caller of the late slot rejoined while the later callers of its
+  replica went on their own slots);
+- slots that come out of order in loop time (grants of one poll answered in hash order, a clock
+  offset that shrank between two polls) still go to the callers in order;
+- a caller that leaves (cancelled, or its ``max_wait`` ran out) takes the lane's newest place with
+  it: a queued place leaves the Redis queue at the next poll, a granted one gives its slot back, one
+  still on its way is dropped when it lands. Callers and places stay one to one.
 """
 
 from __future__ import annotations
@@ -15,32 +33,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import math
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from gateway.pacing.backend import BackendError, Place, Refused, Reservation
-from gateway.pacing.bucket import Charge
+from gateway.pacing.bucket import JITTER, Charge
 
 MIN_GAP = 0.001  # seconds between two polls of one queue: the clock offset is an estimate
 CLOSE_TIMEOUT = 2.0
+LATE = JITTER  # a slot woken up for later than this after it is not sent: the jitter headroom is spent
 
 
 @dataclass(frozen=True)
 class Granted:
-    """One grant as the script reports it: ``charges`` in the call's own buckets, ``deadline`` in loop time."""
+    """One grant as the script reports it: ``charges`` in the place's own buckets, ``deadline`` in loop time."""
 
     place: Place
     charges: tuple[Charge, ...]
     deadline: float
 
 
-Maker = Callable[[Granted], Reservation]  # a call's reservation from its grant (its buckets, its permit)
+@dataclass(frozen=True)
+class Queued:
+    """A place queued in Redis: ``wake`` is the loop time of the next grant the script foresaw."""
+
+    member: str
+    wake: float
+
+
+Entered = Granted | Queued | Refused | BackendError  # what the script made of a place entering
+Maker = Callable[[Granted], Reservation]  # a caller's reservation from a grant (its buckets, its permit)
 
 
 @dataclass(frozen=True)
 class Polled:
-    """One poll's answer: calls granted to this replica (member -> grant), next grant (loop time)."""
+    """One poll's answer: places granted to this replica (member -> grant), next grant (loop time)."""
 
     granted: dict[str, Granted]
     wake: float
@@ -48,20 +78,51 @@ class Polled:
 
 
 Poll = Callable[[list[str]], Awaitable[Polled]]
+K = TypeVar("K", bound=Hashable)
 
 
-class SharedQueue:
-    """The calls of this replica queued in one Redis bucket queue."""
+@dataclass(eq=False)
+class Lane(Generic[K]):
+    """This replica's interchangeable calls in one queue (see the module docstring)."""
 
-    def __init__(self, poll: Poll, release: Callable[[Reservation], None], renew_every: float) -> None:
+    key: K  # the backend's: what it needs to enter a place again
+    maker: Maker
+    callers: list[tuple[float, asyncio.Future[Reservation | Refused]]] = field(default_factory=list)
+    queued: set[str] = field(default_factory=set)  # places queued in Redis
+    held: dict[str, tuple[Granted, asyncio.TimerHandle]] = field(default_factory=dict)  # granted, not due
+    entering: int = 0  # places on their way into Redis (arrivals, rejoins)
+    surplus: int = 0  # places whose callers left, to drop as soon as they can be
+
+    @property
+    def empty(self) -> bool:
+        return not (self.callers or self.queued or self.held or self.entering or self.surplus)
+
+    def budget(self, now: float) -> float:
+        """Seconds the newest caller may still wait: a place rejoining is that caller's in the end."""
+        return max(0.0, self.callers[-1][0] - now) if self.callers else 0.0
+
+
+class SharedQueue(Generic[K]):
+    """The lanes of this replica in one Redis bucket queue. ``rejoin`` gives a late grant back, then
+    enters its place again (``entered`` follows)."""
+
+    def __init__(
+        self,
+        poll: Poll,
+        release: Callable[[Reservation], None],
+        rejoin: Callable[[Lane[K], Granted], None],
+        renew_every: float,
+    ) -> None:
         self._poll = poll
         self._release = release
+        self._rejoin = rejoin
         self._renew_every = renew_every
-        self._waiters: dict[str, asyncio.Future[Reservation | Refused]] = {}
-        self._makers: dict[str, Maker] = {}  # each waiter's
-        self._deadlines: list[tuple[float, str]] = []
+        self._lanes: dict[K, Lane[K]] = {}
+        self._members: dict[str, Lane[K]] = {}  # queued places -> their lane
+        self._deadlines: list[tuple[float, int, Lane[K], asyncio.Future[Reservation | Refused]]] = []
+        self._order = itertools.count()
         self._cancels: list[str] = []
-        self._left: dict[str, Maker] = {}  # callers gone: a grant still on its way is given back
+        self._dropped: dict[str, Lane[K]] = {}  # places taken out: a grant still on its way is given back
         self._early: dict[str, Granted] = {}  # granted before the arrival's own answer was read
         self._wake_at = math.inf
         self._changed = asyncio.Event()
@@ -69,57 +130,146 @@ class SharedQueue:
         self._closed = False
 
     def __bool__(self) -> bool:
-        return bool(self._waiters or self._cancels)
+        return bool(self._cancels) or any(lane.callers for lane in self._lanes.values())
 
     @property
     def idle(self) -> bool:
-        """Nothing waits or leaves, no grant waits for its caller, no poll runs: the queue may go.
+        """No lane, nothing leaves, no grant waits for its caller, no poll runs: the queue may go.
 
-        ``_left`` is not looked at: it is emptied by the poll that takes those places out, and what
+        ``_dropped`` is not looked at: it is emptied by the poll that takes those places out, and what
         stays in it was in a poll that failed (Redis down); a grant of theirs arriving later is then
         not given back by this replica, and their places lapse with its lease.
         """
-        return not (self or self._early) and (self._task is None or self._task.done())
+        return not (self._lanes or self._cancels or self._early) and (self._task is None or self._task.done())
 
-    def add(self, member: str, maker: Maker, deadline: float, wake: float) -> asyncio.Future[Reservation | Refused]:
+    def lane(self, key: K, maker: Maker) -> Lane[K]:
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = Lane(key, maker)
+        return lane
+
+    def join(self, lane: Lane[K], deadline: float) -> asyncio.Future[Reservation | Refused]:
+        """A caller whose place is on its way (``entered`` follows): it waits for the lane's turn."""
         future: asyncio.Future[Reservation | Refused] = asyncio.get_running_loop().create_future()
-        early = self._early.pop(member, None)
-        if early is not None:  # a poll on another connection answered first
-            future.set_result(maker(early))
-            return future
-        self._waiters[member] = future
-        self._makers[member] = maker
-        heapq.heappush(self._deadlines, (deadline, member))
-        self._wake_at = min(self._wake_at, wake)
-        self._changed.set()
-        self._start()
+        lane.callers.append((deadline, future))
+        lane.entering += 1
+        heapq.heappush(self._deadlines, (deadline, next(self._order), lane, future))
         return future
 
-    def leave(self, member: str, maker: Maker) -> None:
-        """The caller went away: its place is taken out at the next poll, which starts now."""
-        self._waiters.pop(member, None)
-        self._makers.pop(member, None)
-        early = self._early.pop(member, None)
-        if early is not None:  # granted already, before its caller even knew its place
-            self._release(maker(early))
-            return
-        self._left[member] = maker
-        self._cancels.append(member)
+    def entered(self, lane: Lane[K], outcome: Entered) -> None:
+        """What the script made of a place of ``lane`` entering (an arrival, or a late grant rejoining)."""
+        lane.entering -= 1
+        self._purge(lane)
+        if not (lane.callers or lane.surplus):  # its callers failed (Redis down): nobody's place
+            lane.surplus = 1
+        if isinstance(outcome, Queued):
+            self._queued(lane, outcome)
+        elif isinstance(outcome, Granted):
+            self._hold(lane, outcome)
+        elif lane.surplus:  # no place came of it, and one was to go anyway
+            lane.surplus -= 1
+        else:  # a caller too many: the newest (refused, or told the backend failed)
+            _, future = lane.callers.pop()
+            if isinstance(outcome, Refused):
+                future.set_result(outcome)
+            else:
+                future.set_exception(outcome)
+        self._forget_if_empty(lane)
+
+    def leave(self, lane: Lane[K], future: asyncio.Future[Reservation | Refused]) -> None:
+        """The caller went away (cancelled): its lane's newest place goes with it."""
+        for i, (_, waiting) in enumerate(lane.callers):
+            if waiting is future:
+                del lane.callers[i]
+                lane.surplus += 1
+                self._settle(lane)
+                return
 
     def nudge(self) -> None:
         """Poll now if calls wait (a permit came back in this replica)."""
-        if self:
-            self._changed.set()
         self._changed.set()
         self._start()
+
+    def _queued(self, lane: Lane[K], outcome: Queued) -> None:
+        early = self._early.pop(outcome.member, None)
+        if early is not None:  # a poll on another connection answered first
+            self._hold(lane, early)
+            return
+        lane.queued.add(outcome.member)
+        self._members[outcome.member] = lane
+        self._settle(lane)
+        self._wake_at = min(self._wake_at, outcome.wake)
+        self._changed.set()
+        self._start()
+
+    def _hold(self, lane: Lane[K], granted: Granted) -> None:
+        """A slot granted to a place of ``lane``: due at its deadline, to the lane's first caller."""
+        member = granted.place.member
+        lane.queued.discard(member)
+        self._members.pop(member, None)
+        if lane.surplus:
+            lane.surplus -= 1
+            self._release(lane.maker(granted))
+            return
+        timer = asyncio.get_running_loop().call_at(granted.deadline, self._due, lane, member)
+        lane.held[member] = (granted, timer)
+
+    def _due(self, lane: Lane[K], member: str) -> None:
+        """A slot of ``lane`` comes: its first caller goes, unless this replica woke too late for it."""
+        granted, _ = lane.held.pop(member)
+        self._purge(lane)
+        late = asyncio.get_running_loop().time() - granted.deadline > LATE
+        if lane.callers and not late:
+            _, future = lane.callers.pop(0)
+            future.set_result(lane.maker(granted))
+        elif lane.surplus or not lane.callers:  # this place was to go anyway
+            lane.surplus = max(0, lane.surplus - 1)
+            self._release(lane.maker(granted))
+        else:
+            lane.entering += 1
+            self._rejoin(lane, granted)
+        self._settle(lane)
+
+    def _settle(self, lane: Lane[K]) -> None:
+        """Drop the newest places of callers that left: queued ones first (no slot taken yet), then
+        granted ones (their slots go back); places on their way are dropped when they land."""
+        while lane.surplus and (lane.queued or lane.held):
+            lane.surplus -= 1
+            if lane.queued:
+                member = max(lane.queued)  # "sequence|...": the newest arrival
+                lane.queued.discard(member)
+                self._members.pop(member, None)
+                self._dropped[member] = lane
+                self._cancels.append(member)
+                self._changed.set()
+                self._start()
+            else:
+                member = max(lane.held, key=lambda m: lane.held[m][0].deadline)
+                granted, timer = lane.held.pop(member)
+                timer.cancel()
+                self._release(lane.maker(granted))
+        self._forget_if_empty(lane)
+
+    def _purge(self, lane: Lane[K]) -> None:
+        """Callers cancelled whose ``leave`` has not run yet leave now (their futures are done)."""
+        live = [(deadline, future) for deadline, future in lane.callers if not future.done()]
+        lane.surplus += len(lane.callers) - len(live)
+        lane.callers = live
+
+    def _forget_if_empty(self, lane: Lane[K]) -> None:
+        if lane.empty and self._lanes.get(lane.key) is lane:
+            del self._lanes[lane.key]
 
     def _start(self) -> None:
         if not self._closed and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        """Stop polling for good; the calls still queued in Redis lapse with this replica's lease."""
+        """Stop polling for good; the places still queued in Redis lapse with this replica's lease."""
         self._closed = True
+        for lane in self._lanes.values():
+            for _, timer in lane.held.values():
+                timer.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
@@ -136,50 +286,50 @@ class SharedQueue:
                 self._changed.clear()
                 await self._round(loop.time())
                 await asyncio.sleep(MIN_GAP)
-        except BackendError as exc:
-            for future in self._waiters.values():
-                if not future.done():
+        except BackendError as exc:  # every caller fails over; the places lapse with the lease
+            self._cancels.clear()
+            self._members.clear()
+            for lane in list(self._lanes.values()):
+                self._purge(lane)
+                for _, future in lane.callers:
                     future.set_exception(exc)
-            self._waiters.clear()
-            self._makers.clear()
+                for _, timer in lane.held.values():
+                    timer.cancel()
+                lane.callers.clear()
+                lane.held.clear()
+                lane.queued.clear()
+                lane.surplus = 0
+                self._forget_if_empty(lane)
 
     async def _round(self, now: float) -> None:
         expired = self._expired(now)
-        leaving, self._cancels = self._cancels + expired, []
+        for lane, future in expired:  # their places leave in this very poll
+            self.leave(lane, future)
+        leaving, self._cancels = self._cancels, []
         polled = await self._poll(leaving)
-        # Calls granted in one poll wake in their slots' order (the script's answer is in hash order):
-        # a grant already due at once would otherwise overtake an earlier one of the same poll.
-        for member, granted in sorted(polled.granted.items(), key=_slot_order):
-            future = self._waiters.pop(member, None)
-            maker = self._makers.pop(member, None) or self._left.get(member)
-            if maker is None:
+        for member, granted in polled.granted.items():
+            if (owner := self._members.get(member)) is not None:
+                self._hold(owner, granted)
+            elif (gone := self._dropped.get(member)) is not None:  # granted before its cancellation reached Redis
+                self._release(gone.maker(granted))
+            else:  # the arrival's own answer is still on its way
                 self._early[member] = granted
-            elif future is not None and not future.done():
-                future.set_result(maker(granted))
-            else:  # its caller left meanwhile
-                self._release(maker(granted))
         for member in leaving:  # any grant of theirs came back in this very poll
-            self._left.pop(member, None)
-        for member in expired:
-            future = self._waiters.pop(member, None)
-            self._makers.pop(member, None)
-            if future is not None and not future.done():
+            self._dropped.pop(member, None)
+        for _, future in expired:
+            if not future.done():  # not cancelled meanwhile
                 future.set_result(Refused(retry_after=polled.retry_after))
         self._wake_at = polled.wake
 
-    def _expired(self, now: float) -> list[str]:
+    def _expired(self, now: float) -> list[tuple[Lane[K], asyncio.Future[Reservation | Refused]]]:
         expired = []
         while self._deadlines and self._deadlines[0][0] <= now:
-            member = heapq.heappop(self._deadlines)[1]
-            if member in self._waiters:
-                expired.append(member)
+            _, _, lane, future = heapq.heappop(self._deadlines)
+            if not future.done() and any(waiting is future for _, waiting in lane.callers):
+                expired.append((lane, future))
         return expired
 
     def _next_deadline(self) -> float:
-        while self._deadlines and self._deadlines[0][1] not in self._waiters:
+        while self._deadlines and self._deadlines[0][3].done():
             heapq.heappop(self._deadlines)
         return self._deadlines[0][0] if self._deadlines else math.inf
-
-
-def _slot_order(item: tuple[str, Granted]) -> tuple[float, int]:
-    return item[1].deadline, item[1].place.tag
