@@ -79,7 +79,8 @@ def test_salesforce_follows_next_records_url_and_pages_through_one_instant() -> 
     )
     assert sf.request(first.cursor, target).path == "/services/data/v59.0/query/01g-100"
     second = sf.page(first.cursor, {"done": True, "records": [sf_row(sf_id(i), t1) for i in range(100, 200)]})
-    assert not second.caught_up and second.cursor["since"] == "2026-01-01T00:00:00.000Z"
+    assert not second.caught_up and second.cursor["since"] == "2026-01-01T00:00:00Z"  # the SOQL reference's form
+    assert "WHERE SystemModstamp >= 2026-01-01T00:00:00Z ORDER BY" in sf.request(second.cursor, target).query[0][1]  # type: ignore[index]
     # 200 records in one instant after a query from that same instant: page on by Id
     again = sf.page(second.cursor, {"done": True, "records": [sf_row(sf_id(i), t1) for i in range(200)]})
     assert again.seen == [] and again.cursor["after"] == sf_id(199)

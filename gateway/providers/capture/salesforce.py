@@ -27,8 +27,13 @@ _ID = re.compile(r"[A-Za-z0-9]{15,18}")
 
 
 def soql_time(value: datetime) -> str:
-    """A SOQL dateTime literal with milliseconds, in UTC."""
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    """A SOQL dateTime literal in UTC: ``YYYY-MM-DDThh:mm:ssZ`` as the SOQL reference spells it.
+
+    Salesforce stores whole seconds (its answers say ``.000``), so its own instants take the documented
+    form; milliseconds are only written for an instant that has them, which then needs them to be exact.
+    """
+    whole = value.strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{whole}Z" if value.microsecond < 1000 else f"{whole}.{value.microsecond // 1000:03d}Z"
 
 
 class SalesforceCapture(Capture):
