@@ -62,7 +62,18 @@ class Rule:
             return False
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is 169.254.169.254
-        return ip.version == self.network.version and ip in self.network
+        return any(each.version == self.network.version and each in self.network for each in _dialled(ip))
+
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _dialled(ip: Address) -> tuple[Address, ...]:
+    """The addresses a connection to ``ip`` reaches: connecting to the unspecified address (``0.0.0.0``,
+    ``::``) reaches this host's loopback, so a rule denying loopback (or our own listeners) denies it too."""
+    if ip.is_unspecified:
+        return ip, ipaddress.ip_address("127.0.0.1" if ip.version == 4 else "::1")
+    return (ip,)
 
 
 def parse_rule(text: str) -> Rule:

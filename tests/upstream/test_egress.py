@@ -37,8 +37,9 @@ class FixedResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         return [
-            ResolveResult(hostname=host, host=address, port=port, family=socket.AF_INET, proto=0,
-                          flags=socket.AI_NUMERICHOST)
+            ResolveResult(
+                hostname=host, host=address, port=port, family=socket.AF_INET, proto=0, flags=socket.AI_NUMERICHOST
+            )
             for address in self.answers[host]
         ]
 
@@ -83,6 +84,20 @@ async def test_a_public_name_resolving_to_a_denied_address_is_refused(
     assert resp.status == 200 and allowed.state.requests == 1  # the allowed answer of a mixed name is used
 
 
+async def test_the_unspecified_address_is_denied_as_the_loopback_it_reaches(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    """``0.0.0.0`` connects to this host's loopback: a deny rule for loopback must not be walked around."""
+    upstream = await start_upstream(aiohttp_server)
+    port = upstream.url.rsplit(":", 1)[1]
+    gw = await make_gateway(upstream={"deny": ["127.0.0.0/8"]})
+    await add_credential(gw, f"http://0.0.0.0:{port}/echo")
+    resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth())
+    assert resp.status == 403, await resp.text()
+    assert (await resp.json())["code"] == "upstream_denied"
+    assert upstream.state.requests == 0
+
+
 async def test_an_oauth2_token_url_on_a_denied_address_is_never_called(
     make_gateway: GatewayFactory, aiohttp_server: Any
 ) -> None:
@@ -90,8 +105,10 @@ async def test_an_oauth2_token_url_on_a_denied_address_is_never_called(
     upstream = await start_upstream(aiohttp_server)
     gw = await make_gateway(upstream={"deny": [DENIED]})
     gw.app[appkeys.UPSTREAM].egress.lookup = FixedResolver({"login.public-example.com": [DENIED]})
-    auth = {**oauth2_auth(upstream, expires_at="2000-01-01T00:00:00Z"),
-            "token_url": f"http://login.public-example.com:{port}/oauth/token"}
+    auth = {
+        **oauth2_auth(upstream, expires_at="2000-01-01T00:00:00Z"),
+        "token_url": f"http://login.public-example.com:{port}/oauth/token",
+    }
     await add_credential(gw, upstream.url + "/echo", auth)
     resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth())
     assert resp.status == 403
@@ -103,8 +120,9 @@ async def test_a_webhook_url_on_a_denied_address_is_never_posted(aiohttp_server:
     port, seen = await _denied_upstream(aiohttp_server)
     policy = EgressPolicy([parse_rule(DENIED)])
     policy.lookup = FixedResolver({"hooks.public-example.com": [DENIED]})
-    hook = Consumer("h", "webhook", None, None, {"url": f"http://hooks.public-example.com:{port}/h",
-                                                 "secret": SECRET}, 0, "active")
+    hook = Consumer(
+        "h", "webhook", None, None, {"url": f"http://hooks.public-example.com:{port}/h", "secret": SECRET}, 0, "active"
+    )
     async with aiohttp.ClientSession(connector=policy.connector()) as session:
         with pytest.raises(DeliveryFailed, match="egress policy"):
             await WebhookSink(session).deliver(hook, [])
@@ -125,6 +143,8 @@ def _config(**sections: Any) -> Config:
         ("127.0.0.1", 9091, False),  # our metrics listener
         ("127.0.0.1", 6379, False),  # our Redis
         ("127.0.0.1", 5432, False),  # our PostgreSQL
+        ("0.0.0.0", 8080, False),  # the unspecified address dials our own loopback listener
+        ("0.0.0.0", 8443, True),
         ("127.0.0.1", 8443, True),
         ("93.184.216.34", 443, True),
     ],
@@ -143,6 +163,7 @@ def test_allow_lists_and_host_rules() -> None:
     assert not policy.allows(None, "93.184.216.34", 443)  # not in the allow list
     assert policy.allows("api.partner.example", None, 443)
     assert not policy.allows("evil.example", None, 443) and not policy.allows("evil.example", None, 8443)
+    assert not EgressPolicy([parse_rule("::1")]).allows(None, "::", 443)  # "::" dials ::1
 
 
 @pytest.mark.parametrize("rule", ["10.0.0.0/33", "not a host", "host:port"])
