@@ -1,13 +1,14 @@
 """Stripe change capture: the object's list endpoint (backfill), then ``/v1/events`` (changes).
 
 Stripe lists newest first and ``created`` has one-second resolution, so the cursor is an event id:
-before the backfill the newest ``<object>.*`` event is noted (the anchor), the backfill pages the
-list endpoint with ``starting_after``, then polling asks ``/v1/events?types[]=...&ending_before=
-<anchor>``, which answers the events just newer than the anchor; they are applied oldest first and
-the newest becomes the anchor. With no anchor yet (no event in Stripe's 30-day window when the
-backfill began) a poll that finds more than one page of events re-reads the list instead; so does a
-poll whose anchor aged out of that window (no new event for 30 days: Stripe refuses the cursor with
-``resource_missing``). A re-read list shows changes, not deletes: the list omits deleted objects.
+before the backfill the newest event of the object (``event_types``) is noted (the anchor), the
+backfill pages the list endpoint with ``starting_after``, then polling asks
+``/v1/events?types[]=...&ending_before=<anchor>``, which answers the events just newer than the
+anchor; they are applied oldest first and the newest becomes the anchor. With no anchor yet (no
+event in Stripe's 30-day window when the backfill began) a poll that finds more than one page of
+events re-reads the list instead; so does a poll whose anchor aged out of that window (no new event
+for 30 days: Stripe refuses the cursor with ``resource_missing``). A re-read list shows changes, not
+deletes: the list omits deleted objects.
 ``upstream_updated_at`` stays empty: Stripe objects carry no modification time (mutations agree).
 """
 
@@ -22,10 +23,41 @@ from gateway.providers.stripe import resource
 
 LIMIT = 100
 ACTIONS = ("created", "updated", "deleted")
+# Objects whose changes Stripe reports otherwise (https://docs.stripe.com/api/events/types): a
+# subscription's events are ``customer.subscription.*``, and the intents have no ``.updated``, their
+# state changes have events of their own.
+_EVENTS: dict[str, tuple[str, ...]] = {
+    "subscription": tuple(
+        f"customer.subscription.{action}"
+        for action in (*ACTIONS, "paused", "resumed", "pending_update_applied", "pending_update_expired")
+    ),
+    "tax_id": tuple(f"customer.tax_id.{action}" for action in ACTIONS),
+    "payment_intent": tuple(
+        f"payment_intent.{action}"
+        for action in (
+            "created",
+            "amount_capturable_updated",
+            "canceled",
+            "partially_funded",
+            "payment_failed",
+            "processing",
+            "requires_action",
+            "succeeded",
+        )
+    ),
+    "setup_intent": tuple(
+        f"setup_intent.{action}" for action in ("created", "canceled", "requires_action", "setup_failed", "succeeded")
+    ),
+}
+
+
+def event_types(obj: str) -> tuple[str, ...]:
+    """The event types that report changes of ``obj`` (``customer`` -> ``customer.created``, ...)."""
+    return _EVENTS.get(obj) or tuple(f"{obj}.{action}" for action in ACTIONS)
 
 
 def _types(obj: str) -> list[tuple[str, str]]:
-    return [("types[]", f"{obj}.{action}") for action in ACTIONS]
+    return [("types[]", kind) for kind in event_types(obj)]
 
 
 def _event_seen(event: dict[str, Any]) -> Seen:
