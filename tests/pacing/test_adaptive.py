@@ -61,10 +61,10 @@ def test_a_bare_throttle_status_uses_the_provider_penalty() -> None:
 
 
 def test_shopify_call_limit_and_xero_day_limit() -> None:
-    """Shopify's 40/40 waits one leak; Xero's exhausted day waits until UTC midnight."""
+    """Shopify's 40/40 waits one leak; Xero's exhausted day (a 24-hour period, no reset instant) an hour."""
     assert seconds("shopify", 200, {"X-Shopify-Shop-Api-Call-Limit": "40/40"}) == 0.5
     assert seconds("shopify", 200, {"X-Shopify-Shop-Api-Call-Limit": "39/40"}) is None
-    assert seconds("xero", 200, {"X-MinLimit-Remaining": "3", "X-DayLimit-Remaining": "0"}) == 12 * 3600
+    assert seconds("xero", 200, {"X-MinLimit-Remaining": "3", "X-DayLimit-Remaining": "0"}) == 3600
 
 
 def test_openai_durations_and_jira_iso_resets() -> None:
