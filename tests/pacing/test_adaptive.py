@@ -49,6 +49,13 @@ def test_salesforce_slows_down_near_the_allocation() -> None:
     assert seconds("salesforce", 200, {"Sforce-Limit-Info": "api-usage=100/5000"}) is None
     assert seconds("salesforce", 200, {"Sforce-Limit-Info": "api-usage=4750/5000"}) == pytest.approx(0.5)
     assert seconds("salesforce", 200, {"Sforce-Limit-Info": "api-usage=5000/5000"}) == 60
+    # the connected app's quota, in either order: its own figure, never taken for the org's
+    app_spent = "api-usage=25/5000; per-app-api-usage=250/250(appName=sample-connected-app)"
+    assert seconds("salesforce", 200, {"Sforce-Limit-Info": app_spent}) == 60
+    org_spent = "per-app-api-usage=17/250(appName=sample-connected-app); api-usage=5000/5000"
+    assert seconds("salesforce", 200, {"Sforce-Limit-Info": org_spent}) == 60
+    fine = "per-app-api-usage=17/250(appName=sample-connected-app); api-usage=100/5000; api-bursts=1/750"
+    assert seconds("salesforce", 200, {"Sforce-Limit-Info": fine}) is None
 
 
 def test_a_bare_throttle_status_uses_the_provider_penalty() -> None:
