@@ -7,9 +7,12 @@ answer and the commit re-reads that one page (its events at most twice, never lo
 refused because someone else moved the cursor (a backfill request, a poller that took over) makes
 the loop re-read the sync and go on from the stored cursor.
 
-The next page is requested while the previous one commits (its cursor is known from the answer), so
-a fast upstream is not kept waiting on the store; commits stay one per page, in page order, and a
-page fetched but not yet committed is re-read after a crash like any other uncommitted page.
+Pages are read by a task of their own, up to ``AHEAD`` pages before the commit that takes them (the
+next page's cursor is known from each answer), so neither a commit nor a stall of the event loop
+holds back the next call: with a bucket of burst 1 a call sent late is time lost for good, and at
+Stripe's 100 calls/s a 10 ms interval is shorter than some commits on a loaded machine. Commits stay
+one per page, in page order; a page fetched but not yet committed is re-read after a crash like any
+other uncommitted page.
 
 A failed page (an upstream error, an answer that is not a page) marks the sync ``failing`` with
 the error, keeps the cursor, and retries with exponential backoff; the next good page clears it.
@@ -25,7 +28,7 @@ import asyncio
 import contextlib
 import random
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -60,6 +63,7 @@ from gateway.upstream.response import UpstreamResult
 log = structlog.get_logger(__name__)
 DEFAULT_POLL_INTERVAL = 10.0
 MAX_BACKOFF = 300.0
+AHEAD = 4  # pages read ahead of their commit (at most; the reader waits for the commits to catch up)
 # Sync traffic is paced as priority "low" under the sync's own tenant, so users' calls always go first.
 PRIORITY: Priority = "low"
 
@@ -169,22 +173,25 @@ class SyncPoller:
         generation = sync.generation
         for reading in readings(sync):
             cursor = cursors.get(reading.collection) or reading.capture.start(started)
-            fetching = self._prefetch(sync, credential, reading, cursor)
+
+            def fetch(cursor: Cursor, reading: Reading = reading) -> Awaitable[Page]:
+                return self._fetch(sync, credential, reading, cursor)
+
+            pages = _Ahead(fetch, cursor)
             try:
                 while not self.stop.is_set():
-                    page = await fetching
+                    asked, page = await pages.next()
                     cursors[reading.collection] = page.cursor
                     if page.backfilled:
                         progress[reading.collection] = progress.get(reading.collection, 0) + page.backfilled
-                    if not page.caught_up and not page.scan_complete:  # the next page travels while this one commits
-                        fetching = self._prefetch(sync, credential, reading, page.cursor)
-                    generation = await self._commit(sync, reading, page, generation, cursors, progress)
+                    generation = await self._commit(sync, reading, asked, page, generation, cursors, progress)
                     if page.caught_up:
                         break
-                    if page.scan_complete:
-                        fetching = self._prefetch(sync, credential, reading, page.cursor)
+                    if page.scan_complete:  # the next scan's first page is asked for once this one's deletes are in
+                        pages.close()
+                        pages = _Ahead(fetch, page.cursor)
             finally:
-                _abandon(fetching)
+                pages.close()
         if self.stop.is_set():
             return
         async with self.objects.engine.begin() as conn:
@@ -196,16 +203,6 @@ class SyncPoller:
             if self.settle is not None:
                 for reading in readings(sync):
                     await self.settle(conn, sync.id, reading.collection, complete_since=started)
-
-    def _prefetch(self, sync: Sync, credential: Credential, reading: Reading, cursor: Cursor) -> asyncio.Future[Page]:
-        """Start reading the page at ``cursor``; only its commit, in page order, moves the stored cursor.
-
-        A page fetched but not committed (a crash, ``stop``, a superseded commit) is simply read again
-        from the stored cursor, as the page a crash cut off between its answer and its commit is.
-        """
-        if reading.capture.scan_start(cursor):
-            self._scans[reading.collection] = set()
-        return asyncio.ensure_future(self._fetch(sync, credential, reading, cursor))
 
     async def _fetch(self, sync: Sync, credential: Credential, reading: Reading, cursor: Cursor) -> Page:
         """One page through the upstream client; a refusal becomes the provider's error."""
@@ -249,12 +246,15 @@ class SyncPoller:
         self,
         sync: Sync,
         reading: Reading,
+        asked: Cursor,
         page: Page,
         generation: int,
         cursors: dict[str, Cursor],
         progress: dict[str, int],
     ) -> int:
-        """The page's events and the cursor after it, in one transaction; the new generation."""
+        """The page (read at ``asked``) and the cursor after it, in one transaction; the new generation."""
+        if reading.capture.scan_start(asked):  # the pages of a full scan are tallied as they commit
+            self._scans[reading.collection] = set()
         scan = self._scans.get(reading.collection)
         if scan is not None:
             scan.update(s.upstream_id for s in page.seen)
@@ -297,11 +297,39 @@ def readings(sync: Sync) -> list[Reading]:
     return readings
 
 
-def _abandon(fetching: asyncio.Future[Page]) -> None:
-    """Drop a page fetch nobody will commit (its outcome, even an error, is read so none is reported lost)."""
-    if not fetching.done():
-        fetching.cancel()
-    fetching.add_done_callback(lambda f: f.cancelled() or f.exception())
+class _Ahead:
+    """One collection's pages in order, read by a task of their own up to ``AHEAD`` before their commit.
+
+    The reader stops after an error (handed on in its place, so the pages before it still commit), a
+    caught-up page, and a page that completes a scan. ``close`` drops what nobody will commit: those
+    pages are read again from the stored cursor, as after a crash.
+    """
+
+    def __init__(self, fetch: Callable[[Cursor], Awaitable[Page]], cursor: Cursor) -> None:
+        self._pages: asyncio.Queue[tuple[Cursor, Page] | Exception] = asyncio.Queue(AHEAD)
+        self._task = asyncio.ensure_future(self._read(fetch, cursor))  # copies the caller's pacing share
+
+    async def _read(self, fetch: Callable[[Cursor], Awaitable[Page]], cursor: Cursor) -> None:
+        while True:
+            try:
+                page = await fetch(cursor)
+            except Exception as exc:  # the committing side raises it, after the pages read before it
+                await self._pages.put(exc)
+                return
+            await self._pages.put((cursor, page))
+            if page.caught_up or page.scan_complete:
+                return
+            cursor = page.cursor
+
+    async def next(self) -> tuple[Cursor, Page]:
+        """The next page and the cursor it was read at."""
+        item = await self._pages.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._task.cancel()
 
 
 def _backfilling(cursor: Cursor | None) -> bool:

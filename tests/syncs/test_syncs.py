@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+import asyncpg
 import pytest
 
 from gateway.http import appkeys
 from gateway.sandbox.common import Knobs
+from gateway.syncs.poller import AHEAD
 from tests.conftest import GatewayFactory
 from tests.mutations.harness import SPECS
 from tests.syncs.harness import PROVIDERS, SYNC, connect, until
@@ -220,3 +222,28 @@ async def test_a_stripe_anchor_older_than_30_days_makes_the_sync_list_again(
     assert refused, "the expired anchor was never asked for"
     view = await env.view()
     assert view["state"] != "failing" and view["cursor"][env.collection]["event"] != anchor
+
+
+async def test_pages_are_read_ahead_of_a_held_commit(
+    make_gateway: GatewayFactory, aiohttp_server: Any, store_url: str
+) -> None:
+    """While a page's commit waits on the store, the next AHEAD pages are read (bounded), then all commit."""
+    events_locked = await asyncpg.connect(store_url)
+    held = events_locked.transaction()
+    await held.start()
+    await events_locked.execute("LOCK TABLE events IN EXCLUSIVE MODE")  # reads go on, the page's insert waits
+    try:
+        env = await connect(make_gateway, aiohttp_server, "stripe", seed=1000)
+        # The anchor call, the page whose commit waits, AHEAD pages queued and one more waiting for room.
+        ahead = 3 + AHEAD
+
+        async def read_ahead() -> bool:
+            return len(env.sandbox.requests) >= ahead
+
+        await until("the sync read ahead of its commit", read_ahead)
+        assert len(env.sandbox.requests) == ahead
+        assert await env.stored() == {}
+    finally:
+        await held.rollback()
+        await events_locked.close()
+    await until("the backfill is complete", env.in_step)
