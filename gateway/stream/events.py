@@ -16,6 +16,7 @@ Because the fan-out is in the same transaction, an event is never visible withou
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -58,7 +59,6 @@ _LAST_KNOWN = select(t.records).where(
     _R.upstream_id.in_(bindparam("upstream_ids", expanding=True)),
 )
 _INSERT_EVENTS_IN_ORDER = insert(t.events).returning(t.events.c.seq, sort_by_parameter_order=True)
-_INSERT_EVENTS = insert(t.events).returning(t.events.c.id, t.events.c.seq)
 _INSERT_DELIVERIES = insert(t.deliveries)
 
 
@@ -158,30 +158,75 @@ def _next_state(
 
 # ``records``' upsert as text, the same SQL on SQLite and PostgreSQL: SQLAlchemy cannot cache an
 # ``on_conflict_do_update`` construct, so it compiled one again for every page.
-_UPSERT_RECORDS = text(
+_RECORD_COLUMNS = tuple(c.name for c in t.records.columns)
+_UPSERT = (
     "INSERT INTO records (sync_id, collection_id, upstream_id, data, deleted, upstream_updated_at, inserted_at,"
-    " updated_at) VALUES (:sync_id, :collection_id, :upstream_id, :data, :deleted, :upstream_updated_at,"
-    " :inserted_at, :updated_at) ON CONFLICT (sync_id, collection_id, upstream_id) DO UPDATE SET data = excluded.data,"
-    " deleted = excluded.deleted, upstream_updated_at = excluded.upstream_updated_at, updated_at = excluded.updated_at"
-).bindparams(*(bindparam(c.name, type_=c.type) for c in t.records.columns))
+    " updated_at) VALUES ({values}) ON CONFLICT (sync_id, collection_id, upstream_id) DO UPDATE SET data ="
+    " excluded.data, deleted = excluded.deleted, upstream_updated_at = excluded.upstream_updated_at,"
+    " updated_at = excluded.updated_at"
+)
+_UPSERT_RECORDS = text(_UPSERT.format(values=", ".join(f":{name}" for name in _RECORD_COLUMNS))).bindparams(
+    *(bindparam(c.name, type_=c.type) for c in t.records.columns)
+)
+_UPSERT_RECORDS_SQLITE = _UPSERT.format(values=", ".join("?" for _ in _RECORD_COLUMNS))
 
 
 async def _save_records(conn: AsyncConnection, records: Sequence[tuple[Record, JsonText]]) -> None:
     """One executemany upsert (each record once: PostgreSQL refuses to update a row twice in a statement)."""
-    rows = [
-        {
-            "sync_id": r.sync_id,
-            "collection_id": r.collection_id,
-            "upstream_id": r.upstream_id,
-            "data": data,
-            "deleted": r.deleted,
-            "upstream_updated_at": r.upstream_updated_at,
-            "inserted_at": r.inserted_at,
-            "updated_at": r.updated_at,
-        }
-        for r, data in records
-    ]
-    await conn.execute(_UPSERT_RECORDS, rows)
+    if conn.dialect.name == "sqlite":
+        time = _SqliteTimes(conn)
+        rows = [
+            (
+                r.sync_id,
+                r.collection_id,
+                r.upstream_id,
+                data,
+                r.deleted,
+                *map(time, (r.upstream_updated_at, r.inserted_at, r.updated_at)),
+            )
+            for r, data in records
+        ]
+        await conn.exec_driver_sql(_UPSERT_RECORDS_SQLITE, rows)
+        return
+    await conn.execute(
+        _UPSERT_RECORDS,
+        [
+            {
+                "sync_id": r.sync_id,
+                "collection_id": r.collection_id,
+                "upstream_id": r.upstream_id,
+                "data": data,
+                "deleted": r.deleted,
+                "upstream_updated_at": r.upstream_updated_at,
+                "inserted_at": r.inserted_at,
+                "updated_at": r.updated_at,
+            }
+            for r, data in records
+        ],
+    )
+
+
+class _SqliteTimes:
+    """SQLite's text for a time, as SQLAlchemy's ``DateTime`` writes it, each distinct time converted once.
+
+    On SQLite the two inserts of a page go to the driver as tuples of values SQLite takes as they are
+    (see ``_save_records``, ``_insert_returning_seqs``): SQLAlchemy's per-row processing of every bound
+    value was the largest part of a sync page's CPU, and a page holds only a few distinct times.
+    """
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        column = t.records.c.inserted_at.type
+        self._text = column.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        self._seen: dict[tuple[datetime, Any], Any] = {}
+
+    def __call__(self, value: datetime | None) -> Any:
+        if value is None or self._text is None:
+            return value
+        key = (value, value.utcoffset())  # equal instants in other zones are written differently
+        text = self._seen.get(key)
+        if text is None:
+            text = self._seen[key] = self._text(value)
+        return text
 
 
 def _diff(previous: Record | None, record: Record, action: Action) -> dict[str, Any]:
@@ -202,23 +247,22 @@ async def _insert_events(
     inserted_at = utcnow()
     ids = os.urandom(16 * len(planned)).hex()  # one random draw per page, 128 bits per event id
     encoded = _Encoded()
-    rows: list[dict[str, Any]] = [
-        {
-            "id": "evt_" + ids[32 * i : 32 * (i + 1)],
-            "sync_id": record.sync_id,
-            "collection_id": record.collection_id,
-            "upstream_id": record.upstream_id,
-            "action": action,
-            "record": _record_json(record, record_data, encoded),
-            "changes": JsonText(json.dumps(changes)) if changes else _NO_CHANGES,
-            "inserted_at": inserted_at,
-        }
+    rows = [
+        (
+            "evt_" + ids[32 * i : 32 * (i + 1)],
+            record.sync_id,
+            record.collection_id,
+            record.upstream_id,
+            action,
+            _record_json(record, record_data, encoded),
+            JsonText(json.dumps(changes)) if changes else _NO_CHANGES,
+        )
         for i, ((action, record, changes), record_data) in enumerate(zip(planned, data, strict=True))
     ]
-    seqs = await _insert_returning_seqs(conn, rows)
+    seqs = await _insert_returning_seqs(conn, rows, inserted_at)
     return [
         Event.model_construct(
-            seq=seq, id=row["id"], action=action, record=record, changes=changes, inserted_at=inserted_at
+            seq=seq, id=row[0], action=action, record=record, changes=changes, inserted_at=inserted_at
         )
         for seq, row, (action, record, changes) in zip(seqs, rows, planned, strict=True)
     ]
@@ -258,19 +302,40 @@ def _record_json(record: Record, data: JsonText, encoded: _Encoded) -> JsonText:
     )
 
 
-async def _insert_returning_seqs(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[int]:
+_EVENT_COLUMNS = ("id", "sync_id", "collection_id", "upstream_id", "action", "record", "changes", "inserted_at")
+_SQLITE_EVENTS_PER_STATEMENT = 100  # 800 bound values: under SQLite's historical limit of 999 per statement
+
+
+@functools.lru_cache(maxsize=8)
+def _sqlite_insert_events(rows: int) -> str:
+    """The multi-row insert of ``rows`` events for SQLite, numbered by RETURNING."""
+    values = ", ".join(["(" + ", ".join("?" * len(_EVENT_COLUMNS)) + ")"] * rows)
+    return f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES {values} RETURNING id, seq"  # noqa: S608
+
+
+async def _insert_returning_seqs(
+    conn: AsyncConnection, rows: Sequence[tuple[str, ...]], inserted_at: datetime
+) -> list[int]:
     """The rows' ``seq`` values in parameter order, from as few statements as the dialect allows.
 
-    PostgreSQL sorts a multi-row RETURNING by parameter order itself. On SQLite SQLAlchemy can only
-    do that one statement per row (200 thread round trips per Salesforce chunk, the largest cost of
-    a mutation), so there the rows go in multi-row statements and RETURNING is matched back by the
-    event id we generated. SQLite numbers the rows of an insert in VALUES order under its single
-    writer lock, so the seqs still ascend in the order given; the check below makes that explicit.
+    ``rows``: every column of ``_EVENT_COLUMNS`` but the shared ``inserted_at``. PostgreSQL sorts a
+    multi-row RETURNING by parameter order itself. On SQLite SQLAlchemy can only do that one statement
+    per row (200 thread round trips per Salesforce chunk, the largest cost of a mutation), so there the
+    rows go in multi-row statements of our own (values as the driver takes them, see ``_SqliteTimes``)
+    and RETURNING is matched back by the event id we generated. SQLite numbers the rows of an insert in
+    VALUES order under its single writer lock, so the seqs still ascend in the order given; the check
+    below makes that explicit.
     """
     if conn.dialect.name == "postgresql":
-        return list((await conn.execute(_INSERT_EVENTS_IN_ORDER, rows)).scalars().all())
-    by_id = {event_id: seq for event_id, seq in (await conn.execute(_INSERT_EVENTS, rows)).tuples()}
-    seqs = [by_id[row["id"]] for row in rows]
+        params = [dict(zip(_EVENT_COLUMNS, (*row, inserted_at), strict=True)) for row in rows]
+        return list((await conn.execute(_INSERT_EVENTS_IN_ORDER, params)).scalars().all())
+    at = _SqliteTimes(conn)(inserted_at)
+    by_id: dict[str, int] = {}
+    for start in range(0, len(rows), _SQLITE_EVENTS_PER_STATEMENT):
+        chunk = rows[start : start + _SQLITE_EVENTS_PER_STATEMENT]
+        values = tuple(value for row in chunk for value in (*row, at))
+        by_id.update((await conn.exec_driver_sql(_sqlite_insert_events(len(chunk)), values)).tuples().all())
+    seqs = [by_id[row[0]] for row in rows]
     if any(a >= b for a, b in itertools.pairwise(seqs)):
         raise RuntimeError("SQLite numbered a multi-row insert out of VALUES order")
     return seqs
