@@ -107,11 +107,14 @@ async def test_a_thousand_slow_clients_are_cut_off_while_normal_clients_are_serv
     latencies = await _served(gw, 20)
     head_results, body_results = await asyncio.gather(*heads), await asyncio.gather(*bodies)
     assert all(answer == b"" for _, answer in head_results)  # closed, never answered
-    # A loop that saw a body client's head only past the 3 s header timeout closed it (also cut off);
-    # the rest were answered 408, which only the body idle timeout sends.
+    # Every body client was answered 408, which only the body idle timeout sends, or closed without an
+    # answer: a loop that saw its head only past the 3 s header timeout closed it, and a 408 sent while
+    # the client's dripped bytes were unread can arrive as a reset that discards it (how many do depends
+    # on the machine's load: 243 to 500 of 500 were read as 408). Without the body idle timeout none is
+    # a 408 and each takes a minute (the time bound below).
     answered = [answer for _, answer in body_results if answer]
     assert all(answer.startswith(b"HTTP/1.1 408") for answer in answered)
-    assert len(answered) >= SLOW_CLIENTS // 4
+    assert len(answered) >= SLOW_CLIENTS // 20
     # 3 s and 0.5 s timeouts; at a byte a second a head takes a minute (the bounds allow for a loaded box)
     assert max(seconds for seconds, _ in head_results + body_results) < 45
     assert max(latencies) < 30  # not held up by the slow clients, whose drip would last a minute

