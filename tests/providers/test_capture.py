@@ -13,7 +13,7 @@ from gateway.providers.capture.airtable import AirtableCapture
 from gateway.providers.capture.base import CaptureError, Cursor, Seen
 from gateway.providers.capture.hubspot import HubSpotCapture
 from gateway.providers.capture.salesforce import SalesforceCapture
-from gateway.providers.capture.stripe import StripeCapture
+from gateway.providers.capture.stripe import StripeCapture, event_types
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -173,6 +173,17 @@ def test_stripe_without_anchor_relists_when_events_overflow_a_page() -> None:
     cursor = {"phase": "live", "event": None}
     page = st.page(cursor, {"data": [stripe_event("evt_9", "customer.created", "cus_9")], "has_more": True})
     assert page.cursor == {"phase": "backfill", "anchored": True, "event": "evt_9", "after": None}
+
+
+def test_stripe_event_types_are_the_ones_stripe_emits() -> None:
+    """Most objects: created/updated/deleted; the exceptions are named as Stripe names them."""
+    assert event_types("customer") == ("customer.created", "customer.updated", "customer.deleted")
+    subscription = ("customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted")
+    assert event_types("subscription")[:3] == subscription
+    assert "charge.created" not in event_types("charge") and "charge.refunded" in event_types("charge")
+    assert "payment_intent.updated" not in event_types("payment_intent")
+    assert "invoice.upcoming" not in event_types("invoice") and "invoice.paid" in event_types("invoice")
+    assert all(len(event_types(obj)) <= 20 for obj in ("subscription", "invoice", "charge", "payment_intent"))
 
 
 def test_stripe_relists_when_its_anchor_event_aged_out() -> None:
