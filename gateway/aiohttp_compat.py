@@ -1,6 +1,6 @@
 """Every place the gateway reaches past aiohttp's public API, each with the reason it must.
 
-Re-check these three on every aiohttp upgrade (tests/http/test_proxy.py covers them); nothing else in
+Re-check these four on every aiohttp upgrade (tests/http/test_proxy.py covers them); nothing else in
 the gateway touches aiohttp internals.
 
 1. ``PassThroughRequest`` (client side): the proxy forwards the client's headers and no others, and
@@ -11,16 +11,21 @@ the gateway touches aiohttp internals.
    aiohttp answers them in plain text quoting the offending bytes (maybe an ``Authorization``
    header). The hook lets the gateway answer them like every other bad input. The same server
    subclass caps the open connections (``connection_made``), before any byte is parsed.
+4. ``handle_before_app`` and ``set_match_info`` (server side): the proxy routes are dispatched
+   without the router's walk and the middleware wrapper (gateway/http/fastpath.py); aiohttp has no
+   public hook in front of the application, and a view needs its match info set as the router does.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 from multidict import CIMultiDict
 
 # Headers aiohttp would add on its own; a proxy forwards the client's, or none.
@@ -28,6 +33,7 @@ _NO_AUTO_HEADERS: CIMultiDict[None] = CIMultiDict(
     (name, None) for name in ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
 )
 ParserErrorAnswer = Callable[[int, BaseException | None], web.StreamResponse]
+Dispatch = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class PassThroughRequest(aiohttp.ClientRequest):
@@ -86,3 +92,18 @@ def answer_parser_errors(
     if server is None:
         raise RuntimeError("answer_parser_errors() needs a runner that was set up")
     server.__class__ = Server
+
+
+def handle_before_app(runner: web.BaseRunner, wrap: Callable[[Dispatch], Dispatch]) -> None:
+    """Call after ``runner.setup()``: connections accepted from then on hand each request to
+    ``wrap(application's handler)`` instead (aiohttp's ``Server`` keeps the handler it gives every
+    new connection in ``request_handler``; an ``AppRunner``'s requests are ``web.Request``)."""
+    server = runner.server
+    if server is None:
+        raise RuntimeError("handle_before_app() needs a runner that was set up")
+    server.request_handler = cast(Any, wrap(cast(Dispatch, server.request_handler)))
+
+
+def set_match_info(request: web.Request, match_info: UrlMappingMatchInfo) -> None:
+    """What ``Application._handle`` does with the router's answer: the request's ``match_info``."""
+    request._match_info = match_info

@@ -19,11 +19,12 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
-from aiohttp.web_runner import BaseRunner
+from aiohttp.web_runner import AppRunner, BaseRunner
 
 from gateway.app import create_app
 from gateway.config import Config
 from gateway.domain.models import TokenIn
+from gateway.http.fastpath import route_proxy_first
 from gateway.http.protocol import serve_json_errors
 from gateway.store.tables import metadata
 from gateway.vault.crypto import Keyring, generate_key
@@ -210,7 +211,8 @@ class ServedLikeProduction(TestServer):
     Handlers run on when their client disconnects: aiohttp's test server cancels them
     (``handler_cancellation=True``), the gateway's runner does not, so a mutation is never cut
     halfway by a client that left. Requests the HTTP parser refuses get the JSON error; the header
-    timeout and the connection cap are the configured ones (``protocol.start_runner``).
+    timeout and the connection cap are the configured ones, and proxy calls are dispatched before
+    the router (``protocol.start_runner``).
     """
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
@@ -226,6 +228,8 @@ class ServedLikeProduction(TestServer):
         await super().start_server(*args, **kwargs)
         assert self.runner is not None
         serve_json_errors(self.runner, max_connections=self.app[appkeys.CONFIG].server.max_connections)
+        if isinstance(self.runner, AppRunner):
+            route_proxy_first(self.runner)
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from aiohttp import web
 from gateway.aiohttp_compat import answer_parser_errors
 from gateway.config import ServerConfig
 from gateway.errors import GatewayError, InternalError, InvalidRequest, Overloaded, PayloadTooLarge
+from gateway.http.fastpath import route_proxy_first
 from gateway.http.middlewares import error_response
 
 log = structlog.get_logger(__name__)
@@ -45,10 +46,12 @@ def serve_json_errors(runner: web.BaseRunner, *, max_connections: int = 0) -> No
 
 
 async def start_runner(app: web.Application, limits: ServerConfig, **kwargs: Any) -> web.AppRunner:
-    """A set-up runner guarded as every gateway listener is: JSON errors, header timeout, connection cap."""
+    """A set-up runner guarded as every gateway listener is: JSON errors, header timeout, connection cap;
+    proxy calls dispatched first (http/fastpath.py)."""
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.header_timeout, **kwargs)
     await runner.setup()
     serve_json_errors(runner, max_connections=limits.max_connections)
+    route_proxy_first(runner)
     return runner
 
 
