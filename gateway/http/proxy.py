@@ -45,8 +45,14 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 _ANY = r"[\s\S]*"
 _NOT_FORWARDED = ("Host", "Authorization", "Content-Length", "Expect")
 # What a client may claim about the proxies it came through: dropped unless server.trust_forwarded.
-_CLIENT_CLAIMS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port",
-                  "X-Real-IP")
+_CLIENT_CLAIMS = (
+    "Forwarded",
+    "X-Forwarded-For",
+    "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Port",
+    "X-Real-IP",
+)
 COST_HEADER = "x-gateway-cost"
 
 
@@ -161,7 +167,7 @@ async def _relay(request: web.Request, upstream: UpstreamResponse) -> web.Stream
     stamp(request, response)
     try:
         await response.prepare(request)
-        async for chunk in upstream.chunks():
+        while chunk := await upstream.next_chunk():
             await response.write(chunk)
         await response.write_eof()
     except (GatewayError, ConnectionError) as exc:

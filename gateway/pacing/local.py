@@ -2,7 +2,7 @@
 
 Everything here runs without awaiting, so the event loop cannot interleave two decisions. Calls
 that must wait queue in one ``BucketQueue`` per home bucket (queue.py: priorities, fair share, one
-timer); ``reserve_now`` is the plain arrival-order reservation the pacer's stall guard uses.
+timer); ``reserve_now`` is the plain arrival-order reservation, ``hold_back`` the pacer's stall guard.
 """
 
 from __future__ import annotations
@@ -84,13 +84,25 @@ class LocalBackend:
             del self._queues[queue.buckets[0].key]
 
     def reserve_now(self, buckets: Sequence[BucketSpec], max_wait: float) -> Reservation | Refused:
-        """A plain arrival-order reservation (no queue): the pacer's stall guard."""
-        now = self._now()
-        pairs = [(self._state(b.key), b.schedule) for b in buckets]
-        outcome = bucket.reserve(pairs, now, int(max_wait * bucket.US))
+        """A plain arrival-order reservation (no queue)."""
+        outcome, _ = self._reserve(buckets, max_wait)
         if isinstance(outcome, bucket.Refusal):
             return Refused(retry_after=outcome.retry_after / bucket.US)
         return Reservation(tuple(buckets), outcome.charges, deadline=outcome.slot / bucket.US)
+
+    def hold_back(self, buckets: Sequence[BucketSpec], max_wait: float) -> Reservation | None:
+        """The pacer's stall guard: ``reserve_now``, answering only a reservation whose slot is still to
+        come (None for a slot already here, nearly every call, or a refusal), compared with the same
+        clock reading the slot came from."""
+        outcome, now = self._reserve(buckets, max_wait)
+        if isinstance(outcome, bucket.Refusal) or outcome.slot <= now:
+            return None
+        return Reservation(tuple(buckets), outcome.charges, deadline=outcome.slot / bucket.US)
+
+    def _reserve(self, buckets: Sequence[BucketSpec], max_wait: float) -> tuple[bucket.Grant | bucket.Refusal, int]:
+        now = self._now()
+        pairs = [(self._state(b.key), b.schedule) for b in buckets]
+        return bucket.reserve(pairs, now, int(max_wait * bucket.US)), now
 
     async def release(self, reservation: Reservation) -> None:
         now = self._now()

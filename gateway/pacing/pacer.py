@@ -249,10 +249,8 @@ class GatewayPacer:
         never delays anything. Local only: on Redis the other replicas went on time, so a slot woken
         up for too late is given back instead (shared_queue.py).
         """
-        outcome = self._guard.reserve_now(call.buckets, GUARD_HORIZON)
-        if isinstance(outcome, Reservation) and outcome.deadline > asyncio.get_running_loop().time():
-            return outcome
-        return None  # nothing to hold back (a refusal would take a stall of an hour: then just go)
+        # Nothing to hold back: a slot already here, or a refusal (that would take a stall of an hour: just go).
+        return self._guard.hold_back(call.buckets, GUARD_HORIZON)
 
     def _local_permits(self, credential_id: str, limit: int | None) -> Permits | None:
         if limit is None:
@@ -302,13 +300,14 @@ class GatewayPacer:
             raise self._refused(call, outcome)
         return outcome.permit
 
-    async def _take_turn(
+    def _take_turn(
         self, credential_id: str, call: Route, share: Share, give_up_at: float
-    ) -> Callable[[], None] | None:
-        """The call's slot in all its buckets (and its ``max_concurrency`` permit, if any)."""
+    ) -> Awaitable[Callable[[], None] | None]:
+        """The call's slot in all its buckets (and its ``max_concurrency`` permit, if any). Not a
+        coroutine itself: it picks the backend's, one frame less on every call."""
         if self._active() is self._local:
-            return await self._wait_local(credential_id, call, share, max(0.0, give_up_at - time.monotonic()))
-        return await self._wait_shared(credential_id, call, share, give_up_at)
+            return self._wait_local(credential_id, call, share, max(0.0, give_up_at - time.monotonic()))
+        return self._wait_shared(credential_id, call, share, give_up_at)
 
     async def _rule_turn(
         self, credential_id: str, call: Route, share: Share, give_up_at: float

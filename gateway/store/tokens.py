@@ -131,7 +131,8 @@ class Tokens:
                 self._known.put(digest, principal, self._ttl)
         if principal is None or principal.expired(self._wall_clock()):
             return None
-        await self._touch(principal.name)
+        if self._touch_due(principal.name):  # nearly never: no coroutine on every call for it
+            await self._touch(principal.name)
         return principal
 
     async def _lookup(self, digest: str) -> Principal | None:
@@ -150,14 +151,18 @@ class Tokens:
             expires_at=expires.timestamp() if expires is not None else None,
         )
 
-    async def _touch(self, name: str) -> None:
-        """Record the use in ``last_used_at``, at most once per ``TOUCH_INTERVAL``; a store hiccup here
-        must not fail the request, whose token is already known good."""
+    def _touch_due(self, name: str) -> bool:
+        """Whether this use should be written: the first in ``TOUCH_INTERVAL`` by this process."""
         now = self._clock()
         last = self._touched.get(name)
         if last is not None and now - last < TOUCH_INTERVAL:
-            return
+            return False
         self._touched.put(name, now)
+        return True
+
+    async def _touch(self, name: str) -> None:
+        """Record the use in ``last_used_at`` (``_touch_due`` said when); a store hiccup here must not
+        fail the request, whose token is already known good."""
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(

@@ -18,6 +18,7 @@ API (others depend on it)::
                              body=None | bytes | StreamedBody) as resp:
         resp.status, resp.headers, resp.pacing_wait        # headers: CIMultiDictProxy, hop-by-hop kept
         async for chunk in resp.chunks(): ...               # raises UpstreamTimeout/UpstreamUnavailable
+        chunk = await resp.next_chunk()                     # the same, one part at a time (b"": the end)
     result = await client.request_json(credential, "POST", "services/data/v59.0/composite/sobjects",
                                        json={...} | None, form={...} | None, query={...} | None,
                                        headers={...} | None)
@@ -262,7 +263,8 @@ class UpstreamClient:
             outgoing.popall(name, None)
         address = _Address(exchange.path, raw_query, exchange.cost)
         self._url(credential, address)  # refuse a bad path before pacing or refreshing
-        current = await self.oauth2.current(credential)
+        # Only an OAuth2 credential can need a fresh token: the others skip the coroutine (every proxied call).
+        current = await self.oauth2.current(credential) if isinstance(credential.auth, OAuth2Auth) else credential
         if current is not credential:
             self.credentials.put(current)
         replayable = not isinstance(body, StreamedBody)

@@ -43,12 +43,20 @@ class UpstreamResponse:
         self.pacing_wait = pacing_wait
         self.pause = pause
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def next_chunk(self) -> bytes:
+        """The next part of the body as it arrives (at most ``CHUNK`` bytes), ``b""`` once it is all read.
+
+        The proxy relays with this one call per part: no async generator and aiohttp iterator around
+        it, two frames resumed per part that a small answer paid for nothing.
+        """
         try:
-            async for chunk in self._raw.content.iter_chunked(CHUNK):
-                yield chunk
+            return await self._raw.content.read(CHUNK)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise mapped(exc, self._provider) from exc
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while chunk := await self.next_chunk():
+            yield chunk
 
     async def read(self, *, limit: int = RESULT_LIMIT) -> bytes:
         parts: list[bytes] = []
