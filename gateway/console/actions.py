@@ -8,6 +8,7 @@ place the new token is ever shown; that page is ``no-store`` like every console 
 from __future__ import annotations
 
 import hmac
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from gateway.console.auth import (
     SESSION_ID,
     SIGNIN_COOKIE,
     form,
+    read_form,
     secure_headers,
     set_cookie,
     signin_csrf,
@@ -52,7 +54,10 @@ async def signin(request: web.Request) -> web.StreamResponse:
     Bad tokens count in the API's per-address backoff (one table for both), so the form is no way
     around it: a paused address gets 429 with ``Retry-After``, good token or not, as from the API.
     """
-    data = await request.post()
+    try:
+        data = await read_form(request)
+    except InvalidRequest as exc:
+        return _signin_page(request, error=exc.message, status=exc.status)
     sent, expected = data.get("csrf"), request.cookies.get(SIGNIN_COOKIE, "")
     if not isinstance(sent, str) or not expected or not hmac.compare_digest(sent, expected):
         return _signin_page(request, error="The form expired; please sign in again.", status=403)
@@ -94,7 +99,7 @@ async def signout(request: web.Request) -> web.StreamResponse:
 @form
 async def create_token(request: web.Request) -> web.StreamResponse:
     """The token API's model and service with the form's fields; a refusal is shown on the page."""
-    data = await request.post()
+    data = await read_form(request)
     try:
         spec = token_spec(token_fields(data))
         token = await services(request).tokens.create(spec)
@@ -120,7 +125,8 @@ def token_fields(data: MultiDictProxy[str | bytes | bytearray | FileField]) -> d
         "priority": str(data.get("priority", "normal")),
     }
     weight = str(data.get("weight", "")).strip() or "1"
-    fields["weight"] = int(weight) if weight.isdigit() else weight  # the model names a bad one
+    # ASCII digits only: "²" is a digit to str.isdigit() but not to int(); the model names a bad one
+    fields["weight"] = int(weight) if re.fullmatch(r"[0-9]{1,9}", weight) else weight
     only = [part.strip() for part in str(data.get("only", "")).split(",") if part.strip()]
     if only:
         fields["only"] = only

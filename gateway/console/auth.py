@@ -20,9 +20,11 @@ from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
+from aiohttp.web_request import FileField
+from multidict import MultiDictProxy
 
 from gateway.console.keys import SESSIONS
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InvalidRequest
 from gateway.store.sessions import ConsoleSession
 
 COOKIE = "gateway_console"
@@ -108,12 +110,20 @@ def page(handler: Handler) -> Handler:
     return view
 
 
+async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | FileField]:
+    """The posted form; a body that does not decode as UTF-8 is the client's mistake (400), not a crash."""
+    try:
+        return await request.post()
+    except UnicodeDecodeError:
+        raise InvalidRequest("form: the posted form is not UTF-8", field="form") from None
+
+
 def form(handler: Handler) -> Handler:
     """A console form post: a session (as ``page``) AND the session's CSRF token, else 403."""
 
     @wraps(handler)
     async def post(request: web.Request) -> web.StreamResponse:
-        data = await request.post()
+        data = await read_form(request)
         sent = data.get("csrf")
         if not isinstance(sent, str) or not hmac.compare_digest(sent, csrf_token(request[SESSION_ID])):
             response = web.Response(status=403, text="refused: the form's CSRF token is missing or wrong")

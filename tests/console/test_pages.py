@@ -99,12 +99,16 @@ async def test_a_created_token_is_shown_once_and_has_the_forms_fields(signed_in:
 
 @pytest.mark.parametrize(
     ("field", "value", "named"),
-    [("name", "bad name!", "name"), ("weight", "0", "weight"), ("expires_days", "soon", "expires_days"),
-     ("only", "sync:a, billing", "only.1")],
+    [
+        ("name", "bad name!", "name"),
+        ("weight", "0", "weight"),
+        ("expires_days", "soon", "expires_days"),
+        ("only", "sync:a, billing", "only.1"),
+        ("weight", "\u00b2", "weight"),  # a digit to str.isdigit(), not to int()
+        ("weight", "9" * 5000, "weight"),  # past int()'s 4,300-digit limit
+    ],
 )
-async def test_a_bad_token_form_names_the_field(
-    signed_in: SignedIn, field: str, value: str, named: str
-) -> None:
+async def test_a_bad_token_form_names_the_field(signed_in: SignedIn, field: str, value: str, named: str) -> None:
     """A refused form answers 400 on the page, naming the field, and creates nothing."""
     gw, csrf = signed_in
     form = {"csrf": csrf, "name": "ok", "scopes": "proxy", field: value}

@@ -74,6 +74,22 @@ async def test_signin_refuses_without_its_csrf_cookie(make_gateway: GatewayFacto
     assert "gateway_console" not in resp.cookies
 
 
+async def test_a_form_that_is_not_utf8_is_a_400_not_a_crash(make_gateway: GatewayFactory) -> None:
+    """Raw bytes that do not decode (``%``-escapes are fine, ``\xff`` is not) get the form again with 400."""
+    gw = await make_gateway()
+    page = await gw.client.get("/console/signin")
+    body = b"csrf=" + csrf_of(await page.text()).encode() + b"&token=\xff"
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    resp = await gw.client.post("/console/signin", data=body, headers=headers, allow_redirects=False)
+    assert resp.status == 400 and "not UTF-8" in await resp.text()
+    assert "gateway_console" not in resp.cookies
+    csrf = await sign_in(gw.client, gw.admin_token)
+    body = b"csrf=" + csrf.encode() + b"&scopes=proxy&name=\xff"
+    resp = await gw.client.post("/console/tokens", data=body, headers=headers)
+    assert resp.status == 400 and "not UTF-8" in await resp.text()
+    assert [v.name for v in await gw.app[appkeys.TOKENS].list()] == ["admin"]
+
+
 async def test_non_admin_and_wrong_tokens_cannot_sign_in(make_gateway: GatewayFactory) -> None:
     """Only a valid token with the admin scope opens a session."""
     gw = await make_gateway()
