@@ -14,8 +14,9 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, cast
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from gateway import catalog
 from gateway.catalog import Catalog, CatalogError
@@ -92,10 +93,22 @@ class MetricsConfig(Strict):
 
 # Fields that may hold a secret (a DSN password, the keys) are left out of repr(): a config in a traceback's
 # locals or a debug print shows none (check-config prints them masked).
+def _url_that_parses(value: str) -> str:
+    """A store or Redis URL must split into host and port: one that does not (an unclosed ``[``, a port
+    past 65535) would otherwise fail later, wherever it is first taken apart."""
+    try:
+        urlsplit(value).port  # noqa: B018 (parsing it is the check)
+    except ValueError:  # its message may quote a password written where the port goes: not repeated
+        raise ValueError("does not parse as a URL (check its port and any [IPv6] host)") from None
+    return value
+
+
 class StoreConfig(Strict):
     url: str = Field(default="sqlite:///./gateway.db", repr=False)
     auto_migrate: bool | None = Field(default=None, description="default: true for SQLite only")
     pool_size: int = Field(default=10, ge=1, le=200)
+
+    _url_parses = field_validator("url")(_url_that_parses)
 
     @property
     def is_sqlite(self) -> bool:
@@ -111,6 +124,8 @@ class PacingConfig(Strict):
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
     on_backend_error: Literal["local", "reject"] = "local"
     key_prefix: str = "gateway"
+
+    _url_parses = field_validator("redis_url")(_url_that_parses)
 
 
 class EncryptionConfig(Strict):

@@ -67,6 +67,25 @@ def test_invalid_config_names_the_key(tmp_path: Path, toml: str, key: str) -> No
         load_config(path, environ={})
 
 
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[pacing]\nredis_url = "redis://:pw-s3cret@[::1"\n', "pacing.redis_url"),
+        ('[pacing]\nredis_url = "redis://default:pw-s3cret"\n', "pacing.redis_url"),  # the password where the port goes
+        ('[store]\nurl = "postgresql://u:pw-s3cret@db:99999/gw"\n', "store.url"),
+    ],
+)
+def test_a_url_that_does_not_parse_is_refused_naming_the_key_not_the_password(
+    tmp_path: Path, toml: str, key: str
+) -> None:
+    """Refused when loaded, not later where it is taken apart (check-config crashed on the first)."""
+    path = tmp_path / "g.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as refused:
+        load_config(path, environ={})
+    assert "s3cret" not in refused.value.message
+
+
 def test_unset_variable_is_named(tmp_path: Path) -> None:
     """A ${VAR} that is not set is an error naming the variable."""
     path = tmp_path / "g.toml"
@@ -185,6 +204,8 @@ def test_the_repr_of_a_config_holds_no_secret() -> None:
         ("sqlite:///./gateway.db", "sqlite:///./gateway.db"),
         ("postgresql:///gw?host=/run/postgresql&password=pw", "postgresql:///gw?host=/run/postgresql&password=***"),
         ("postgresql://u:pw@db:5432/gw", "postgresql://u:***@db:5432/gw"),
+        ("redis://:pw@[::1", "redis://:***@[::1"),  # no URL parser takes it; check-config crashed on it
+        ("redis://u:pw@h:99999999/0?password=pw#f", "redis://u:***@h:99999999/0?password=***#f"),
     ],
 )
 def test_masking_keeps_the_rest_of_the_url_as_written(dsn: str, shown: str) -> None:

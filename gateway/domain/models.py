@@ -12,7 +12,7 @@ import binascii
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote_plus, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -180,16 +180,22 @@ _SECRET_PARAMS = frozenset({"password", "sslpassword", "pass", "passwd"})
 def mask_dsn(dsn: str) -> str:
     """Every password of a DSN replaced: ``user:secret@`` and ``?password=secret`` alike.
 
-    Works on the text, not on parsed fields, so a DSN that does not parse (a bad port) is masked too.
+    Works on the text alone, never a URL parser, so a DSN that does not parse (a bad port, an unclosed
+    ``[`` of an IPv6 host) is masked too instead of failing where it is shown (``check-config``, reads).
     """
-    parts = urlsplit(dsn)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    netloc = f"{userinfo.split(':', 1)[0]}:{MASK}@{host}" if at and ":" in userinfo else parts.netloc
-    query = "&".join(_mask_param(pair) for pair in parts.query.split("&")) if parts.query else ""
-    masked = urlunsplit(parts._replace(netloc=netloc, query=query))
-    if not parts.netloc and dsn.startswith(parts.scheme + "://"):  # urlunsplit drops an empty authority's "//"
-        masked = parts.scheme + "://" + masked.removeprefix(parts.scheme + ":")
-    return masked
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        rest = dsn
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    userinfo, at, host = authority.rpartition("@")
+    if at and ":" in userinfo:
+        authority = f"{userinfo.split(':', 1)[0]}:{MASK}@{host}"
+    before, mark, query = tail.partition("?")
+    if mark:
+        query, hash_mark, fragment = query.partition("#")
+        tail = before + "?" + "&".join(_mask_param(pair) for pair in query.split("&")) + hash_mark + fragment
+    return (scheme + sep if sep else "") + authority + tail
 
 
 def _mask_param(pair: str) -> str:
