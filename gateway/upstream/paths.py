@@ -13,7 +13,9 @@ could make any upstream, however sloppy its own decoding, leave the base URL:
   and then resolve the ``..``;
 * characters that Unicode compatibility normalisation (NFKC, which some upstreams apply) folds into
   ``..``, ``/`` or ``\\``: fullwidth dots ``%ef%bc%8e``, the division slash ``%e2%88%95``, ...;
-* percent-encoding nested so deep it never settles (a decoder bomb).
+* percent-encoding nested so deep it never settles (a decoder bomb);
+* IIS's non-standard ``%uXXXX`` escapes (``%u002e%u002e``, ``%uff0e``), raw or encoded: IIS decodes
+  them into dots and slashes that no standard decoder sees.
 
 Dot segments that stay below the base are resolved here, so what is sent has none left. The joined
 URL is finally re-parsed and compared with the base (scheme, host, port, userinfo, path prefix): the
@@ -32,6 +34,7 @@ from gateway.urltext import CONTROL as _CONTROL
 from gateway.urltext import folds_into_separators, fully_decode
 
 _FORBIDDEN_RAW = re.compile(r"[\\#?\s]")
+_IIS_ESCAPE = re.compile(r"%u[0-9a-f]{4}", re.IGNORECASE)
 
 
 def _refuse(reason: str) -> InvalidPath:
@@ -48,6 +51,8 @@ def normalize_path(raw: str) -> str:
         raise _refuse("percent-encoding does not decode to UTF-8") from None
     if _CONTROL.search(decoded) or "\\" in decoded:
         raise _refuse("encoded control characters or backslashes are not allowed")
+    if _IIS_ESCAPE.search(decoded):
+        raise _refuse("%uXXXX escapes are not allowed (IIS decodes them into dots and slashes)")
     if decoded.startswith("/"):
         raise _refuse("a path starting with '/' could name another host")
     if folds_into_separators(decoded):

@@ -78,6 +78,8 @@ async def test_token_without_proxy_scope_is_403(make_gateway: GatewayFactory, up
         "a/%00b",
         "a/%0d%0aX-Injected:%201",
         "%25252525252e",
+        "%u002e%u002e/secret",  # IIS's own escapes
+        "%uff0e%uff0e/secret",
     ],
 )
 async def test_hostile_paths_are_400_and_never_sent(
