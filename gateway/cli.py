@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox = verbs.add_parser("sandbox", help="sandbox upstreams").add_subparsers(dest="action", required=True)
     run = sandbox.add_parser("run", parents=[common], help="serve one provider's sandbox on loopback (offline trials)")
     run.add_argument("provider", choices=PROVIDERS, help="which provider the sandbox stands in for")
-    run.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one, printed)")
+    run.add_argument("--port", type=_port, default=0, help="port to listen on (default: a free one, printed)")
     run.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     run.add_argument("--seed", action="store_true", help="start with a few demo records")
 
@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if not all(_is_utf8(arg) for arg in (sys.argv[1:] if argv is None else argv)):
+        stderr("gateway: arguments must be valid UTF-8 (ids, names and paths are text)")
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
@@ -136,6 +139,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _is_utf8(arg: str) -> bool:
+    """Whether an argument decoded from UTF-8 (Python keeps undecodable bytes as lone surrogates)."""
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _port(text: str) -> int:
+    """``--port``: a TCP port number, 0 for a free one."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, not {text[:20]!r}")
+    return port
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -233,10 +256,13 @@ def _token_spec(args: argparse.Namespace) -> TokenIn:
         expires_at = None
     if args.expires is not None and (expires_at is None or not args.expires > 0):
         raise ConfigError("--expires: must be a positive number of days, before the year 9999")
+    only = [i.strip() for i in args.only.split(",") if i.strip()] if args.only is not None else None
+    if only == []:  # an empty --only "$IDS" must not silently make a token limited to nothing into one for all
+        raise ConfigError("--only: names no <kind>:<id>; leave --only out for a token not limited to objects")
     data = {
         "name": args.name,
         "scopes": parse_scopes(args.scope),
-        "only": [i.strip() for i in args.only.split(",") if i.strip()] if args.only else None,
+        "only": only,
         "priority": args.priority,
         "weight": args.weight,
         "expires_at": expires_at,

@@ -105,6 +105,31 @@ def test_untyped_only_ids_are_refused_in_one_line(env: dict[str, str], only: str
     assert json.loads(gateway("tokens", "list", "--json", env=env).stdout) == []
 
 
+@pytest.mark.parametrize("only", ["", " , "])
+def test_an_empty_only_is_refused_not_read_as_all_objects(env: dict[str, str], only: str) -> None:
+    """``--only "$IDS"`` with an empty variable must not create a token open to every object."""
+    result = gateway("tokens", "create", "--name", "x", "--scope", "proxy", "--only", only, env=env)
+    assert result.returncode == 2 and result.stdout == ""
+    said = [line for line in result.stderr.splitlines() if not line.startswith("{")]  # JSON lines are logs
+    assert len(said) == 1 and said[0].startswith("gateway: --only:"), said
+    assert json.loads(gateway("tokens", "list", "--json", env=env).stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["tokens", "revoke", os.fsdecode(b"\xff")], "gateway: arguments must be valid UTF-8"),
+        (["credentials", "remove", os.fsdecode(b"a\xfeb")], "gateway: arguments must be valid UTF-8"),
+        (["sandbox", "run", "stripe", "--port", "99999"], "argument --port: must be a port number"),
+        (["sandbox", "run", "stripe", "--port", "-1"], "argument --port: must be a port number"),
+    ],
+)
+def test_bad_arguments_exit_2_without_a_traceback(args: list[str], said: str) -> None:
+    """Bytes that are not UTF-8 and an impossible port are usage errors, never a traceback."""
+    result = subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
 def test_bad_scope_is_usage_error(env: dict[str, str]) -> None:
     """An unknown scope exits 2 naming the scope."""
     result = gateway("tokens", "create", "--name", "x", "--scope", "root", env=env)
