@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 
 from gateway.aiohttp_compat import answer_parser_errors
 from gateway.config import ServerConfig
@@ -43,6 +44,27 @@ def serve_json_errors(runner: web.BaseRunner, *, max_connections: int = 0) -> No
     """Call after ``runner.setup()``: connections accepted from then on answer parser errors in JSON,
     and past ``max_connections`` (0 = no cap) get a 503."""
     answer_parser_errors(runner, _json_error, max_connections=max_connections, refusal=_TOO_MANY)
+    assert runner.server is not None  # answer_parser_errors refuses a runner that was not set up
+    runner.server.request_handler = _refusing_unknown_expectations(runner.server.request_handler)
+
+
+def _refusing_unknown_expectations(
+    handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """An ``Expect`` other than ``100-continue`` gets the JSON 400 naming the header.
+
+    aiohttp checks ``Expect`` after routing but before any middleware, and answers an unknown one with a
+    plain-text 417 that quotes the header's value; RFC 9110 lets a server refuse it with any 4xx.
+    """
+
+    async def answer(request: web.BaseRequest) -> web.StreamResponse:
+        expect = request.headers.get(hdrs.EXPECT)
+        if expect is not None and request.version >= HttpVersion11 and expect.lower() != "100-continue":
+            log.warning("bad_http_request", status=400, reason="unknown Expect")
+            return error_response(InvalidRequest("Expect: only 100-continue is supported", field="Expect"))
+        return await handle(request)
+
+    return answer
 
 
 async def start_runner(app: web.Application, limits: ServerConfig, **kwargs: Any) -> web.AppRunner:

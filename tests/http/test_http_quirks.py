@@ -69,9 +69,7 @@ async def test_forwarding_claims_pass_only_when_trusted(
         assert not {"forwarded", "x-forwarded-host", "x-real-ip"} & set(headers)
 
 
-@pytest.mark.parametrize(
-    "path", ["/v1/proxy/sync/sync-1%2Fb/x", "/v1/proxy/credential/cred-1%2fb/x"]
-)
+@pytest.mark.parametrize("path", ["/v1/proxy/sync/sync-1%2Fb/x", "/v1/proxy/credential/cred-1%2fb/x"])
 async def test_an_encoded_slash_in_an_id_is_400_invalid_path(
     make_gateway: GatewayFactory, aiohttp_server: Any, path: str
 ) -> None:
@@ -80,3 +78,21 @@ async def test_an_encoded_slash_in_an_id_is_400_invalid_path(
     assert b" 400 " in status, body
     assert body["code"] == "invalid_path"
     assert upstream.state.requests == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/proxy/credential/cred-1/x", "/v1/credentials", "/no/such/endpoint"])
+async def test_an_unknown_expectation_is_a_json_400_naming_the_header(
+    make_gateway: GatewayFactory, aiohttp_server: Any, path: str
+) -> None:
+    """aiohttp's own answer is a plain-text 417 quoting the header; the gateway's is its JSON error."""
+    gw, upstream = await _proxied(make_gateway, aiohttp_server)
+    status, body = await _raw(
+        gw, f"POST {path} HTTP/1.1\r\nHost: gw\r\nExpect: 200-ok-please\r\nContent-Length: 2\r\n\r\n{{}}"
+    )
+    assert b" 400 " in status, status
+    assert body["code"] == "invalid_request" and body.get("field") == "Expect" and "please" not in body["error"], body
+    status, _ = await _raw(
+        gw, f"POST {path} HTTP/1.1\r\nHost: gw\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n{{}}"
+    )
+    assert b" 100 " in status  # still answered, then the request goes on
+    assert upstream.state.requests == (1 if "proxy" in path else 0)
