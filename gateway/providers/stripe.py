@@ -16,6 +16,17 @@ from gateway.domain.models import DISPLAY_NAMES
 from gateway.providers.base import Call, Item, Kind, Query, Target, Translator, UpstreamRecord, Written, checked
 
 _IRREGULAR = {"entity": "entities"}
+# Fields of an object that its writes do not take, beside ``read_only`` (the customer's: its object
+# page against its create and update pages, https://docs.stripe.com/api/customers): fields only
+# answers carry, then those only an update takes (dropped from creates). A test clock is attached
+# at creation through the proxy; its field is answer-only here.
+_ANSWER_ONLY = {
+    "customer": frozenset(
+        {"currency", "default_currency", "delinquent", "discount", "invoice_credit_balance", "cash_balance"}
+        | {"sources", "subscriptions", "tax_ids", "test_clock"}
+    ),
+}
+_UPDATE_ONLY = {"customer": frozenset({"default_source"})}
 
 
 def resource(obj: str) -> str:
@@ -57,7 +68,11 @@ class Stripe(Translator):
         headers = {"Idempotency-Key": key}
         if kind == "delete":
             return Call("DELETE", path, headers=headers)
-        return Call("POST", path, form=form_encode(self.writable(item.data)), headers=headers)
+        dropped = _ANSWER_ONLY.get(target.obj, frozenset())
+        if kind == "create":
+            dropped |= _UPDATE_ONLY.get(target.obj, frozenset())
+        data = {k: v for k, v in self.writable(item.data).items() if k not in dropped}
+        return Call("POST", path, form=form_encode(data), headers=headers)
 
     def written(self, kind: Kind, items: Sequence[Item], body: Any) -> Written:
         obj = body if isinstance(body, dict) and body.get("id") else None

@@ -25,6 +25,17 @@ def test_create_and_update_paths() -> None:
     assert resource("payment_intent") == "payment_intents"
 
 
+def test_a_customer_object_written_back_drops_what_writes_do_not_take() -> None:
+    """Answer-only fields never go; default_source goes on updates only (creates do not take it)."""
+    whole = {"name": "P", "currency": "usd", "delinquent": False, "discount": None, "default_source": "card_1"}
+    create = ST.write("create", [Item(0, None, whole)], TARGET)
+    update = ST.write("update", [Item(0, "cus_1", whole)], TARGET)
+    assert create.form == [("name", "P")]
+    assert update.form == [("name", "P"), ("default_source", "card_1")]
+    other = ST.write("create", [Item(0, None, {"currency": "usd"})], Target("payment_intent", {}, "s"))
+    assert other.form == [("currency", "usd")]  # a payment intent's currency is a parameter
+
+
 def test_idempotency_key_depends_on_seed_and_position() -> None:
     """The same seed and index give the same key; another index or seed another key."""
 

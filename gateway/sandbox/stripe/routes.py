@@ -80,7 +80,7 @@ async def update_customer(request: web.Request) -> web.Response:
     state = request.app[STRIPE]
     customer = _customer(state, request.match_info["id"])
     params = await _params(request)
-    check_customer(state, params)
+    check_customer(state, params, update=True)
     return web.json_response(state.update(customer, params))
 
 

@@ -39,6 +39,7 @@ CUSTOMER_PARAMS = frozenset(
         "expand",
     }
 )
+CUSTOMER_UPDATE_PARAMS = CUSTOMER_PARAMS | {"default_source"}  # the update also takes these
 _KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 
 
@@ -205,10 +206,10 @@ def parse_form(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     return result
 
 
-def check_customer(state: StripeState, params: dict[str, Any]) -> None:
+def check_customer(state: StripeState, params: dict[str, Any], *, update: bool = False) -> None:
     """Unknown parameters and bad values get Stripe's 400 naming the ``param``."""
     for name in params:
-        if name not in CUSTOMER_PARAMS:
+        if name not in (CUSTOMER_UPDATE_PARAMS if update else CUSTOMER_PARAMS):
             raise Reject(stripe_error(400, f"Received unknown parameter: {name}", code="parameter_unknown", param=name))
     if state.take_validation_error():
         raise Reject(stripe_error(400, "Sandbox: injected validation error", code="parameter_invalid", param="email"))
