@@ -236,7 +236,6 @@ async def test_sigusr2_restarts_every_worker_without_a_failed_call(workers: Work
     assert await workers.ready_status() == 200
 
 
-
 async def test_a_reload_during_a_rolling_restart_reaches_the_successors(workers: Workers) -> None:
     """SIGHUP right after ``restarted``, while the last predecessor still drains slow calls: the successors
     (already serving) apply it too. Observed through ``log.level = "warning"``: no request line after it."""
