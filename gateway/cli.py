@@ -11,10 +11,10 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
 
@@ -22,25 +22,13 @@ from gateway import __version__
 from gateway.config import KEYS_ENV, Config, load_config, masked_config
 from gateway.domain.models import ConsumerIn, CredentialIn, SyncIn, TokenIn
 from gateway.domain.objects import parse_scopes
-from gateway.errors import ConfigError, GatewayError
-from gateway.http.bodies import validate
-from gateway.observability.logs import configure_logging
-from gateway.pacing.limits import check_config as check_limits
-from gateway.pacing.limits import check_credential
-from gateway.preflight import preflight
-from gateway.runtime import (
-    check_replicas_hold,
-    keyring_for,
-    run_migrations,
-    signal_gateway,
-    store_session,
-)
-from gateway.sandbox.standalone import PROVIDERS, run_one
-from gateway.server import serve, serve_worker
-from gateway.store.db import utcnow
-from gateway.store.objects import Objects
-from gateway.supervisor import supervise
-from gateway.vault.crypto import generate_key
+from gateway.errors import ConfigError, GatewayError, validate
+
+if TYPE_CHECKING:
+    from gateway.store.objects import Objects
+
+# The subsystems (store, server, sandboxes, ...) are imported by the verbs that use them: importing all of
+# them takes about a second, which every `gateway tokens list` in a script would pay.
 
 T = TypeVar("T")
 
@@ -50,6 +38,18 @@ OBJECT_VERBS: dict[str, tuple[str, Any, tuple[str, ...]]] = {
     "syncs": ("sync", SyncIn, ("id", "credential_id", "collections")),
     "consumers": ("consumer", ConsumerIn, ("id", "kind", "sync_id", "collections")),
 }
+
+
+class _SandboxProviders:
+    """``sandbox run``'s choices, read from the sandbox package only when argparse checks or lists them."""
+
+    def __iter__(self) -> Iterator[str]:
+        from gateway.sandbox.standalone import PROVIDERS
+
+        return iter(PROVIDERS)
+
+    def __contains__(self, value: object) -> bool:
+        return value in tuple(self)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sandbox = verbs.add_parser("sandbox", help="sandbox upstreams").add_subparsers(dest="action", required=True)
     run = sandbox.add_parser("run", parents=[common], help="serve one provider's sandbox on loopback (offline trials)")
-    run.add_argument("provider", choices=PROVIDERS, help="which provider the sandbox stands in for")
+    run.add_argument(  # an explicit metavar: argparse would list the choices (import the sandboxes) for every verb
+        "provider", choices=_SandboxProviders(), metavar="PROVIDER", help="the sandbox's provider: %(choices)s"
+    )
     run.add_argument("--port", type=_port, default=0, help="port to listen on (default: a free one, printed)")
     run.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     run.add_argument("--seed", action="store_true", help="start with a few demo records")
@@ -163,24 +165,37 @@ def _port(text: str) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.verb in ("reload", "restart"):  # with --pid, a broken config is the running gateway's to refuse
+        from gateway.runtime import signal_gateway
+
         pid_file = None if args.pid is not None else load_config(args.config).server.pid_file
         return signal_gateway(pid_file, args.pid, "SIGHUP" if args.verb == "reload" else "SIGUSR2")
     if args.verb == "keys" and args.action == "generate":
         import time
 
+        from gateway.vault.crypto import generate_key
+
         print(generate_key(args.id or f"k{int(time.time())}"))
         stderr(f"put it first in {KEYS_ENV} (encryption.keys), comma-separated, then run `gateway keys rotate`")
         return 0
+    from gateway.observability.logs import configure_logging
+
     if args.verb == "sandbox":  # needs no config, store or key
+        from gateway.sandbox.standalone import run_one
+
         configure_logging(format="console", level="warning")
         run_async(lambda: run_one(args.provider, host=args.host, port=args.port, seed=args.seed))
         return 0
+    from gateway.pacing.limits import check_config as check_limits
+    from gateway.runtime import keyring_for
+
     config = load_config(args.config)
     check_limits(config)
     configure_logging(format=config.log.format, level=config.log.level)
     if not args.verbose:  # Alembic narrates every migration step at INFO: noise unless asked for
         logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.verb == "check-config":
+        from gateway.preflight import preflight
+
         keyring = keyring_for(config)
         run_async(lambda: preflight(config, keyring))
         print(json.dumps(masked_config(config), indent=2))
@@ -195,9 +210,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             keyring = keyring_for(config)
         if config.server.workers > 1:
+            from gateway.server import serve_worker
+            from gateway.supervisor import supervise
+
             return supervise(config, keyring, worker=serve_worker, config_path=args.config)
+        from gateway.server import serve
+
         return serve(config, keyring, demo=args.demo, config_path=args.config)
     if args.verb == "migrate":
+        from gateway.runtime import run_migrations
+
         run_async(lambda: run_migrations(config))
         stderr("store schema is up to date")
         return 0
@@ -205,6 +227,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 async def _store_verb(args: argparse.Namespace, config: Config) -> int:
+    from gateway.runtime import check_replicas_hold, keyring_for, store_session
+
     keyring = keyring_for(config, allow_empty=args.verb == "tokens")
     async with store_session(config, keyring) as (objects, tokens):
         match (args.verb, args.action):
@@ -237,6 +261,8 @@ async def _object_verb(config: Config, objects: Objects, plural: str, args: argp
             data = json.loads(text)
         except ValueError as exc:
             raise ConfigError(f"--file: not valid JSON: {exc}") from None
+        from gateway.pacing.limits import check_credential
+
         if plural == "credentials" and isinstance(data, dict) and isinstance(data.get("provider"), str):
             check_credential(config, data["provider"], None)  # name the unknown provider before missing fields
         body = validate(TypeAdapter[Any](body_type), data, what=singular)
@@ -250,6 +276,8 @@ async def _object_verb(config: Config, objects: Objects, plural: str, args: argp
 
 def _token_spec(args: argparse.Namespace) -> TokenIn:
     """``tokens create``'s flags as the API's body, validated by the same model (errors name the flag's field)."""
+    from gateway.store.db import utcnow
+
     try:
         expires_at = utcnow() + timedelta(days=args.expires) if args.expires is not None else None
     except (OverflowError, ValueError):  # inf, nan, or past the year 9999

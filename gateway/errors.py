@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 DEFAULT_DOCS = "/docs"  # the gateway's own copy of docs/errors.md, on its main listener
 _docs = {"base": DEFAULT_DOCS}
@@ -95,6 +95,16 @@ def invalid_request(exc: ValidationError, *, what: str = "body") -> InvalidReque
     """The 400 for a pydantic refusal, wherever it happens (a view, or a store re-validating a merge)."""
     fields = [".".join(str(p) for p in e["loc"]) for e in exc.errors(include_url=False)]
     return InvalidRequest(describe_validation_error(exc, prefix=what), fields=fields)
+
+
+def validate(model: type[BaseModel] | TypeAdapter[Any], data: Any, *, what: str = "body") -> Any:
+    """Validate ``data``; the error names each failing field (``records.0.data: ...``)."""
+    try:
+        if isinstance(model, TypeAdapter):
+            return model.validate_python(data)
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_request(exc, what=what) from None
 
 
 class InvalidPath(InvalidRequest):

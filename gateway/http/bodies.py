@@ -10,17 +10,15 @@ be finite: ``1e400`` parses as ``inf``, which no limit, record or upstream can u
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter
 
-from gateway.errors import InvalidRequest, PayloadTooLarge, invalid_request
+from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.http import appkeys
 from gateway.jsontext import loads_finite, nests_deeper
 from gateway.upstream.body import read_whole
-
-M = TypeVar("M", bound=BaseModel)
 
 
 async def read_json(request: web.Request, *, limit: int) -> Any:
@@ -52,16 +50,6 @@ def check_depth(raw: bytes, limit: int) -> None:
         raise InvalidRequest(
             f"request body: JSON nests deeper than {limit} levels (server.max_json_depth)", field="body"
         )
-
-
-def validate(model: type[M] | TypeAdapter[Any], data: Any, *, what: str = "body") -> Any:
-    """Validate ``data``; the error names each failing field (``records.0.data: ...``)."""
-    try:
-        if isinstance(model, TypeAdapter):
-            return model.validate_python(data)
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise invalid_request(exc, what=what) from None
 
 
 def json_response(data: Any, *, status: int = 200) -> web.Response:

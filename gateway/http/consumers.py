@@ -13,9 +13,9 @@ from pydantic import BaseModel, Field
 
 from gateway.domain.models import Event, Strict
 from gateway.domain.objects import Consumer
-from gateway.errors import Conflict
+from gateway.errors import Conflict, validate
 from gateway.http import appkeys
-from gateway.http.bodies import json_response, read_json, validate
+from gateway.http.bodies import json_response, read_json
 from gateway.http.endpoints import Endpoint
 from gateway.http.management import object_id
 from gateway.http.middlewares import require_access

@@ -27,9 +27,9 @@ from gateway.domain.models import (
     SyncView,
 )
 from gateway.egress import ca_bundle_path
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, validate
 from gateway.http import appkeys
-from gateway.http.bodies import json_response, read_json, validate
+from gateway.http.bodies import json_response, read_json
 from gateway.http.endpoints import Endpoint, Handler
 from gateway.http.openapi import openapi_view
 from gateway.pacing.limits import check_credential

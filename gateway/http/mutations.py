@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import InvalidRequest, NotFound, validate
 from gateway.http import appkeys
-from gateway.http.bodies import read_json, validate
+from gateway.http.bodies import read_json
 from gateway.http.endpoints import Endpoint
 from gateway.http.middlewares import PRINCIPAL, UPSTREAM_CREDENTIAL, require_access
 from gateway.http.priority import apply_share, stamp

@@ -9,8 +9,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.domain.models import TokenCreated, TokenIn, TokenView
+from gateway.errors import validate
 from gateway.http import appkeys
-from gateway.http.bodies import json_response, read_json, validate
+from gateway.http.bodies import json_response, read_json
 from gateway.http.endpoints import Endpoint
 from gateway.http.management import ADMIN_ERRORS, object_id
 
