@@ -96,11 +96,29 @@ async def _migrate(url: str) -> None:
     await engine.dispose()
 
 
+# The sequences owned by the gateway's tables (events.seq), as regclass names.
+_OWNED_SEQUENCES = """
+SELECT s.oid::regclass::text FROM pg_class s
+JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid AND d.deptype IN ('a', 'i')
+JOIN pg_class t ON t.oid = d.refobjid
+WHERE s.relkind = 'S' AND t.relname = ANY($1::text[])
+"""
+
+
 async def truncate_pg(url: str) -> None:
+    """Empty the gateway's tables and restart their sequences, as ``TRUNCATE ... RESTART IDENTITY`` would.
+
+    DELETE, children first: on tables a test left nearly empty it takes a few ms, where TRUNCATE (new
+    files for every table and index) took 250-400 ms, paid by each of some 300 PostgreSQL tests.
+    """
+    tables = [t.name for t in reversed(metadata.sorted_tables)]
     conn = await asyncpg.connect(url)
     try:
-        names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
-        await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+        async with conn.transaction():
+            for name in tables:
+                await conn.execute(f'DELETE FROM "{name}"')
+            for (sequence,) in await conn.fetch(_OWNED_SEQUENCES, tables):
+                await conn.execute("SELECT setval($1::regclass, 1, false)", sequence)
     finally:
         await conn.close()
 
