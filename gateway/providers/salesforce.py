@@ -39,6 +39,11 @@ _ROLLED_BACK = "ALL_OR_NONE_OPERATION_ROLLED_BACK"
 _NOT_FOUND_CODES = frozenset({"NOT_FOUND", "ENTITY_IS_DELETED"})
 _MISSING_ID = "INVALID_CROSS_REFERENCE_KEY"  # a missing record when no field is named, else a bad lookup value
 _ALWAYS_READ = ("Id", "LastModifiedDate")
+# Compound fields are read-only, their parts are written instead (the API's "Compound Fields" page):
+# the standard addresses, any other compound (an object in the record: a geolocation), and the Name
+# of a contact or lead (FirstName, LastName, ...). A record a sync read (FIELDS(ALL)) carries them.
+_ADDRESSES = ("MailingAddress", "OtherAddress", "BillingAddress", "ShippingAddress", "Address")
+_COMPOUND_NAME = frozenset({"Contact", "Lead"})
 
 
 def sobject_type(obj: str) -> str:
@@ -63,6 +68,11 @@ class Salesforce(Translator):
             "LastActivityDate",
             "LastViewedDate",
             "LastReferencedDate",
+            "MasterRecordId",
+            "PhotoUrl",
+            "LastCURequestDate",
+            "LastCUUpdateDate",
+            *_ADDRESSES,
         }
     )
 
@@ -88,7 +98,12 @@ class Salesforce(Translator):
         sobject = self._type(target)
         records = []
         for item in items:
-            record: dict[str, Any] = {"attributes": {"type": sobject}, **self.writable(item.data)}
+            fields = {
+                k: v
+                for k, v in self.writable(item.data).items()
+                if not isinstance(v, dict) and not (k == "Name" and sobject in _COMPOUND_NAME)
+            }
+            record: dict[str, Any] = {"attributes": {"type": sobject}, **fields}
             if kind == "update":
                 record["id"] = item.upstream_id
             records.append(record)

@@ -21,6 +21,15 @@ def test_sobject_type_from_collection_object() -> None:
     assert sobject_type("Invoice__c") == "Invoice__c"
 
 
+def test_compound_fields_are_not_written() -> None:
+    """A contact's Name, its addresses and any object value are computed; an account's Name is not."""
+    read = {"LastName": "A", "Name": "P A", "MailingAddress": None, "Spot__c": {"latitude": 1}, "PhotoUrl": "/x"}
+    contact = SF.write("update", [Item(0, "003x", read)], TARGET)
+    assert contact.json["records"] == [{"attributes": {"type": "Contact"}, "LastName": "A", "id": "003x"}]
+    account = SF.write("update", [Item(0, "001x", {"Name": "Acme"})], Target("account", {}, "s"))
+    assert account.json["records"] == [{"attributes": {"type": "Account"}, "Name": "Acme", "id": "001x"}]
+
+
 def test_create_posts_all_or_none_collection_with_type() -> None:
     """Creates POST the collection endpoint with allOrNone and each record's sObject type."""
     call = SF.write("create", [Item(0, None, {"LastName": "Atreides", "Id": "x", "attributes": {}})], TARGET)

@@ -21,7 +21,15 @@ from aiohttp import web
 
 from gateway.sandbox.common import Reject
 from gateway.sandbox.salesforce.routes import DATA
-from gateway.sandbox.salesforce.state import SALESFORCE, SOBJECTS, SYSTEM_FIELDS, SalesforceState, row_view, sf_error
+from gateway.sandbox.salesforce.state import (
+    COMPUTED,
+    SALESFORCE,
+    SOBJECTS,
+    SYSTEM_FIELDS,
+    SalesforceState,
+    row_view,
+    sf_error,
+)
 
 _QUERY = re.compile(
     r"^\s*SELECT\s+(?P<fields>.+?)\s+FROM\s+(?P<obj>\w+)(?:\s+WHERE\s+(?P<where>.+?))?"
@@ -166,7 +174,8 @@ def run_query(state: SalesforceState, soql: str, *, all_rows: bool, version: str
             raise malformed("The SOQL FIELDS function must specify a LIMIT of at most 200")
     else:
         fields = [f.strip() for f in fields_text.split(",")]
-        unknown = [f for f in fields if f not in {*SOBJECTS[sobject].fields, *SYSTEM_FIELDS}]
+        known = {*SOBJECTS[sobject].fields, *COMPUTED.get(sobject, {}), *SYSTEM_FIELDS}
+        unknown = [f for f in fields if f not in known]
         if unknown:
             raise Reject(sf_error(400, "INVALID_FIELD", f"No such column '{unknown[0]}' on entity '{sobject}'"))
     rows = list(state.table(sobject).values())

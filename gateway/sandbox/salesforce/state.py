@@ -9,7 +9,7 @@ everything first, then apply all or only the valid ones), ``Sforce-Limit-Info`` 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,18 @@ SOBJECTS = {
         {"FirstName": "string", "LastName": "string", "Company": "string", "Email": "email", "Status": "string"},
         ("LastName", "Company"),
     ),
+}
+
+
+def _full_name(row: dict[str, Any]) -> str | None:
+    return " ".join(part for part in (row.get("FirstName"), row.get("LastName")) if part) or None
+
+
+# Fields Salesforce computes: reads return them, writes refuse them (compound fields are read-only; a
+# contact's or lead's Name joins its name parts; the address compound is null while its parts are).
+COMPUTED: dict[str, dict[str, Callable[[dict[str, Any]], Any]]] = {
+    "Contact": {"Name": _full_name, "MailingAddress": lambda row: None},
+    "Lead": {"Name": _full_name},
 }
 _BY_NAME = {name.lower(): name for name in SOBJECTS}
 _BY_PREFIX = {s.prefix: name for name, s in SOBJECTS.items()}
@@ -212,7 +224,7 @@ def sobject_name(raw: str) -> str:
 def check_fields(sobject: str, fields: dict[str, Any]) -> None:
     """Unknown or read-only fields fail the whole request, as Salesforce's deserializer does."""
     schema = SOBJECTS[sobject].fields
-    read_only = [f for f in fields if f in SYSTEM_FIELDS]
+    read_only = [f for f in fields if f in SYSTEM_FIELDS or f in COMPUTED.get(sobject, {})]
     if read_only:
         raise Reject(
             sf_error(
@@ -273,11 +285,12 @@ def validate(state: SalesforceState, sobject: str, fields: dict[str, Any], *, cr
 
 def row_view(sobject: str, row: dict[str, Any], version: str, fields: list[str] | None = None) -> dict[str, Any]:
     """A row as the API returns it: ``attributes``, then every field (null when unset)."""
-    names = fields if fields is not None else [*SOBJECTS[sobject].fields, *SYSTEM_FIELDS]
+    computed = COMPUTED.get(sobject, {})
+    names = fields if fields is not None else [*SOBJECTS[sobject].fields, *computed, *SYSTEM_FIELDS]
     view: dict[str, Any] = {
         "attributes": {"type": sobject, "url": f"/services/data/{version}/sobjects/{sobject}/{row['Id']}"}
     }
-    view.update({name: row.get(name) for name in names})
+    view.update({name: computed[name](row) if name in computed else row.get(name) for name in names})
     view["Id"] = row["Id"]
     return view
 
@@ -287,7 +300,7 @@ def field_list(query: Mapping[str, str], sobject: str) -> list[str] | None:
     if raw is None:
         return None
     names = [f.strip() for f in raw.split(",") if f.strip()]
-    known = {*SOBJECTS[sobject].fields, *SYSTEM_FIELDS}
+    known = {*SOBJECTS[sobject].fields, *COMPUTED.get(sobject, {}), *SYSTEM_FIELDS}
     for name in names:
         if name not in known:
             raise Reject(sf_error(400, "INVALID_FIELD", f"No such column '{name}' on entity '{sobject}'"))
