@@ -331,7 +331,7 @@ async def json_body(request: web.Request, bad: Callable[[str], web.Response]) ->
     """The request's JSON body, or the provider's own "malformed request" answer."""
     try:
         return json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise Reject(bad("request body is not valid JSON")) from None
 
 
@@ -353,8 +353,8 @@ async def _admin_knobs(request: web.Request) -> web.Response:
             state.set_knobs(**changes)
         except ValidationError as exc:
             return web.json_response({"error": exc.errors(include_url=False, include_context=False)}, status=400)
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            return web.json_response({"error": str(exc) or "body must be a JSON object of knobs"}, status=400)
     return web.json_response(state.knobs.model_dump())
 
 
@@ -362,7 +362,7 @@ async def _admin_change(request: web.Request) -> web.Response:
     """``POST /_sandbox/records/{object}`` ``{"action": "create|update|delete", "id": ..., "data": {...}}``."""
     try:
         body = json.loads(await request.read() or b"{}")
-    except ValueError:
+    except (ValueError, UnicodeDecodeError, RecursionError):
         body = None
     action = body.get("action") if isinstance(body, dict) else None
     data = body.get("data", {}) if isinstance(body, dict) else None

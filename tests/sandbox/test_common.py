@@ -51,6 +51,14 @@ async def test_admin_knobs_route_validates_and_applies(hs: Running) -> None:
     assert hs.state.knobs.fault == "5xx"
 
 
+@pytest.mark.parametrize("path", ["/_sandbox/knobs", "/_sandbox/records/contacts", CONTACTS])
+async def test_arrays_nested_thousands_deep_are_a_400_not_a_crash(hs: Running, path: str) -> None:
+    """The parser's RecursionError is a bad body like any other (the demo's sandboxes answered 500)."""
+    for body in (b"[" * 100_000, b"\xff\xfe"):
+        async with hs.request("POST", path, data=body, headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 400, await resp.text()
+
+
 async def test_admin_reset_route_restores_a_fresh_sandbox(hs: Running) -> None:
     """POST /_sandbox/reset clears requests, records and knobs."""
     assert isinstance(hs.state, hubspot.HubSpotState)
