@@ -78,8 +78,15 @@ class GatewayError(Exception):
 
 
 class InvalidRequest(GatewayError):
+    """400: ``fields`` always lists the failing field paths (docs/api.md), also where one ``field`` is named."""
+
     status = 400
     code = "invalid_request"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        if "field" in extra and "fields" not in extra:
+            extra["fields"] = [extra["field"]]
+        super().__init__(message, **extra)
 
 
 def describe_validation_error(exc: ValidationError, *, prefix: str) -> str:
@@ -93,7 +100,7 @@ def describe_validation_error(exc: ValidationError, *, prefix: str) -> str:
 
 def invalid_request(exc: ValidationError, *, what: str = "body") -> InvalidRequest:
     """The 400 for a pydantic refusal, wherever it happens (a view, or a store re-validating a merge)."""
-    fields = [".".join(str(p) for p in e["loc"]) for e in exc.errors(include_url=False)]
+    fields = [".".join(str(p) for p in e["loc"]) or what for e in exc.errors(include_url=False)]
     return InvalidRequest(describe_validation_error(exc, prefix=what), fields=fields)
 
 

@@ -70,6 +70,12 @@ def _http_url(value: str) -> str:
         raise ValueError("must not carry a query string or fragment")
     if "@" in parts.netloc:
         raise ValueError("must not carry user info; put secrets in auth")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:  # stored, a port out of range failed every later call to it with a 500
+        raise ValueError("must have a port from 1 to 65535, if any")
     check_base_path(value)
     return value.rstrip("/")
 

@@ -109,5 +109,7 @@ def parse_scopes(text: str) -> list[TokenScope]:
     scopes = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in scopes if s not in TOKEN_SCOPES]
     if unknown or not scopes:
-        raise InvalidRequest(f"scope: unknown {unknown or 'empty'}; choose from {', '.join(TOKEN_SCOPES)}")
+        raise InvalidRequest(
+            f"scope: unknown {unknown or 'empty'}; choose from {', '.join(TOKEN_SCOPES)}", field="scopes"
+        )
     return [s for s in TOKEN_SCOPES if s in scopes]

@@ -239,7 +239,7 @@ def _authenticator(
         address = client_address(request, trust_forwarded=trust_forwarded)
         throttle.check(address)
         if len(request.headers.getall("Authorization", ())) > 1:  # never guess which one the client meant
-            raise InvalidRequest("more than one Authorization header: send exactly one")
+            raise InvalidRequest("more than one Authorization header: send exactly one", field="Authorization")
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

@@ -118,7 +118,7 @@ class StreamedBody:
         except TimeoutError:
             self.failure = self._budget.failure(by_rate)
         except Exception as exc:  # the client went away mid-body; whatever aiohttp raised, say so plainly
-            self.failure = InvalidRequest(f"request body ended abruptly ({exc.__class__.__name__})")
+            self.failure = InvalidRequest(f"request body ended abruptly ({exc.__class__.__name__})", field="body")
         raise self.failure
 
 
@@ -132,5 +132,5 @@ async def read_small(reader: StreamReader, *, length: int, read_timeout: float, 
     """A body whose Content-Length is at most ``REPLAYABLE_BYTES``, read whole so it can be resent."""
     data = await read_whole(reader, limit=length, read_timeout=read_timeout, min_rate=min_rate)
     if len(data) != length:
-        raise InvalidRequest(f"request body: got {len(data)} bytes, Content-Length said {length}")
+        raise InvalidRequest(f"request body: got {len(data)} bytes, Content-Length said {length}", field="body")
     return data

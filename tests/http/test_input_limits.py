@@ -38,8 +38,15 @@ async def _seeded(make_gateway: GatewayFactory, **sections: Any) -> Any:
         ("/v1/credentials", CREDENTIAL),
         ("/v1/syncs", {"id": "sync", "credential_id": "cred"}),  # rest: proxy-only
         ("/v1/consumers", {"id": "pull", "kind": "pull"}),
-        ("/v1/consumers", {"id": "hook", "kind": "webhook", "url": "https://example.com/h",
-                           "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}),
+        (
+            "/v1/consumers",
+            {
+                "id": "hook",
+                "kind": "webhook",
+                "url": "https://example.com/h",
+                "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            },
+        ),
     ):
         resp = await gw.client.post(path, json=body, headers=gw.auth())
         assert resp.status == 201, await resp.text()
@@ -60,7 +67,7 @@ async def test_deep_nesting_is_400_on_every_json_endpoint(make_gateway: GatewayF
 
 async def test_nesting_within_the_limit_and_brackets_in_strings_pass(make_gateway: GatewayFactory) -> None:
     gw = await _seeded(make_gateway, server={"max_json_depth": 8})
-    options = {"api_version": "[[[[[[[[[[{{{{{{{{{{ \\\" [[[[[["}
+    options = {"api_version": '[[[[[[[[[[{{{{{{{{{{ \\" [[[[[['}
     resp = await gw.client.patch("/v1/syncs/sync", json={"options": options}, headers=gw.auth())
     assert resp.status == 200, await resp.text()
     deep: Any = 1
@@ -180,7 +187,40 @@ async def test_dsn_passwords_are_masked_in_every_form(make_gateway: GatewayFacto
     mirror = {"id": "mirror", "kind": "postgres", "dsn": dsn}
     created = await gw.client.post("/v1/consumers", json=mirror, headers=gw.auth())
     assert created.status == 201
-    for resp in (created, await gw.client.get("/v1/consumers/mirror", headers=gw.auth()),
-                 await gw.client.get("/v1/consumers", headers=gw.auth())):
+    for resp in (
+        created,
+        await gw.client.get("/v1/consumers/mirror", headers=gw.auth()),
+        await gw.client.get("/v1/consumers", headers=gw.auth()),
+    ):
         text = await resp.text()
         assert "hunter2" not in text and "***" in text
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1", "0", "x"])
+async def test_urls_with_a_port_out_of_range_are_refused_when_written(make_gateway: GatewayFactory, port: str) -> None:
+    """Stored, such a base_url made every proxied call to its credential a 500; each URL field is checked."""
+    gw = await make_gateway()
+    oauth2 = {"type": "oauth2", "access_token": "a", "refresh_token": "r", "client_id": "c", "client_secret": "s"}
+    for path, body, field in (
+        ("/v1/credentials", {**CREDENTIAL, "base_url": f"http://127.0.0.1:{port}/v1"}, "base_url"),
+        (
+            "/v1/credentials",
+            {**CREDENTIAL, "auth": {**oauth2, "token_url": f"http://h:{port}/t"}},
+            "auth.oauth2.token_url",
+        ),
+        (
+            "/v1/consumers",
+            {
+                "id": "h",
+                "kind": "webhook",
+                "url": f"http://h:{port}/",
+                "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            },
+            "url",
+        ),
+    ):
+        resp = await gw.client.post(path, json=body, headers=gw.auth())
+        assert resp.status == 400, await resp.text()
+        error = await resp.json()
+        assert error["code"] == "invalid_request" and any(f.endswith(field) for f in error["fields"]), error
+    assert (await gw.client.get("/v1/credentials", headers=gw.auth())).status == 200
