@@ -18,6 +18,7 @@ from typing import Any
 _NOT_MARKS = bytes(b for b in range(256) if b not in b'[]{}"')
 _FOLD = bytes.maketrans(b"{}", b"[]")
 _QUOTED = re.compile(rb'"[^"]*"')
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # cheap pre-check; most bodies have none
 
 
 def nests_deeper(raw: bytes, limit: int) -> bool:
@@ -55,8 +56,15 @@ def _brackets(raw: bytes) -> bytes:
 
 
 def loads_finite(raw: bytes | str) -> Any:
-    """``json.loads`` refusing numbers out of range and the ``NaN``/``Infinity`` constants (``ValueError``)."""
-    return json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+    """``json.loads`` refusing numbers out of range, the ``NaN``/``Infinity`` constants and strings holding
+    a lone UTF-16 surrogate (``"\\ud800"``, which no UTF-8 text, hash or ``jsonb`` column can hold)."""
+    value = json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+    if _SURROGATE_ESCAPE.search(raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")):
+        try:  # an escape was seen: exact check on what it decoded to (a pair is fine, a lone one is not)
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
+    return value
 
 
 def loads(raw: bytes, *, max_depth: int) -> Any:

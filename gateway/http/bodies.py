@@ -30,9 +30,27 @@ async def read_json(request: web.Request, *, limit: int) -> Any:
         raise InvalidRequest("request body is empty; a JSON object is required", field="body")
     check_depth(raw, server.max_json_depth)
     try:
-        return loads_finite(raw)
+        value = loads_finite(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", field="body") from None
+    if b"\\u0000" in raw:  # the only way a NUL gets into JSON text; the walk runs only then
+        _refuse_nul(value, "")
+    return value
+
+
+def _refuse_nul(value: Any, path: str) -> None:
+    """400 naming the first string (or key) holding a NUL: PostgreSQL's ``jsonb`` and ``text`` refuse it,
+    so on that store it failed the write with a 500, after a mutation had already reached the upstream."""
+    if isinstance(value, str) and "\x00" in value:
+        raise InvalidRequest(f"{path or 'body'}: strings may not hold NUL (\\u0000)", field=path or "body")
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_nul(item, f"{path}.{index}" if path else str(index))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            _refuse_nul(key, where)
+            _refuse_nul(item, where)
 
 
 async def _read_bounded(request: web.Request, *, limit: int) -> bytes:

@@ -88,6 +88,20 @@ async def test_a_single_upstream_id_string_deletes_one_record(
     assert status == 400 and answer["fields"] == ["upstream_id.0"]  # named as sent
 
 
+async def test_a_lone_surrogate_or_a_nul_is_a_400_before_any_upstream_call(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    """``"\\ud800"`` cannot be UTF-8 (it broke the idempotency hash) and PostgreSQL's jsonb refuses a NUL
+    (the stream insert failed after the upstream had created the record): both were 500s."""
+    env = await connect(await make_gateway(), aiohttp_server, "stripe")
+    for name, field, said in (("\ud800", "body", "surrogate"), ("Paul\u0000", "records.0.data.name", "NUL")):
+        for key in (None, "k-" + said):
+            status, answer, _ = await env.run(env.body("create", records=[{"data": {"name": name}}]), key=key)
+            assert status == 400 and answer["fields"] == [field] and said in answer["error"], answer
+    assert env.writes() == [] and await env.stream_actions() == []
+    await env.create(env.spec.sample)  # and the next good call goes through
+
+
 async def test_validation_error_uses_the_reference_sentence(make_gateway: GatewayFactory, aiohttp_server: Any) -> None:
     """An invalid email is a 400 upstream_validation_error quoting Salesforce, and nothing reaches the stream."""
     env = await connect(await make_gateway(), aiohttp_server, "salesforce")
