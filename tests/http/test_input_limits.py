@@ -129,7 +129,7 @@ def test_an_infinite_limit_in_the_config_file_is_refused(tmp_path: Any) -> None:
     [
         ({"type": "header", "name": "X-Key", "value": "abc\r\nX-Evil: 1"}, "auth.header.value"),
         ({"type": "header", "name": "X-Key", "value": "ok", "prefix": "Key\n"}, "auth.header.prefix"),
-        ({"type": "bearer", "token": "abc\x00def"}, "auth.bearer.token"),
+        ({"type": "bearer", "token": "abc\x00def"}, "auth.token"),  # a NUL: refused as the body is read, by its path
         ({"type": "basic", "username": "u\r", "password": ""}, "auth.basic.username"),
     ],
 )
