@@ -3,9 +3,11 @@
 --
 -- Times are integer microseconds from the Redis server's clock (TIME), so replica clocks never
 -- matter. Keys of one home bucket share its cluster hash slot (the caller adds a {tag}); KEYS[i] is
--- a bucket's hash (tat, paused, the refund book: o, from, debt, bar (see "release" below), and for a home
--- bucket: v0..v2 class virtual times, seq); the
--- queue keys hang off a home bucket's name H:
+-- a bucket's hash (tat, paused, o and bar (see "Charge keys and refunds" below), and for a home
+-- bucket: v0..v2 class virtual times, seq); beside it, any bucket K has its refund book:
+--   K:c        zset   the keys of its last BOOK charges (member = score = key)
+--   K:d        hash   key -> that charge's debt (see below)
+-- The queue keys hang off a home bucket's name H:
 --   H:q<c>     zset   calls queued in class c: member "seq|replica|arrival|tenant", score = start tag
 --   H:f<c>     hash   tenant -> last finish tag in class c
 --   H:b        hash   member -> its own buckets and permits (msgpack {{{key, interval, tolerance}, ..},
@@ -27,21 +29,20 @@
 --   release nb, then per bucket: index, interval, key                -> {now}
 --
 -- Charge keys and refunds. A charge's key is the bucket's tat right after it plus o, the total
--- refunded so far: keys strictly increase in charge order and a refund never makes two alike. A
--- slot given back unused (its caller woke too late, see redis.py) is taken out of the GCRA:
--- - the last charge still held (key = tat + o, as keys of later charges given back were rewound):
---   tat goes back by its interval, as bucket.release does;
--- - an earlier one j: removing it from the history lowers every later tat by exactly its interval
---   I_j if every later charge k carried a debt d_k = (tat before k) - (slot of k) >= I_j; then
---   tat - I_j is the GCRA state of the history without j, and every slot granted since still
---   conforms (its tat before only got smaller). A refund lowers the debt of every later charge by
---   I_j. The book keeps a lower bound of that debt: 'debt' over every charge after the one keyed
---   'from'; a charge whose debt (or the bound) is under its own interval restarts the book after
---   it. A refund needs key >= from and debt >= I_j, else the slot stays lost (the bound first).
--- A rewind leaves tat at least the GCRA's over the charges held, not exactly it, so it restarts the
--- book (no refund of the charges before it). A pause restarts it too, and nothing charged before
--- it is rewound ('bar'): its tat stays. So tat is never below the GCRA's over the slots sent, and
--- the bound is the GCRA's (a test checks this on random histories against a recomputation).
+-- refunded so far: keys strictly increase in charge order and a refund never makes two alike. Its
+-- debt is d = (tat before it) - (its slot): how far ahead of the bucket's due time it was granted.
+-- Since the book last restarted (a pause), tat is exactly the GCRA state of the charges held. A
+-- slot given back unused (its caller woke too late, see shared_queue.py) is taken out of that
+-- history, exactly: without charge j the tat after it is lower by L = I_j + max(0, -d_j) (what j
+-- added), and each later charge k, its tat before being L lower, ends min(L, max(0, d_k)) lower
+-- (it was granted at its slot either way) and keeps d_k - L of debt. So tat - L, L carried through
+-- every later charge, is the GCRA state of the history without j: every slot granted since still
+-- conforms (its tat before only got smaller), and nothing is refunded that a later charge used (a
+-- later charge granted at the bucket's due time stops the refund there). The book holds the debt
+-- of each of the last BOOK charges; a slot given back later than that, or charged before a pause
+-- (which restarts the book; nothing charged before it is refunded: 'bar'), stays lost, the bound
+-- first. So tat is never below the GCRA's over the slots sent, and the bound is the GCRA's (a test
+-- checks this on random histories against a recomputation).
 --   pause   index, tolerance, seconds_us                             -> {now, paused}
 --   state   index                                                    -> {now, tat, paused, depth_0..2}
 
@@ -54,6 +55,7 @@ local op = ARGV[1]
 local KEEP_MS = 60000
 local MAX_GRANTS = 1000 -- grants (and dead calls dropped) per script call: keeps each call short
 local PERMIT_POLL = 20000 -- µs: how soon to look again when the head waits for a permit (freed anywhere)
+local BOOK = 64 -- charges per bucket whose debt is kept (a slot given back later than that stays lost)
 local lease_ms = 0 -- a permit's lease: the replica lease of the script call (renewed like permits.lua's)
 
 local function fmt(x) return string.format('%.0f', x) end
@@ -65,10 +67,15 @@ local function load(key)
   return tonumber(v[1]) or 0, tonumber(v[2]) or 0
 end
 
--- Keep a bucket's key only as long as its state matters.
+-- Keep a bucket's key (and its refund book) only as long as its state matters.
 local function touch(key, tat, paused)
-  redis.call('PEXPIRE', key, math.floor((math.max(tat, paused) - now) / 1000) + KEEP_MS)
+  local ms = math.floor((math.max(tat, paused) - now) / 1000) + KEEP_MS
+  redis.call('PEXPIRE', key, ms)
+  redis.call('PEXPIRE', key .. ':c', ms)
+  redis.call('PEXPIRE', key .. ':d', ms)
 end
+
+local function restart_book(key) redis.call('DEL', key .. ':c', key .. ':d') end
 
 local function qkey(h, c) return KEYS[h] .. ':q' .. c end
 local function fkey(h, c) return KEYS[h] .. ':f' .. c end
@@ -100,21 +107,43 @@ end
 local function take(bs, slot)
   local keys, text = {}, fmt(slot)
   for b, spec in ipairs(bs) do
-    local v = redis.call('HMGET', spec[1], 'tat', 'paused', 'o', 'debt')
+    local v = redis.call('HMGET', spec[1], 'tat', 'paused', 'o')
     local before, paused, o = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
     local tat = math.max(before, slot) + spec[2]
-    local debt = math.min(tonumber(v[4]) or math.huge, before - slot)
-    if debt < spec[2] then
-      redis.call('HSET', spec[1], 'tat', fmt(tat), 'from', fmt(tat + o))
-      redis.call('HDEL', spec[1], 'debt')
-    else
-      redis.call('HSET', spec[1], 'tat', fmt(tat), 'debt', fmt(debt))
+    local debt, key = before - slot, fmt(tat + o)
+    redis.call('HSET', spec[1], 'tat', fmt(tat))
+    redis.call('ZADD', spec[1] .. ':c', tat + o, key)
+    redis.call('HSET', spec[1] .. ':d', key, fmt(debt))
+    if redis.call('ZCARD', spec[1] .. ':c') > BOOK then
+      redis.call('HDEL', spec[1] .. ':d', redis.call('ZPOPMIN', spec[1] .. ':c')[1])
     end
     touch(spec[1], tat, paused)
     keys[b] = tat + o
-    text = text .. ',' .. fmt(tat + o)
+    text = text .. ',' .. key
   end
   return text, keys
+end
+
+-- Take charge `charged` (interval iv) out of bucket `key`'s history, exactly (see "Charge keys and
+-- refunds" above); a charge the book does not hold stays charged.
+local function refund(key, charged, iv)
+  local v = redis.call('HMGET', key, 'tat', 'paused', 'o', 'bar')
+  local tat, paused, o, bar = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0, tonumber(v[4]) or 0
+  local debt = tonumber(redis.call('HGET', key .. ':d', charged))
+  if debt == nil or tonumber(charged) < bar then return end
+  redis.call('ZREM', key .. ':c', charged)
+  redis.call('HDEL', key .. ':d', charged)
+  local lower = iv + math.max(0, -debt)
+  local later = redis.call('ZRANGEBYSCORE', key .. ':c', '(' .. charged, '+inf')
+  local debts = #later > 0 and redis.call('HMGET', key .. ':d', unpack(later)) or {}
+  for i, k in ipairs(later) do
+    if lower <= 0 then break end
+    local d = tonumber(debts[i])
+    redis.call('HSET', key .. ':d', k, fmt(d - lower))
+    lower = math.min(lower, math.max(0, d))
+  end
+  redis.call('HSET', key, 'tat', fmt(tat - lower), 'o', fmt(o + lower))
+  touch(key, tat - lower, paused)
 end
 
 local function depth(h, c) return redis.call('ZCARD', qkey(h, c)) end
@@ -277,17 +306,7 @@ elseif op == 'release' then
   for _ = 1, tonumber(ARGV[3]) do
     local key, iv, charged = KEYS[tonumber(ARGV[pos])], tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
     pos = pos + 3
-    local v = redis.call('HMGET', key, 'tat', 'paused', 'o', 'from', 'debt', 'bar')
-    local tat, paused, o = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
-    local from, debt, bar = tonumber(v[4]) or math.huge, tonumber(v[5]) or -1, tonumber(v[6]) or 0
-    if charged == tat + o and charged >= bar then -- the last charge: rewind
-      redis.call('HSET', key, 'tat', fmt(tat - iv), 'from', fmt(tat - iv + o + 1))
-      redis.call('HDEL', key, 'debt')
-      touch(key, tat - iv, paused)
-    elseif charged >= from and charged < tat + o and debt >= iv then -- an earlier one: refund
-      redis.call('HSET', key, 'tat', fmt(tat - iv), 'o', fmt(o + iv), 'debt', fmt(debt - iv))
-      touch(key, tat - iv, paused)
-    end
+    refund(key, fmt(charged), iv)
   end
   return {now}
 elseif op == 'pause' then
@@ -296,8 +315,8 @@ elseif op == 'pause' then
   paused = math.max(paused, now + span)
   tat = math.max(tat, now + span + tol)
   local o = tonumber(redis.call('HGET', key, 'o') or '0')
-  redis.call('HSET', key, 'tat', fmt(tat), 'paused', fmt(paused), 'from', fmt(tat + o + 1), 'bar', fmt(tat + o + 1))
-  redis.call('HDEL', key, 'debt')
+  redis.call('HSET', key, 'tat', fmt(tat), 'paused', fmt(paused), 'bar', fmt(tat + o + 1))
+  restart_book(key)
   touch(key, tat, paused)
   return {now, paused}
 elseif op == 'state' then

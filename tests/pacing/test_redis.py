@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import dataclasses
-import math
 import random
 import sys
 import time
@@ -42,13 +41,15 @@ NEVER = 10**15
 LATE_GRANT_DEFECT = "late Redis grants cost rate (issue 14)"
 
 
+BOOK = 64  # pacing.lua's
+
+
 @dataclasses.dataclass
 class Book:
-    """pacing.lua's refund book of one bucket: refunded total, first refundable key, lower bound of the debt."""
+    """pacing.lua's refund book of one bucket: the refunded total, and key -> debt of its last charges."""
 
     refunded: int = 0
-    first: float = math.inf
-    debt: float = math.inf
+    debts: dict[int, int] = dataclasses.field(default_factory=dict)  # in charge order
 
 
 class Model:
@@ -74,22 +75,26 @@ class Model:
         keys = []
         for spec, tat, charge in zip(specs, before, bucket.take(pairs, slot), strict=True):
             book = self.books.setdefault(spec.key, Book())
-            book.debt = min(book.debt, tat - slot)
-            if book.debt < spec.schedule.interval:
-                book.first, book.debt = charge.key + book.refunded, math.inf
+            book.debts[charge.key + book.refunded] = tat - slot
+            if len(book.debts) > BOOK:
+                del book.debts[next(iter(book.debts))]
             keys.append(charge.key + book.refunded)
         return (slot, *keys)
 
     def release(self, specs: tuple[BucketSpec, ...], keys: tuple[int, ...]) -> None:
+        """Each charge taken out of its bucket's history: the tat after it is lower by what it added,
+        and each later charge passes on at most its own debt of that."""
         for spec, key in zip(specs, keys, strict=True):
-            state, book, interval = self.states[spec.key], self.books[spec.key], spec.schedule.interval
-            if key == state.tat + book.refunded:
-                state.tat -= interval
-                book.first, book.debt = state.tat + book.refunded + 1, math.inf
-            elif book.first <= key < state.tat + book.refunded and book.debt >= interval:
-                state.tat -= interval
-                book.refunded += interval
-                book.debt -= interval
+            state, book = self.states[spec.key], self.books[spec.key]
+            if key not in book.debts:
+                continue
+            lower = spec.schedule.interval + max(0, -book.debts.pop(key))
+            for later, debt in book.debts.items():
+                if later > key and lower > 0:
+                    book.debts[later] = debt - lower
+                    lower = min(lower, max(0, debt))
+            state.tat -= lower
+            book.refunded += lower
 
     def grant(self, now: int) -> None:
         while (head := self.scheduler.peek()) is not None:
