@@ -23,7 +23,7 @@ from functools import cached_property
 from gateway.config import Config
 from gateway.domain.models import RateLimitOverride, Rule, Window
 from gateway.errors import ConfigError, InvalidRequest
-from gateway.pacing.bucket import Limit
+from gateway.pacing.bucket import JITTER, US, Limit
 
 DEFAULT_MAX_WAIT = 30.0
 MAX_INTERVAL = 31_622_400  # seconds: the slowest bucket allowed is one call a year
@@ -42,6 +42,19 @@ class BucketLimit:
     def schedule(self) -> Limit:
         """The scheduling parameters (computed once: they are on every call's path)."""
         return Limit.of(rate=self.rate, per=self.per, burst=self.burst)
+
+    @cached_property
+    def lateness(self) -> float:
+        """Seconds a call may be sent after its slot with the bound still kept: what the schedule's
+        headroom absorbs (``Limit.of`` keeps 10 ms worth of tokens, whole tokens, so a slow bucket
+        absorbs a whole interval), and never less than ``JITTER``, which every backend allows (a
+        burst of 1 only has its 0.5% longer interval)."""
+        exact = self.per / self.rate * US
+        if self.burst >= 2:
+            spare = self.burst * exact - self.schedule.tolerance - self.schedule.interval
+        else:
+            spare = self.schedule.interval - exact
+        return max(JITTER, math.floor(spare) / US)
 
     @classmethod
     def of_window(cls, window: Window) -> BucketLimit:

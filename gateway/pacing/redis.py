@@ -179,7 +179,7 @@ class RedisBackend:
         if permits is not None:
             self._permit_queues.setdefault(permits[0], set()).add(queue)
         maker = partial(_reservation, ordered, None if permits is None else permits[0])
-        lane = queue.lane((ordered, share, permits), maker)
+        lane = queue.lane((ordered, share, permits), maker, min(spec.limit.lateness for spec in ordered))
         turn = queue.join(lane, loop.time() + max_wait)
         self._enter(queue, lane, max_wait, None)
         try:

@@ -15,7 +15,8 @@ its lane; a slot granted to any place of the lane goes, when it comes, to the la
 The slot times are the script's, whichever caller takes them, so the bound is the GCRA's; and the
 callers of a lane are served in arrival order whatever happens to the places:
 
-- a slot this replica wakes up for more than ``LATE`` after it (the process stalled) is not sent
+- a slot this replica wakes up for later than the headroom of its buckets allows after it (10 ms
+  at least; a whole interval for buckets slower than 100/s: ``BucketLimit.lateness``) is not sent
   (the other replicas went on time, and a late send would squeeze their calls): it is given back to
   the bucket and its place rejoins the Redis queue at its old start tag, the head again. The first
   caller keeps waiting and takes the next slot of the lane that comes on time, so a later caller
@@ -44,7 +45,7 @@ from gateway.pacing.bucket import JITTER, Charge
 
 MIN_GAP = 0.001  # seconds between two polls of one queue: the clock offset is an estimate
 CLOSE_TIMEOUT = 2.0
-LATE = JITTER  # a slot woken up for later than this after it is not sent: the jitter headroom is spent
+LATE = JITTER  # the least lateness a lane allows (``BucketLimit.lateness``): the jitter headroom
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Lane(Generic[K]):
 
     key: K  # the backend's: what it needs to enter a place again
     maker: Maker
+    late: float = LATE  # seconds after its slot a call may still go (the buckets' headroom)
     callers: list[tuple[float, asyncio.Future[Reservation | Refused]]] = field(default_factory=list)
     queued: set[str] = field(default_factory=set)  # places queued in Redis
     held: dict[str, tuple[Granted, asyncio.TimerHandle]] = field(default_factory=dict)  # granted, not due
@@ -142,10 +144,10 @@ class SharedQueue(Generic[K]):
         """
         return not (self._lanes or self._cancels or self._early) and (self._task is None or self._task.done())
 
-    def lane(self, key: K, maker: Maker) -> Lane[K]:
+    def lane(self, key: K, maker: Maker, late: float = LATE) -> Lane[K]:
         lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[key] = Lane(key, maker)
+            lane = self._lanes[key] = Lane(key, maker, late)
         return lane
 
     def join(self, lane: Lane[K], deadline: float) -> asyncio.Future[Reservation | Refused]:
@@ -218,7 +220,7 @@ class SharedQueue(Generic[K]):
         """A slot of ``lane`` comes: its first caller goes, unless this replica woke too late for it."""
         granted, _ = lane.held.pop(member)
         self._purge(lane)
-        late = asyncio.get_running_loop().time() - granted.deadline > LATE
+        late = asyncio.get_running_loop().time() - granted.deadline > lane.late
         if lane.callers and not late:
             _, future = lane.callers.pop(0)
             future.set_result(lane.maker(granted))

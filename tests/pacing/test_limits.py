@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from gateway.config import Config
 from gateway.domain.models import BearerAuth, RateLimitOverride
 from gateway.domain.objects import Credential
-from gateway.pacing.limits import EffectiveLimit, credential_limit, provider_default
+from gateway.pacing import bucket
+from gateway.pacing.limits import BucketLimit, EffectiveLimit, credential_limit, provider_default
 from gateway.pacing.registry import airtable_base, route
 
 
@@ -59,3 +62,17 @@ def test_a_shared_provider_bucket_is_added_and_shares_the_hash_tag() -> None:
     assert [b.key for b in call.buckets] == ["cred:cred1", "provider:rest"]
     assert {b.tag for b in call.buckets} == {"provider:rest"}
     assert call.buckets[1].limit.rate == 50
+
+
+@pytest.mark.parametrize(("rate", "burst", "late"), [(100, 10, 0.01), (10, 5, 0.1), (20, 10, 0.05), (1000, 20, 0.01)])
+def test_calls_sent_as_late_as_the_lateness_allows_keep_the_bound(rate: float, burst: int, late: float) -> None:
+    """A full bucket's burst and the slots after it, all held back until ``lateness`` after the first
+    (a stall: none sent more than ``lateness`` late): every window stays within the bound, and 2 ms
+    later it would not. A slow bucket allows a whole interval, never less than 10 ms."""
+    limit = BucketLimit(rate, 1, burst)
+    assert limit.lateness == pytest.approx(late, abs=1e-5)
+    pairs = [(bucket.BucketState(), limit.schedule)]
+    slots = [bucket.take(pairs, bucket.head_slot(pairs, 0, 0, 0))[0].slot / bucket.US for _ in range(300)]
+    for extra, within in ((0.0, True), (0.002, False)):
+        sent = [max(slot, slots[0] + limit.lateness + extra) for slot in slots]
+        assert (bucket.worst_excess(sent, rate=rate, per=1, burst=burst) <= 1e-9) is within
