@@ -27,7 +27,7 @@ callers on one bucket to measure what waiting costs. Reported per scenario:
 ``--quick`` (CI) runs 1 s of load (5 s for priorities) on one local and one Redis replica, 1,000
 waiters for 1 s and 500 acquires: numbers too rough to quote, but every code path runs. Either way
 the exit code is 1 when a guarantee broke: the limit at grant, a FIFO inversion once the backlog is
-queued or a share outside its weight ± 5 points (on Redis these two are printed as a known defect
+queued or a share outside its weight ± 5 points (with 3 Redis replicas the shares are printed
 instead, see ``priority_failures``), a grant out of order among the waiters or fewer than half the
 grants the 10/s bucket owes them, or the high/light waits over their bound.
 """
@@ -368,11 +368,12 @@ def priority_failures(run: dict[str, Any]) -> tuple[list[str], list[str]]:
     known: list[str] = []
     if run["worst_excess_at_grant"] > 1e-6:
         failures.append(f"{name}: the limit was exceeded at grant")
-    # On Redis, a grant whose replica wakes over 10 ms after its slot rejoins the queue behind calls of
-    # its tenant granted meanwhile: FIFO inversions, and with 3 replicas share windows off, on a loaded
-    # machine. That is issue 14's open late-grant defect, which tests/pacing marks xfail: reported as
-    # known, like there, so CI stays honest and green; locally both are gated.
-    order = known if run["backend"] == "redis" else failures
+    # FIFO is gated everywhere: on Redis a replica's calls of one tenant and class take their lane's
+    # slots in arrival order even when a slot is woken up for too late (shared_queue.py). The shares
+    # with 3 replicas are reported, not gated: a late slot given back rejoins at its place, but its
+    # 100-grant window on a loaded machine was seen off by a few points before lanes, and has not
+    # been measured enough since to promise it.
+    order = failures
     shares = known if run["backend"] == "redis" and run["replicas"] > 1 else failures
     if run["fifo_inversions"][1]:  # from SETTLE on, like the waits
         order.append(f"{name}: {run['fifo_inversions'][1]} FIFO inversions within a tenant and class")
@@ -432,17 +433,24 @@ async def main(opts: argparse.Namespace) -> None:
     if opts.json:
         result = {"limit": [RATE, PER, BURST], "runs": runs, "priorities": mixes, "waiting": waits, "overhead": costs}
         Path(opts.json).write_text(json.dumps(result, indent=2))
-    broken = [f"{r['backend']} x{r['replicas']}: the limit was exceeded at grant" for r in runs
-              if r["worst_excess_at_grant"] > 1e-6]
+    broken = [
+        f"{r['backend']} x{r['replicas']}: the limit was exceeded at grant"
+        for r in runs
+        if r["worst_excess_at_grant"] > 1e-6
+    ]
     checked = [priority_failures(run) for run in mixes]
     broken += [failure for failures, _ in checked for failure in failures]
     known = [defect for _, defects in checked for defect in defects]
     if known:
-        print("\nknown defects (issue 14, late grants on Redis; not failing the run):\n" + "\n".join(known))
-    broken += [f"{w['backend']}: {w['misordered']} grants out of order among the waiters" for w in waits
-               if w["misordered"]]
-    broken += [f"{w['backend']}: {w['granted_while_waiting']} grants in {w['seconds']:g} s at 10/s among the waiters"
-               for w in waits if w["granted_while_waiting"] < 10 * w["seconds"] / 2]
+        print("\nreported, not gated (shares across Redis replicas under load):\n" + "\n".join(known))
+    broken += [
+        f"{w['backend']}: {w['misordered']} grants out of order among the waiters" for w in waits if w["misordered"]
+    ]
+    broken += [
+        f"{w['backend']}: {w['granted_while_waiting']} grants in {w['seconds']:g} s at 10/s among the waiters"
+        for w in waits
+        if w["granted_while_waiting"] < 10 * w["seconds"] / 2
+    ]
     if broken:
         sys.exit("guarantees broken:\n" + "\n".join(broken))
 

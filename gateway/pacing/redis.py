@@ -14,19 +14,30 @@
   arrivals queued meanwhile in one script call (group commit), one call in flight per tag, so Redis
   sees them in arrival order.
 - Waiting: shared_queue.py, one poller per bucket per replica. Slots are granted up to
-  ``LOOKAHEAD`` before they come and the owner sleeps until its slot (server time plus the
-  smallest clock offset seen), so a poll's round trip never makes a call late; the pacer gives back
-  a grant it wakes up for too late (a stalled process) instead of sending it late, and the call
-  rejoins at its old place (``Place``: its member and start tag), the head again.
+  ``LOOKAHEAD`` before they come and each is due at its slot (server time plus the smallest clock
+  offset seen), so a poll's round trip never makes a call late. A call's place and the call are
+  kept apart: a replica's interchangeable calls (same buckets, cost, class, tenant, permits) form a
+  lane, and each slot granted to a place of the lane goes, when it comes, to the lane's first call.
 - Each queued call's own buckets (its windows, rules, cost) are kept beside its place, so whoever
-  grants it charges exactly those (any replica's poll may grant any call).
+  grants it charges exactly those (any replica's poll may grant any place).
+- Why the bound holds: every slot is the GCRA's, granted by the script, and a call is sent at a slot
+  of its own lane (same buckets and cost, so the same charges) no later than its buckets' headroom
+  absorbs (``BucketLimit.lateness``). A slot this replica wakes up for later than that (a stalled
+  process) is not sent: it is given back and taken out of the GCRA's history exactly, as far as
+  the charges after it allow (pacing.lua, "Charge keys and refunds"), so the bucket's state is
+  never below the GCRA over the slots sent, and the capacity of a slot nobody sent goes to the next
+  grants instead of being lost.
+- Why the order holds: the script grants in one order for every replica (class, fair share, FIFO
+  per tenant); within a replica the calls of a lane take its slots in arrival order whichever place
+  each slot was granted to, and a place given back rejoins at its old start tag (``Place``), the
+  head again, while the lane's first call waits for the next slot that comes on time.
 - A replica that dies with calls queued: each queue holds a lease per replica (``H:r``), renewed by
-  every enter and poll of that replica (at least every third of ``lease_ttl``). A call is granted
-  only while its replica's lease lives; past it, the script drops that replica's calls as they
+  every enter and poll of that replica (at least every third of ``lease_ttl``). A place is granted
+  only while its replica's lease lives; past it, the script drops that replica's places as they
   reach the head, without granting them. Until then they are granted normally (each takes one slot
   from the bucket, which the GCRA counts, so the bound holds), and a grant nobody collects is a
-  lost slot. Hence a dead replica's calls hold the bucket back for at most one lease TTL, and never
-  break the bound or the order of the others.
+  lost slot (nobody gives it back). Hence a dead replica's places hold the bucket back for at most
+  one lease TTL, and never break the bound or the order of the others.
 - ``NOSCRIPT`` (Redis restarted or failed over) is the only error retried: the script did not run.
   A timed-out call is never retried, since it may have acted already; it raises ``BackendError`` and
   the pacer applies ``on_backend_error`` (waiting calls fail over to the in-process queue).

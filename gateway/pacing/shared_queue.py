@@ -26,12 +26,17 @@ callers of a lane are served in arrival order whatever happens to the places:
   offset that shrank between two polls) still go to the callers in order;
 - a caller that leaves (cancelled, or its ``max_wait`` ran out) takes the lane's newest place with
   it: a queued place leaves the Redis queue at the next poll, a granted one gives its slot back, one
-  still on its way is dropped when it lands. Callers and places stay one to one.
+  still on its way is dropped when it lands. Callers and places stay one to one;
+- a replica that dies takes its lanes with it. Its places stay in the Redis queue, in their order,
+  only while its lease lives (renewed by its polls): they are granted meanwhile (each grant is a
+  GCRA slot, so the bound holds; nobody sends it, so it is lost) and dropped unanswered once the
+  lease lapses. They hold the bucket back for one lease TTL at most (redis.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import heapq
 import itertools
@@ -89,8 +94,9 @@ class Lane(Generic[K]):
     key: K  # the backend's: what it needs to enter a place again
     maker: Maker
     late: float = LATE  # seconds after its slot a call may still go (the buckets' headroom)
-    callers: list[tuple[float, asyncio.Future[Reservation | Refused]]] = field(default_factory=list)
-    queued: set[str] = field(default_factory=set)  # places queued in Redis
+    # waiting callers -> their deadline, in arrival order (a cancelled one stays until ``leave``)
+    callers: dict[asyncio.Future[Reservation | Refused], float] = field(default_factory=dict)
+    queued: list[str] = field(default_factory=list)  # places queued in Redis, sorted: the newest last
     held: dict[str, tuple[Granted, asyncio.TimerHandle]] = field(default_factory=dict)  # granted, not due
     entering: int = 0  # places on their way into Redis (arrivals, rejoins)
     surplus: int = 0  # places whose callers left, to drop as soon as they can be
@@ -101,7 +107,24 @@ class Lane(Generic[K]):
 
     def budget(self, now: float) -> float:
         """Seconds the newest caller may still wait: a place rejoining is that caller's in the end."""
-        return max(0.0, self.callers[-1][0] - now) if self.callers else 0.0
+        return max(0.0, next(reversed(self.callers.values())) - now) if self.callers else 0.0
+
+    def first(self) -> asyncio.Future[Reservation | Refused] | None:
+        """The first caller still waiting; cancelled ones met on the way leave now (their places go)."""
+        return self._live(newest=False)
+
+    def newest(self) -> asyncio.Future[Reservation | Refused] | None:
+        """The newest caller still waiting (cancelled ones met on the way leave now)."""
+        return self._live(newest=True)
+
+    def _live(self, *, newest: bool) -> asyncio.Future[Reservation | Refused] | None:
+        while self.callers:
+            future = next(reversed(self.callers)) if newest else next(iter(self.callers))
+            if not future.done():
+                return future
+            del self.callers[future]
+            self.surplus += 1
+        return None
 
 
 class SharedQueue(Generic[K]):
@@ -153,7 +176,7 @@ class SharedQueue(Generic[K]):
     def join(self, lane: Lane[K], deadline: float) -> asyncio.Future[Reservation | Refused]:
         """A caller whose place is on its way (``entered`` follows): it waits for the lane's turn."""
         future: asyncio.Future[Reservation | Refused] = asyncio.get_running_loop().create_future()
-        lane.callers.append((deadline, future))
+        lane.callers[future] = deadline
         lane.entering += 1
         heapq.heappush(self._deadlines, (deadline, next(self._order), lane, future))
         return future
@@ -161,8 +184,8 @@ class SharedQueue(Generic[K]):
     def entered(self, lane: Lane[K], outcome: Entered) -> None:
         """What the script made of a place of ``lane`` entering (an arrival, or a late grant rejoining)."""
         lane.entering -= 1
-        self._purge(lane)
-        if not (lane.callers or lane.surplus):  # its callers failed (Redis down): nobody's place
+        newest = lane.newest()
+        if newest is None and not lane.surplus:  # its callers failed (Redis down): nobody's place
             lane.surplus = 1
         if isinstance(outcome, Queued):
             self._queued(lane, outcome)
@@ -170,22 +193,19 @@ class SharedQueue(Generic[K]):
             self._hold(lane, outcome)
         elif lane.surplus:  # no place came of it, and one was to go anyway
             lane.surplus -= 1
-        else:  # a caller too many: the newest (refused, or told the backend failed)
-            _, future = lane.callers.pop()
+        elif newest is not None:  # a caller too many: the newest (refused, or told the backend failed)
+            del lane.callers[newest]
             if isinstance(outcome, Refused):
-                future.set_result(outcome)
+                newest.set_result(outcome)
             else:
-                future.set_exception(outcome)
+                newest.set_exception(outcome)
         self._forget_if_empty(lane)
 
     def leave(self, lane: Lane[K], future: asyncio.Future[Reservation | Refused]) -> None:
         """The caller went away (cancelled): its lane's newest place goes with it."""
-        for i, (_, waiting) in enumerate(lane.callers):
-            if waiting is future:
-                del lane.callers[i]
-                lane.surplus += 1
-                self._settle(lane)
-                return
+        if lane.callers.pop(future, None) is not None:
+            lane.surplus += 1
+            self._settle(lane)
 
     def nudge(self) -> None:
         """Poll now if calls wait (a permit came back in this replica)."""
@@ -197,7 +217,7 @@ class SharedQueue(Generic[K]):
         if early is not None:  # a poll on another connection answered first
             self._hold(lane, early)
             return
-        lane.queued.add(outcome.member)
+        bisect.insort(lane.queued, outcome.member)
         self._members[outcome.member] = lane
         self._settle(lane)
         self._wake_at = min(self._wake_at, outcome.wake)
@@ -207,24 +227,30 @@ class SharedQueue(Generic[K]):
     def _hold(self, lane: Lane[K], granted: Granted) -> None:
         """A slot granted to a place of ``lane``: due at its deadline, to the lane's first caller."""
         member = granted.place.member
-        lane.queued.discard(member)
-        self._members.pop(member, None)
+        if self._members.pop(member, None) is not None:
+            del lane.queued[bisect.bisect_left(lane.queued, member)]
         if lane.surplus:
             lane.surplus -= 1
             self._release(lane.maker(granted))
             return
-        timer = asyncio.get_running_loop().call_at(granted.deadline, self._due, lane, member)
-        lane.held[member] = (granted, timer)
+        loop = asyncio.get_running_loop()
+        if granted.deadline <= loop.time():  # due already (granted at once, or the answer came late)
+            self._go(lane, granted)
+        else:
+            lane.held[member] = (granted, loop.call_at(granted.deadline, self._due, lane, member))
 
     def _due(self, lane: Lane[K], member: str) -> None:
-        """A slot of ``lane`` comes: its first caller goes, unless this replica woke too late for it."""
         granted, _ = lane.held.pop(member)
-        self._purge(lane)
+        self._go(lane, granted)
+
+    def _go(self, lane: Lane[K], granted: Granted) -> None:
+        """A slot of ``lane`` comes: its first caller goes, unless this replica woke too late for it."""
+        first = lane.first()
         late = asyncio.get_running_loop().time() - granted.deadline > lane.late
-        if lane.callers and not late:
-            _, future = lane.callers.pop(0)
-            future.set_result(lane.maker(granted))
-        elif lane.surplus or not lane.callers:  # this place was to go anyway
+        if first is not None and not late:
+            del lane.callers[first]
+            first.set_result(lane.maker(granted))
+        elif lane.surplus or first is None:  # this place was to go anyway
             lane.surplus = max(0, lane.surplus - 1)
             self._release(lane.maker(granted))
         else:
@@ -238,8 +264,7 @@ class SharedQueue(Generic[K]):
         while lane.surplus and (lane.queued or lane.held):
             lane.surplus -= 1
             if lane.queued:
-                member = max(lane.queued)  # "sequence|...": the newest arrival
-                lane.queued.discard(member)
+                member = lane.queued.pop()  # "sequence|...": the newest arrival
                 self._members.pop(member, None)
                 self._dropped[member] = lane
                 self._cancels.append(member)
@@ -251,12 +276,6 @@ class SharedQueue(Generic[K]):
                 timer.cancel()
                 self._release(lane.maker(granted))
         self._forget_if_empty(lane)
-
-    def _purge(self, lane: Lane[K]) -> None:
-        """Callers cancelled whose ``leave`` has not run yet leave now (their futures are done)."""
-        live = [(deadline, future) for deadline, future in lane.callers if not future.done()]
-        lane.surplus += len(lane.callers) - len(live)
-        lane.callers = live
 
     def _forget_if_empty(self, lane: Lane[K]) -> None:
         if lane.empty and self._lanes.get(lane.key) is lane:
@@ -292,9 +311,9 @@ class SharedQueue(Generic[K]):
             self._cancels.clear()
             self._members.clear()
             for lane in list(self._lanes.values()):
-                self._purge(lane)
-                for _, future in lane.callers:
-                    future.set_exception(exc)
+                for future in lane.callers:
+                    if not future.done():
+                        future.set_exception(exc)
                 for _, timer in lane.held.values():
                     timer.cancel()
                 lane.callers.clear()
@@ -327,7 +346,7 @@ class SharedQueue(Generic[K]):
         expired = []
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, lane, future = heapq.heappop(self._deadlines)
-            if not future.done() and any(waiting is future for _, waiting in lane.callers):
+            if not future.done() and future in lane.callers:
                 expired.append((lane, future))
         return expired
 
