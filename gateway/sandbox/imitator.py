@@ -89,8 +89,10 @@ def signal_headers(signals: list[Signal], *, used: int, limit: int, reset_at: fl
             headers[signal.remaining] = str(left)
         if signal.limit is not None:
             headers[signal.limit] = str(size)
-        if signal.used_limit is not None:
-            headers[signal.used_limit] = render_usage(signal.used_pattern, size - left, size)
+        if signal.used_limit is not None:  # several figures in one header (Salesforce's) are joined by "; "
+            usage = render_usage(signal.used_pattern, size - left, size)
+            known = headers.get(signal.used_limit)
+            headers[signal.used_limit] = usage if known is None else f"{known}; {usage}"
         if signal.reset is not None:
             headers[signal.reset] = render_reset(reset_at, signal.reset_unit, now)
         if signal.window_header is not None:
@@ -104,7 +106,8 @@ def signal_headers(signals: list[Signal], *, used: int, limit: int, reset_at: fl
 def render_usage(pattern: str, used: int, limit: int) -> str:
     """``api-usage=(\\d+)/(\\d+)`` -> ``api-usage=3/5``: the pattern's two groups filled in."""
     values = iter((str(used), str(limit)))
-    text = re.sub(r"\\s\*", "", pattern)
+    text = re.sub(r"\(\?<?[=!][^)]*\)", "", pattern)  # lookarounds match no text
+    text = re.sub(r"\\s\*", "", text)
     text = re.sub(r"\([^)]*\)", lambda _: next(values), text)
     return text.replace("\\", "")
 
