@@ -10,9 +10,10 @@ the loop re-read the sync and go on from the stored cursor.
 Pages are read by a task of their own, up to ``AHEAD`` pages before the commit that takes them (the
 next page's cursor is known from each answer), so neither a commit nor a stall of the event loop
 holds back the next call: with a bucket of burst 1 a call sent late is time lost for good, and at
-Stripe's 100 calls/s a 10 ms interval is shorter than some commits on a loaded machine. Commits stay
-one per page, in page order; a page fetched but not yet committed is re-read after a crash like any
-other uncommitted page.
+Stripe's 100 calls/s a 10 ms interval is shorter than some commits on a loaded machine. The pages
+that arrived while a commit ran are committed together, in order, in the next transaction (one
+transaction per page could not keep up when a commit took longer than a page's interval); a page
+fetched but not yet committed is re-read after a crash like any other uncommitted page.
 
 A failed page (an upstream error, an answer that is not a page) marks the sync ``failing`` with
 the error, keeps the cursor, and retries with exponential backoff; the next good page clears it.
@@ -180,11 +181,12 @@ class SyncPoller:
             pages = _Ahead(fetch, cursor)
             try:
                 while not self.stop.is_set():
-                    asked, page = await pages.next()
+                    batch = await pages.next()
+                    page = batch[-1][1]
                     cursors[reading.collection] = page.cursor
-                    if page.backfilled:
-                        progress[reading.collection] = progress.get(reading.collection, 0) + page.backfilled
-                    generation = await self._commit(sync, reading, asked, page, generation, cursors, progress)
+                    if backfilled := sum(p.backfilled for _, p in batch):
+                        progress[reading.collection] = progress.get(reading.collection, 0) + backfilled
+                    generation = await self._commit(sync, reading, batch, generation, cursors, progress)
                     if page.caught_up:
                         break
                     if page.scan_complete:  # the next scan's first page is asked for once this one's deletes are in
@@ -246,18 +248,20 @@ class SyncPoller:
         self,
         sync: Sync,
         reading: Reading,
-        asked: Cursor,
-        page: Page,
+        batch: Sequence[tuple[Cursor, Page]],
         generation: int,
         cursors: dict[str, Cursor],
         progress: dict[str, int],
     ) -> int:
-        """The page (read at ``asked``) and the cursor after it, in one transaction; the new generation."""
-        if reading.capture.scan_start(asked):  # the pages of a full scan are tallied as they commit
-            self._scans[reading.collection] = set()
+        """The pages (each with the cursor it was read at) and the cursor after the last, in one
+        transaction; the new generation. Only the last page can be caught up or complete a scan."""
+        for asked, each in batch:  # the pages of a full scan are tallied as they commit
+            if reading.capture.scan_start(asked):
+                self._scans[reading.collection] = set()
+            if (tally := self._scans.get(reading.collection)) is not None:
+                tally.update(s.upstream_id for s in each.seen)
+        page = batch[-1][1]
         scan = self._scans.get(reading.collection)
-        if scan is not None:
-            scan.update(s.upstream_id for s in page.seen)
         state = "backfilling" if any(_backfilling(cursors.get(c)) for c in sync.collections) else "live"
         async with self.stream.transaction() as tx:
             conn = tx.conn
@@ -265,7 +269,7 @@ class SyncPoller:
             if new is None:
                 raise Superseded
             consumers = await self.objects.all_consumers(conn)
-            seen = list(page.seen)
+            seen = [sighting for _, each in batch for sighting in each.seen]
             if page.scan_complete and scan is not None:
                 seen += reconcile.missing(scan, await live_ids(conn, sync.id, reading.collection))
             known = await last_known(conn, sync.id, reading.collection, [s.upstream_id for s in seen])
@@ -282,7 +286,7 @@ class SyncPoller:
                 await self.settle(conn, sync.id, reading.collection)
         if page.scan_complete:
             self._scans.pop(reading.collection, None)
-        for action, count in Counter(change.action for change in changes).items():  # a page's events, per action
+        for action, count in Counter(change.action for change in changes).items():  # the events, per action
             self.metrics.sync_events.labels(reading.provider, action).inc(count)
         return new
 
@@ -307,6 +311,7 @@ class _Ahead:
 
     def __init__(self, fetch: Callable[[Cursor], Awaitable[Page]], cursor: Cursor) -> None:
         self._pages: asyncio.Queue[tuple[Cursor, Page] | Exception] = asyncio.Queue(AHEAD)
+        self._failed: Exception | None = None
         self._task = asyncio.ensure_future(self._read(fetch, cursor))  # copies the caller's pacing share
 
     async def _read(self, fetch: Callable[[Cursor], Awaitable[Page]], cursor: Cursor) -> None:
@@ -321,12 +326,25 @@ class _Ahead:
                 return
             cursor = page.cursor
 
-    async def next(self) -> tuple[Cursor, Page]:
-        """The next page and the cursor it was read at."""
-        item = await self._pages.get()
-        if isinstance(item, Exception):
-            raise item
-        return item
+    async def next(self) -> list[tuple[Cursor, Page]]:
+        """The pages read since the last call (waits for one), in order, each with the cursor it was read at.
+
+        A failed read ends the list; it is raised by the next call, or by this one if it came first.
+        """
+        if self._failed is not None:
+            raise self._failed
+        items = [await self._pages.get()]
+        while not self._pages.empty():
+            items.append(self._pages.get_nowait())
+        pages: list[tuple[Cursor, Page]] = []
+        for item in items:
+            if isinstance(item, Exception):
+                if not pages:
+                    raise item
+                self._failed = item
+                break
+            pages.append(item)
+        return pages
 
     def close(self) -> None:
         self._task.cancel()

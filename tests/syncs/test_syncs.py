@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import asyncpg
 import pytest
 
 from gateway.http import appkeys
+from gateway.providers.capture import stripe as stripe_capture
 from gateway.sandbox.common import Knobs
 from gateway.syncs.poller import AHEAD
 from tests.conftest import GatewayFactory
@@ -227,23 +228,24 @@ async def test_a_stripe_anchor_older_than_30_days_makes_the_sync_list_again(
 async def test_pages_are_read_ahead_of_a_held_commit(
     make_gateway: GatewayFactory, aiohttp_server: Any, store_url: str
 ) -> None:
-    """While a page's commit waits on the store, the next AHEAD pages are read (bounded), then all commit."""
+    """While a page's commit waits on the store, the next AHEAD pages are read (bounded); once it is in,
+    the pages that waited are committed together, in one transaction."""
     events_locked = await asyncpg.connect(store_url)
     held = events_locked.transaction()
     await held.start()
     await events_locked.execute("LOCK TABLE events IN EXCLUSIVE MODE")  # reads go on, the page's insert waits
     try:
-        env = await connect(make_gateway, aiohttp_server, "stripe", seed=1000)
-        # The anchor call, the page whose commit waits, AHEAD pages queued and one more waiting for room.
-        ahead = 3 + AHEAD
+        env = await connect(make_gateway, aiohttp_server, "stripe", seed=3000)
 
-        async def read_ahead() -> bool:
-            return len(env.sandbox.requests) >= ahead
+        async def read_ahead() -> bool:  # the anchor, the held commit's pages, AHEAD queued, one waiting for room
+            return len(env.sandbox.requests) >= 3 + AHEAD
 
         await until("the sync read ahead of its commit", read_ahead)
-        assert len(env.sandbox.requests) == ahead
         assert await env.stored() == {}
+        assert len(env.sandbox.requests) <= 2 + 2 * AHEAD  # the held commit takes at most AHEAD pages
     finally:
         await held.rollback()
         await events_locked.close()
     await until("the backfill is complete", env.in_step)
+    appended = Counter(record["inserted_at"] for _, _, record in await env.events())  # one time per transaction
+    assert max(appended.values()) > stripe_capture.LIMIT  # more than one page's records
