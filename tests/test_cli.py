@@ -27,6 +27,17 @@ def gateway(*args: str, env: dict[str, str], stdin: str | None = None) -> subpro
 
 @pytest.fixture
 def env(store_url: str) -> dict[str, str]:
+    """For verbs that use the store: the test runs on SQLite and on PostgreSQL."""
+    return _env(store_url)
+
+
+@pytest.fixture
+def sqlite_env(tmp_path: Path) -> dict[str, str]:
+    """For verbs that stop before the store, or tests that name their own: once is enough."""
+    return _env(f"sqlite:///{tmp_path / 'gateway.db'}")
+
+
+def _env(store_url: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     return {
         **base,
@@ -39,9 +50,9 @@ def env(store_url: str) -> dict[str, str]:
     }
 
 
-def test_keys_generate_prints_only_the_key(env: dict[str, str]) -> None:
+def test_keys_generate_prints_only_the_key(sqlite_env: dict[str, str]) -> None:
     """`KEY=$(gateway keys generate)` works: the key alone on stdout, notes on stderr."""
-    result = gateway("keys", "generate", "--id", "k2", env=env)
+    result = gateway("keys", "generate", "--id", "k2", env=sqlite_env)
     assert result.returncode == 0
     assert result.stdout.count("\n") == 1 and result.stdout.startswith("k2:")
     assert result.stderr
@@ -200,16 +211,16 @@ def test_check_config_refuses_a_sync_whose_credential_does_not_exist(env: dict[s
     assert result.returncode == 2 and "syncs[0].credential_id: credential 'credential-missing'" in result.stderr
 
 
-def test_serve_refuses_to_start_without_a_key(env: dict[str, str]) -> None:
+def test_serve_refuses_to_start_without_a_key(sqlite_env: dict[str, str]) -> None:
     """With no encryption key, serve exits 2 and says how to make one, with the documented variable."""
-    result = gateway("serve", env={k: v for k, v in env.items() if k != "GATEWAY_ENCRYPTION_KEYS"})
+    result = gateway("serve", env={k: v for k, v in sqlite_env.items() if k != "GATEWAY_ENCRYPTION_KEYS"})
     assert result.returncode == 2 and "export GATEWAY_ENCRYPTION_KEYS=$(gateway keys generate)" in result.stderr
 
 
-def test_migrate_then_unmigrated_store_refusal(tmp_path: Path, env: dict[str, str]) -> None:
+def test_migrate_then_unmigrated_store_refusal(tmp_path: Path, sqlite_env: dict[str, str]) -> None:
     """Without auto_migrate an empty store is refused with a hint; `gateway migrate` fixes it."""
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
-    fresh = {**env, "GATEWAY_STORE__URL": url, "GATEWAY_STORE__AUTO_MIGRATE": "false"}
+    fresh = {**sqlite_env, "GATEWAY_STORE__URL": url, "GATEWAY_STORE__AUTO_MIGRATE": "false"}
     refused = gateway("tokens", "list", env=fresh)
     assert refused.returncode != 0 and "gateway migrate" in refused.stderr
     refused = gateway("serve", env=fresh)
@@ -275,12 +286,12 @@ def test_syncs_and_consumers_have_the_credentials_verbs(env: dict[str, str]) -> 
     assert json.loads(gateway("consumers", "list", "--json", env=env).stdout) == []
 
 
-def test_the_cli_is_quiet_about_alembic_unless_verbose(env: dict[str, str], tmp_path: Path) -> None:
+def test_the_cli_is_quiet_about_alembic_unless_verbose(sqlite_env: dict[str, str], tmp_path: Path) -> None:
     """Migration steps are library detail: `migrate` says one line; `--verbose` shows Alembic's steps."""
-    quiet = gateway("migrate", env={**env, "GATEWAY_STORE__URL": f"sqlite:///{tmp_path / 'a.db'}"})
+    quiet = gateway("migrate", env={**sqlite_env, "GATEWAY_STORE__URL": f"sqlite:///{tmp_path / 'a.db'}"})
     assert quiet.returncode == 0 and "alembic" not in quiet.stderr
     assert quiet.stderr.strip() == "store schema is up to date"
-    loud = gateway("migrate", "--verbose", env={**env, "GATEWAY_STORE__URL": f"sqlite:///{tmp_path / 'b.db'}"})
+    loud = gateway("migrate", "--verbose", env={**sqlite_env, "GATEWAY_STORE__URL": f"sqlite:///{tmp_path / 'b.db'}"})
     assert loud.returncode == 0 and "Running upgrade" in loud.stderr
 
 
