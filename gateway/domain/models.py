@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote_plus, urlsplit
 
@@ -147,6 +147,21 @@ class QueryAuth(Strict):
     value: Secret
 
 
+def _representable(value: datetime) -> datetime:
+    """A time that stays a time in UTC, with a day to spare: ``0001-01-01T00:00:00+14:00`` is year 0 in UTC,
+    and stored it made every later call that compared it with now a 500 (``OverflowError``)."""
+    try:
+        in_utc = value.astimezone(UTC) if value.tzinfo else value
+    except OverflowError:
+        in_utc = datetime.min
+    if not 1 < in_utc.year < 9999:
+        raise ValueError("must lie between the years 2 and 9998 in UTC")
+    return value
+
+
+Moment = Annotated[datetime, AfterValidator(_representable)]
+
+
 class OAuth2Auth(Strict):
     type: Literal["oauth2"]
     access_token: Secret
@@ -154,7 +169,7 @@ class OAuth2Auth(Strict):
     token_url: HttpUrlStr
     client_id: HeaderSafeStr
     client_secret: Secret
-    expires_at: datetime | None = None
+    expires_at: Moment | None = None
     scopes: list[str] | None = None
 
 
@@ -573,7 +588,9 @@ class TokenIn(Strict):
     )
     priority: TokenPriority = Field(default="normal", description="pacing class of this token's calls")
     weight: int = Field(default=1, ge=1, le=1000, strict=True, description="fair share within its priority")
-    expires_at: AwareDatetime | None = Field(default=None, description="refused like a revoked token after it")
+    expires_at: Annotated[AwareDatetime, AfterValidator(_representable)] | None = Field(
+        default=None, description="refused like a revoked token after it"
+    )
 
     @field_validator("expires_at")
     @classmethod

@@ -224,3 +224,27 @@ async def test_urls_with_a_port_out_of_range_are_refused_when_written(make_gatew
         error = await resp.json()
         assert error["code"] == "invalid_request" and any(f.endswith(field) for f in error["fields"]), error
     assert (await gw.client.get("/v1/credentials", headers=gw.auth())).status == 200
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-12:00"])
+async def test_times_that_leave_the_calendar_in_utc_are_refused_when_written(
+    make_gateway: GatewayFactory, moment: str
+) -> None:
+    """Year 0 or 10000 once in UTC: a stored OAuth2 expires_at like it made every proxied call a 500."""
+    gw = await make_gateway()
+    oauth2 = {
+        "type": "oauth2",
+        "access_token": "a",
+        "refresh_token": "r",
+        "token_url": "https://login.example.com/t",
+        "client_id": "c",
+        "client_secret": "s",
+        "expires_at": moment,
+    }
+    for path, body, field in (
+        ("/v1/credentials", {**CREDENTIAL, "auth": oauth2}, "auth.oauth2.expires_at"),
+        ("/v1/tokens", {"name": "t", "scopes": ["proxy"], "expires_at": moment}, "expires_at"),
+    ):
+        resp = await gw.client.post(path, json=body, headers=gw.auth())
+        assert resp.status == 400, await resp.text()
+        assert (await resp.json())["fields"] == [field]
