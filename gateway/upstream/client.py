@@ -445,10 +445,10 @@ class UpstreamClient:
         headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
         try:
             async with self.session.post(url, data=urlencode(form), headers=headers, timeout=timeout) as resp:
-                text = await resp.text()
+                raw = await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise mapped(exc, "rest") from exc
-        try:
-            return resp.status, jsonlib.loads(text)
-        except ValueError:
+        try:  # strict: arrays nested thousands deep made the refresh a 500 (RecursionError)
+            return resp.status, jsontext.loads(raw, max_depth=self._config.server.max_json_depth)
+        except (ValueError, UnicodeDecodeError):
             return resp.status, None

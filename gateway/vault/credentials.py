@@ -15,6 +15,7 @@ an operator's concurrent change is never overwritten. The token endpoint is reac
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
 
 from gateway.domain.models import OAuth2Auth
 from gateway.domain.objects import Credential
@@ -35,6 +36,7 @@ from gateway.store.objects import Objects
 
 log = structlog.get_logger(__name__)
 # (token_url, form fields) -> (HTTP status, parsed JSON body or None); raises GatewayError on I/O faults.
+MAX_TOKEN_LIFETIME = 10 * 365 * 86400.0
 TokenPoster = Callable[[str, dict[str, str]], Awaitable[tuple[int, Any]]]
 
 
@@ -45,6 +47,15 @@ class TokenResponse(BaseModel):
     access_token: str
     refresh_token: str | None = None
     expires_in: float | None = None
+
+    @field_validator("expires_in")
+    @classmethod
+    def _lifetime(cls, value: float | None) -> float | None:
+        """Seconds the token lives, within reason: ``1e20`` or ``Infinity`` overflowed the expiry time (a 500
+        on the call that refreshed); past ten years counts as ten years, NaN or <= 0 as not said."""
+        if value is None or math.isnan(value) or value <= 0:
+            return None
+        return min(value, MAX_TOKEN_LIFETIME)
 
 
 def access_token(credential: Credential) -> str | None:

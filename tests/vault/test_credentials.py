@@ -118,3 +118,52 @@ async def test_rejected_after_refresh_is_502(make_gateway: GatewayFactory, upstr
     assert resp.status == 502
     assert (await resp.json())["code"] == "upstream_auth_failed"
     assert upstream.state.refreshes == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        (b'{"access_token": "fresh", "expires_in": 1e300}', 200),  # past timedelta's range: ten years
+        (b'{"access_token": "fresh", "expires_in": Infinity}', 502),  # not JSON, as every upstream answer is read
+        (b'{"access_token": "fresh", "expires_in": -5}', 200),  # nonsense: the expiry is not said
+        (b"[" * 50_000, 502),  # not a token answer at all
+    ],
+)
+async def test_a_token_endpoints_odd_answer_is_never_a_500(
+    make_gateway: GatewayFactory, aiohttp_server: Any, answer: bytes, status: int
+) -> None:
+    """The token endpoint is someone else's server: an overflowing ``expires_in`` or JSON nested past the
+    parser's recursion limit made the refresh, and so the proxied call, a 500."""
+    from aiohttp import web
+
+    calls: list[str] = []
+
+    async def token(request: web.Request) -> web.Response:
+        return web.Response(body=answer, content_type="application/json")
+
+    async def api(request: web.Request) -> web.Response:
+        calls.append(request.headers.get("Authorization", ""))
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/oauth/token", token)
+    app.router.add_get("/api/{tail:.*}", api)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    base = str(server.make_url("")).rstrip("/")
+    gw = await make_gateway()
+    auth = {
+        "type": "oauth2",
+        "access_token": "old",
+        "refresh_token": "r",
+        "token_url": base + "/oauth/token",
+        "client_id": "c",
+        "client_secret": "s",
+        "expires_at": PAST,
+    }
+    await add_credential(gw, base + "/api", auth)
+    resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth())
+    assert resp.status == status, await resp.text()
+    assert calls == (["Bearer fresh"] if status == 200 else [])
+    if status == 200:  # the stored expiry is a time every later call can compare with now
+        again = await gw.client.get("/v1/proxy/credential/cred-1/y", headers=gw.auth())
+        assert again.status == 200 and calls == ["Bearer fresh", "Bearer fresh"]
