@@ -161,7 +161,7 @@ async def test_the_credential_chart_has_a_line_per_catalog_window_and_rule(
     assert [(line["kind"], line["label"]) for line in lines] == [
         ("limit", "limit: 10 per second (10/s)"),
         ("window", "window 1: 250000 per day (2.89/s)"),
-        ("rule", "rule 1 (POST /crm/v3/objects/*/search): 5 per second (5/s)"),
+        ("rule", "rule 1 (POST /crm/v3/objects/*/search): 4 per second (4/s)"),
     ]
     assert '<span class="key limit rule" data-line>rule 1 (POST /crm/v3/objects/*/search)' in html
 
