@@ -108,6 +108,9 @@ class ConsumerRows(Rows):
             "settings": {k: v for k, v in settings.items() if k not in ("id", "kind")},
             "settings_secret": secret,
         }
+        if changes["sync_id"] is not None and changes["sync_id"] != current.sync_id:  # as on create: 404
+            async with self.engine.connect() as conn:
+                await self._row_in(conn, t.syncs, changes["sync_id"], "sync")
         await self._update(t.consumers, consumer_id, "consumer", changes)
         return await self.consumer_view(consumer_id)
 

@@ -78,6 +78,20 @@ async def test_consumer_secrets_are_write_only(make_gateway: GatewayFactory) -> 
     assert (await patched.json())["batch_size"] == 5
 
 
+async def test_a_consumer_patched_onto_an_unknown_sync_is_404_as_on_create(make_gateway: GatewayFactory) -> None:
+    """PATCH is checked like a create of the merged object: it stored a sync_id no sync has."""
+    gw = await make_gateway()
+    for method, path, body in (
+        ("POST", "/v1/consumers", {"id": "reader", "kind": "pull", "sync_id": "no-such-sync"}),
+        ("POST", "/v1/consumers", {"id": "reader", "kind": "pull"}),
+        ("PATCH", "/v1/consumers/reader", {"sync_id": "no-such-sync"}),
+    ):
+        resp = await gw.client.request(method, path, json=body, headers=gw.auth())
+        assert resp.status == (201 if body.get("sync_id") is None else 404), await resp.text()
+    stored = await (await gw.client.get("/v1/consumers/reader", headers=gw.auth())).json()
+    assert stored["sync_id"] is None
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
