@@ -161,6 +161,18 @@ def _reserve_regular(state: BucketState, limit: Limit, now: int, max_wait: int) 
     return Grant(slot=slot, charges=(Charge(slot=slot, key=state.tat),))
 
 
+def take_due(state: BucketState, limit: Limit, now: int) -> bool:
+    """``reserve([(state, limit)], now, 0)`` for a bucket without holes when the caller only needs to
+    know whether the call goes now: charged and True, or nothing changed and False. The same slot and
+    charge as ``_reserve_regular``, without a ``Grant`` and a ``Charge`` (most proxied calls)."""
+    slot = state.earliest(limit, now)
+    if slot > now:
+        return False
+    state._hole_heap.clear()  # without holes every entry left there is stale
+    state.tat = max(state.tat, slot) + limit.interval
+    return True
+
+
 def _fits(state: BucketState, limit: Limit, now: int, slot: int) -> bool:
     hole = state.first_hole(now)
     return (hole is not None and hole[0] == slot) or state.earliest(limit, now) <= slot
@@ -175,9 +187,7 @@ def _charge(state: BucketState, limit: Limit, now: int, slot: int) -> Charge:
     return Charge(slot=slot, key=state.tat)
 
 
-def head_slot(
-    buckets: Sequence[tuple[BucketState, Limit]], arrival: int, now: int, catchup: int = CATCHUP
-) -> int:
+def head_slot(buckets: Sequence[tuple[BucketState, Limit]], arrival: int, now: int, catchup: int = CATCHUP) -> int:
     """The slot the head of a queue may take: when every bucket conforms, never before the call
     arrived, and at most ``catchup`` in the past. A timer that fires a little late thus loses no
     capacity (the slot is taken where it fell, which the jitter headroom covers), while a long

@@ -224,12 +224,13 @@ class GatewayPacer:
     ) -> Callable[[], None] | None:
         """In-process: the home bucket's queue grants slot and ``max_concurrency`` permit together."""
         permits = self._local_permits(credential_id, call.limit.max_concurrency)
-        outcome = self._local.enter(call.buckets, share, budget, permits)
-        if isinstance(outcome, Ticket):
-            with self._queued_as(call, share):
-                outcome = await queue.wait(outcome)
-        if isinstance(outcome, Refused):
-            raise self._refused(call, outcome)
+        if permits is not None or not self._local.grant_now(call.buckets):
+            outcome = self._local.enter(call.buckets, share, budget, permits)
+            if isinstance(outcome, Ticket):
+                with self._queued_as(call, share):
+                    outcome = await queue.wait(outcome)
+            if isinstance(outcome, Refused):
+                raise self._refused(call, outcome)
         hold = self._guard_hold(call)
         if hold is not None:
             try:
