@@ -8,6 +8,7 @@ the schema is at Alembic's head, migrating it when configured to.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,16 @@ class JsonText(str):
     """
 
 
+# A ``\u0000`` escape preceded by an even number of backslashes: a NUL, not the text "\u0000".
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
 def _json_serializer(value: Any) -> str:
-    return value if isinstance(value, JsonText) else json.dumps(value)
+    """JSON text for a JSON column, every NUL replaced by U+FFFD: PostgreSQL's ``jsonb`` refuses NUL, and an
+    upstream record holding one (client bodies are refused for it) failed every later poll of its sync.
+    Replaced on SQLite too, so the stream reads the same on both stores."""
+    text = value if isinstance(value, JsonText) else json.dumps(value)
+    return _NUL_ESCAPE.sub(r"\1\\ufffd", text) if "\\u0000" in text else text
 
 
 def create_engine(config: StoreConfig) -> AsyncEngine:

@@ -249,3 +249,23 @@ async def test_pages_are_read_ahead_of_a_held_commit(
     await until("the backfill is complete", env.in_step)
     appended = Counter(record["inserted_at"] for _, _, record in await env.events())  # one time per transaction
     assert max(appended.values()) > stripe_capture.LIMIT  # more than one page's records
+
+
+async def test_an_upstream_record_holding_a_nul_is_stored_with_a_replacement_character(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    """PostgreSQL's jsonb refuses NUL: such a record failed every poll of its sync, so the records after
+    it never arrived. It is stored (and streamed) with U+FFFD in its place, on both stores."""
+    env = await connect(make_gateway, aiohttp_server, "stripe", seed=2)
+    [odd] = [str(env.change("create", data={"name": "Nul\x00Name"})["id"])]
+    env.seed(2, start=2)
+    expected = {**env.upstream(), odd: "Nul\ufffdName"}
+
+    async def arrived() -> bool:
+        return await env.stored() == expected
+
+    await until("every record, the odd one included", arrived, 60)
+    assert [record["data"]["name"] for _, upstream_id, record in await env.events() if upstream_id == odd] == [
+        "Nul\ufffdName"
+    ]
+    assert (await env.view())["last_error"] is None
