@@ -106,6 +106,9 @@ class SyncKill:
                 self.urls[provider] = await stack.enter_async_context(run_sandbox(app))
             self.tally.records_seeded = self.records * len(PROVIDERS)
             self.session = await stack.enter_async_context(aiohttp.ClientSession())
+            # One connection for the comparisons: they are polled every 20 ms while the last process catches up
+            self.mirror_db = await asyncpg.connect(self.store_url)
+            stack.push_async_callback(self.mirror_db.close)
             yield self
 
     async def run(self, rounds: int) -> SyncTally:
@@ -179,13 +182,10 @@ class SyncKill:
 
     async def _mirrored(self, provider: str) -> dict[str, Any]:
         table = table_name(MIRROR_PREFIX, SPECS[provider].collection)
-        conn = await asyncpg.connect(self.store_url)
-        try:
-            if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
-                return {}
-            rows = await conn.fetch(f"SELECT upstream_id, data FROM {table} WHERE NOT deleted")
-        finally:
-            await conn.close()
+        conn = self.mirror_db
+        if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+            return {}
+        rows = await conn.fetch(f"SELECT upstream_id, data FROM {table} WHERE NOT deleted")
         return {r["upstream_id"]: json.loads(r["data"]).get(FIELD[provider]) for r in rows}
 
     async def _in_step(self) -> bool:
