@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
 
-from gateway import __version__
+from gateway import __version__, jsontext
 from gateway.config import KEYS_ENV, Config, load_config, masked_config
 from gateway.domain.models import ConsumerIn, CredentialIn, SyncIn, TokenIn
 from gateway.domain.objects import parse_scopes
@@ -256,10 +256,13 @@ async def _object_verb(config: Config, objects: Objects, plural: str, args: argp
     if args.action == "list":
         _print_list(await getattr(objects, f"list_{plural}")(), as_json=args.json, columns=columns)
     elif args.action == "add":
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")  # noqa: ASYNC240
         try:
-            data = json.loads(text)
-        except ValueError as exc:
+            raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()  # noqa: ASYNC240
+        except OSError as exc:
+            raise ConfigError(f"--file: cannot read {args.file}: {exc.strerror or exc}") from None
+        try:  # as strictly as the API reads a body: bounded nesting, finite numbers, no lone surrogates
+            data = jsontext.loads(raw, max_depth=config.server.max_json_depth)
+        except (ValueError, UnicodeDecodeError) as exc:
             raise ConfigError(f"--file: not valid JSON: {exc}") from None
         from gateway.pacing.limits import check_credential
 

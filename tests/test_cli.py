@@ -141,6 +141,25 @@ def test_bad_arguments_exit_2_without_a_traceback(args: list[str], said: str) ->
     assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize(
+    ("stdin", "said"),
+    [
+        ("[" * 100_000, "nests deeper than 64 levels"),  # was a RecursionError traceback
+        (
+            '{"id": "c", "provider": "stripe", "base_url": "https://a", "auth": {"type": "bearer", "token": "\\ud800"}'
+            "}",
+            "lone UTF-16 surrogate",
+        ),  # was stored as the credential's secret
+        ('{"id": "c", "rate_limit": {"rate": NaN}}', "NaN is not a JSON number"),
+    ],
+)
+def test_add_reads_the_file_as_strictly_as_the_api_reads_a_body(env: dict[str, str], stdin: str, said: str) -> None:
+    result = gateway("credentials", "add", "--file", "-", env=env, stdin=stdin)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("gateway: --file: not valid JSON: ") and said in result.stderr
+    assert json.loads(gateway("credentials", "list", "--json", env=env).stdout) == []
+
+
 def test_bad_scope_is_usage_error(env: dict[str, str]) -> None:
     """An unknown scope exits 2 naming the scope."""
     result = gateway("tokens", "create", "--name", "x", "--scope", "root", env=env)
