@@ -191,16 +191,21 @@ class RedisBackend:
             self._permit_queues.setdefault(permits[0], set()).add(queue)
         maker = partial(_reservation, ordered, None if permits is None else permits[0])
         lane = queue.lane((ordered, share, permits), maker, min(spec.limit.lateness for spec in ordered))
-        turn = queue.join(lane, loop.time() + max_wait)
+        deadline = loop.time() + max_wait
+        turn = queue.join(lane, deadline)
         self._enter(queue, lane, max_wait, None)
-        try:
-            return await turn
-        except asyncio.CancelledError:
-            if turn.cancelled():
-                queue.leave(lane, turn)
-            elif isinstance(outcome := turn.result(), Reservation):  # handed over, then cancelled
-                self._release_soon(outcome)
-            raise
+        while True:
+            try:
+                outcome = await turn
+            except asyncio.CancelledError:
+                if turn.cancelled():
+                    queue.leave(lane, turn)
+                elif isinstance(outcome := turn.result(), Reservation):  # handed over, then cancelled
+                    self._release_soon(outcome)
+                raise
+            if isinstance(outcome, Refused) or loop.time() - outcome.deadline <= lane.late:
+                return outcome
+            turn = queue.again(lane, outcome, deadline)
 
     def _enter(self, queue: SharedQueue[LaneKey], lane: Lane[LaneKey], max_wait: float, place: Place | None) -> None:
         """Send a place of ``lane`` to the script with the next batch of its hash tag."""

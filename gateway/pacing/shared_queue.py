@@ -41,6 +41,7 @@ import contextlib
 import heapq
 import itertools
 import math
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -95,7 +96,7 @@ class Lane(Generic[K]):
     maker: Maker
     late: float = LATE  # seconds after its slot a call may still go (the buckets' headroom)
     # waiting callers -> their deadline, in arrival order (a cancelled one stays until ``leave``)
-    callers: dict[asyncio.Future[Reservation | Refused], float] = field(default_factory=dict)
+    callers: OrderedDict[asyncio.Future[Reservation | Refused], float] = field(default_factory=OrderedDict)
     queued: list[str] = field(default_factory=list)  # places queued in Redis, sorted: the newest last
     held: dict[str, tuple[Granted, asyncio.TimerHandle]] = field(default_factory=dict)  # granted, not due
     entering: int = 0  # places on their way into Redis (arrivals, rejoins)
@@ -179,6 +180,15 @@ class SharedQueue(Generic[K]):
         lane.callers[future] = deadline
         lane.entering += 1
         heapq.heappush(self._deadlines, (deadline, next(self._order), lane, future))
+        return future
+
+    def again(self, lane: Lane[K], reservation: Reservation, deadline: float) -> asyncio.Future[Reservation | Refused]:
+        """A caller handed a slot found it too late when it ran (the loop was busy in between): the
+        slot goes back as a late one does, and the caller is the lane's first again."""
+        future = self.join(lane, deadline)
+        lane.callers.move_to_end(future, last=False)
+        assert reservation.place is not None
+        self._rejoin(lane, Granted(reservation.place, reservation.charges, reservation.deadline))
         return future
 
     def entered(self, lane: Lane[K], outcome: Entered) -> None:

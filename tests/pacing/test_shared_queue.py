@@ -112,3 +112,22 @@ async def test_a_caller_that_leaves_takes_the_newest_place_with_it() -> None:
     queue.entered(lane, Refused(retry_after=3))
     assert await asyncio.wait_for(extra[1], 10) == Refused(retry_after=3) and not extra[0].done()
     await queue.close()
+
+
+async def test_a_caller_that_runs_too_late_for_its_slot_is_first_again() -> None:
+    """A slot handed over on time whose caller only runs later than the headroom goes back (its place
+    rejoins), and that caller, not the newer one, takes the next slot."""
+    loop = asyncio.get_running_loop()
+    redis = FakeRedis()
+    queue: SharedQueue[str] = SharedQueue(redis.poll, redis.release, redis.rejoin, renew_every=10)
+    lane = queue.lane("lane", reservation)
+    older, newer = queue.join(lane, loop.time() + 60), queue.join(lane, loop.time() + 60)
+    queue.entered(lane, Granted(Place("a", 1), (), deadline=loop.time()))
+    handed = await asyncio.wait_for(older, 10)
+    assert isinstance(handed, Reservation)
+    again = queue.again(lane, handed, loop.time() + 60)
+    assert redis.rejoined == ["a"]
+    queue.entered(lane, Granted(Place("b", 2), (), deadline=loop.time()))
+    result = await asyncio.wait_for(again, 10)
+    assert isinstance(result, Reservation) and result.place == Place("b", 2) and not newer.done()
+    await queue.close()
