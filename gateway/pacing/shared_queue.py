@@ -21,7 +21,8 @@ callers of a lane are served in arrival order whatever happens to the places:
   the bucket and its place rejoins the Redis queue at its old start tag, the head again. The first
   caller keeps waiting and takes the next slot of the lane that comes on time, so a later caller
   never goes first (before lanes, the caller of the late slot rejoined while the later callers of its
-  replica went on their own slots);
+  replica went on their own slots). The caller checks again when it runs (``again``): a busy loop
+  between the timer and the caller makes the slot just as late;
 - slots that come out of order in loop time (grants of one poll answered in hash order, a clock
   offset that shrank between two polls) still go to the callers in order;
 - a caller that leaves (cancelled, or its ``max_wait`` ran out) takes the lane's newest place with
