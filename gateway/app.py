@@ -19,7 +19,7 @@ from gateway.errors import DEFAULT_DOCS, set_docs_base
 from gateway.http import appkeys, consumers, management, mutations, providers, proxy, syncs, tokens
 from gateway.http.docs import add_docs_routes
 from gateway.http.endpoints import Endpoint
-from gateway.http.middlewares import add_request_id, client_address, gateway_middleware
+from gateway.http.middlewares import add_request_id, client_address, gateway_middleware, json_errors
 from gateway.http.openapi import add_endpoints
 from gateway.http.ops import add_ops_routes
 from gateway.http.protocol import start_runner
@@ -98,7 +98,10 @@ def create_app(
     app[appkeys.IN_FLIGHT] = set()
     app.middlewares.append(
         gateway_middleware(
-            metrics=metrics, tokens=app[appkeys.TOKENS], scopes=scopes, throttle=throttle,
+            metrics=metrics,
+            tokens=app[appkeys.TOKENS],
+            scopes=scopes,
+            throttle=throttle,
             trust_forwarded=server.trust_forwarded,
             in_flight=app[appkeys.IN_FLIGHT],
             recent=recent.calls,
@@ -160,7 +163,7 @@ def docs_base(config: Config) -> str:
 
 def create_metrics_app(main: web.Application) -> web.Application:
     """The metrics listener's app: health, readiness and /metrics over the main app's state."""
-    app = web.Application()
+    app = web.Application(middlewares=[json_errors])
     app[appkeys.METRICS] = main[appkeys.METRICS]
     app[appkeys.READY_CHECKS] = main[appkeys.READY_CHECKS]
     add_ops_routes(app)

@@ -41,6 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.http import appkeys, ops
+from gateway.http.middlewares import json_errors
 from gateway.http.protocol import start_runner
 from gateway.observability.logs import configure_logging
 from gateway.runtime import WorkerRole, pid_file, store_session, until_signalled
@@ -296,7 +297,7 @@ class Supervisor:
         log.info("reload_forwarded", workers=len(self.slots))
 
     def _ops_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[json_errors])
         checks: dict[str, appkeys.ReadyCheck] = {"accepting": self._accepting}
         checks.update({f"worker_{slot.index}": partial(self._worker_ready, slot) for slot in self.slots})
         app[appkeys.READY_CHECKS] = checks

@@ -213,6 +213,18 @@ def error_response(exc: GatewayError) -> web.Response:
     return web.json_response(exc.body(), status=exc.status, headers=exc.headers())
 
 
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The metrics listener's one layer: its 404s and 405s in the JSON error shape too (aiohttp's own
+    answers are plain text); it has no tokens, logs or metrics of its own to add."""
+    try:
+        return await handler(request)
+    except HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(_from_http_exception(exc))
+
+
 def _from_http_exception(exc: HTTPException) -> GatewayError:
     if exc.status == 404:
         return NotFound("no such endpoint")

@@ -35,3 +35,9 @@ async def test_metrics_listener_is_separate_by_default(aiohttp_client: Any, stor
             assert resp.status == 200
         async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
             assert "gateway_http_requests_total" in await resp.text()
+        for method, path, status, code in (
+            ("GET", "/nope", 404, "not_found"),
+            ("POST", "/metrics", 405, "method_not_allowed"),
+        ):
+            async with session.request(method, f"http://127.0.0.1:{port}{path}") as resp:  # was aiohttp's plain text
+                assert (resp.status, (await resp.json())["code"]) == (status, code)
