@@ -27,7 +27,7 @@ from gateway.app import create_app
 from gateway.config import Config
 from gateway.domain.models import TokenIn
 from gateway.http.fastpath import route_proxy_first
-from gateway.http.protocol import serve_json_errors
+from gateway.http.protocol import SERVER_OPTIONS, serve_json_errors
 from gateway.store.tables import metadata
 from gateway.vault.crypto import Keyring, generate_key
 
@@ -257,6 +257,7 @@ class ServedLikeProduction(TestServer):
 
         kwargs["handler_cancellation"] = False
         kwargs["keepalive_timeout"] = self.app[appkeys.CONFIG].server.header_timeout
+        kwargs.update(SERVER_OPTIONS)
         return await super()._make_runner(**kwargs)
 
     async def start_server(self, *args: Any, **kwargs: Any) -> None:

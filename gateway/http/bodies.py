@@ -25,6 +25,8 @@ async def read_json(request: web.Request, *, limit: int) -> Any:
     """The body as JSON; 413 past ``limit`` bytes, 408 on a stalled client, 400 when empty, not JSON,
     nested deeper than ``server.max_json_depth`` or holding a number out of range."""
     server = request.app[appkeys.CONFIG].server
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        raise InvalidRequest("Content-Encoding: JSON bodies are read as sent, uncompressed", field="Content-Encoding")
     raw = await _read_bounded(request, limit=limit)
     if not raw.strip():
         raise InvalidRequest("request body is empty; a JSON object is required", field="body")

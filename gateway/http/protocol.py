@@ -40,6 +40,11 @@ from gateway.http.middlewares import error_response
 log = structlog.get_logger(__name__)
 
 
+# Request bodies are read as the client sent them: a proxied gzip body goes upstream still encoded (aiohttp
+# decoded it, and it no longer matched its Content-Length: a 400); JSON APIs refuse encoded bodies (bodies.py).
+SERVER_OPTIONS: dict[str, Any] = {"auto_decompress": False}
+
+
 def serve_json_errors(runner: web.BaseRunner, *, max_connections: int = 0) -> None:
     """Call after ``runner.setup()``: connections accepted from then on answer parser errors in JSON,
     and past ``max_connections`` (0 = no cap) get a 503."""
@@ -70,7 +75,7 @@ def _refusing_unknown_expectations(
 async def start_runner(app: web.Application, limits: ServerConfig, **kwargs: Any) -> web.AppRunner:
     """A set-up runner guarded as every gateway listener is: JSON errors, header timeout, connection cap;
     proxy calls dispatched first (http/fastpath.py)."""
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.header_timeout, **kwargs)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.header_timeout, **SERVER_OPTIONS, **kwargs)
     await runner.setup()
     serve_json_errors(runner, max_connections=limits.max_connections)
     route_proxy_first(runner)
