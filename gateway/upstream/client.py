@@ -440,11 +440,17 @@ class UpstreamClient:
         return UpstreamResult(resp.status, dict(resp.headers), parsed, resp.pacing_wait, resp.pause)
 
     async def _post_token_form(self, url: str, form: dict[str, str]) -> tuple[int, Any]:
-        """The OAuth2 token endpoint call (unpaced: it is not the API the bucket protects)."""
+        """The OAuth2 token endpoint call (unpaced: it is not the API the bucket protects).
+
+        A redirect is not followed: the form carries the client secret and the refresh token, and a 307
+        or 308 would resend them to wherever the endpoint points (a 3xx is a refused refresh)."""
         timeout = aiohttp.ClientTimeout(total=30, sock_connect=DEFAULT_TIMEOUTS["connect"])
         headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
+        body = urlencode(form)
         try:
-            async with self.session.post(url, data=urlencode(form), headers=headers, timeout=timeout) as resp:
+            async with self.session.post(
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            ) as resp:
                 raw = await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise mapped(exc, "rest") from exc

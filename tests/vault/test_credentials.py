@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from aiohttp import web
 from sqlalchemy import select
 
 from gateway.app import create_app
@@ -107,6 +108,39 @@ async def test_refresh_failure_is_502_upstream_auth_failed(make_gateway: Gateway
     assert '"upstream_auth_failed"' in text and upstream.state.client_secret not in text
     metrics = await (await gw.client.get("/metrics")).text()
     assert 'gateway_oauth_refreshes_total{outcome="failure",provider="rest"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("status", [302, 307, 308])
+async def test_a_redirecting_token_endpoint_is_not_followed(
+    make_gateway: GatewayFactory, upstream: Upstream, aiohttp_server: Any, status: int
+) -> None:
+    """A token endpoint answering a redirect is a refused refresh: the form, which carries the client
+    secret and the refresh token, is never sent on to where the redirect points."""
+    elsewhere: list[bytes] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        elsewhere.append(await request.read())
+        return web.json_response({"access_token": "stolen", "expires_in": 3600})
+
+    async def redirect(request: web.Request) -> web.Response:
+        return web.Response(status=status, headers={"Location": str(other.make_url("/collect"))})
+
+    collector = web.Application()
+    collector.router.add_route("*", "/collect", collect)
+    other = await aiohttp_server(collector, host="127.0.0.1")
+    redirector = web.Application()
+    redirector.router.add_post("/oauth/token", redirect)
+    token_server = await aiohttp_server(redirector, host="127.0.0.1")
+    auth = {
+        **oauth2_auth(upstream, access_token="old", expires_at=PAST),
+        "token_url": str(token_server.make_url("/oauth/token")),
+    }
+    gw = await make_gateway()
+    await add_credential(gw, upstream.url + "/protected", auth)
+    resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth())
+    assert resp.status == 502
+    assert (await resp.json())["code"] == "upstream_auth_failed"
+    assert elsewhere == [] and upstream.state.requests == 0
 
 
 async def test_rejected_after_refresh_is_502(make_gateway: GatewayFactory, upstream: Upstream) -> None:
