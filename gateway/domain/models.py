@@ -46,6 +46,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "rest": "REST",
 }
 MASK = "***"
+MAX_LIST = 1_000  # entries of a list field (token scopes and only, collections, OAuth2 scopes): reads stay small
 # Auth fields that are not secret and read back as they are (SPEC.md "Object shapes").
 PUBLIC_AUTH_FIELDS = frozenset({"type", "name", "prefix", "token_url", "client_id"})
 
@@ -170,7 +171,7 @@ class OAuth2Auth(Strict):
     client_id: HeaderSafeStr
     client_secret: Secret
     expires_at: Moment | None = None
-    scopes: list[str] | None = None
+    scopes: list[str] | None = Field(default=None, max_length=MAX_LIST)
 
 
 Auth = Annotated[BearerAuth | BasicAuth | HeaderAuth | QueryAuth | OAuth2Auth, Field(discriminator="type")]
@@ -378,7 +379,9 @@ class SyncIn(Strict):
     id: ObjectId | None = None
     credential_id: ObjectId
     collections: list[CollectionId] = Field(
-        default_factory=list, description="empty or absent: a proxy-only sync, which reads nothing upstream"
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="empty or absent: a proxy-only sync, which reads nothing upstream",
     )
     options: SyncOptions = Field(
         default_factory=dict,
@@ -389,7 +392,7 @@ class SyncIn(Strict):
 
 class SyncPatch(Strict):
     credential_id: ObjectId | None = None
-    collections: list[CollectionId] | None = None
+    collections: list[CollectionId] | None = Field(default=None, max_length=MAX_LIST)
     options: SyncOptions | None = None
 
 
@@ -416,7 +419,7 @@ MAX_RETRY_DURATION = 30 * 86400
 class _ConsumerBase(Strict):
     id: ObjectId | None = None
     sync_id: ObjectId | None = None
-    collections: list[CollectionId] | None = None
+    collections: list[CollectionId] | None = Field(default=None, max_length=MAX_LIST)
 
 
 class PullConsumerIn(_ConsumerBase):
@@ -470,7 +473,7 @@ class ConsumerPatch(Strict):
     """Fields a consumer may change after creation; ``kind`` never changes."""
 
     sync_id: ObjectId | None = None
-    collections: list[CollectionId] | None = None
+    collections: list[CollectionId] | None = Field(default=None, max_length=MAX_LIST)
     visibility_timeout: float | None = Field(default=None, gt=0, le=43200)
     url: HttpUrlStr | None = None
     secret: SecretStr | None = None
@@ -582,9 +585,11 @@ class TokenIn(Strict):
     """What ``POST /v1/tokens`` and ``gateway tokens create`` accept."""
 
     name: ObjectId
-    scopes: list[TokenScope] = Field(min_length=1)
+    scopes: list[TokenScope] = Field(min_length=1, max_length=MAX_LIST)
     only: list[TypedObjectId] | None = Field(
-        default=None, description="objects the token is limited to: 'sync:<id>', 'credential:<id>', 'consumer:<id>'"
+        default=None,
+        max_length=MAX_LIST,
+        description="objects the token is limited to: 'sync:<id>', 'credential:<id>', 'consumer:<id>'",
     )
     priority: TokenPriority = Field(default="normal", description="pacing class of this token's calls")
     weight: int = Field(default=1, ge=1, le=1000, strict=True, description="fair share within its priority")

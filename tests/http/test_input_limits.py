@@ -248,3 +248,48 @@ async def test_times_that_leave_the_calendar_in_utc_are_refused_when_written(
         resp = await gw.client.post(path, json=body, headers=gw.auth())
         assert resp.status == 400, await resp.text()
         assert (await resp.json())["fields"] == [field]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/v1/tokens", {"name": "t", "scopes": ["proxy"], "only": ["sync:sync"] * 1001}, "only"),
+        ("POST", "/v1/tokens", {"name": "t", "scopes": ["proxy"] * 1001}, "scopes"),
+        ("PATCH", "/v1/syncs/stripe", {"collections": ["stripe:customer"] * 1001}, "collections"),
+        ("PATCH", "/v1/consumers/pull", {"collections": ["stripe:customer"] * 1001}, "collections"),
+        (
+            "PATCH",
+            "/v1/credentials/cred",
+            {
+                "auth": {
+                    "type": "oauth2",
+                    "access_token": "a",
+                    "refresh_token": "r",
+                    "token_url": "https://login.example.com/token",
+                    "client_id": "c",
+                    "client_secret": "s",
+                    "scopes": ["read"] * 1001,
+                }
+            },
+            "auth.oauth2.scopes",
+        ),
+    ],
+)
+async def test_lists_longer_than_a_thousand_entries_are_refused(
+    make_gateway: GatewayFactory, method: str, path: str, body: dict[str, Any], field: str
+) -> None:
+    """A list field takes at most 1,000 entries: 100,000 were stored, and every later read carried them."""
+    gw = await _seeded(make_gateway)
+    for create, created in (
+        ("/v1/credentials", {**CREDENTIAL, "id": "stripe", "provider": "stripe", "base_url": "https://api.stripe.com"}),
+        ("/v1/syncs", {"id": "stripe", "credential_id": "stripe"}),
+    ):
+        assert (await gw.client.post(create, json=created, headers=gw.auth())).status == 201
+    resp = await gw.client.request(method, path, json=body, headers=gw.auth())
+    assert resp.status == 400, await resp.text()
+    answer = await resp.json()
+    assert answer["code"] == "invalid_request" and any(f.startswith(field) for f in answer["fields"]), answer
+    assert "1000" in str(answer), answer
+    edge = {key: value[:1000] if isinstance(value, list) else value for key, value in body.items()}
+    if "auth" not in body:  # the same list at the bound is taken
+        assert (await gw.client.request(method, path, json=edge, headers=gw.auth())).status in (200, 201)
