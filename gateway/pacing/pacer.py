@@ -82,6 +82,7 @@ class GatewayPacer:
         self._metrics = metrics
         self._local = LocalBackend()
         self._guard = LocalBackend()
+        self._held: dict[str, asyncio.Future[None]] = {}  # per bucket: its newest call the guard holds back
         self._shared: RedisBackend | None = None
         self._degraded = False
         self._probe: asyncio.Task[None] | None = None
@@ -232,9 +233,9 @@ class GatewayPacer:
             if isinstance(outcome, Refused):
                 raise self._refused(call, outcome)
         hold = self._guard_hold(call)
-        if hold is not None:
+        if hold is not None or call.buckets[0].key in self._held:
             try:
-                await self._sleep(call, share, self._guard, hold)
+                await self._held_back(call, share, hold)
             except BaseException:
                 if permits is not None:
                     permits.give_back()
@@ -252,6 +253,25 @@ class GatewayPacer:
         """
         # Nothing to hold back: a slot already here, or a refusal (that would take a stall of an hour: just go).
         return self._guard.hold_back(call.buckets, GUARD_HORIZON)
+
+    async def _held_back(self, call: Route, share: Share, hold: Reservation | None) -> None:
+        """Wait for the stall guard's slot (``hold``, if any), then for the calls of this bucket held
+        back before this one: after a stall a later call whose guard slot is already here would
+        otherwise go first, its task running before the timer of an earlier held call (a FIFO
+        inversion within one tenant and class)."""
+        key = call.buckets[0].key
+        ahead = self._held.get(key)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._held[key] = mine
+        try:
+            if hold is not None:
+                await self._sleep(call, share, self._guard, hold)
+            if ahead is not None:
+                await asyncio.shield(ahead)
+        finally:
+            mine.set_result(None)
+            if self._held.get(key) is mine:
+                del self._held[key]
 
     def _local_permits(self, credential_id: str, limit: int | None) -> Permits | None:
         if limit is None:

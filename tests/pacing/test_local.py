@@ -124,6 +124,26 @@ async def test_a_stalled_process_does_not_release_a_burst(make_pacer: Any) -> No
     assert worst_excess(granted, rate=100, per=1, burst=5) <= 0
 
 
+async def test_calls_held_back_after_stalls_still_go_in_arrival_order(make_pacer: Any) -> None:
+    """Stalls of a few slots each, over and over, while 150 calls wait on 100/s: they go in arrival
+    order (a late loop used to run a call whose slot was here before an earlier held one)."""
+    pacer = await make_pacer()
+    credential = make_credential(rate=100, burst=5)
+    order: list[int] = []
+
+    async def call(i: int) -> None:
+        await pacer.acquire(credential, "/")
+        order.append(i)
+
+    async def stalls() -> None:
+        for i in range(25):
+            await asyncio.sleep(0.03)
+            time.sleep(0.013 + 0.004 * (i % 7))  # the loop cannot run for 1.3 to 3.7 slots
+
+    await asyncio.gather(stalls(), *(call(i) for i in range(150)))
+    assert order == list(range(150))
+
+
 async def test_airtable_bases_are_paced_separately(make_pacer: Any) -> None:
     """Two Airtable bases of one credential each have their own bucket (here 1/s); the same base waits."""
     pacer = await make_pacer(providers={"airtable": {"rate_limit": {"rate": 1, "burst": 1}}})
