@@ -242,6 +242,9 @@ local function enter_one(pos, catchup, lookahead, rep)
   local pkey = pidx > 0 and KEYS[pidx] or ''
   pos = pos + 8
   grant(h, catchup, lookahead)
+  -- A late grant rejoining gave its slot back but kept its permit's lease until now (redis.py's
+  -- _give_back_and_rejoin), so no call behind it could take that permit in between.
+  if place ~= '' and pkey ~= '' then redis.call('ZREM', pkey, place) end
   local due = due_of(bs)
   if depth(h, 0) + depth(h, 1) + depth(h, 2) == 0 and due <= now and permit_free(pkey, limit) then
     local _, keys = take(bs, now)

@@ -59,7 +59,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from importlib import resources
 from typing import Any, TypeVar
@@ -222,10 +222,12 @@ class RedisBackend:
 
     async def _give_back_and_rejoin(self, lane: Lane[LaneKey], granted: Granted) -> None:
         """A grant woken too late: its slot goes back to the bucket first (rewound or refunded, see
-        pacing.lua), then its place rejoins the queue at its old start tag, the head again."""
+        pacing.lua), then its place rejoins the queue at its old start tag, the head again. Its
+        ``max_concurrency`` lease is ended by that rejoin, in the same script call: ended before,
+        the permit would go to the call behind it meanwhile (a poll of any replica grants it)."""
         queue = self._queue(lane.key[0])
         try:
-            await self.release(lane.maker(granted))
+            await self.release(replace(lane.maker(granted), permit=None))
         except BackendError as exc:
             queue.entered(lane, exc)
             return
