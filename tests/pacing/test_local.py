@@ -25,14 +25,16 @@ JITTER = 0.05
 async def test_upstream_never_sees_more_than_the_bound_and_gets_the_rate(
     make_pacer: Any, counting_upstream: CountingUpstream, session: aiohttp.ClientSession
 ) -> None:
-    """300 calls at once on 100/s burst 10: every window within the bound, >= 98% of the rate, FIFO."""
+    """300 calls at once on 100/s burst 10: every window within the bound, >= 98% of the rate, FIFO.
+    The rate's span leaves out the time a stalled loop (this process's, on a loaded machine) let
+    nothing go beyond the burst's cover: no pacer grants while its process cannot run."""
     pacer = await make_pacer()
     await warm_up(session, counting_upstream.url, 10)
     granted = await paced_calls(pacer, make_credential(rate=100, burst=10), session, counting_upstream.url, 300)
     arrivals = counting_upstream.arrivals
     assert worst_excess([t for _, t in granted], rate=100, per=1, burst=10) <= 0
     assert worst_excess(arrivals, rate=100, per=1, burst=10, slack=counting_upstream.slack(JITTER)) <= 0
-    achieved = (len(arrivals) - 10) / (max(arrivals) - min(arrivals))
+    achieved = (len(arrivals) - 10) / (max(arrivals) - min(arrivals) - counting_upstream.lost(10 / 100))
     assert achieved >= 0.98 * 100
     assert [i for i, _ in granted] == list(range(300))
 
