@@ -84,6 +84,7 @@ class Prepared:
     timeouts: dict[str, float]
     client_timeout: aiohttp.ClientTimeout
     ssl: ssl.SSLContext | bool
+    base: paths.Base  # the credential's base URL, parsed once
     # (raw path, raw query) -> the checked URL: a busy credential is called on a few paths over and
     # over, and the checks of ``paths.join`` were ~3% of a proxied call. Bounded by ``URLS_LIMIT``.
     urls: dict[tuple[str, str], URL] = field(default_factory=dict)
@@ -219,6 +220,7 @@ class UpstreamClient:
                 total=limits["total"] or None, sock_connect=limits["connect"], sock_read=limits["read"]
             ),
             ssl=self._ssl_context(credential),
+            base=paths.Base(credential.base_url),
         )
         self._prepared.put(id(credential), (credential, prepared))
         return prepared
@@ -301,7 +303,7 @@ class UpstreamClient:
             prepared = self.prepared(credential)
             url = prepared.urls.get((address.path, address.query))
             if url is None:
-                url = paths.join(credential.base_url, address.path, address.query, prepared.injection.query)
+                url = prepared.base.join(address.path, address.query, prepared.injection.query)
                 if len(prepared.urls) >= URLS_LIMIT:
                     prepared.urls.clear()
                 prepared.urls[(address.path, address.query)] = url

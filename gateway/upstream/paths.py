@@ -18,8 +18,10 @@ could make any upstream, however sloppy its own decoding, leave the base URL:
   them into dots and slashes that no standard decoder sees.
 
 Dot segments that stay below the base are resolved here, so what is sent has none left. The joined
-URL is finally re-parsed and compared with the base (scheme, host, port, userinfo, path prefix): the
-last line of defence should a rule above ever be wrong.
+URL is built from the base's parsed parts and the checked path (no re-parse of the whole text: a
+distinct URL costs what a repeated one does), then compared with the base (scheme, host, port,
+userinfo, path prefix, no ``?`` or ``#`` in the path): the last line of defence should a rule above
+ever be wrong.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ from gateway.urltext import folds_into_separators, fully_decode
 
 _FORBIDDEN_RAW = re.compile(r"[\\#?\s]")
 _IIS_ESCAPE = re.compile(r"%u[0-9a-f]{4}", re.IGNORECASE)
+_DELIMITERS = re.compile(r"[?#]")
+# Unreserved and sub-delimiter characters but ';', no '%': nothing here decodes, folds or carries a
+# parameter, so only a '.' or '..' segment or a leading '/' could need more than a look.
+_PLAIN = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/]*")
 
 
 def _refuse(reason: str) -> InvalidPath:
@@ -43,6 +49,15 @@ def _refuse(reason: str) -> InvalidPath:
 
 def normalize_path(raw: str) -> str:
     """The raw path with harmless dot segments resolved; ``InvalidPath`` when it would escape."""
+    if _PLAIN.fullmatch(raw) and not raw.startswith("/"):
+        bounded = f"/{raw}/"
+        if "/./" not in bounded and "/../" not in bounded:
+            return raw  # what ``resolve_segments`` returns for it, found in one pass
+    return resolve_segments(raw)
+
+
+def resolve_segments(raw: str) -> str:
+    """``normalize_path`` by every rule, segment by segment (the one path for anything not plain)."""
     if _FORBIDDEN_RAW.search(raw) or _CONTROL.search(raw):
         raise _refuse("backslashes, whitespace, control characters, '?' and '#' are not allowed")
     try:
@@ -77,34 +92,56 @@ def normalize_path(raw: str) -> str:
 
 
 def join(base_url: str, raw_path: str, raw_query: str = "", extra_query: dict[str, str] | None = None) -> URL:
-    """``base_url`` + ``/`` + the normalized ``raw_path`` + the query; verified not to escape.
+    """``Base(base_url).join(...)``: for a one-off join; a caller joining often keeps the ``Base``."""
+    return Base(base_url).join(raw_path, raw_query, extra_query)
 
-    ``extra_query`` (the ``query`` auth parameter) replaces any client parameter of the same name.
+
+class Base:
+    """A base URL parsed once, so that joining a path onto it parses nothing again.
+
+    Why: a proxied call on a path not seen before used to parse the base and then the whole joined text
+    (yarl caches only 128 URLs), ~2.5 µs of a call over 10,000 credentials or URLs. The upstream client
+    keeps one per credential object.
     """
-    path = normalize_path(raw_path)
-    if _CONTROL.search(raw_query) or "#" in raw_query:
-        raise InvalidPath("query: control characters are not allowed", field="query")
-    base = URL(base_url, encoded=True)
-    query = raw_query
-    if extra_query:
-        names = set(extra_query)
-        pairs = [p for p in raw_query.split("&") if p and unquote(p.split("=", 1)[0]) not in names]
-        query = "&".join([*pairs, urlencode(extra_query)])
-    prefix = base.raw_path.rstrip("/")
-    text = f"{base.scheme}://{base.raw_authority}{prefix}/{path}" + (f"?{query}" if query else "")
-    target = URL(text, encoded=True)
-    _verify(base, target, prefix)
-    return target
+
+    __slots__ = ("_origin", "_prefix", "url")
+
+    def __init__(self, base_url: str) -> None:
+        self.url = URL(base_url, encoded=True)
+        self._prefix = self.url.raw_path.rstrip("/")
+        self._origin = _origin(self.url)
+
+    def join(self, raw_path: str, raw_query: str = "", extra_query: dict[str, str] | None = None) -> URL:
+        """The base + ``/`` + the normalized ``raw_path`` + the query; verified not to escape.
+
+        ``extra_query`` (the ``query`` auth parameter) replaces any client parameter of the same name.
+        """
+        path = normalize_path(raw_path)
+        if _CONTROL.search(raw_query) or "#" in raw_query:
+            raise InvalidPath("query: control characters are not allowed", field="query")
+        query = raw_query
+        if extra_query:
+            names = set(extra_query)
+            pairs = [p for p in raw_query.split("&") if p and unquote(p.split("=", 1)[0]) not in names]
+            query = "&".join([*pairs, urlencode(extra_query)])
+        base = self.url
+        target = URL.build(
+            scheme=base.scheme,
+            authority=base.raw_authority,
+            path=f"{self._prefix}/{path}",
+            query_string=query,
+            encoded=True,
+        )
+        self._verify(target)
+        return target
+
+    def _verify(self, target: URL) -> None:
+        """Defence in depth: the joined URL keeps the base's origin and path prefix, and its path holds
+        nothing a parser would read as the start of a query or fragment."""
+        path = target.raw_path
+        if _origin(target) != self._origin or not path.startswith(self._prefix + "/") or _DELIMITERS.search(path):
+            raise _refuse("the joined URL would leave the base URL")
 
 
-def _verify(base: URL, target: URL, prefix: str) -> None:
-    """Defence in depth: the joined URL must keep the base's origin and path prefix."""
-    same_origin = (target.scheme, target.raw_host, target.port, target.raw_user, target.raw_password) == (
-        base.scheme,
-        base.raw_host,
-        base.port,
-        base.raw_user,
-        base.raw_password,
-    )
-    if not same_origin or not target.raw_path.startswith(prefix + "/"):
-        raise _refuse("the joined URL would leave the base URL")
+def _origin(url: URL) -> tuple[str, str | None, int | None, str | None, str | None]:
+    return (url.scheme, url.raw_host, url.port, url.raw_user, url.raw_password)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from gateway.domain.models import CredentialIn
 from gateway.errors import InvalidPath
-from gateway.upstream.paths import join, normalize_path
+from gateway.upstream.paths import Base, join, normalize_path, resolve_segments
 
 NO_SURROGATES: tuple[Literal["Cs"], ...] = ("Cs",)  # lone surrogates cannot be UTF-8 encoded
 
@@ -115,6 +115,31 @@ def test_no_generated_path_escapes_the_base(raw: str) -> None:
     assert url.raw_path.startswith("/base/v2/")
     assert _as_upstream_sees_it(url.raw_path).startswith("/base/v2")
     assert url.raw_query_string == "q=1"
+
+
+def _outcome(normalize: Any, raw: str) -> str | None:
+    try:
+        return str(normalize(raw))
+    except InvalidPath:
+        return None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from([*PIECES, "x.y", "-", "!$&'()*+,", "A9_"]), max_size=12).map("".join))
+def test_the_one_pass_for_plain_paths_agrees_with_every_rule(raw: str) -> None:
+    """``normalize_path`` answers plain paths without the segment walk: same result, same refusals."""
+    assert _outcome(normalize_path, raw) == _outcome(resolve_segments, raw)
+
+
+def test_one_base_joins_many_paths_like_a_fresh_join() -> None:
+    """A ``Base`` kept across calls (one per credential object) joins each path as a one-off join does."""
+    base = Base("https://api.example.com:8443/base/v2/")
+    for n, raw in enumerate(["a", "a/b/../c", "x%40y:z", "a;b/c", "", "caf%c3%a9"]):
+        url = base.join(raw, f"r={n}", {"key": "v"})
+        assert url == join("https://api.example.com:8443/base/v2/", raw, f"r={n}", {"key": "v"})
+        assert str(url) == f"https://api.example.com:8443/base/v2/{normalize_path(raw)}?r={n}&key=v"
+    with pytest.raises(InvalidPath):
+        base.join("a/../../x")
 
 
 @settings(max_examples=200, deadline=None)
