@@ -18,10 +18,9 @@ could make any upstream, however sloppy its own decoding, leave the base URL:
   them into dots and slashes that no standard decoder sees.
 
 Dot segments that stay below the base are resolved here, so what is sent has none left. The joined
-URL is built from the base's parsed parts and the checked path (no re-parse of the whole text: a
-distinct URL costs what a repeated one does), then compared with the base (scheme, host, port,
-userinfo, path prefix, no ``?`` or ``#`` in the path): the last line of defence should a rule above
-ever be wrong.
+URL is built from the base's parsed parts and the checked path (no re-parse of the whole text, which
+yarl caches for 128 URLs only), then compared with the base (scheme, host, port, userinfo, path
+prefix, no ``?`` or ``#`` in the path): the last line of defence should a rule above ever be wrong.
 """
 
 from __future__ import annotations
@@ -100,7 +99,7 @@ class Base:
     """A base URL parsed once, so that joining a path onto it parses nothing again.
 
     Why: a proxied call on a path not seen before used to parse the base and then the whole joined text
-    (yarl caches only 128 URLs), ~2.5 µs of a call over 10,000 credentials or URLs. The upstream client
+    (yarl caches only 128 URLs): ~3 µs more than now for each URL not seen before. The upstream client
     keeps one per credential object.
     """
 
