@@ -23,7 +23,7 @@ from gateway.domain.models import (
     SyncView,
 )
 from gateway.domain.objects import Sync
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.store import tables as t
 from gateway.store.changes import bump
 from gateway.store.db import as_utc, utcnow
@@ -88,7 +88,18 @@ class SyncRows(Rows):
         return await self.sync_view(sync_id)
 
     async def delete_sync(self, sync_id: str) -> None:
+        """Refused while a consumer reads the sync (as a credential used by a sync): it would be left
+        bound to nothing, receiving no event again."""
         async with self.engine.begin() as conn:
+            readers = (
+                (await conn.execute(select(t.consumers.c.id).where(t.consumers.c.sync_id == sync_id))).scalars().all()
+            )
+            if readers:
+                raise Conflict(
+                    f"sync {sync_id!r} is read by consumer(s) {', '.join(sorted(readers))}; "
+                    "delete or re-point them first",
+                    consumers=sorted(readers),
+                )
             result = await conn.execute(delete(t.syncs).where(t.syncs.c.id == sync_id))
             if result.rowcount:
                 await bump(conn, "syncs")

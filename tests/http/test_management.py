@@ -51,6 +51,23 @@ async def test_deleting_a_credential_used_by_a_sync_is_409(make_gateway: Gateway
     assert (await gw.client.delete("/v1/credentials/credential-stripe", headers=gw.auth())).status == 204
 
 
+async def test_deleting_a_sync_a_consumer_reads_is_409(make_gateway: GatewayFactory) -> None:
+    """A consumer bound to a deleted sync would receive nothing again, silently: refused, naming it."""
+    gw = await make_gateway()
+    await gw.client.post("/v1/credentials", json=STRIPE, headers=gw.auth())
+    sync = {"id": "my-sync", "credential_id": "credential-stripe", "collections": ["stripe:customer"]}
+    assert (await gw.client.post("/v1/syncs", json=sync, headers=gw.auth())).status == 201
+    consumer = {"id": "reader", "kind": "pull", "sync_id": "my-sync"}
+    assert (await gw.client.post("/v1/consumers", json=consumer, headers=gw.auth())).status == 201
+    resp = await gw.client.delete("/v1/syncs/my-sync", headers=gw.auth())
+    assert resp.status == 409
+    answer = await resp.json()
+    assert answer["code"] == "conflict" and "reader" in answer["error"]
+    assert (await gw.client.get("/v1/syncs/my-sync", headers=gw.auth())).status == 200
+    assert (await gw.client.delete("/v1/consumers/reader", headers=gw.auth())).status == 204
+    assert (await gw.client.delete("/v1/syncs/my-sync", headers=gw.auth())).status == 204
+
+
 async def test_sync_collections_must_match_the_credential_provider(make_gateway: GatewayFactory) -> None:
     gw = await make_gateway()
     await gw.client.post("/v1/credentials", json=STRIPE, headers=gw.auth())
