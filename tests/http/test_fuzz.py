@@ -16,23 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Gateway, GatewayFactory
+from tests.http.test_input_limits import JSON_ENDPOINTS
 from tests.upstream.helpers import start_upstream
 
-ENDPOINTS = [
-    ("POST", "/v1/credentials"),
-    ("PATCH", "/v1/credentials/cred"),
-    ("POST", "/v1/syncs"),
-    ("PATCH", "/v1/syncs/sync"),
-    ("POST", "/v1/consumers"),
-    ("PATCH", "/v1/consumers/pull"),
-    ("PATCH", "/v1/consumers/hook"),
-    ("PATCH", "/v1/consumers/mirror"),
-    ("POST", "/v1/consumers/pull/receive"),
-    ("POST", "/v1/consumers/pull/ack"),
-    ("POST", "/v1/consumers/pull/nack"),
-    ("POST", "/v1/mutations/run"),
-    ("POST", "/v1/tokens"),
-]
+# The JSON endpoints of test_input_limits, and the PATCH of the two other consumer kinds.
+ENDPOINTS = [*JSON_ENDPOINTS, ("PATCH", "/v1/consumers/hook"), ("PATCH", "/v1/consumers/mirror")]
 # Every field name the JSON APIs know, so generated objects hit real validators, not only "extra".
 FIELDS = [
     "id",
