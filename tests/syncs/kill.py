@@ -17,9 +17,9 @@ page per kill that docs/syncs.md allows to be appended twice).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -124,13 +124,24 @@ class SyncKill:
                 await gateway.proc.wait()
                 self.tally.rounds += 1
                 self.tally.kills_during_backfill += self.backfilling
-        async with start_gateway(self.deployment, self.tmp_path, name="sync-last"):
+        async with start_gateway(self.deployment, self.tmp_path, name="sync-last") as last:
             started = time.monotonic()
-            with contextlib.suppress(AssertionError):  # what is still off is counted below
+            try:
                 await poll("the mirror equals the upstreams", self._in_step, deadline=CONVERGE_DEADLINE)
+            except AssertionError:  # what is still off is counted below; how the syncs stand says why
+                sys.stderr.write(await self._diagnosis(last))
             self.tally.converge_seconds = time.monotonic() - started
             await self._check()
         return self.tally
+
+    async def _diagnosis(self, gateway: GatewayProcess) -> str:
+        """The syncs as the API shows them and the last process's warnings, for a run that did not converge."""
+        auth = {"Authorization": f"Bearer {self.token}"}
+        async with aiohttp.ClientSession(headers=auth) as session, session.get(f"{gateway.url}/v1/syncs") as resp:
+            syncs = (await resp.json())["data"]
+        lines = [json.dumps({k: s.get(k) for k in ("id", "state", "last_error", "cursor", "progress")}) for s in syncs]
+        lines += [line for line in gateway.output().splitlines() if "warning" in line or "error" in line][-40:]
+        return "the mirror did not converge:\n" + "\n".join(lines) + "\n"
 
     async def _post(self, gateway: GatewayProcess, path: str, body: dict[str, Any]) -> None:
         headers = {"Authorization": f"Bearer {self.token}"}
