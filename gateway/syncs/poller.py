@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.config import Config
 from gateway.domain.models import MAX_POLL_INTERVAL
 from gateway.domain.objects import Credential, Sync
-from gateway.errors import GatewayError, NotFound
+from gateway.errors import GatewayError, InternalError, NotFound
 from gateway.observability.metrics import Metrics
 from gateway.pacing.api import Pacer, current_share
 from gateway.pacing.scheduler import Priority
@@ -333,7 +333,7 @@ class _Ahead:
         """
         if self._failed is not None:
             raise self._failed
-        items = [await self._pages.get()]
+        items = [await self._first()]
         while not self._pages.empty():
             items.append(self._pages.get_nowait())
         pages: list[tuple[Cursor, Page]] = []
@@ -345,6 +345,20 @@ class _Ahead:
                 break
             pages.append(item)
         return pages
+
+    async def _first(self) -> tuple[Cursor, Page] | Exception:
+        """The next item, or an error if the reader ended without one: a fetch that died of a
+        cancellation it did not ask for (any BaseException) would otherwise leave the committer waiting
+        for ever, its sync never read again while its lease stays renewed."""
+        if not self._pages.empty():
+            return self._pages.get_nowait()
+        getting = asyncio.ensure_future(self._pages.get())
+        await asyncio.wait((getting, self._task), return_when=asyncio.FIRST_COMPLETED)
+        if getting.done():
+            return getting.result()
+        getting.cancel()
+        ended = "cancelled" if self._task.cancelled() else repr(self._task.exception())
+        return InternalError(f"reading the next page stopped without an answer ({ended})")
 
     def close(self) -> None:
         self._task.cancel()
