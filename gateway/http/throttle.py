@@ -49,9 +49,7 @@ class AuthThrottle:
             return
         wait = record.blocked_until - self._clock()
         if wait > 0:
-            raise RateLimited(
-                "too many bad tokens from this address; wait before trying again", retry_after=wait
-            )
+            raise RateLimited("too many bad tokens from this address; wait before trying again", retry_after=wait)
 
     def failed(self, address: str) -> None:
         if not self.max_failures:

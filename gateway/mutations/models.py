@@ -66,9 +66,7 @@ class DeleteMutation(_Mutation):
     kind: Literal["delete"]
     upstream_ids: Annotated[
         list[UpstreamId], BeforeValidator(_one_or_many, json_schema_input_type=UpstreamId | list[UpstreamId])
-    ] = Field(
-        min_length=1, max_length=MAX_RECORDS, validation_alias=AliasChoices("upstream_ids", "upstream_id")
-    )
+    ] = Field(min_length=1, max_length=MAX_RECORDS, validation_alias=AliasChoices("upstream_ids", "upstream_id"))
 
 
 MutationRequest = Annotated[CreateMutation | UpdateMutation | DeleteMutation, Field(discriminator="kind")]

@@ -22,8 +22,7 @@ async def test_repeated_bad_tokens_from_one_address_get_429(make_gateway: Gatewa
     gw = await make_gateway(server=BACKOFF)
     attacker = {"X-Forwarded-For": "203.0.113.9"}  # trusted here, so each test "address" is its own
     statuses = [
-        (await gw.client.get("/v1/credentials", headers={**gw.auth("gw_guess"), **attacker})).status
-        for _ in range(6)
+        (await gw.client.get("/v1/credentials", headers={**gw.auth("gw_guess"), **attacker})).status for _ in range(6)
     ]
     assert statuses == [401] * 5 + [429]
     blocked = await gw.client.get("/v1/credentials", headers={**gw.auth(), **attacker})
@@ -62,8 +61,12 @@ async def test_backoff_is_off_with_zero_failures(make_gateway: GatewayFactory) -
 
 @pytest.mark.parametrize(
     ("only", "sync_status", "credential_status"),
-    [(["sync:billing"], 200, 403), (["credential:billing"], 403, 200), (["sync:other", "credential:other"], 403, 403),
-     (["consumer:billing"], 403, 403)],
+    [
+        (["sync:billing"], 200, 403),
+        (["credential:billing"], 403, 200),
+        (["sync:other", "credential:other"], 403, 403),
+        (["consumer:billing"], 403, 403),
+    ],
 )
 async def test_typed_only_ids_name_one_kind(
     make_gateway: GatewayFactory, aiohttp_server: Any, only: list[str], sync_status: int, credential_status: int

@@ -36,9 +36,7 @@ def last_line(capsys: pytest.CaptureFixture[str]) -> str:
     return capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_the_template_writes_the_line_the_chain_writes(
-    json_logging: None, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_template_writes_the_line_the_chain_writes(json_logging: None, capsys: pytest.CaptureFixture[str]) -> None:
     """Same keys, same order, same values as structlog's chain (timestamps aside)."""
     structlog.contextvars.bind_contextvars(request_id="req-1")
     structlog.get_logger("t").info("request", **FIELDS)

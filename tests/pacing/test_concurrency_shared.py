@@ -172,4 +172,3 @@ async def _depth(pacer: GatewayPacer) -> int:
 
 async def _zero(count: Any) -> bool:
     return int(await count) == 0
-

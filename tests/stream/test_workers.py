@@ -43,9 +43,7 @@ async def test_held_batch_is_redelivered_before_newer_events(replica: dict[Any, 
     await add_consumer(replica, id="mirror", kind="pull")
     queue = replica[appkeys.STREAM].queue
     [first] = await append(replica, [record_insert("003A")])
-    assert [d.event.seq for d in await queue.claim("mirror", batch_size=5, visibility=0.5, ordered=True)] == [
-        first.seq
-    ]
+    assert [d.event.seq for d in await queue.claim("mirror", batch_size=5, visibility=0.5, ordered=True)] == [first.seq]
     [second] = await append(replica, [record_insert("003B")])
     assert await queue.claim("mirror", batch_size=5, visibility=30, ordered=True) == []
     claimed: list[int] = []
@@ -76,8 +74,12 @@ async def test_an_expired_lease_is_taken_over(replica: dict[Any, Any], aiohttp_s
         await conn.execute(insert(t.leases).values(name="consumer:hooks", owner="dead", expires_at=time.time() + 60))
     await append(replica, [record_insert("003A")])
     workers = Workers(
-        objects=replica[appkeys.OBJECTS], stream=replica[appkeys.STREAM], retention=86400,
-        shutdown_timeout=5, lease_ttl=3, owner="alive",
+        objects=replica[appkeys.OBJECTS],
+        stream=replica[appkeys.STREAM],
+        retention=86400,
+        shutdown_timeout=5,
+        lease_ttl=3,
+        owner="alive",
     )
     try:
         await workers.tick()
@@ -112,8 +114,9 @@ async def test_shutdown_finishes_the_batch_in_flight(replica: dict[Any, Any], ai
     await seed_sync(replica)
     await add_consumer(replica, id="hooks", kind="webhook", url=str(server.make_url("/hook")), secret=SECRET)
     await append(replica, [record_insert("003A")])
-    workers = Workers(objects=replica[appkeys.OBJECTS], stream=replica[appkeys.STREAM], retention=86400,
-                      shutdown_timeout=10)
+    workers = Workers(
+        objects=replica[appkeys.OBJECTS], stream=replica[appkeys.STREAM], retention=86400, shutdown_timeout=10
+    )
     await workers.tick()
     await asyncio.wait_for(arrived.wait(), 10)
     closing = asyncio.create_task(workers.close())
@@ -137,8 +140,9 @@ async def test_a_worker_that_cannot_run_marks_its_consumer_failing(
     async with replica[appkeys.ENGINE].begin() as conn:
         await conn.execute(update(t.consumers).where(t.consumers.c.id == "hooks").values(settings_secret=bad))
     await append(replica, [record_insert("003A")])
-    workers = Workers(objects=replica[appkeys.OBJECTS], stream=replica[appkeys.STREAM], retention=86400,
-                      shutdown_timeout=5)
+    workers = Workers(
+        objects=replica[appkeys.OBJECTS], stream=replica[appkeys.STREAM], retention=86400, shutdown_timeout=5
+    )
     try:
         await workers.tick()
 

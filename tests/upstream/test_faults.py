@@ -64,9 +64,7 @@ async def test_tls_failure_is_502(make_gateway: GatewayFactory, upstream: Upstre
     assert (await resp.json())["code"] == "upstream_unavailable"
 
 
-async def test_stall_after_first_byte_truncates_the_response(
-    make_gateway: GatewayFactory, upstream: Upstream
-) -> None:
+async def test_stall_after_first_byte_truncates_the_response(make_gateway: GatewayFactory, upstream: Upstream) -> None:
     """An upstream that stalls mid-body past the read timeout ends the client's response, not a hang."""
     gw = await make_gateway()
     await add_credential(gw, upstream.url, timeouts={"read": 0.3})

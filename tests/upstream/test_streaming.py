@@ -36,9 +36,7 @@ async def _chunks(total: int, size: int = 64 * 1024) -> AsyncIterator[bytes]:
 
 
 @pytest.mark.parametrize("with_length", [False, True])
-async def test_download_streams_every_byte(
-    make_gateway: GatewayFactory, upstream: Upstream, with_length: bool
-) -> None:
+async def test_download_streams_every_byte(make_gateway: GatewayFactory, upstream: Upstream, with_length: bool) -> None:
     """A chunked or Content-Length download of 16 MiB arrives whole, with the upstream's framing."""
     gw = await make_gateway()
     await add_credential(gw, upstream.url)

@@ -50,9 +50,7 @@ def private_ca(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
     (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "server.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
@@ -93,8 +91,13 @@ async def test_a_ca_bundle_outside_the_configured_directory_is_refused(
     """Refused on the path alone, the same way whether the file exists or not: no file-existence oracle."""
     (tmp_path / "inside").mkdir()
     gw = await make_gateway(upstream={"ca_dir": str(tmp_path / ca_dir) if ca_dir else None})
-    body = {"id": "c", "provider": "rest", "base_url": https_upstream, "auth": {"type": "bearer", "token": "t"},
-            "ca_bundle": bundle}
+    body = {
+        "id": "c",
+        "provider": "rest",
+        "base_url": https_upstream,
+        "auth": {"type": "bearer", "token": "t"},
+        "ca_bundle": bundle,
+    }
     resp = await gw.client.post("/v1/credentials", json=body, headers=gw.auth())
     assert resp.status == 400
     error = await resp.json()
