@@ -203,14 +203,9 @@ class RedisBackend:
                 elif isinstance(outcome := turn.result(), Reservation):  # handed over, then cancelled
                     self._release_soon(outcome)
                 raise
-            if isinstance(outcome, Refused):
+            if isinstance(outcome, Refused) or loop.time() - outcome.deadline <= lane.late:
                 return outcome
-            if loop.time() - outcome.deadline > lane.late:
-                turn = queue.again(lane, outcome, deadline)
-            elif queue.overtaking(lane):
-                turn = queue.hand_over(lane, outcome, deadline)
-            else:
-                return outcome
+            turn = queue.again(lane, outcome, deadline)
 
     def _enter(self, queue: SharedQueue[LaneKey], lane: Lane[LaneKey], max_wait: float, place: Place | None) -> None:
         """Send a place of ``lane`` to the script with the next batch of its hash tag."""

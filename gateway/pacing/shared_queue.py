@@ -22,10 +22,7 @@ callers of a lane are served in arrival order whatever happens to the places:
   caller keeps waiting and takes the next slot of the lane that comes on time, so a later caller
   never goes first (before lanes, the caller of the late slot rejoined while the later callers of its
   replica went on their own slots). The caller checks again when it runs (``again``): a busy loop
-  between the timer and the caller makes the slot just as late. Callers found too late so wait
-  again in their arrival order, and a later caller that runs on time gives its slot to the first
-  of them and waits in its stead (``hand_over``): one stall can make the earlier slot too late and
-  the later one not;
+  between the timer and the caller makes the slot just as late;
 - slots that come out of order in loop time (grants of one poll answered in hash order, a clock
   offset that shrank between two polls) still go to the callers in order;
 - a caller that leaves (cancelled, or its ``max_wait`` ran out) takes the lane's newest place with
@@ -105,9 +102,6 @@ class Lane(Generic[K]):
     held: dict[str, tuple[Granted, asyncio.TimerHandle]] = field(default_factory=dict)  # granted, not due
     entering: int = 0  # places on their way into Redis (arrivals, rejoins)
     surplus: int = 0  # places whose callers left, to drop as soon as they can be
-    # callers handed a slot they found too late when they ran (``again``), at the front of
-    # ``callers`` in arrival order: they ran, so they were handed, before any caller still to run
-    retried: list[asyncio.Future[Reservation | Refused]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -191,43 +185,12 @@ class SharedQueue(Generic[K]):
 
     def again(self, lane: Lane[K], reservation: Reservation, deadline: float) -> asyncio.Future[Reservation | Refused]:
         """A caller handed a slot found it too late when it ran (the loop was busy in between): the
-        slot goes back as a late one does, and the caller waits again, behind the lane's callers
-        that did so before it only."""
+        slot goes back as a late one does, and the caller is the lane's first again."""
         future = self.join(lane, deadline)
-        self._retry(lane, future)
+        lane.callers.move_to_end(future, last=False)
         assert reservation.place is not None
         self._rejoin(lane, Granted(reservation.place, reservation.charges, reservation.deadline))
         return future
-
-    def overtaking(self, lane: Lane[K]) -> bool:
-        """Whether a caller now running with a slot on time would go before an earlier caller of its
-        lane: one that found its own slot too late when it ran (the same stall can make a slot
-        handed over first too late and the next one still on time)."""
-        lane.retried = [future for future in lane.retried if future in lane.callers and not future.done()]
-        return bool(lane.retried)
-
-    def hand_over(
-        self, lane: Lane[K], reservation: Reservation, deadline: float
-    ) -> asyncio.Future[Reservation | Refused]:
-        """Give a slot on time to the lane's earliest retried caller (``overtaking``), and wait in its
-        stead: that caller's place, on its way back, stands for this one."""
-        earliest = lane.retried.pop(0)
-        del lane.callers[earliest]
-        earliest.set_result(reservation)
-        future: asyncio.Future[Reservation | Refused] = asyncio.get_running_loop().create_future()
-        lane.callers[future] = deadline
-        heapq.heappush(self._deadlines, (deadline, next(self._order), lane, future))
-        self._retry(lane, future)
-        return future
-
-    @staticmethod
-    def _retry(lane: Lane[K], future: asyncio.Future[Reservation | Refused]) -> None:
-        """Put ``future`` at the front of the lane's callers, behind the retried ones."""
-        lane.callers.move_to_end(future, last=False)
-        for earlier in reversed(lane.retried):
-            if earlier in lane.callers:
-                lane.callers.move_to_end(earlier, last=False)
-        lane.retried.append(future)
 
     def entered(self, lane: Lane[K], outcome: Entered) -> None:
         """What the script made of a place of ``lane`` entering (an arrival, or a late grant rejoining)."""
