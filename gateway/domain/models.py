@@ -123,6 +123,30 @@ def _header_safe(value: str) -> str:
 Secret = Annotated[SecretStr, AfterValidator(_header_safe_secret)]
 HeaderSafeStr = Annotated[str, AfterValidator(_header_safe)]
 
+# RFC 9110 section 7.6.1: headers about one connection, which a proxy never forwards (upstream/headers.py).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Headers the HTTP client writes itself to frame the message: an auth header of one of these names
+# made every call through the credential a 500, a malformed request or a hang.
+_FRAMING = HOP_BY_HOP | {"host", "content-length", "expect"}
+
+
+def _auth_header_name(value: str) -> str:
+    if value.lower() in _FRAMING:
+        raise ValueError("must not be a header that frames the request (Host, Content-Length, Connection, ...)")
+    return value
+
 
 class BearerAuth(Strict):
     type: Literal["bearer"]
@@ -137,7 +161,7 @@ class BasicAuth(Strict):
 
 class HeaderAuth(Strict):
     type: Literal["header"]
-    name: Annotated[str, StringConstraints(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
+    name: Annotated[str, StringConstraints(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"), AfterValidator(_auth_header_name)]
     value: Secret
     prefix: HeaderSafeStr | None = None
 

@@ -1,7 +1,8 @@
 """Hop-by-hop header filtering (RFC 9110 section 7.6.1), applied to requests and responses alike.
 
 Hop-by-hop headers describe one connection, not the message, so a proxy must not forward them:
-the fixed set below plus every header the ``Connection`` header names.
+the fixed set (``HOP_BY_HOP``, kept with the models, which refuse them as auth headers) plus every
+header the ``Connection`` header names.
 """
 
 from __future__ import annotations
@@ -11,19 +12,7 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
+from gateway.domain.models import HOP_BY_HOP
 
 
 def end_to_end(headers: CIMultiDict[str] | CIMultiDictProxy[str], *, drop: Iterable[str] = ()) -> CIMultiDict[str]:

@@ -144,6 +144,20 @@ async def test_secrets_that_would_break_a_header_are_refused(
     assert "abc" not in await resp.text()
 
 
+@pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "Host", "Connection", "Expect", "TE"])
+async def test_auth_headers_that_frame_the_request_are_refused(make_gateway: GatewayFactory, name: str) -> None:
+    """Stored, ``Content-Length: k3y`` made every proxied call a 500 and ``Transfer-Encoding`` a hang."""
+    gw = await make_gateway()
+    auth = {"type": "header", "name": name, "value": "k3y-value"}
+    resp = await gw.client.post("/v1/credentials", json={**CREDENTIAL, "auth": auth}, headers=gw.auth())
+    assert resp.status == 400, await resp.text()
+    body = await resp.json()
+    assert body["code"] == "invalid_request" and body["fields"] == ["auth.header.name"]
+    auth["name"] = "Authorization"  # the usual home of a key with a prefix of its own stays open
+    resp = await gw.client.post("/v1/credentials", json={**CREDENTIAL, "auth": auth}, headers=gw.auth())
+    assert resp.status == 201, await resp.text()
+
+
 @pytest.mark.parametrize("secret", ["whsec_%%%%not-base64-at-all%%", "whsec_AAAAAAAAAAAAAAAAA", "whsec_QUJD"])
 async def test_webhook_secrets_are_decoded_when_written(make_gateway: GatewayFactory, secret: str) -> None:
     gw = await _seeded(make_gateway)
