@@ -3,11 +3,13 @@
 Alembic migrations in ``migrations/versions`` create exactly these tables; a test compares the two.
 Times that are compared in queries (leases, visibility, expiry) are epoch seconds in floats so that
 both databases order them the same way; times shown to users are timezone-aware datetimes.
-Columns named ``*_secret`` hold vault ciphertext only, never plaintext.
+Columns named ``*_secret`` hold vault ciphertext only, never plaintext. Columns of ``OutsideText``
+hold text from outside the gateway (an upstream's error message), made storable on the way in.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import (
@@ -24,12 +26,30 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 
 metadata = MetaData()
 Json = JSON().with_variant(JSONB(), "postgresql")
 Seq = BigInteger().with_variant(Integer(), "sqlite")  # SQLite only autoincrements INTEGER keys
+# A NUL, which PostgreSQL's text refuses, or a lone UTF-16 surrogate, which no UTF-8 text can hold.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+class OutsideText(TypeDecorator[str]):
+    """Text an upstream (or a consumer's receiver) wrote, every NUL and lone surrogate stored as U+FFFD.
+
+    An upstream error message holding one failed the write of the sync's ``last_error`` on PostgreSQL
+    (the sync then showed no error at all); replaced on SQLite too, so both stores read the same.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else _UNSTORABLE.sub("\ufffd", value)
 
 
 def _timestamps() -> list[Column[Any]]:
@@ -64,7 +84,7 @@ syncs = Table(
     *_timestamps(),
     # Change capture (gateway/syncs): written by the one replica polling the sync, and by pause/resume/backfill.
     Column("state", String(16), nullable=False, default="backfilling"),  # backfilling | live | failing
-    Column("last_error", Text, nullable=True),
+    Column("last_error", OutsideText, nullable=True),
     Column("paused", Boolean, nullable=False, default=False),
     Column("cursor", Json, nullable=False, default=dict),  # collection id -> the capture's cursor
     Column("progress", Json, nullable=False, default=dict),  # collection id -> records read by the backfill
@@ -109,7 +129,7 @@ consumers = Table(
     Column("settings_secret", Text, nullable=True),  # vault ciphertext of secret settings (secret, dsn)
     Column("position", Seq, nullable=False, default=0),  # highest acknowledged seq
     Column("status", String(16), nullable=False, default="active"),
-    Column("status_detail", Text, nullable=True),
+    Column("status_detail", OutsideText, nullable=True),
     *_timestamps(),
 )
 
@@ -181,7 +201,7 @@ mutation_journal = Table(
     Column("progress", Integer, nullable=False, default=0),  # items[:progress] are settled in the stream
     Column("applied", Json, nullable=False),  # upstream ids whose change is in the stream, request order
     Column("written", Json, nullable=True),  # ids the upstream confirmed for the chunk at progress, if noted
-    Column("detail", Text, nullable=True),  # why recovery stopped or failed, for operators
+    Column("detail", OutsideText, nullable=True),  # why recovery stopped or failed, for operators
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Index("ix_mutation_journal_state", "state", "lease"),

@@ -17,6 +17,7 @@ from typing import Any
 from gateway.providers.base import Call, Target, parse_time
 
 Cursor = dict[str, Any]
+MAX_ID = 256  # the width of the store's upstream_id columns
 
 
 class CaptureError(Exception):
@@ -84,10 +85,16 @@ def rows(body: Any, key: str) -> list[dict[str, Any]]:
 
 
 def text(row: dict[str, Any], key: str) -> str:
+    """An id (of a record, an event, a page): kept in the store as it is, so one it cannot hold (a NUL,
+    which PostgreSQL's text refuses, or longer than its column) fails the page with a sentence saying
+    so instead of the store's own error; changed, it would name another record."""
     value = row.get(key)
     if value is None or isinstance(value, (dict, list)) or value == "":
         raise CaptureError(f"a record has no {key!r}")
-    return str(value)
+    found = str(value)
+    if "\x00" in found or len(found) > MAX_ID:
+        raise CaptureError(f"a record has an {key!r} the gateway cannot store (a NUL, or over {MAX_ID} characters)")
+    return found
 
 
 def stamp(row: dict[str, Any], key: str) -> datetime:
