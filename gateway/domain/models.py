@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -77,8 +78,33 @@ def _http_url(value: str) -> str:
         port = 0
     if port == 0:  # stored, a port out of range failed every later call to it with a 500
         raise ValueError("must have a port from 1 to 65535, if any")
+    _check_host(parts.hostname)
     check_base_path(value)
     return value.rstrip("/")
+
+
+_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+_NUMERIC = re.compile(r"[0-9]+|0x[0-9a-f]*")
+
+
+def _check_host(host: str) -> None:
+    """A host the HTTP client can resolve: stored, an empty label (``a..b``, ``.``) made every later call
+    a 500 inside the resolver, and a space, a ``%`` or a number that is no IPv4 address (``127.1``,
+    ``2852039166``, ``999.1.1.1``) a 502 "unreachable" however often it was tried."""
+    if ":" in host:  # an IPv6 literal, which urlsplit has checked
+        return
+    try:
+        name = host.encode("idna").decode("ascii")  # a non-ASCII name as the resolver will send it
+    except UnicodeError:
+        name = ""
+    labels = name.removesuffix(".").split(".")
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError("must have a host name of labels of 1 to 63 letters, digits, '-' or '_'")
+    if _NUMERIC.fullmatch(labels[-1]):  # a name ending in a number is read as an IPv4 address
+        try:
+            ipaddress.IPv4Address(name.removesuffix("."))
+        except ValueError:
+            raise ValueError("a host ending in a number must be an IPv4 address of four decimal numbers") from None
 
 
 # The JSON schemas say what the validators check, so the OpenAPI document describes what is accepted.

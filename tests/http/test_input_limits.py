@@ -210,16 +210,22 @@ async def test_dsn_passwords_are_masked_in_every_form(make_gateway: GatewayFacto
         assert "hunter2" not in text and "***" in text
 
 
-@pytest.mark.parametrize("port", ["99999", "65536", "-1", "0", "x"])
-async def test_urls_with_a_port_out_of_range_are_refused_when_written(make_gateway: GatewayFactory, port: str) -> None:
-    """Stored, such a base_url made every proxied call to its credential a 500; each URL field is checked."""
+@pytest.mark.parametrize(
+    "authority",
+    ["h:99999", "h:65536", "h:-1", "h:0", "h:x", "a..b", ".", "a b.example", "127.1", "2852039166", "999.1.1.1"],
+)
+async def test_urls_with_a_host_or_port_no_client_reaches_are_refused_when_written(
+    make_gateway: GatewayFactory, authority: str
+) -> None:
+    """Stored, a port out of range or an empty host label (``a..b``) made every call to the URL a 500,
+    and a host that is no name nor IPv4 address a 502 for ever; each URL field is checked."""
     gw = await make_gateway()
     oauth2 = {"type": "oauth2", "access_token": "a", "refresh_token": "r", "client_id": "c", "client_secret": "s"}
     for path, body, field in (
-        ("/v1/credentials", {**CREDENTIAL, "base_url": f"http://127.0.0.1:{port}/v1"}, "base_url"),
+        ("/v1/credentials", {**CREDENTIAL, "base_url": f"http://{authority}/v1"}, "base_url"),
         (
             "/v1/credentials",
-            {**CREDENTIAL, "auth": {**oauth2, "token_url": f"http://h:{port}/t"}},
+            {**CREDENTIAL, "auth": {**oauth2, "token_url": f"http://{authority}/t"}},
             "auth.oauth2.token_url",
         ),
         (
@@ -227,7 +233,7 @@ async def test_urls_with_a_port_out_of_range_are_refused_when_written(make_gatew
             {
                 "id": "h",
                 "kind": "webhook",
-                "url": f"http://h:{port}/",
+                "url": f"http://{authority}/",
                 "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
             },
             "url",
