@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import TypeAdapter
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
 
 from gateway.domain.models import (
     Auth,
@@ -150,7 +151,12 @@ class CredentialRows(Rows):
                     "delete or re-point them first",
                     syncs=sorted(used),
                 )
-            result = await conn.execute(delete(t.credentials).where(t.credentials.c.id == credential_id))
+            try:
+                result = await conn.execute(delete(t.credentials).where(t.credentials.c.id == credential_id))
+            except IntegrityError:  # a sync created since the check above: its foreign key is the real guard
+                raise Conflict(
+                    f"credential {credential_id!r} is used by a sync created meanwhile; delete or re-point it first"
+                ) from None
             if result.rowcount:
                 await changes.bump(conn, "credentials")
         if not result.rowcount:

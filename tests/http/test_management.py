@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import insert, text
 
-from tests.conftest import GatewayFactory
+from gateway.app import create_app
+from gateway.config import StoreConfig
+from gateway.domain.models import TokenIn
+from gateway.http import appkeys
+from gateway.store import tables as t
+from gateway.store.db import create_engine, utcnow
+from gateway.vault.crypto import Keyring
+from tests.conftest import Gateway, GatewayFactory, ServedLikeProduction, make_config
 
 STRIPE = {
     "id": "credential-stripe",
@@ -224,3 +233,35 @@ async def test_consumers_read_back_in_the_shape_they_were_written(make_gateway: 
         read = await (await gw.client.get(f"/v1/consumers/{body['id']}", headers=gw.auth())).json()
         assert {k: read[k] for k in body} == {k: masked.get(k, v) for k, v in body.items()}
         assert {"position", "pending", "status"} <= set(read) and "settings" not in read
+
+
+async def test_deleting_a_credential_while_a_sync_of_it_commits_is_409(
+    pg_url: str, keyring: Keyring, aiohttp_client: Any
+) -> None:
+    """The delete checks for syncs, then deletes: a sync created in between made the foreign key refuse
+    the delete, a 500. On PostgreSQL a sync inserted and held uncommitted makes the delete pass its check
+    and wait on the key until the insert commits."""
+    app = create_app(make_config(pg_url, keyring), keyring=keyring, ops_on_main=True)
+    gw = Gateway(await aiohttp_client(ServedLikeProduction(app)), "")
+    gw.admin_token = await app[appkeys.TOKENS].create(TokenIn(name="admin", scopes=["admin"]))
+    assert (await gw.client.post("/v1/credentials", json=STRIPE, headers=gw.auth())).status == 201
+    engine = create_engine(StoreConfig(url=pg_url))
+    try:
+        async with engine.connect() as conn:
+            insert_sync = await conn.begin()
+            now = utcnow()
+            row = {"id": "late", "credential_id": STRIPE["id"], "collections": [], "options": {}}
+            await conn.execute(insert(t.syncs).values(**row, created_at=now, updated_at=now))
+            deleting = asyncio.ensure_future(gw.client.delete("/v1/credentials/credential-stripe", headers=gw.auth()))
+            deadline = asyncio.get_running_loop().time() + 10
+            async with engine.connect() as watcher:
+                while not (await watcher.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))).scalar():
+                    assert asyncio.get_running_loop().time() < deadline, "the delete never waited on the sync's key"
+                    await asyncio.sleep(0.02)
+            await insert_sync.commit()
+        resp = await deleting
+    finally:
+        await engine.dispose()
+    assert resp.status == 409, await resp.text()
+    assert (await resp.json())["code"] == "conflict"
+    assert (await gw.client.get("/v1/credentials/credential-stripe", headers=gw.auth())).status == 200
