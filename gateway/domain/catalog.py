@@ -2,12 +2,14 @@
 
 An entry names a provider's display name, base URL template, auth types, default ``rate_limit``
 (windows and rules included), how to read its rate-limit answers (``Answers``: throttle statuses,
-``Retry-After``, the headers that report each limit and the unit of their reset) and timeouts.
+``Retry-After``, the headers that report each limit and the unit of their reset, the refusals only
+the body names) and timeouts.
 Every model forbids unknown keys, so a typo in a file is an error naming the key.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -52,13 +54,33 @@ class Signal(Strict):
         return self
 
 
+class BodySignal(Strict):
+    """A refusal only the body names, as Salesforce's 403 ``REQUEST_LIMIT_EXCEEDED`` (no header says the
+    24-hour allocation is spent): an answer of ``status`` whose body (its first 64 KiB) holds
+    ``pattern`` pauses the credential's bucket ``pause`` seconds, when neither ``Retry-After`` nor a
+    header already said how long."""
+
+    status: int = Field(ge=400, le=599)
+    pattern: str = Field(min_length=1, description="a regular expression searched for in the body")
+    pause: float = Field(gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _compiles(self) -> BodySignal:
+        try:
+            re.compile(self.pattern)
+        except re.error as exc:
+            raise ValueError(f"pattern: {exc}") from None
+        return self
+
+
 class Answers(Strict):
-    """How the upstream says "stop": its throttle statuses, ``Retry-After``, headers, and penalty."""
+    """How the upstream says "stop": its throttle statuses, ``Retry-After``, headers, bodies, and penalty."""
 
     throttle_statuses: list[int] = Field(default_factory=lambda: [429], min_length=1)
     retry_after: str = "Retry-After"
     retry_after_unit: Literal["seconds", "milliseconds"] = "seconds"
     headers: list[Signal] = Field(default_factory=list)
+    bodies: list[BodySignal] = Field(default_factory=list, description="the first that matches counts")
     penalty: float = Field(default=DEFAULT_PENALTY, ge=0, description="pause after a bare throttle status")
     sends_retry_after: bool = Field(default=True, description="whether its throttle answers carry Retry-After")
     throttle_body: str = Field(default='{"error": "rate limited"}', description="the body of a throttle answer")

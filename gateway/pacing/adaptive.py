@@ -8,7 +8,11 @@ report which limit and in what unit their reset comes (domain/catalog.py). Rules
 2. Limits reported as exhausted in the headers (``answers.headers``): the longest of their pauses
    (until their reset, or their window, or the next UTC midnight, or a slowdown as a daily
    allocation nears its end); credential-wide when any such limit is declared credential-wide.
-3. A throttle status with neither: the entry's ``penalty`` (Airtable asks for 30 s).
+3. An answer whose body the entry's ``answers.bodies`` name (Salesforce's 403 ``REQUEST_LIMIT_EXCEEDED``:
+   its spent 24-hour allocation pauses an hour, then it is asked again): that signal's pause,
+   credential-wide. The upstream client reads the body (its first ``BODY_HEAD`` bytes) for those
+   statuses only, and relays it as it came.
+4. A throttle status with none of these: the entry's ``penalty`` (Airtable asks for 30 s).
 
 A pause and a resend are different things: every rule above pauses the bucket for the calls after
 this one, but only a *refusal* (``is_refusal``) may be sent again. A ``200`` that reports exhaustion
@@ -26,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from gateway.domain.catalog import Answers, Signal
 
 MAX_PAUSE = 86_400.0
+BODY_HEAD = 64 * 1024  # bytes of a body ``answers.bodies`` are searched in
 _EPOCH_S = 1_000_000_000  # larger reset values are unix timestamps, smaller ones are deltas
 _EPOCH_MS = 1_000_000_000_000
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -47,10 +52,19 @@ def is_refusal(status: int, headers: Mapping[str, str]) -> bool:
     return status == 503 and any(name.lower() == "retry-after" for name in headers)
 
 
-def pause_for(answers: Answers, status: int, headers: Mapping[str, str], now: float) -> Pause | None:
-    """The pause this answer asks for (``now`` is unix time), or None to carry on."""
+def reads_body(answers: Answers, status: int) -> bool:
+    """Whether an answer of ``status`` may pause by its body (rule 3): only then is it read first."""
+    return any(signal.status == status for signal in answers.bodies)
+
+
+def pause_for(
+    answers: Answers, status: int, headers: Mapping[str, str], now: float, body: bytes | None = None
+) -> Pause | None:
+    """The pause this answer asks for (``now`` is unix time), or None to carry on.
+
+    ``body``: the answer's first bytes, given when ``reads_body`` said so."""
     throttled = status in answers.throttle_statuses or status == 503
-    if not throttled:
+    if not throttled and body is None:
         names = _limit_headers(answers)
         if not any(name.lower() in names for name in headers):
             return None  # most answers: no limit reported, nothing to parse (every proxied call asks)
@@ -63,6 +77,11 @@ def pause_for(answers: Answers, status: int, headers: Mapping[str, str], now: fl
     if exhausted:
         seconds = max(p for _, p in exhausted)
         return _bounded(seconds, credential_wide=any(s.credential_wide for s, _ in exhausted))
+    if body is not None:
+        text = body.decode("utf-8", "replace")
+        for signal in answers.bodies:
+            if signal.status == status and re.search(signal.pattern, text):
+                return _bounded(signal.pause, credential_wide=True)
     if status in answers.throttle_statuses:
         return _bounded(answers.penalty, credential_wide=False)
     return None

@@ -2,7 +2,8 @@
 
 The upstream client calls ``acquire`` before every send, ``Permit.release`` when the exchange is
 over (body fully relayed or failed), and ``observe`` with every upstream answer so 429s and
-rate-limit headers pause the bucket for every caller.
+rate-limit headers (and, for the few refusals only a body names, the body) pause the bucket for every
+caller.
 """
 
 from __future__ import annotations
@@ -60,9 +61,23 @@ class Pacer(Protocol):
         ...
 
     async def observe(
-        self, credential: Credential, path: str, status: int, headers: Mapping[str, str], *, method: str = "GET"
+        self,
+        credential: Credential,
+        path: str,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        method: str = "GET",
+        body: bytes | None = None,
     ) -> float | None:
-        """Feed an upstream answer; returns the pause in seconds if it paused a bucket, else None."""
+        """Feed an upstream answer; returns the pause in seconds if it paused a bucket, else None.
+
+        ``body``: the answer's first ``adaptive.BODY_HEAD`` bytes, when ``reads_body`` asked for them."""
+        ...
+
+    def reads_body(self, credential: Credential, status: int) -> bool:
+        """Whether an answer of ``status`` may pause by what its body says (Salesforce's 403
+        ``REQUEST_LIMIT_EXCEEDED``): the client then reads its first bytes before ``observe``."""
         ...
 
     async def describe(self, credential: Credential) -> dict[str, Any]:

@@ -154,12 +154,19 @@ class GatewayPacer:
         return GrantedPermit(waited, release, budget)
 
     async def observe(
-        self, credential: Credential, path: str, status: int, headers: Mapping[str, str], *, method: str = "GET"
+        self,
+        credential: Credential,
+        path: str,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        method: str = "GET",
+        body: bytes | None = None,
     ) -> float | None:
         answers = self._answers(credential.provider)
         if status in (429, 503) or status in answers.throttle_statuses:
             self._metrics.upstream_throttled.labels(credential.provider).inc()
-        pause = adaptive.pause_for(answers, status, headers, time.time())
+        pause = adaptive.pause_for(answers, status, headers, time.time(), body)
         if pause is None:
             return None
         call = self._route(credential, path, method)
@@ -174,6 +181,9 @@ class GatewayPacer:
             return seconds
         log.info("pacing_paused", provider=credential.provider, status=status, seconds=round(seconds, 3))
         return seconds
+
+    def reads_body(self, credential: Credential, status: int) -> bool:
+        return adaptive.reads_body(self._answers(credential.provider), status)
 
     def _answers(self, provider: str) -> Answers:
         entry = self._config.catalog.get(provider) or self._config.catalog["rest"]

@@ -102,7 +102,8 @@ class _Address:
 
 
 class _Attempt(NamedTuple):
-    """One send: the answer (body unread), the pacing permit it holds, the pause it caused (if any).
+    """One send: the answer (body unread but for ``head``), the pacing permit it holds, the pause it
+    caused (if any), and the body's first bytes when the pacer read them (``Pacer.reads_body``).
 
     A named tuple rather than a frozen dataclass: as immutable, cheaper to build on every call.
     """
@@ -110,6 +111,7 @@ class _Attempt(NamedTuple):
     raw: aiohttp.ClientResponse
     permit: Permit
     pause: float | None
+    head: bytes
 
     def close(self) -> None:
         """Give back the connection (closed unless fully read), then the permit, whatever happens."""
@@ -146,7 +148,9 @@ class _Exchange:
     async def __aenter__(self) -> UpstreamResponse:
         attempt, waited = await self.client._exchange(self)
         self._attempt = attempt
-        return UpstreamResponse(attempt.raw, provider=self.credential.provider, pacing_wait=waited, pause=attempt.pause)
+        return UpstreamResponse(
+            attempt.raw, provider=self.credential.provider, pacing_wait=waited, pause=attempt.pause, head=attempt.head
+        )
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
@@ -326,14 +330,17 @@ class UpstreamClient:
                 raise
             self._rate(credential, permit, raw.status)
             try:
-                pause = await self._pacer.observe(credential, address.path, raw.status, raw.headers, method=method)
+                head = await _head(raw, credential.provider) if self._pacer.reads_body(credential, raw.status) else b""
+                pause = await self._pacer.observe(
+                    credential, address.path, raw.status, raw.headers, method=method, body=head or None
+                )
             except BaseException:
                 raw.release()
                 raise
         except BaseException:
             permit.release()
             raise
-        return _Attempt(raw, permit, pause)
+        return _Attempt(raw, permit, pause, head)
 
     def _rate(self, credential: Credential, permit: Permit, status: int | None) -> None:
         """Count the attempt for the web console's live view (``status`` None: no answer came)."""
@@ -460,3 +467,16 @@ class UpstreamClient:
             return resp.status, jsontext.loads(raw, max_depth=self._config.server.max_json_depth)
         except (ValueError, UnicodeDecodeError):
             return resp.status, None
+
+
+async def _head(raw: aiohttp.ClientResponse, provider: str) -> bytes:
+    """The body's first ``BODY_HEAD`` bytes (all of a small error body), for the pacer to read."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while size < adaptive.BODY_HEAD and (chunk := await raw.content.read(adaptive.BODY_HEAD - size)):
+            parts.append(chunk)
+            size += len(chunk)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise mapped(exc, provider) from exc
+    return b"".join(parts)

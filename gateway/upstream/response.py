@@ -34,9 +34,17 @@ class UpstreamResponse:
     """An upstream answer whose body is still on the wire; ``chunks()`` relays it as it arrives."""
 
     def __init__(
-        self, raw: aiohttp.ClientResponse, *, provider: str, pacing_wait: float, pause: float | None = None
+        self,
+        raw: aiohttp.ClientResponse,
+        *,
+        provider: str,
+        pacing_wait: float,
+        pause: float | None = None,
+        head: bytes = b"",
     ) -> None:
+        """``head``: the body's first bytes, already read off the wire (for the pacer): relayed first."""
         self._raw = raw
+        self._head = head
         self._provider = provider
         self.status = raw.status
         self.headers: CIMultiDictProxy[str] = raw.headers
@@ -49,6 +57,9 @@ class UpstreamResponse:
         The proxy relays with this one call per part: no async generator and aiohttp iterator around
         it, two frames resumed per part that a small answer paid for nothing.
         """
+        if self._head:
+            head, self._head = self._head, b""
+            return head
         try:
             return await self._raw.content.read(CHUNK)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
