@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.models import (
@@ -84,7 +85,10 @@ class SyncRows(Rows):
             )
         if "collections" in changes:
             changes["collections"] = _check_collections(changes["collections"])
-        await self._update(t.syncs, sync_id, "sync", changes, counted="syncs")
+        try:
+            await self._update(t.syncs, sync_id, "sync", changes, counted="syncs")
+        except IntegrityError:  # the credential was deleted since the check: its foreign key is the real guard
+            raise NotFound(f"credential {changes['credential_id']!r} not found", field="credential_id") from None
         return await self.sync_view(sync_id)
 
     async def delete_sync(self, sync_id: str) -> None:

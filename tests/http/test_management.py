@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import delete, insert, text
 
 from gateway.app import create_app
 from gateway.config import StoreConfig
@@ -235,33 +235,55 @@ async def test_consumers_read_back_in_the_shape_they_were_written(make_gateway: 
         assert {"position", "pending", "status"} <= set(read) and "settings" not in read
 
 
-async def test_deleting_a_credential_while_a_sync_of_it_commits_is_409(
-    pg_url: str, keyring: Keyring, aiohttp_client: Any
-) -> None:
-    """The delete checks for syncs, then deletes: a sync created in between made the foreign key refuse
-    the delete, a 500. On PostgreSQL a sync inserted and held uncommitted makes the delete pass its check
-    and wait on the key until the insert commits."""
+async def _racing(pg_url: str, keyring: Keyring, aiohttp_client: Any, held: Any, method: str, path: str) -> Any:
+    """Run ``held`` in a transaction left open, send the request, wait until it waits on a lock ``held``
+    took (past the request's own checks), commit, and answer the request's response. PostgreSQL only:
+    a deterministic stand-in for a concurrent change landing between a check and a write."""
     app = create_app(make_config(pg_url, keyring), keyring=keyring, ops_on_main=True)
     gw = Gateway(await aiohttp_client(ServedLikeProduction(app)), "")
     gw.admin_token = await app[appkeys.TOKENS].create(TokenIn(name="admin", scopes=["admin"]))
     assert (await gw.client.post("/v1/credentials", json=STRIPE, headers=gw.auth())).status == 201
+    sync = {"id": "sync", "credential_id": "credential-stripe"}
+    assert (await gw.client.post("/v1/syncs", json=sync, headers=gw.auth())).status == 201
+    other = {**STRIPE, "id": "other"}
+    assert (await gw.client.post("/v1/credentials", json=other, headers=gw.auth())).status == 201
     engine = create_engine(StoreConfig(url=pg_url))
     try:
         async with engine.connect() as conn:
-            insert_sync = await conn.begin()
-            now = utcnow()
-            row = {"id": "late", "credential_id": STRIPE["id"], "collections": [], "options": {}}
-            await conn.execute(insert(t.syncs).values(**row, created_at=now, updated_at=now))
-            deleting = asyncio.ensure_future(gw.client.delete("/v1/credentials/credential-stripe", headers=gw.auth()))
+            transaction = await conn.begin()
+            await conn.execute(held)
+            body = {"credential_id": "other"} if method == "PATCH" else None
+            sent = asyncio.ensure_future(gw.client.request(method, path, json=body, headers=gw.auth()))
             deadline = asyncio.get_running_loop().time() + 10
             async with engine.connect() as watcher:
                 while not (await watcher.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))).scalar():
-                    assert asyncio.get_running_loop().time() < deadline, "the delete never waited on the sync's key"
+                    assert asyncio.get_running_loop().time() < deadline, "the request never waited on the lock"
                     await asyncio.sleep(0.02)
-            await insert_sync.commit()
-        resp = await deleting
+            await transaction.commit()
+        return await sent
     finally:
         await engine.dispose()
+
+
+async def test_deleting_a_credential_while_a_sync_of_it_commits_is_409(
+    pg_url: str, keyring: Keyring, aiohttp_client: Any
+) -> None:
+    """The delete checks for syncs, then deletes: a sync created in between made the foreign key refuse
+    the delete, a 500."""
+    now = utcnow()
+    row = {"id": "late", "credential_id": "other", "collections": [], "options": {}}
+    held = insert(t.syncs).values(**row, created_at=now, updated_at=now)
+    resp = await _racing(pg_url, keyring, aiohttp_client, held, "DELETE", "/v1/credentials/other")
     assert resp.status == 409, await resp.text()
     assert (await resp.json())["code"] == "conflict"
-    assert (await gw.client.get("/v1/credentials/credential-stripe", headers=gw.auth())).status == 200
+
+
+async def test_re_pointing_a_sync_at_a_credential_being_deleted_is_404(
+    pg_url: str, keyring: Keyring, aiohttp_client: Any
+) -> None:
+    """The PATCH checks the credential, then updates: a delete of it in between made the foreign key
+    refuse the update, a 500; now the same 404 as when the delete came first."""
+    held = delete(t.credentials).where(t.credentials.c.id == "other")
+    resp = await _racing(pg_url, keyring, aiohttp_client, held, "PATCH", "/v1/syncs/sync")
+    assert resp.status == 404, await resp.text()
+    assert (await resp.json())["field"] == "credential_id"
