@@ -22,12 +22,27 @@ from gateway.domain.objects import Consumer
 from gateway.errors import Conflict, NotFound, invalid_request
 from gateway.store import tables as t
 from gateway.store.db import as_utc, utcnow
-from gateway.store.rows import Rows, insert_unique, new_id
+from gateway.store.rows import Rows, insert_unique, new_id, update_one
 
 _CONSUMER = TypeAdapter[Any](ConsumerIn)
 _VIEW = TypeAdapter[Any](ConsumerView)
 _SECRET_SETTINGS = ("secret", "dsn")
 _ALL_CONSUMERS = select(t.consumers).order_by(t.consumers.c.id)  # built once: every page of a sync reads it
+
+
+async def _hold_sync(conn: AsyncConnection, sync_id: str | None) -> None:
+    """404 unless the sync exists, which it then does until ``conn`` commits.
+
+    Called after the consumer's own write: a delete of the sync checks for readers after its own
+    delete, so whichever of the two writes second sees the other (SQLite runs one writer at a time;
+    on PostgreSQL the shared row lock makes the delete wait, or this read find the row gone). A check
+    before the write let a consumer be bound to a sync deleted at the same moment, receiving nothing.
+    """
+    if sync_id is None:
+        return
+    query = select(t.syncs.c.id).where(t.syncs.c.id == sync_id).with_for_update(read=True)
+    if (await conn.execute(query)).first() is None:
+        raise NotFound(f"sync {sync_id!r} not found", field="sync_id")
 
 
 class ConsumerRows(Rows):
@@ -47,9 +62,8 @@ class ConsumerRows(Rows):
             "updated_at": now,
         }
         async with self.engine.begin() as conn:
-            if values["sync_id"] is not None:
-                await self._row_in(conn, t.syncs, values["sync_id"], "sync")
             await insert_unique(conn, t.consumers, values, "consumer")
+            await _hold_sync(conn, values["sync_id"])
             values["position"] = await _max_seq(conn)
             await conn.execute(
                 update(t.consumers).where(t.consumers.c.id == values["id"]).values(position=values["position"])
@@ -108,10 +122,10 @@ class ConsumerRows(Rows):
             "settings": {k: v for k, v in settings.items() if k not in ("id", "kind")},
             "settings_secret": secret,
         }
-        if changes["sync_id"] is not None and changes["sync_id"] != current.sync_id:  # as on create: 404
-            async with self.engine.connect() as conn:
-                await self._row_in(conn, t.syncs, changes["sync_id"], "sync")
-        await self._update(t.consumers, consumer_id, "consumer", changes)
+        async with self.engine.begin() as conn:
+            await update_one(conn, t.consumers, consumer_id, "consumer", changes)
+            if changes["sync_id"] != current.sync_id:  # as on create: 404
+                await _hold_sync(conn, changes["sync_id"])
         return await self.consumer_view(consumer_id)
 
     async def delete_consumer(self, consumer_id: str) -> None:

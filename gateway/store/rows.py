@@ -58,18 +58,20 @@ class Rows:
     ) -> None:
         """Update one row and stamp it; ``counted``: bump that change counter in the same transaction."""
         async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(table).where(table.c.id == object_id).values(**values, updated_at=utcnow())
-            )
-            if counted is not None and result.rowcount:
+            await update_one(conn, table, object_id, kind, values)
+            if counted is not None:
                 await changes.bump(conn, counted)
-        if not result.rowcount:
-            raise NotFound(f"{kind} {object_id!r} not found")
+
+
+async def update_one(conn: AsyncConnection, table: Table, object_id: str, kind: str, values: dict[str, Any]) -> None:
+    """Update one row in the caller's transaction and stamp it; 404 when there is none."""
+    result = await conn.execute(update(table).where(table.c.id == object_id).values(**values, updated_at=utcnow()))
+    if not result.rowcount:
+        raise NotFound(f"{kind} {object_id!r} not found")
 
 
 async def insert_unique(conn: AsyncConnection, table: Table, values: dict[str, Any], kind: str) -> None:
-    try:
-        async with conn.begin_nested():
-            await conn.execute(insert(table).values(**values))
+    try:  # no savepoint: on SQLite one commits at once, leaving the rest of the caller's transaction no atomicity
+        await conn.execute(insert(table).values(**values))
     except IntegrityError:
         raise Conflict(f"{kind} {values['id']!r} already exists", field="id") from None

@@ -95,6 +95,9 @@ class SyncRows(Rows):
         """Refused while a consumer reads the sync (as a credential used by a sync): it would be left
         bound to nothing, receiving no event again."""
         async with self.engine.begin() as conn:
+            # Delete first, then look for readers in the same transaction (rolled back if any): a consumer
+            # created meanwhile holds the sync's row until it commits (store/consumers.py, _hold_sync).
+            result = await conn.execute(delete(t.syncs).where(t.syncs.c.id == sync_id))
             readers = (
                 (await conn.execute(select(t.consumers.c.id).where(t.consumers.c.sync_id == sync_id))).scalars().all()
             )
@@ -104,7 +107,6 @@ class SyncRows(Rows):
                     "delete or re-point them first",
                     consumers=sorted(readers),
                 )
-            result = await conn.execute(delete(t.syncs).where(t.syncs.c.id == sync_id))
             if result.rowcount:
                 await bump(conn, "syncs")
         if not result.rowcount:
