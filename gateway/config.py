@@ -165,7 +165,13 @@ class LogConfig(Strict):
 
 
 class StreamConfig(Strict):
-    retention: float = Field(default=7 * 86400, gt=0, description="seconds events are kept at least")
+    retention: float = Field(
+        # at most ten years: 1e300 made every cleanup tick crash computing its cutoff (OverflowError)
+        default=7 * 86400,
+        gt=0,
+        le=315_360_000,
+        description="seconds events are kept at least",
+    )
     capture: bool = Field(default=True, description="syncs read their upstreams (backfill, then polls)")
     capture_lease_ttl: float = Field(default=15, ge=1, description="seconds before another replica takes a sync over")
 
