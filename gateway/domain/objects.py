@@ -54,6 +54,9 @@ class Sync:
     last_error: str | None = None
     last_poll_at: datetime | None = None
     caught_up_at: datetime | None = None
+    # Why this version refuses the stored options (an older one wrote them), None when it does not:
+    # such a sync reads nothing and takes no mutation until a PATCH sets valid options.
+    options_error: str | None = None
 
 
 @dataclass(frozen=True)

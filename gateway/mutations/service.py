@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.domain.models import Event, Record
 from gateway.domain.objects import Consumer, Credential
 from gateway.errors import (
+    Conflict,
     ConsumerTimeout,
     GatewayError,
     InternalError,
@@ -240,6 +241,8 @@ class MutationService:
     async def prepare(self, mutation: Mutation) -> Plan:
         """Resolve the sync, collection, credential and awaited consumers; 404/400 before any write."""
         sync = await self.objects.sync(mutation.sync_id)
+        if sync.options_error is not None:
+            raise Conflict(f"sync {sync.id!r}: {sync.options_error}", field="options")
         collection = mutation.collection_id
         if collection not in sync.collections:
             raise NotFound(f"collection {collection!r} is not part of sync {sync.id!r}", field="collection_id")

@@ -9,10 +9,12 @@ it too, which makes the running poller start over at once.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.models import (
     SyncIn,
+    SyncOptions,
     SyncPatch,
     SyncView,
 )
@@ -30,6 +33,7 @@ from gateway.store.changes import bump
 from gateway.store.db import as_utc, utcnow
 from gateway.store.rows import Rows, insert_unique, new_id
 
+_OPTIONS: TypeAdapter[dict[str, str]] = TypeAdapter(SyncOptions)
 # Raises InvalidRequest naming the field when ``provider`` cannot read one of the collections.
 CollectionCheck = Callable[[str, list[str], dict[str, str]], None]
 
@@ -76,6 +80,8 @@ class SyncRows(Rows):
     async def patch_sync(self, sync_id: str, patch: SyncPatch) -> SyncView:
         current = await self.sync(sync_id)
         changes = {k: v for k, v in patch.model_dump(exclude_unset=True).items() if v is not None}
+        if current.options_error is not None and "options" not in changes:
+            raise InvalidRequest(current.options_error, field="options")
         async with self.engine.begin() as conn:
             await self._require_credential(
                 conn,
@@ -212,12 +218,38 @@ def _check_collections(collections: list[str]) -> list[str]:
     return list(dict.fromkeys(collections))  # keep order, drop repeats
 
 
+def stored_options(stored: Any) -> tuple[dict[str, str], str | None]:
+    """The stored options as this version reads them, and why it refuses them (None: it does not).
+
+    An older version may have stored what this one refuses (a number out of range, a key since
+    dropped, a value that is not text): checked on every read, as a request's are, so the refusal
+    stays with its sync (failing, with this reason) instead of breaking every view or poller later.
+    Refused options are shown as stored, their values as text.
+    """
+    try:
+        return _OPTIONS.validate_python(stored), None
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            message = str(error["msg"]).removeprefix("Value error, ")  # ours already name the option
+            where = ".".join(["options", *(str(part) for part in error["loc"])])
+            problems.append(message if message.startswith("options.") else f"{where}: {message}")
+    shown = (
+        {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in stored.items()}
+        if isinstance(stored, dict)
+        else {}
+    )
+    return shown, f"options stored by an older version are refused: {'; '.join(problems)}; PATCH the sync's options"
+
+
 def sync_of(row: Row[Any]) -> Sync:
+    options, options_error = stored_options(row.options)
     return Sync(
         id=row.id,
         credential_id=row.credential_id,
         collections=tuple(row.collections),
-        options=dict(row.options),
+        options=options,
+        options_error=options_error,
         state=row.state,
         paused=row.paused,
         cursor=dict(row.cursor or {}),
@@ -232,16 +264,18 @@ def sync_of(row: Row[Any]) -> Sync:
 def _sync_view(row: Row[Any]) -> SyncView:
     sync = sync_of(row)
     state = "idle" if not sync.collections else "paused" if sync.paused else sync.state
+    if sync.options_error is not None and state != "idle":
+        state = "failing"
     lag = (utcnow() - sync.caught_up_at).total_seconds() if sync.caught_up_at and sync.collections else None
     return SyncView(
         id=row.id,
         credential_id=row.credential_id,
         collections=row.collections,
-        options=row.options,
+        options=sync.options,
         created_at=as_utc(row.created_at),
         updated_at=as_utc(row.updated_at),
         state=state,
-        last_error=sync.last_error if state == "failing" else None,
+        last_error=(sync.options_error or sync.last_error) if state == "failing" else None,
         progress=sync.progress,
         cursor=sync.cursor,
         last_poll_at=sync.last_poll_at,

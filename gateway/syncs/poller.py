@@ -40,7 +40,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config import Config
-from gateway.domain.models import MAX_POLL_INTERVAL
 from gateway.domain.objects import Credential, Sync
 from gateway.errors import GatewayError, InternalError, NotFound
 from gateway.observability.metrics import Metrics
@@ -92,10 +91,8 @@ class Reading:
 
 
 def option(sync: Sync, name: str, default: float) -> float:
-    try:
-        return float(sync.options.get(name, default))
-    except ValueError:
-        return default
+    """A numeric option, in range: the store checks the stored options on every read (``stored_options``)."""
+    return float(sync.options.get(name, default))
 
 
 class SyncPoller:
@@ -148,7 +145,7 @@ class SyncPoller:
                 await self._sleep(_backoff(failures))
                 continue
             failures = 0
-            await self._sleep(min(max(1.0, option(sync, "poll_interval", DEFAULT_POLL_INTERVAL)), MAX_POLL_INTERVAL))
+            await self._sleep(option(sync, "poll_interval", DEFAULT_POLL_INTERVAL))
 
     async def _sleep(self, seconds: float) -> None:
         waiters = [asyncio.ensure_future(e.wait()) for e in (self.stop, self.wake)]
@@ -292,6 +289,9 @@ class SyncPoller:
 
 
 def readings(sync: Sync) -> list[Reading]:
+    """What the sync reads: nothing when this version refuses its stored options (``options_error``)."""
+    if sync.options_error is not None:
+        return []
     readings = []
     for collection in sync.collections:
         provider, _, obj = collection.partition(":")
