@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -37,8 +37,13 @@ KEYS_ENV = "GATEWAY_ENCRYPTION_KEYS"  # the documented home of the encryption ke
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+# An empty host made the listener bind every interface, IPv4 and IPv6: an unset variable in a template
+# (GATEWAY_SERVER__HOST=) must not publish the gateway. Every interface is "0.0.0.0" or "::", written out.
+ListenHost = Annotated[str, Field(min_length=1)]
+
+
 class ServerConfig(Strict):
-    host: str = "127.0.0.1"
+    host: ListenHost = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=0, ge=0, description="proxy body limit; 0 = unlimited")
     max_json_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="limit for JSON APIs")
@@ -86,7 +91,7 @@ class ServerConfig(Strict):
 
 
 class MetricsConfig(Strict):
-    host: str = "127.0.0.1"
+    host: ListenHost = "127.0.0.1"
     port: int = Field(default=9091, ge=0, le=65535, description="same as server.port = main listener")
     per_credential: bool = False
 

@@ -58,6 +58,8 @@ def test_env_overrides_and_variables(tmp_path: Path) -> None:
         ("[providers.hubspot.rate_limit]\nmax_wait = -1\n", "providers.hubspot.rate_limit.max_wait"),
         ("[providers.nope]\n", "providers.nope"),
         ("[stream]\nretention = 1e300\n", "stream.retention"),  # every cleanup tick crashed on it
+        ('[server]\nhost = ""\n', "server.host"),  # bound every interface
+        ('[metrics]\nhost = ""\n', "metrics.host"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, toml: str, key: str) -> None:
