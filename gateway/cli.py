@@ -260,8 +260,8 @@ async def _object_verb(config: Config, objects: Objects, plural: str, args: argp
             raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()  # noqa: ASYNC240
         except OSError as exc:
             raise ConfigError(f"--file: cannot read {args.file}: {exc.strerror or exc}") from None
-        try:  # as strictly as the API reads a body: bounded nesting, finite numbers, no lone surrogates
-            data = jsontext.loads(raw, max_depth=config.server.max_json_depth)
+        try:  # as strictly as the API reads a body: bounded nesting, finite numbers, no lone surrogates, no key twice
+            data = jsontext.loads(raw, max_depth=config.server.max_json_depth, unique_keys=True)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ConfigError(f"--file: not valid JSON: {exc}") from None
         from gateway.pacing.limits import check_credential

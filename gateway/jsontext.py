@@ -1,4 +1,4 @@
-"""Strict JSON for text from outside the gateway: bounded nesting, finite numbers.
+"""Strict JSON for text from outside the gateway: bounded nesting, finite numbers, one value per key.
 
 ``json.loads`` recurses once per level (100,000 ``[`` end in ``RecursionError``) and accepts
 ``NaN``, ``Infinity`` and ``1e400`` (as ``inf``): no limit, record or PostgreSQL ``jsonb`` column can
@@ -55,10 +55,25 @@ def _brackets(raw: bytes) -> bytes:
     return brackets if b'"' not in brackets else _QUOTED.sub(b"", marks)
 
 
-def loads_finite(raw: bytes | str) -> Any:
+class DuplicateKey(ValueError):
+    """An object names a key twice. Parsers disagree on which value counts (the first, the last, an
+    error), so a proxy, log or audit in front of the gateway could read ``{"scopes": ["proxy"], "scopes":
+    ["admin"]}`` as another request than the one applied. ``path`` names the key, e.g. ``records.0.data.id``."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path}: the key appears twice in one object")
+        self.path = path
+
+
+def loads_finite(raw: bytes | str, *, unique_keys: bool = False) -> Any:
     """``json.loads`` refusing numbers out of range, the ``NaN``/``Infinity`` constants and strings holding
-    a lone UTF-16 surrogate (``"\\ud800"``, which no UTF-8 text, hash or ``jsonb`` column can hold)."""
-    value = json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+    a lone UTF-16 surrogate (``"\\ud800"``, which no UTF-8 text, hash or ``jsonb`` column can hold);
+    with ``unique_keys`` (clients' bodies), objects naming a key twice too (``DuplicateKey``)."""
+    hook = _one_value_per_key if unique_keys else None
+    try:
+        value = json.loads(raw, parse_float=_finite, parse_constant=_no_constant, object_pairs_hook=hook)
+    except _Twice:
+        raise DuplicateKey(_duplicate_path(json.loads(raw, object_pairs_hook=_marked))) from None
     if _SURROGATE_ESCAPE.search(raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")):
         try:  # an escape was seen: exact check on what it decoded to (a pair is fine, a lone one is not)
             json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -67,12 +82,55 @@ def loads_finite(raw: bytes | str) -> Any:
     return value
 
 
-def loads(raw: bytes, *, max_depth: int) -> Any:
+def loads(raw: bytes, *, max_depth: int, unique_keys: bool = False) -> Any:
     """Strict JSON of ``raw``: ``ValueError`` when it is not JSON, nests deeper than ``max_depth`` or
-    holds a number out of range."""
+    holds a number out of range (or, with ``unique_keys``, a key twice in one object)."""
     if nests_deeper(raw, max_depth):
         raise ValueError(f"JSON nests deeper than {max_depth} levels")
-    return loads_finite(raw)
+    return loads_finite(raw, unique_keys=unique_keys)
+
+
+class _Twice(ValueError):
+    """Raised by the parse hook; the slower second parse (``_marked``) then finds where."""
+
+
+class _MarkedObject(dict[str, Any]):
+    """An object of the second parse that named ``key`` twice."""
+
+    key = ""
+
+
+def _one_value_per_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _Twice
+    return obj
+
+
+def _marked(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    marked = _MarkedObject(obj)
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            marked.key = key
+            break
+        seen.add(key)
+    return marked
+
+
+def _duplicate_path(value: Any, path: str = "") -> str:
+    """The dotted path of the first key named twice in ``value`` (a parse by ``_marked``); "" if none."""
+    if isinstance(value, _MarkedObject):
+        return f"{path}.{value.key}" if path else value.key
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _duplicate_path(item, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return ""
 
 
 def _finite(text: str) -> float:

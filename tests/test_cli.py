@@ -151,6 +151,7 @@ def test_bad_arguments_exit_2_without_a_traceback(args: list[str], said: str) ->
             "lone UTF-16 surrogate",
         ),  # was stored as the credential's secret
         ('{"id": "c", "rate_limit": {"rate": NaN}}', "NaN is not a JSON number"),
+        ('{"id": "c", "auth": {"type": "basic", "type": "bearer"}}', "auth.type: the key appears twice"),
     ],
 )
 def test_add_reads_the_file_as_strictly_as_the_api_reads_a_body(env: dict[str, str], stdin: str, said: str) -> None:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.http import appkeys
-from gateway.jsontext import loads_finite, nests_deeper
+from gateway.jsontext import DuplicateKey, loads_finite, nests_deeper
 from gateway.upstream.body import read_whole
 
 
@@ -32,7 +32,9 @@ async def read_json(request: web.Request, *, limit: int) -> Any:
         raise InvalidRequest("request body is empty; a JSON object is required", field="body")
     check_depth(raw, server.max_json_depth)
     try:
-        value = loads_finite(raw)
+        value = loads_finite(raw, unique_keys=True)
+    except DuplicateKey as exc:
+        raise InvalidRequest(f"request body: {exc}", field=exc.path) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", field="body") from None
     if b"\\u0000" in raw:  # the only way a NUL gets into JSON text; the walk runs only then

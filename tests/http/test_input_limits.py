@@ -65,6 +65,26 @@ async def test_deep_nesting_is_400_on_every_json_endpoint(make_gateway: GatewayF
             assert body["code"] == "invalid_request" and "max_json_depth" in body["error"]
 
 
+async def test_a_key_named_twice_in_one_object_is_400_naming_it_on_every_json_endpoint(
+    make_gateway: GatewayFactory,
+) -> None:
+    """The last value silently won: ``{"scopes": ["proxy"], "scopes": ["admin"]}`` made an admin token,
+    though a proxy, log or audit that reads the first value saw a proxy token asked for."""
+    gw = await _seeded(make_gateway)
+    for method, path in JSON_ENDPOINTS:
+        resp = await gw.client.request(method, path, data=b'{"id": "a", "id": "b"}', headers=gw.auth())
+        assert resp.status == 400, (method, path, await resp.text())
+        body = await resp.json()
+        assert body["code"] == "invalid_request" and body["fields"] == ["id"], (method, path, body)
+    token = b'{"name": "t", "scopes": ["proxy"], "scopes": ["admin"]}'
+    resp = await gw.client.post("/v1/tokens", data=token, headers=gw.auth())
+    assert resp.status == 400 and (await resp.json())["fields"] == ["scopes"]
+    mutation = b'{"kind": "create", "records": [{"data": {"a": 1}}, {"data": {"a": 1, "a": 2}}]}'
+    resp = await gw.client.post("/v1/mutations/run", data=mutation, headers=gw.auth())
+    assert resp.status == 400 and (await resp.json())["fields"] == ["records.1.data.a"]
+    assert (await gw.client.get("/v1/tokens/t", headers=gw.auth())).status == 404
+
+
 async def test_nesting_within_the_limit_and_brackets_in_strings_pass(make_gateway: GatewayFactory) -> None:
     gw = await _seeded(make_gateway, server={"max_json_depth": 8})
     options = {"api_version": '[[[[[[[[[[{{{{{{{{{{ \\" [[[[[['}
