@@ -22,8 +22,13 @@ _REF = "#/components/schemas/{model}"
 
 
 def add_endpoints(app: web.Application, endpoints: list[Endpoint]) -> None:
+    """Register the routes; every GET also answers HEAD (RFC 9110 section 9.3.2), under the same name, so
+    the same scope is checked (an unnamed route would need none)."""
+    heads = {endpoint.path for endpoint in endpoints if endpoint.method == "HEAD"}
     for endpoint in endpoints:
         app.router.add_route(endpoint.method, endpoint.path, endpoint.handler, name=endpoint.name)
+        if endpoint.method == "GET" and endpoint.path not in heads:
+            app.router.add_route("HEAD", endpoint.path, endpoint.handler, name=endpoint.name)
     app[appkeys.ENDPOINTS].extend(endpoints)
 
 

@@ -208,7 +208,30 @@ async def test_a_method_a_path_does_not_serve_gets_405_with_allow(make_gateway: 
     resp = await gw.client.request("TRACE", "/v1/syncs/some-sync", headers=gw.auth())
     assert resp.status == 405
     assert (await resp.json())["code"] == "method_not_allowed"
-    assert set(resp.headers["Allow"].split(", ")) == {"GET", "PATCH", "DELETE"}
+    assert set(resp.headers["Allow"].split(", ")) == {"GET", "HEAD", "PATCH", "DELETE"}
+
+
+async def test_every_get_endpoint_answers_head_with_the_same_status_and_scope(make_gateway: GatewayFactory) -> None:
+    """HEAD was 405 on the management API (RFC 9110: wherever GET is, HEAD is): monitors probing with it
+    saw an error. It answers GET's status and headers, no body, behind the same scope."""
+    gw = await make_gateway()
+    assert (await gw.client.post("/v1/credentials", json=STRIPE, headers=gw.auth())).status == 201
+    proxy_only = await gw.token("p", ["proxy"])
+    for path in ("/v1/credentials", "/v1/credentials/credential-stripe", "/v1/tokens/admin", "/v1/openapi.json"):
+        got = await gw.client.get(path, headers=gw.auth())
+        head = await gw.client.head(path, headers=gw.auth())
+        assert (
+            (head.status, head.headers["Content-Type"])
+            == (got.status, got.headers["Content-Type"])
+            == (
+                200,
+                "application/json; charset=utf-8",
+            )
+        ), path
+        assert await head.read() == b""
+    assert (await gw.client.head("/v1/credentials/none", headers=gw.auth())).status == 404
+    assert (await gw.client.head("/v1/tokens", headers=gw.auth(proxy_only))).status == 403
+    assert (await gw.client.head("/v1/tokens")).status == 401
 
 
 def _documented_consumers() -> list[dict[str, Any]]:
