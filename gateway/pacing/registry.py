@@ -3,6 +3,8 @@
 - Every credential has its own bucket (``cred:<id>``), except Airtable, whose limit is per *base*:
   a call under ``/v0/<base>/...`` uses ``cred:<id>:base:<base>`` (the base id is the first path
   segment after ``/v0/``, whether ``/v0`` is in the credential's ``base_url`` or in the path).
+  Every Airtable call also takes from ``cred:<id>:token``, Airtable's 50/s across all the bases one
+  token reaches, which binds from the eleventh busy base on.
 - Each of the limit's ``windows`` is one more bucket beside it (``<key>:w<n>``): same calls, other
   rate, so a call must fit all of them.
 - Each ``rules`` entry whose ``match`` fits the call (methods, and a path glob relative to the base
@@ -32,6 +34,9 @@ from gateway.pacing.bucket import Limit
 from gateway.pacing.limits import BucketLimit, EffectiveLimit, credential_limit, shared_limit
 
 _BASE_ID = re.compile(r"[A-Za-z0-9]{1,64}")
+# https://airtable.com/developers/web/api/rate-limits: 50 requests per second for all traffic of one
+# access token, besides each base's 5 per second. A fixed figure of Airtable's, not a tunable default.
+AIRTABLE_TOKEN_LIMIT = BucketLimit(rate=50, per=1, burst=50)
 
 
 @dataclass(frozen=True)
@@ -118,11 +123,13 @@ def plan(config: Config, credential: Credential, path: str) -> Plan:
     shared = shared_limit(config, credential.provider)
     tag = f"provider:{credential.provider}" if shared is not None else f"cred:{credential.id}"
     home_key = f"cred:{credential.id}"
+    token_wide: tuple[BucketSpec, ...] = ()
     if credential.provider == "airtable":
         base = airtable_base(credential.base_url, path)
         if base is not None:
             home_key = f"{home_key}:base:{base}"
-    buckets = _specs(home_key, limit.limits, tag)
+        token_wide = (BucketSpec(f"cred:{credential.id}:token", AIRTABLE_TOKEN_LIMIT, tag),)
+    buckets = _specs(home_key, limit.limits, tag) + token_wide
     if shared is not None:
         buckets += _specs(f"provider:{credential.provider}", shared.limits, tag)
     rules = tuple(

@@ -160,3 +160,35 @@ async def test_a_provider_wide_bucket_is_shared_by_its_credentials(make_pacer: A
     pacer = await make_pacer(providers={"stripe": {"shared_rate_limit": {"rate": 10, "burst": 1}}})
     await pacer.acquire(make_credential("one", "stripe"), "/")
     assert (await pacer.acquire(make_credential("two", "stripe"), "/")).waited > 0.07
+
+
+async def test_airtable_calls_share_the_token_wide_limit_across_bases(make_pacer: Any) -> None:
+    """Airtable allows 50/s per token whatever the bases: with each base's own bucket out of the way,
+    60 calls at once over 12 bases get about the token's burst of 50 and the rest are refused."""
+    await _spread_over_airtable_bases(await make_pacer(providers=AIRTABLE_BASES_UNLIMITED))
+
+
+async def test_airtable_token_wide_limit_holds_on_redis(make_pacer: Any, redis_url: str, redis_prefix: str) -> None:
+    """The same on Redis, where a call's two buckets (its base's and the token's) are reserved together."""
+    pacing = {"backend": "redis", "redis_url": redis_url, "key_prefix": redis_prefix}
+    await _spread_over_airtable_bases(await make_pacer(pacing=pacing, providers=AIRTABLE_BASES_UNLIMITED))
+
+
+AIRTABLE_BASES_UNLIMITED = {"airtable": {"rate_limit": {"rate": 1000}}}  # each base's own bucket never binds
+
+
+async def _spread_over_airtable_bases(pacer: Any) -> None:
+    """60 calls at once (max_wait 0) over 12 bases: about the token's 50 granted (the bucket keeps a
+    few ms of headroom; 51 if the loop took 20 ms), the rest refused."""
+    credential = make_credential(provider="airtable")
+    granted = refused = 0
+    for n in range(60):
+        try:
+            permit = await pacer.acquire(credential, f"/v0/app{n % 12:03d}/t", max_wait=0)
+        except RateLimited:
+            refused += 1
+        else:
+            permit.release()
+            granted += 1
+    assert 45 <= granted <= 51
+    assert granted + refused == 60
