@@ -269,3 +269,26 @@ async def test_an_upstream_record_holding_a_nul_is_stored_with_a_replacement_cha
         "Nul\ufffdName"
     ]
     assert (await env.view())["last_error"] is None
+
+
+async def test_a_stripe_backfill_whose_next_page_cursor_was_deleted_lists_again(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    """The backfill pages customers with ``starting_after=<the last id read>``; that customer deleted
+    meanwhile (while the sync was paused, or its replica killed), Stripe refuses the cursor
+    (resource_missing). The backfill lists again from the newest, instead of failing for ever: one
+    run of ``bench.chaos --scenario syncs`` lost a Stripe sync's last 100 records and its changes so."""
+    env = await connect(make_gateway, aiohttp_server, "stripe", seed=3 * stripe_capture.LIMIT + 50)
+    env.sandbox.set_knobs(latency=0.3)  # pages come slowly enough to pause the backfill between two
+    await until("a first page is in", lambda: env.progress_is(stripe_capture.LIMIT))
+    assert (await env.post("pause"))["state"] == "paused"
+    await until("the poller stopped", lambda: _stopped(env))
+    cursor = (await env.view())["cursor"][env.collection]
+    assert cursor["phase"] == "backfill" and cursor["after"] is not None
+    env.change("delete", cursor["after"])
+    env.sandbox.set_knobs(latency=0)
+    await env.post("resume")
+    await until("every record arrived", env.in_step)
+    refused = [r for r in env.sandbox.requests_to("/v1/customers") if ("starting_after", cursor["after"]) in r.query]
+    assert refused, "the deleted cursor was never asked for"
+    assert (await env.view())["state"] != "failing"

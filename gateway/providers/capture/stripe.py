@@ -4,7 +4,8 @@ Stripe lists newest first and ``created`` has one-second resolution, so the curs
 before the backfill the newest event of the object (``event_types``) is noted (the anchor), the
 backfill pages the list endpoint with ``starting_after``, then polling asks
 ``/v1/events?types[]=...&ending_before=<anchor>``, which answers the events just newer than the
-anchor; they are applied oldest first and the newest becomes the anchor. With no anchor yet (no
+anchor; they are applied oldest first and the newest becomes the anchor. A backfill whose
+``starting_after`` object was deleted between two pages lists again from the newest. With no anchor yet (no
 event in Stripe's 30-day window when the backfill began) a poll that finds more than one page of
 events re-reads the list instead; so does a poll whose anchor aged out of that window (no new event
 for 30 days: Stripe refuses the cursor with ``resource_missing``). A re-read list shows changes, not
@@ -101,10 +102,16 @@ class StripeCapture(Capture):
         return Page(seen, {**cursor, "event": newest}, caught_up=not more)
 
     def recover(self, cursor: Cursor, status: int, body: Any) -> Cursor | None:
-        """The anchor event is gone (older than 30 days): note the newest event again and re-list."""
+        """A cursor Stripe no longer knows (resource_missing). The anchor event is gone (older than 30
+        days): note the newest event again and re-list. The backfill's ``starting_after`` object was
+        deleted (while the sync was paused, failing, or its replica killed between two pages): list
+        again from the newest, keeping the anchor; the records read already make no second event."""
         error = body.get("error") if isinstance(body, dict) else None
         code = error.get("code") if isinstance(error, dict) else None
-        anchored = cursor.get("phase") == "live" and cursor.get("event")
-        if status in (400, 404) and code == "resource_missing" and anchored:
+        if status not in (400, 404) or code != "resource_missing":
+            return None
+        if cursor.get("phase") == "live" and cursor.get("event"):
             return self.start(datetime.now(UTC))
+        if cursor.get("phase") == "backfill" and cursor.get("after"):
+            return {**cursor, "after": None}
         return None
