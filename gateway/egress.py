@@ -20,6 +20,7 @@ PostgreSQL are denied on their ports unless ``upstream.deny_own_endpoints = fals
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import socket
@@ -104,9 +105,12 @@ def _splits(text: str) -> Iterable[tuple[str, int | None]]:
 
 
 class EgressPolicy:
-    def __init__(self, deny: Iterable[Rule], allow: Iterable[Rule] = ()) -> None:
+    def __init__(self, deny: Iterable[Rule], allow: Iterable[Rule] = (), own: Iterable[Rule] = ()) -> None:
+        """``own``: the gateway's own endpoints (``upstream.deny_own_endpoints``), denied like ``deny``
+        except where a caller leaves them out (``check_every_address``)."""
         self.deny = tuple(deny)
         self.allow = tuple(allow)
+        self.own = tuple(own)
         # The lookup behind the policy: aiohttp's default resolver; a test puts a fixed one here.
         self.lookup: AbstractResolver | None = None
 
@@ -121,20 +125,38 @@ class EgressPolicy:
                     rules[key].append(parse_rule(text))
                 except ValueError as exc:
                     raise ConfigError(f"invalid config: upstream.{key}.{index}: {exc}") from None
-        if settings.deny_own_endpoints:
-            rules["deny"].extend(own_endpoints(config))
-        return cls(rules["deny"], rules["allow"])
+        own = own_endpoints(config) if settings.deny_own_endpoints else []
+        return cls(rules["deny"], rules["allow"], own)
 
-    def allows(self, host: str | None, address: str | None, port: int) -> bool:
-        if any(rule.matches(host, address, port) for rule in self.deny):
+    def allows(self, host: str | None, address: str | None, port: int, *, own: bool = True) -> bool:
+        if any(rule.matches(host, address, port) for rule in (self.deny + self.own if own else self.deny)):
             return False
         if not self.allow:
             return True
         return any(rule.matches(host, address, port) or rule.matches(None, address, port) for rule in self.allow)
 
-    def check(self, host: str | None, address: str | None, port: int) -> None:
-        if not self.allows(host, address, port):
+    def check(self, host: str | None, address: str | None, port: int, *, own: bool = True) -> None:
+        if not self.allows(host, address, port, own=own):
             raise EgressDenied(f"{host or address}:{port} is denied by the egress policy (upstream.deny/allow)")
+
+    async def check_every_address(self, host: str, port: int) -> None:
+        """``EgressDenied`` unless ``host`` and every address it resolves to are allowed on ``port``.
+
+        For a client that resolves and dials by itself (asyncpg, for postgres consumers): which answer
+        it dials is its own pick, so none may be denied. The gateway's own endpoints are not counted: a
+        database of the user's may share the store's PostgreSQL server, and nothing is read back from it.
+        """
+        self.check(host, None, port, own=False)
+        try:
+            addresses = [str(ipaddress.ip_address(host.split("%", 1)[0]))]
+        except ValueError:
+            if self.lookup is not None:
+                addresses = [answer["host"] for answer in await self.lookup.resolve(host, port, socket.AF_UNSPEC)]
+            else:  # the system's getaddrinfo, as asyncpg's own lookup
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                addresses = [str(info[4][0]) for info in infos]
+        for address in addresses:
+            self.check(host, address, port, own=False)
 
     def socket_factory(self, addr_info: Any) -> socket.socket:
         """aiohttp's hook right before ``connect()``: the last look at the address actually dialled."""

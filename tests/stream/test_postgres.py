@@ -10,10 +10,12 @@ from typing import Any
 import asyncpg
 
 from gateway.domain.objects import Consumer
+from gateway.egress import EgressPolicy
 from gateway.stream.consumers.postgres import PostgresSink, table_name
 from gateway.stream.events import RecordChange
 from tests.conftest import Gateway, GatewayFactory
 from tests.stream.helpers import CONTACTS, add_consumer, append, insert, seed_sync
+from tests.support import poll
 
 
 async def _rows(dsn: str, table: str) -> dict[str, Any]:
@@ -62,7 +64,7 @@ async def test_redelivered_older_events_change_nothing(make_gateway: GatewayFact
     first = await append(gw.app, [insert("003A", Name="old")])
     second = await append(gw.app, [RecordChange("003A", "update", {"Id": "003A", "Name": "new"})])
     prefix = f"t{uuid.uuid4().hex[:8]}_"
-    sink = PostgresSink()
+    sink = PostgresSink(EgressPolicy(()))
     mirror = Consumer("mirror", "postgres", None, None, {"dsn": pg_url, "table_prefix": prefix}, 0, "active")
     try:
         await sink.deliver(mirror, first + second)
@@ -71,3 +73,28 @@ async def test_redelivered_older_events_change_nothing(make_gateway: GatewayFact
         await sink.close()
     rows = await _rows(pg_url, table_name(prefix, CONTACTS))
     assert rows["003A"] == ('{"Id": "003A", "Name": "new"}', False, second[0].seq)
+
+
+async def test_a_dsn_the_egress_policy_denies_is_never_dialled(make_gateway: GatewayFactory) -> None:
+    """asyncpg dialled any DSN, 169.254.169.254 (the cloud metadata service) included. Now the consumer
+    is failing, naming the refusal, as a webhook to a denied address is; so are DSNs whose host the
+    policy could not check before asyncpg picks it."""
+    gw = await make_gateway(upstream={"deny": ["169.254.0.0/16", "db.internal.example"]})
+    await seed_sync(gw.app)
+    dsns = {
+        "metadata": "postgresql://u:p@169.254.169.254:5432/db",
+        "by-name": "postgresql://u:p@db.internal.example/db",
+        "several": "postgresql://u:p@a,b/db",
+        "hostless": "postgresql:///db?host=/var/run/postgresql",
+        "overridden": "postgresql://u:p@localhost/db?hostaddr=169.254.169.254",
+    }
+    for consumer_id, dsn in dsns.items():
+        await add_consumer(gw.app, id=consumer_id, kind="postgres", dsn=dsn)
+    await append(gw.app, [insert("003A", Name="Ada")])
+    for consumer_id in dsns:
+
+        async def refused(consumer_id: str = consumer_id) -> bool:
+            view = await (await gw.client.get(f"/v1/consumers/{consumer_id}", headers=gw.auth())).json()
+            return "refused" in (view["status_detail"] or "")
+
+        await poll(f"{consumer_id} failing with the refusal", refused, deadline=15)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
 from gateway.domain.models import Event
 from gateway.domain.objects import Consumer
+from gateway.egress import EgressDenied, EgressPolicy
 from gateway.stream.consumers.webhook import DeliveryFailed
 
 _UNSAFE = re.compile(r"[^a-z0-9_]+")
@@ -54,10 +56,29 @@ def _upsert_sql(table: str) -> str:
     )
 
 
-class PostgresSink:
-    """Applies batches for one postgres consumer over one connection (reopened after a failure)."""
+def endpoint(dsn: str) -> tuple[str, int]:
+    """The one host and port asyncpg dials for ``dsn``; ``EgressDenied`` for a DSN that could make it dial
+    another the policy never saw (several hosts, a ``host``/``hostaddr``/``port`` parameter, no host:
+    a socket directory or ``PGHOST``)."""
+    parts = urlsplit(dsn)
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        port = 0
+    overrides = {key.lower() for key in parse_qs(parts.query, keep_blank_values=True)} & {"host", "hostaddr", "port"}
+    if not parts.hostname or "," in parts.netloc or overrides or not 0 < port < 65536:
+        raise EgressDenied("the DSN must name one host (and port) for the egress policy to check")
+    return parts.hostname, port
 
-    def __init__(self) -> None:
+
+class PostgresSink:
+    """Applies batches for one postgres consumer over one connection (reopened after a failure).
+
+    Every connection is checked against the egress policy first, as webhook deliveries are: without it a
+    DSN on 169.254.169.254 or the gateway's own listeners was dialled."""
+
+    def __init__(self, egress: EgressPolicy) -> None:
+        self._egress = egress
         self._conn: asyncpg.Connection | None = None
         self._tables: set[str] = set()
 
@@ -67,6 +88,8 @@ class PostgresSink:
             async with conn.transaction():
                 for event in events:
                     await self._apply(conn, str(consumer.settings.get("table_prefix", "gateway_")), event)
+        except EgressDenied as exc:
+            raise DeliveryFailed(f"the DSN's address is refused: {exc}") from None
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self.close()
             # The DSN may hold a password: report the error class only.
@@ -90,6 +113,7 @@ class PostgresSink:
 
     async def _connection(self, dsn: str) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
+            await self._egress.check_every_address(*endpoint(dsn))
             self._conn = await asyncpg.connect(dsn, timeout=10)
             self._tables.clear()
         return self._conn

@@ -179,7 +179,8 @@ class Workers:
         backoff: Backoff = Backoff(),
         egress: EgressPolicy | None = None,
     ) -> None:
-        """``egress``: the policy webhook POSTs connect through (the app passes the configured one)."""
+        """``egress``: the policy webhook POSTs and postgres connections go through (the app passes the
+        configured one)."""
         self.objects, self.stream, self.backoff = objects, stream, backoff
         self.egress = egress or EgressPolicy(())
         self.retention, self.shutdown_timeout, self.lease_ttl = retention, shutdown_timeout, lease_ttl
@@ -246,7 +247,7 @@ class Workers:
         current = self.running.get(consumer.id)
         if current is not None and not current[1].done():
             return
-        sink: Sink = PostgresSink() if consumer.kind == "postgres" else WebhookSink(self._client())
+        sink: Sink = PostgresSink(self.egress) if consumer.kind == "postgres" else WebhookSink(self._client())
         worker = ConsumerWorker(consumer.id, objects=self.objects, stream=self.stream, sink=sink, backoff=self.backoff)
         self.running[consumer.id] = (worker, asyncio.create_task(worker.run(), name=f"consumer-{consumer.id}"))
 
