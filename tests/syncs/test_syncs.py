@@ -278,9 +278,13 @@ async def test_a_stripe_backfill_whose_next_page_cursor_was_deleted_lists_again(
     meanwhile (while the sync was paused, or its replica killed), Stripe refuses the cursor
     (resource_missing). The backfill lists again from the newest, instead of failing for ever: one
     run of ``bench.chaos --scenario syncs`` lost a Stripe sync's last 100 records and its changes so."""
-    env = await connect(make_gateway, aiohttp_server, "stripe", seed=3 * stripe_capture.LIMIT + 50)
-    env.sandbox.set_knobs(latency=0.3)  # pages come slowly enough to pause the backfill between two
-    await until("a first page is in", lambda: env.progress_is(stripe_capture.LIMIT))
+    env = await connect(make_gateway, aiohttp_server, "stripe", seed=5 * stripe_capture.LIMIT + 50)
+    env.sandbox.set_knobs(latency=0.5)  # pages come slowly enough to pause the backfill between two
+
+    async def a_page_in() -> bool:
+        return bool(sum((await env.view())["progress"].values()) >= stripe_capture.LIMIT)
+
+    await until("a first page is in", a_page_in)
     assert (await env.post("pause"))["state"] == "paused"
     await until("the poller stopped", lambda: _stopped(env))
     cursor = (await env.view())["cursor"][env.collection]
