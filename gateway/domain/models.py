@@ -13,7 +13,7 @@ import ipaddress
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -513,7 +513,26 @@ class PostgresConsumerIn(_ConsumerBase):
     def _postgres_dsn(cls, value: SecretStr) -> SecretStr:
         if urlsplit(value.get_secret_value()).scheme not in ("postgres", "postgresql"):
             raise ValueError("must be a postgresql:// URL")
+        dsn_endpoint(value.get_secret_value())
         return value
+
+
+def dsn_endpoint(dsn: str) -> tuple[str, int]:
+    """The one host and port asyncpg dials for ``dsn``, which the egress policy checks before it does.
+
+    ``ValueError`` for a DSN that could make asyncpg dial a host that check never saw (several hosts, a
+    ``host``/``hostaddr``/``port`` parameter, no host: a socket directory or ``PGHOST``), or a port out
+    of range (stored, ``:99999`` or ``:x`` failed every delivery).
+    """
+    parts = urlsplit(dsn)
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        port = 0
+    overrides = {key.lower() for key in parse_qs(parts.query, keep_blank_values=True)} & {"host", "hostaddr", "port"}
+    if not parts.hostname or "," in parts.netloc or overrides or not 0 < port < 65536:
+        raise ValueError("must name one host and a port from 1 to 65535 in the URL, not in parameters")
+    return parts.hostname, port
 
 
 ConsumerIn = Annotated[PullConsumerIn | WebhookConsumerIn | PostgresConsumerIn, Field(discriminator="kind")]

@@ -212,7 +212,7 @@ async def test_consumer_patch_of_another_kind_or_out_of_range_is_400(
     [
         "postgresql://app:hunter2hunter2@db/app",
         "postgresql://app@db/app?password=hunter2hunter2&sslmode=require",
-        "postgresql://app@db:notaport/app?PassWord=hunter2hunter2",
+        "postgresql://app@db:5433/app?PassWord=hunter2hunter2",
         "postgresql://app:hunter2hunter2@db/app?sslpassword=hunter2hunter2",
     ],
 )

@@ -8,10 +8,12 @@ import uuid
 from typing import Any
 
 import asyncpg
+import pytest
 
 from gateway.domain.objects import Consumer
 from gateway.egress import EgressPolicy
 from gateway.stream.consumers.postgres import PostgresSink, table_name
+from gateway.stream.consumers.webhook import DeliveryFailed
 from gateway.stream.events import RecordChange
 from tests.conftest import Gateway, GatewayFactory
 from tests.stream.helpers import CONTACTS, add_consumer, append, insert, seed_sync
@@ -77,16 +79,12 @@ async def test_redelivered_older_events_change_nothing(make_gateway: GatewayFact
 
 async def test_a_dsn_the_egress_policy_denies_is_never_dialled(make_gateway: GatewayFactory) -> None:
     """asyncpg dialled any DSN, 169.254.169.254 (the cloud metadata service) included. Now the consumer
-    is failing, naming the refusal, as a webhook to a denied address is; so are DSNs whose host the
-    policy could not check before asyncpg picks it."""
+    is failing, naming the refusal, as a webhook to a denied address is."""
     gw = await make_gateway(upstream={"deny": ["169.254.0.0/16", "db.internal.example"]})
     await seed_sync(gw.app)
     dsns = {
         "metadata": "postgresql://u:p@169.254.169.254:5432/db",
         "by-name": "postgresql://u:p@db.internal.example/db",
-        "several": "postgresql://u:p@a,b/db",
-        "hostless": "postgresql:///db?host=/var/run/postgresql",
-        "overridden": "postgresql://u:p@localhost/db?hostaddr=169.254.169.254",
     }
     for consumer_id, dsn in dsns.items():
         await add_consumer(gw.app, id=consumer_id, kind="postgres", dsn=dsn)
@@ -98,3 +96,24 @@ async def test_a_dsn_the_egress_policy_denies_is_never_dialled(make_gateway: Gat
             return "refused" in (view["status_detail"] or "")
 
         await poll(f"{consumer_id} failing with the refusal", refused, deadline=15)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u:pw-s3cret@a,b/db",  # several hosts
+        "postgresql:///db?host=/var/run/postgresql&password=pw-s3cret",  # a socket directory
+        "postgresql://u:pw-s3cret@localhost/db?hostaddr=169.254.169.254",  # dialled instead of localhost
+        "postgresql://u:pw-s3cret@db:99999/db",
+    ],
+)
+async def test_a_dsn_whose_host_the_policy_cannot_check_is_refused(make_gateway: GatewayFactory, dsn: str) -> None:
+    """Refused when written (400 naming it), and when delivered to (stored by an earlier version)."""
+    gw = await make_gateway()
+    body = {"id": "mirror", "kind": "postgres", "dsn": dsn}
+    resp = await gw.client.post("/v1/consumers", json=body, headers=gw.auth())
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["fields"] == ["postgres.dsn"] and "s3cret" not in await resp.text()
+    mirror = Consumer("mirror", "postgres", None, None, {"dsn": dsn}, 0, "active")
+    with pytest.raises(DeliveryFailed, match="refused"):
+        await PostgresSink(EgressPolicy(())).deliver(mirror, [])

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from gateway.domain.models import Event
+from gateway.domain.models import Event, dsn_endpoint
 from gateway.domain.objects import Consumer
 from gateway.egress import EgressDenied, EgressPolicy
 from gateway.stream.consumers.webhook import DeliveryFailed
@@ -54,21 +53,6 @@ def _upsert_sql(table: str) -> str:
         "data = EXCLUDED.data, deleted = EXCLUDED.deleted, upstream_updated_at = EXCLUDED.upstream_updated_at, "
         "updated_at = EXCLUDED.updated_at, seq = EXCLUDED.seq WHERE t.seq < EXCLUDED.seq"
     )
-
-
-def endpoint(dsn: str) -> tuple[str, int]:
-    """The one host and port asyncpg dials for ``dsn``; ``EgressDenied`` for a DSN that could make it dial
-    another the policy never saw (several hosts, a ``host``/``hostaddr``/``port`` parameter, no host:
-    a socket directory or ``PGHOST``)."""
-    parts = urlsplit(dsn)
-    try:
-        port = parts.port or 5432
-    except ValueError:
-        port = 0
-    overrides = {key.lower() for key in parse_qs(parts.query, keep_blank_values=True)} & {"host", "hostaddr", "port"}
-    if not parts.hostname or "," in parts.netloc or overrides or not 0 < port < 65536:
-        raise EgressDenied("the DSN must name one host (and port) for the egress policy to check")
-    return parts.hostname, port
 
 
 class PostgresSink:
@@ -113,7 +97,11 @@ class PostgresSink:
 
     async def _connection(self, dsn: str) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            await self._egress.check_every_address(*endpoint(dsn))
+            try:
+                host, port = dsn_endpoint(dsn)  # checked when written; stored earlier, it may not be
+            except ValueError as exc:
+                raise EgressDenied(f"the DSN {exc}") from None
+            await self._egress.check_every_address(host, port)
             self._conn = await asyncpg.connect(dsn, timeout=10)
             self._tables.clear()
         return self._conn
