@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import time
 import uuid
@@ -158,6 +159,7 @@ class RedisBackend:
         self._releases: dict[str, list[tuple[Reservation, asyncio.Future[None]]]] = {}
         self._releasers: dict[str, asyncio.Task[None]] = {}
         self._clock_offset = ClockOffset()
+        self._tickets = itertools.count()  # callers' arrival order (shared_queue.py's ``again``)
         self._queues: dict[str, SharedQueue[LaneKey]] = {}  # home bucket -> this replica's calls queued there
         self._sweep_at = SWEEP_FROM
         self._permit_queues: dict[str, set[SharedQueue[LaneKey]]] = {}  # lease set -> queues whose calls need one
@@ -186,12 +188,12 @@ class RedisBackend:
         credential's lease set and ``max_concurrency``; the grant then holds a permit."""
         loop = asyncio.get_running_loop()
         ordered = tuple(buckets)
-        queue = self._queue(ordered)
-        if permits is not None:
-            self._permit_queues.setdefault(permits[0], set()).add(queue)
+        queue = self._queue(ordered, permits)
         maker = partial(_reservation, ordered, None if permits is None else permits[0])
-        lane = queue.lane((ordered, share, permits), maker, min(spec.limit.lateness for spec in ordered))
+        key: LaneKey = (ordered, share, permits)
+        lane = queue.lane(key, maker, min(spec.limit.lateness for spec in ordered))
         deadline = loop.time() + max_wait
+        ticket = next(self._tickets)
         turn = queue.join(lane, deadline)
         self._enter(queue, lane, max_wait, None)
         while True:
@@ -203,9 +205,14 @@ class RedisBackend:
                 elif isinstance(outcome := turn.result(), Reservation):  # handed over, then cancelled
                     self._release_soon(outcome)
                 raise
-            if isinstance(outcome, Refused) or loop.time() - outcome.deadline <= lane.late:
+            if isinstance(outcome, Refused):
                 return outcome
-            turn = queue.again(lane, outcome, deadline)
+            late = loop.time() - outcome.deadline > lane.late
+            queue = self._queue(ordered, permits)  # the lane, even the queue, may have been forgotten meanwhile
+            if not late and not queue.overtaking(key, ticket):
+                return outcome
+            lane = queue.lane(key, maker, lane.late)
+            turn = (queue.again if late else queue.hand_over)(lane, outcome, deadline, ticket)
 
     def _enter(self, queue: SharedQueue[LaneKey], lane: Lane[LaneKey], max_wait: float, place: Place | None) -> None:
         """Send a place of ``lane`` to the script with the next batch of its hash tag."""
@@ -233,7 +240,8 @@ class RedisBackend:
             return
         self._enter(queue, lane, lane.budget(asyncio.get_running_loop().time()), granted.place)
 
-    def _queue(self, buckets: tuple[BucketSpec, ...]) -> SharedQueue[LaneKey]:
+    def _queue(self, buckets: tuple[BucketSpec, ...], permits: tuple[str, int] | None = None) -> SharedQueue[LaneKey]:
+        """The home bucket's queue; with ``permits``, nudged when this replica ends one of those leases."""
         home = self._key(buckets[0])
         queue = self._queues.get(home)
         if queue is None:
@@ -242,6 +250,8 @@ class RedisBackend:
             queue = self._queues[home] = SharedQueue(
                 partial(self._poll, buckets), self._release_soon, self._rejoin, self._renew_every
             )
+        if permits is not None:
+            self._permit_queues.setdefault(permits[0], set()).add(queue)
         return queue
 
     def _sweep(self) -> None:

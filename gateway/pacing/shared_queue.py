@@ -22,7 +22,13 @@ callers of a lane are served in arrival order whatever happens to the places:
   caller keeps waiting and takes the next slot of the lane that comes on time, so a later caller
   never goes first (before lanes, the caller of the late slot rejoined while the later callers of its
   replica went on their own slots). The caller checks again when it runs (``again``): a busy loop
-  between the timer and the caller makes the slot just as late;
+  between the timer and the caller makes the slot just as late. Callers found too late so wait
+  again at the front in their arrival order (their ``ticket``), and a later caller that runs on
+  time gives its slot to the earliest of them and waits in its stead (``hand_over``): one stall
+  can make the earlier slot too late and the later one not. Only a caller earlier than the one
+  running takes its slot, so a slot handed over is never handed back (two callers once passed one
+  slot to and fro for ever). A lane forgotten while its last caller ran (nothing else was in it)
+  is made again for a caller that waits again: the poller serves only the lanes it knows;
 - slots that come out of order in loop time (grants of one poll answered in hash order, a clock
   offset that shrank between two polls) still go to the callers in order;
 - a caller that leaves (cancelled, or its ``max_wait`` ran out) takes the lane's newest place with
@@ -102,6 +108,9 @@ class Lane(Generic[K]):
     held: dict[str, tuple[Granted, asyncio.TimerHandle]] = field(default_factory=dict)  # granted, not due
     entering: int = 0  # places on their way into Redis (arrivals, rejoins)
     surplus: int = 0  # places whose callers left, to drop as soon as they can be
+    # callers waiting again (``again``, ``hand_over``) -> their arrival ticket, at the front of
+    # ``callers`` in ticket order: they were handed slots, so they came before any caller never handed one
+    retried: dict[asyncio.Future[Reservation | Refused], int] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -183,14 +192,53 @@ class SharedQueue(Generic[K]):
         heapq.heappush(self._deadlines, (deadline, next(self._order), lane, future))
         return future
 
-    def again(self, lane: Lane[K], reservation: Reservation, deadline: float) -> asyncio.Future[Reservation | Refused]:
-        """A caller handed a slot found it too late when it ran (the loop was busy in between): the
-        slot goes back as a late one does, and the caller is the lane's first again."""
+    def again(
+        self, lane: Lane[K], reservation: Reservation, deadline: float, ticket: int
+    ) -> asyncio.Future[Reservation | Refused]:
+        """A caller (arrival ``ticket``) handed a slot found it too late when it ran (the loop was busy
+        in between): the slot goes back as a late one does, and the caller waits again, first but for
+        the earlier callers waiting again. ``lane``: ``lane(key)`` now, not the one it joined."""
         future = self.join(lane, deadline)
-        lane.callers.move_to_end(future, last=False)
+        self._retry(lane, future, ticket)
         assert reservation.place is not None
         self._rejoin(lane, Granted(reservation.place, reservation.charges, reservation.deadline))
         return future
+
+    def overtaking(self, key: K, ticket: int) -> bool:
+        """Whether the caller of arrival ``ticket``, running with a slot on time, would go before an
+        earlier caller of its lane waiting again (the stall that made that one's slot too late may
+        have spared this one's)."""
+        lane = self._lanes.get(key)
+        return lane is not None and min(self._waiting_again(lane).values(), default=ticket) < ticket
+
+    def hand_over(
+        self, lane: Lane[K], reservation: Reservation, deadline: float, ticket: int
+    ) -> asyncio.Future[Reservation | Refused]:
+        """Give a slot on time to the lane's earliest caller waiting again (``overtaking``), and wait in
+        its stead at ``ticket``: that caller's place, on its way back, stands for this one's."""
+        retried = self._waiting_again(lane)
+        earliest = min(retried, key=retried.__getitem__)
+        del lane.callers[earliest], retried[earliest]
+        earliest.set_result(reservation)
+        future: asyncio.Future[Reservation | Refused] = asyncio.get_running_loop().create_future()
+        lane.callers[future] = deadline
+        heapq.heappush(self._deadlines, (deadline, next(self._order), lane, future))
+        self._retry(lane, future, ticket)
+        return future
+
+    @staticmethod
+    def _waiting_again(lane: Lane[K]) -> dict[asyncio.Future[Reservation | Refused], int]:
+        """``lane.retried`` without the callers served or gone since."""
+        lane.retried = {f: t for f, t in lane.retried.items() if f in lane.callers and not f.done()}
+        return lane.retried
+
+    def _retry(self, lane: Lane[K], future: asyncio.Future[Reservation | Refused], ticket: int) -> None:
+        """Put ``future`` (arrival ``ticket``) at the front of the lane's callers, in ticket order with
+        the others waiting again."""
+        retried = self._waiting_again(lane)
+        retried[future] = ticket
+        for earlier in sorted(retried, key=retried.__getitem__, reverse=True):
+            lane.callers.move_to_end(earlier, last=False)
 
     def entered(self, lane: Lane[K], outcome: Entered) -> None:
         """What the script made of a place of ``lane`` entering (an arrival, or a late grant rejoining)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import dataclasses
+import itertools
 import random
 import sys
 import time
@@ -450,3 +451,62 @@ async def test_slots_given_back_never_take_the_bucket_below_the_gcra_of_the_slot
 
 async def tat_of(backend: RedisBackend, spec: BucketSpec) -> int:
     return int((await backend._run([backend._key(spec)], ["state", 1]))[1])
+
+
+async def test_calls_at_once_that_a_stall_makes_late_all_go(make_pacer: Any, redis_url: str, redis_prefix: str) -> None:
+    """20, then 200 calls at once on a bucket no call waits for; the loop stalls for 50 ms as soon as
+    one script call's slots are handed to their callers, so they run too late for them and wait
+    again: all are granted all the same. The 20 used to hang for good: the lane, empty once its
+    slots were handed out, was forgotten, and no poll served the callers waiting in it again."""
+    pacer = await make_pacer(pacing={"backend": "redis", "redis_url": redis_url, "key_prefix": redis_prefix})
+    credential = make_credential(rate=1e9, burst=10**6, max_wait=600)
+    assert pacer._shared is not None
+    queues = pacer._shared._queues
+
+    def waiting() -> int:
+        return sum(len(lane.callers) for queue in queues.values() for lane in queue._lanes.values())
+
+    async def stall_when_handed(calls: asyncio.Future[Any]) -> None:
+        """Run each loop turn; once 2+ callers were handed slots since the last turn, block the loop."""
+        seen = 0
+        while not calls.done():
+            now = waiting()
+            if now <= seen - 2:
+                time.sleep(0.05)  # a stall (GC, CPU contention) between the hand-over and the callers
+                return
+            seen = now
+            await asyncio.sleep(0)
+
+    for n in (20, 200):
+        calls = asyncio.gather(*(pacer.acquire(credential, "/") for _ in range(n)))
+        await asyncio.gather(stall_when_handed(calls), asyncio.wait_for(calls, 20))
+
+
+async def test_three_pacers_keep_arrival_order_through_stalls(
+    make_pacer: Any, redis_url: str, redis_prefix: str
+) -> None:
+    """Three pacers, 100 calls each on 100/s, while the loop stalls for 8-32 ms every 10-38 ms: each
+    pacer's calls go in arrival order (one stall could make a caller's slot too late and spare the
+    slot of a later caller handed one with it, which then went first)."""
+    pacing = {"backend": "redis", "redis_url": redis_url, "key_prefix": redis_prefix}
+    pacers = [await make_pacer(pacing=pacing) for _ in range(3)]
+    credential = make_credential(rate=100, burst=10, max_wait=600)
+    orders: list[list[int]] = [[], [], []]
+
+    async def call(replica: int, i: int) -> None:
+        await pacers[replica].acquire(credential, "/")
+        orders[replica].append(i)
+
+    loop = asyncio.get_running_loop()
+    calls = asyncio.gather(*(call(replica, i) for i in range(100) for replica in range(3)))
+    stalls = itertools.count()
+
+    def stall() -> None:  # a timer's callback: it blocks the loop right after the slots' timers due with it
+        if not calls.done():
+            i = next(stalls)
+            time.sleep(0.008 + 0.004 * (i % 7))  # the loop cannot run for 0.8 to 3.2 slots
+            loop.call_later(0.01 + 0.007 * (i % 5), stall)
+
+    loop.call_later(0.03, stall)
+    await asyncio.wait_for(calls, 60)
+    assert orders == [list(range(100))] * 3

@@ -125,9 +125,43 @@ async def test_a_caller_that_runs_too_late_for_its_slot_is_first_again() -> None
     queue.entered(lane, Granted(Place("a", 1), (), deadline=loop.time()))
     handed = await asyncio.wait_for(older, 10)
     assert isinstance(handed, Reservation)
-    again = queue.again(lane, handed, loop.time() + 60)
+    again = queue.again(lane, handed, loop.time() + 60, ticket=0)
     assert redis.rejoined == ["a"]
     queue.entered(lane, Granted(Place("b", 2), (), deadline=loop.time()))
     result = await asyncio.wait_for(again, 10)
     assert isinstance(result, Reservation) and result.place == Place("b", 2) and not newer.done()
+    await queue.close()
+
+
+async def test_callers_that_run_too_late_keep_their_order_and_no_later_caller_goes_first() -> None:
+    """One stall makes three handed slots too late for two callers and not for the third, which ran
+    last: the two wait again in their order, and the third gives its slot on time to the first of
+    them and waits behind the second (it used to go first, and the two came back reversed). The
+    first, running on time with it, keeps it: the later callers waiting again do not take it back."""
+    loop = asyncio.get_running_loop()
+    redis = FakeRedis()
+    queue: SharedQueue[str] = SharedQueue(redis.poll, redis.release, redis.rejoin, renew_every=10)
+    lane = queue.lane("lane", reservation)
+    turns = [queue.join(lane, loop.time() + 60) for _ in range(4)]
+    for i, member in enumerate("abc"):
+        queue.entered(lane, Granted(Place(member, i), (), deadline=loop.time()))
+    handed = [await asyncio.wait_for(turn, 10) for turn in turns[:3]]
+    assert all(isinstance(r, Reservation) for r in handed)
+    assert not queue.overtaking("lane", 2)
+    waiting = []
+    for ticket, slot in enumerate(handed[:2]):
+        assert isinstance(slot, Reservation)
+        waiting.append(queue.again(lane, slot, loop.time() + 60, ticket))
+    assert redis.rejoined == ["a", "b"] and queue.overtaking("lane", 2)
+    third = handed[2]
+    assert isinstance(third, Reservation)
+    waiting.append(queue.hand_over(lane, third, loop.time() + 60, 2))
+    first = await asyncio.wait_for(waiting[0], 10)
+    assert isinstance(first, Reservation) and first.place == Place("c", 2) and not waiting[1].done()
+    assert not queue.overtaking("lane", 0)  # the callers waiting again now came after it
+    for i, member in enumerate("ab"):
+        queue.entered(lane, Granted(Place(member, i), (), deadline=loop.time()))
+    served = await asyncio.wait_for(asyncio.gather(waiting[1], waiting[2]), 10)
+    assert [r.place for r in served if isinstance(r, Reservation)] == [Place("a", 0), Place("b", 1)]
+    assert not turns[3].done()
     await queue.close()
