@@ -21,12 +21,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from gateway.domain.models import OAuth2Auth
+from gateway.domain.models import HeaderSafeStr, OAuth2Auth
 from gateway.domain.objects import Credential
 from gateway.errors import GatewayError, UpstreamAuthFailed, UpstreamDenied
 from gateway.keylocks import KeyLocks
@@ -44,8 +44,10 @@ class TokenResponse(BaseModel):
     """RFC 6749 section 5.1; providers add fields of their own (``instance_url``, ``scope``), so extras are ignored."""
 
     model_config = ConfigDict(extra="ignore")
-    access_token: str
-    refresh_token: str | None = None
+    # Checked as a written secret is (no CR, LF, NUL ...) and never empty: stored, a token holding a
+    # control character made every later call a 500, and an empty one was sent as "Bearer".
+    access_token: Annotated[HeaderSafeStr, Field(min_length=1)]
+    refresh_token: Annotated[HeaderSafeStr, Field(min_length=1)] | None = None
     expires_in: float | None = None
 
     @field_validator("expires_in")

@@ -161,6 +161,10 @@ async def test_rejected_after_refresh_is_502(make_gateway: GatewayFactory, upstr
         (b'{"access_token": "fresh", "expires_in": Infinity}', 502),  # not JSON, as every upstream answer is read
         (b'{"access_token": "fresh", "expires_in": -5}', 200),  # nonsense: the expiry is not said
         (b"[" * 50_000, 502),  # not a token answer at all
+        (b'{"access_token": "fresh\\r\\nX-Evil: 1", "expires_in": 60}', 502),  # stored, every call was a 500
+        (b'{"access_token": "fre\\u0000sh"}', 502),
+        (b'{"access_token": ""}', 502),  # was sent as "Authorization: Bearer"
+        (b'{"access_token": "fresh", "refresh_token": "r\\n"}', 502),
     ],
 )
 async def test_a_token_endpoints_odd_answer_is_never_a_500(
