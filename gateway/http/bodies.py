@@ -17,6 +17,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.http import appkeys
+from gateway.http.middlewares import single_header
 from gateway.jsontext import DuplicateKey, loads_finite, nests_deeper
 from gateway.upstream.body import read_whole
 
@@ -25,7 +26,7 @@ async def read_json(request: web.Request, *, limit: int) -> Any:
     """The body as JSON; 413 past ``limit`` bytes, 408 on a stalled client, 400 when empty, not JSON,
     nested deeper than ``server.max_json_depth`` or holding a number out of range."""
     server = request.app[appkeys.CONFIG].server
-    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+    if (single_header(request, "Content-Encoding") or "identity").strip().lower() != "identity":
         raise InvalidRequest("Content-Encoding: JSON bodies are read as sent, uncompressed", field="Content-Encoding")
     raw = await _read_bounded(request, limit=limit)
     if not raw.strip():

@@ -250,9 +250,7 @@ def _authenticator(
     async def authenticate(request: web.Request) -> None:
         address = client_address(request, trust_forwarded=trust_forwarded)
         throttle.check(address)
-        if len(request.headers.getall("Authorization", ())) > 1:  # never guess which one the client meant
-            raise InvalidRequest("more than one Authorization header: send exactly one", field="Authorization")
-        header = request.headers.get("Authorization", "")
+        header = single_header(request, "Authorization") or ""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             throttle.failed(address)
@@ -268,6 +266,18 @@ def _authenticator(
         request[PRINCIPAL] = principal
 
     return authenticate
+
+
+def single_header(request: web.Request, name: str) -> str | None:
+    """The value of a header the gateway reads (``Authorization``, ``x-gateway-*``, ``Idempotency-Key``,
+    ``Content-Encoding``), None when absent; 400 naming it when sent more than once, in any case. The
+    gateway never picks one: a proxy in front may have added its own to the client's, and which one
+    counts would be a guess (the first, read until then, let a client's own ``x-gateway-priority`` win
+    over one the proxy appended)."""
+    values = request.headers.getall(name, ())
+    if len(values) > 1:
+        raise InvalidRequest(f"more than one {name} header: send exactly one", field=name)
+    return values[0] if values else None
 
 
 def client_address(request: web.Request, *, trust_forwarded: bool) -> str:

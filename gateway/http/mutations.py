@@ -12,7 +12,7 @@ from gateway.errors import InvalidRequest, NotFound, validate
 from gateway.http import appkeys
 from gateway.http.bodies import read_json
 from gateway.http.endpoints import Endpoint
-from gateway.http.middlewares import PRINCIPAL, UPSTREAM_CREDENTIAL, require_access
+from gateway.http.middlewares import PRINCIPAL, UPSTREAM_CREDENTIAL, require_access, single_header
 from gateway.http.priority import apply_share, stamp
 from gateway.mutations.idempotency import KEY_PATTERN, IdempotencyKeys, request_hash
 from gateway.mutations.models import BY_KIND, Mutation, MutationRequest, MutationResponse
@@ -33,7 +33,7 @@ def parse_mutation(body: Any) -> Mutation:
 
 def idempotency_key(request: web.Request) -> str | None:
     """The ``Idempotency-Key`` header scoped to the calling token's name, or None."""
-    value = request.headers.get("Idempotency-Key")
+    value = single_header(request, "Idempotency-Key")
     if value is None:
         return None
     if not re.fullmatch(KEY_PATTERN, value):

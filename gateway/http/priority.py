@@ -15,7 +15,7 @@ import functools
 from aiohttp import web
 
 from gateway.errors import InvalidRequest
-from gateway.http.middlewares import PRINCIPAL
+from gateway.http.middlewares import PRINCIPAL, single_header
 from gateway.pacing.api import current_share
 from gateway.pacing.scheduler import PRIORITIES, Priority, Share
 
@@ -26,7 +26,7 @@ APPLIED: web.RequestKey[str] = web.RequestKey("gateway_priority", str)
 def apply_share(request: web.Request) -> Share:
     """Read the header, cap it at the token's class, and make it the share of this request's calls."""
     principal = request[PRINCIPAL]
-    share = _share(request.headers.get(HEADER, "normal"), principal.priority, principal.name, principal.weight)
+    share = _share(single_header(request, HEADER) or "normal", principal.priority, principal.name, principal.weight)
     current_share.set(share)
     request[APPLIED] = share.priority
     return share

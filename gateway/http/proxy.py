@@ -32,6 +32,7 @@ from gateway.http.middlewares import (
     UPSTREAM_CREDENTIAL,
     UPSTREAM_PROVIDER,
     require_access,
+    single_header,
 )
 from gateway.http.priority import apply_share, stamp
 from gateway.upstream.body import REPLAYABLE_BYTES, StreamedBody, read_small
@@ -107,7 +108,7 @@ async def forward(request: web.Request, credential: Credential) -> web.StreamRes
 
 def _cost(request: web.Request) -> int | None:
     """``x-gateway-cost``: the tokens this call takes from each of its buckets (the pacer checks the top)."""
-    raw = request.headers.get(COST_HEADER)
+    raw = single_header(request, COST_HEADER)
     if raw is None:
         return None
     value = raw.strip()

@@ -96,3 +96,42 @@ async def test_an_unknown_expectation_is_a_json_400_naming_the_header(
     )
     assert b" 100 " in status  # still answered, then the request goes on
     assert upstream.state.requests == (1 if "proxy" in path else 0)
+
+
+MUTATION = {"kind": "create", "sync_id": "sync-1", "collection_id": "rest:things", "records": [{"data": {"a": 1}}]}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "name", "values"),
+    [
+        ("GET", "/v1/proxy/sync/sync-1/items", "x-gateway-priority", ("high", "low")),
+        ("GET", "/v1/proxy/sync/sync-1/items", "x-gateway-cost", ("1", "1")),
+        ("POST", "/v1/mutations/run", "Idempotency-Key", ("key-1", "key-2")),
+        ("POST", "/v1/tokens", "Content-Encoding", ("identity", "gzip")),
+    ],
+)
+async def test_a_header_the_gateway_reads_sent_twice_is_400_naming_it(
+    make_gateway: GatewayFactory, aiohttp_server: Any, method: str, path: str, name: str, values: tuple[str, str]
+) -> None:
+    """The first value won silently: a client's own ``x-gateway-priority`` beat the one a proxy in front
+    appended. Now, as for ``Authorization``, the gateway picks none, in any case, and nothing is sent."""
+    gw = await make_gateway()
+    upstream = await start_upstream(aiohttp_server)
+    await add_sync(gw, await add_credential(gw, upstream.url + "/echo"))
+    body = json.dumps(MUTATION if path == "/v1/mutations/run" else {"name": "t", "scopes": ["proxy"]}).encode()
+    server = gw.client.server
+    head = [f"{method} {path} HTTP/1.1", f"Host: {server.host}:{server.port}", "Connection: close"]
+    head += [f"{key}: {value}" for key, value in gw.auth().items()]
+    head += [f"{name}: {values[0]}", f"{name.upper()}: {values[1]}", f"Content-Length: {len(body)}"]
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    try:
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    status, _, payload = answer.partition(b"\r\n\r\n")
+    assert status.split(b" ", 2)[1] == b"400", answer
+    error = json.loads(payload)
+    assert error["code"] == "invalid_request" and error["fields"] == [name], error
+    assert upstream.state.requests == 0
