@@ -16,7 +16,10 @@ transaction per page could not keep up when a commit took longer than a page's i
 fetched but not yet committed is re-read after a crash like any other uncommitted page.
 
 A failed page (an upstream error, an answer that is not a page) marks the sync ``failing`` with
-the error, keeps the cursor, and retries with exponential backoff; the next good page clears it.
+the error, keeps the cursor, and retries with exponential backoff; the next good page clears it. A
+refusal that says when to ask again (``RateLimited``: the upstream's ``Retry-After``, the provider's
+penalty, Salesforce's spent-day hour, or the pacer refusing to queue through a pause) waits exactly
+that long instead: the backoff, grown during a long pause, would add up to ``MAX_BACKOFF`` after it.
 
 Creates a crash left with an unknown outcome are settled from what the capture appended, in the
 same transactions: after a page that appended something, and after a complete round (``settle``,
@@ -41,8 +44,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config import Config
 from gateway.domain.objects import Credential, Sync
-from gateway.errors import GatewayError, InternalError, NotFound
+from gateway.errors import GatewayError, InternalError, NotFound, RateLimited
 from gateway.observability.metrics import Metrics
+from gateway.pacing.adaptive import MAX_PAUSE
 from gateway.pacing.api import Pacer, current_share
 from gateway.pacing.scheduler import Priority
 from gateway.pacing.scheduler import Share as PacingShare
@@ -142,7 +146,7 @@ class SyncPoller:
             except (GatewayError, CaptureError, SQLAlchemyError, OSError) as exc:
                 failures += 1
                 await self._failed(sync, exc)
-                await self._sleep(_backoff(failures))
+                await self._sleep(_backoff(failures, exc))
                 continue
             failures = 0
             await self._sleep(option(sync, "poll_interval", DEFAULT_POLL_INTERVAL))
@@ -368,7 +372,11 @@ def _backfilling(cursor: Cursor | None) -> bool:
     return cursor is None or cursor.get("phase") != "live"
 
 
-def _backoff(failures: int) -> float:
+def _backoff(failures: int, exc: Exception | None = None) -> float:
+    """Exponential with jitter, unless the error says when to ask again: then that (1 s to a day,
+    the pacer's longest pause)."""
+    if isinstance(exc, RateLimited):
+        return min(max(exc.retry_after, 1.0), MAX_PAUSE)
     return float(min(MAX_BACKOFF, 2 ** min(failures, 10)) * random.uniform(0.5, 1.0))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +24,7 @@ CONCURRENT = [{"message": "ConcurrentRequests (Concurrent API Requests) Limit ex
                "errorCode": "REQUEST_LIMIT_EXCEEDED"}]  # fmt: skip
 FORBIDDEN = [{"message": "insufficient access rights " * 4000, "errorCode": "INSUFFICIENT_ACCESS"}]  # over BODY_HEAD
 PATH = "/v1/proxy/credential/sf/services/data/v59.0/sobjects/Contact"
+ERRORS = {"provider": "salesforce", "outcome": "error"}
 
 
 async def _gateway(make_gateway: GatewayFactory, aiohttp_server: Any, body: Any) -> tuple[Gateway, list[str]]:
@@ -90,14 +92,20 @@ async def test_a_sync_stops_asking_once_the_allocation_is_spent(
     sync = {"id": "sf-sync", "credential_id": "sf", "collections": ["salesforce:contact"]}
     async with gw.client.post("/v1/syncs", json=sync, headers=gw.auth()) as resp:
         assert resp.status == 201, await resp.text()
-    gw.app[appkeys.SYNC_RUNNERS].poke("sf-sync")
+    runners = gw.app[appkeys.SYNC_RUNNERS]
+    runners.poke("sf-sync")
     registry = gw.app[appkeys.METRICS].registry
 
-    async def failed_twice() -> bool:
-        polls = registry.get_sample_value("gateway_sync_polls_total", {"provider": "salesforce", "outcome": "error"})
-        return bool(polls and polls >= 2)
+    def failed(times: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            polls = registry.get_sample_value("gateway_sync_polls_total", ERRORS)
+            return bool(polls and polls >= times)
 
-    await until("the sync failed twice", failed_twice, 30)
+        return check
+
+    await until("the sync failed", failed(1), 30)
+    runners.poke("sf-sync")  # it sleeps the hour out; woken early (as by a resume), it reads again
+    await until("the sync failed twice", failed(2), 30)
     async with gw.client.get("/v1/syncs/sf-sync", headers=gw.auth()) as resp:
         assert (await resp.json())["state"] == "failing"
     assert len(asked) == 1  # the second poll was refused by the paused bucket, not sent

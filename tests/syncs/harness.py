@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 
@@ -128,11 +129,15 @@ async def connect(
     rate_limit: dict[str, float] | None = None,
     options: dict[str, Any] | None = None,
     create: bool = True,
+    before: Sequence[Callable[..., Awaitable[web.StreamResponse]]] = (),
 ) -> SyncEnv:
-    """A gateway reading ``provider``'s sandbox (unlimited unless ``knobs`` say) through sync ``SYNC``."""
+    """A gateway reading ``provider``'s sandbox (unlimited unless ``knobs`` say) through sync ``SYNC``.
+
+    ``before``: middlewares that see each request before the sandbox does (and may answer it instead)."""
     gw = await make_gateway(stream={"capture": True, "capture_lease_ttl": 3})
     spec = SPECS[provider]
     app = importlib.import_module(spec.module).create_app(knobs=knobs or Knobs())
+    app.middlewares[:0] = before
     server = await aiohttp_server(app)
     env = SyncEnv(gw, server, app[SANDBOX], provider)
     env.seed(seed)
