@@ -386,6 +386,11 @@ class UpstreamClient:
             if isinstance(body, StreamedBody) and body.failure is not None:
                 raise body.failure from exc
             raise mapped(exc, credential.provider) from exc
+        if not 200 <= raw.status <= 599:  # relayed, a 101 (no upgrade is ever asked for) or a 99 broke the client
+            raw.close()
+            self._count(credential, "error")
+            name = display_name(credential.provider)
+            raise UpstreamUnavailable(f"Error: {name} API answered with no valid final HTTP status ({raw.status})")
         self._count(credential, raw.status, time.perf_counter() - started)
         return raw
 

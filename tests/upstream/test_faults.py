@@ -110,3 +110,35 @@ async def test_upstream_metrics_use_bounded_labels(make_gateway: GatewayFactory,
     assert 'gateway_upstream_requests_total{provider="rest",status="200"} 1.0' in text
     assert "gateway_upstream_request_duration_seconds_count" in text
     assert "some/raw/path" not in text and "cred-secret-id" not in text
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\nhi",
+    ],
+)
+async def test_an_answer_without_a_valid_final_status_is_502(make_gateway: GatewayFactory, head: bytes) -> None:
+    """Relayed, a 101 (stripped of its Upgrade, hop-by-hop) told the client the connection had switched
+    protocols, and "HTTP/1.1 99" was a status line no client parses."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gw = await make_gateway()
+        await add_credential(gw, f"http://127.0.0.1:{port}")
+        resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth())
+        assert resp.status == 502, await resp.text()
+        body = await resp.json()
+        assert body["code"] == "upstream_unavailable" and "no valid final HTTP status" in body["error"]
+    finally:
+        server.close()
+        await server.wait_closed()
