@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,3 +112,37 @@ async def test_consumer_turns_failing_keeps_its_events_and_recovers(
 
     await poll("recovered", recovered, 15)
     assert (await _consumer(gw))["position"] == event.seq
+
+
+async def test_an_endless_answer_body_does_not_hold_the_delivery(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    """The receiver's 2xx body was read whole: one that never ends (or is huge) held the delivery until
+    its timeout and made it a failure, memory growing meanwhile. Its status is what counts."""
+    stop = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(status=200)
+        await resp.prepare(request)
+        while not stop.is_set():
+            await resp.write(b"x" * 65536)
+            await asyncio.sleep(0.01)  # a receiver that keeps talking
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/hook", endless)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    try:
+        gw = await make_gateway()
+        await seed_sync(gw.app)
+        body = {"id": "hooks", "kind": "webhook", "url": str(server.make_url("/hook")), "secret": SECRET, "timeout": 30}
+        assert (await gw.client.post("/v1/consumers", json=body, headers=gw.auth())).status == 201
+        await append(gw.app, [insert("003A")])
+
+        async def acked() -> bool:
+            return bool((await _consumer(gw))["pending"] == 0)
+
+        await poll("the batch acknowledged on the 200 alone", acked, 10)
+    finally:
+        stop.set()

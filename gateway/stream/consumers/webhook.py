@@ -23,6 +23,9 @@ from gateway.domain.objects import Consumer
 from gateway.egress import EgressDenied
 
 SECRET_PREFIX = "whsec_"
+# The receiver's answer body is read (so the connection can be reused) up to this much, then dropped:
+# read whole, an endless or huge 200 answer held the delivery until its timeout, or grew memory.
+ANSWER_BYTES = 64 * 1024
 
 
 class DeliveryFailed(Exception):
@@ -45,6 +48,16 @@ def encode(events: Sequence[Event]) -> bytes:
     return json.dumps({"data": [e.model_dump(mode="json") for e in events]}, separators=(",", ":")).encode()
 
 
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    """Discard the answer's body, at most ``ANSWER_BYTES`` of it (past that the connection is closed)."""
+    seen = 0
+    async for chunk in resp.content.iter_chunked(16 * 1024):
+        seen += len(chunk)
+        if seen > ANSWER_BYTES:
+            resp.close()
+            return
+
+
 class WebhookSink:
     """Delivers for one webhook consumer over the workers' shared client session."""
 
@@ -65,8 +78,8 @@ class WebhookSink:
             async with self.session.post(
                 str(consumer.settings["url"]), data=body, headers=headers, timeout=timeout, allow_redirects=False
             ) as resp:
-                await resp.read()
                 status = resp.status
+                await _drain(resp)
         except TimeoutError:
             raise DeliveryFailed("timed out") from None
         except aiohttp.ClientError as exc:
