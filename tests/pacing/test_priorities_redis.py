@@ -60,6 +60,27 @@ async def test_two_tenants_on_two_replicas_share_half_and_half(replicas: Any) ->
     assert all(45 <= Counter(tenants[i : i + 100])["a"] <= 55 for i in range(len(tenants) - 99))
 
 
+@pytest.mark.parametrize(("weight", "share"), [(1.0, 50), (3.0, 75)])
+async def test_two_tenants_on_three_replicas_share_by_weight(replicas: Any, weight: float, share: int) -> None:
+    """100/s: tenant a (weight 1, then 3), then b (weight 1) flood from all three replicas; a gets its
+    weight's share (50%, then 75%) +- 5% of every 100 consecutive grants while both have calls queued
+    (in arrival order a would get the first 180)."""
+    pacers = await replicas(3)
+    credential = make_credential(rate=100, burst=1, max_wait=600)
+    order: list[tuple[float, str]] = []
+
+    async def call(pacer: GatewayPacer, tenant: str) -> None:
+        await pacer.acquire(credential, "/", share=Share("normal", tenant, weight if tenant == "a" else 1.0))
+        order.append((time.monotonic(), tenant))
+
+    await asyncio.gather(*(call(pacer, t) for t in "ab" for pacer in pacers for _ in range(60)))
+    tenants = [t for _, t in sorted(order)]
+    both = min(len(tenants) - tenants[::-1].index(t) for t in "ab") - 10  # the first to run out, less a margin
+    assert both >= 200
+    shares = [Counter(tenants[i : i + 100])["a"] for i in range(both - 99)]
+    assert share - 5 <= min(shares) and max(shares) <= share + 5, (min(shares), max(shares))
+
+
 async def test_a_dead_replicas_queued_calls_hold_the_bucket_back_at_most_one_lease(
     replicas: Any, make_pacer: Any
 ) -> None:
