@@ -465,13 +465,27 @@ class UpstreamClient:
             async with self.session.post(
                 url, data=body, headers=headers, timeout=timeout, allow_redirects=False
             ) as resp:
-                raw = await resp.read()
+                raw = await _capped(resp, self._config.server.max_json_bytes)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise mapped(exc, "rest") from exc
         try:  # strict: arrays nested thousands deep made the refresh a 500 (RecursionError)
             return resp.status, jsontext.loads(raw, max_depth=self._config.server.max_json_depth)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError):  # an answer over the cap is b"": no token either
             return resp.status, None
+
+
+async def _capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or ``b""`` once it passes ``limit`` bytes (the connection is then closed): read whole, a
+    token endpoint's endless answer held the refresh, and the call waiting on it, for 30 s."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            resp.close()
+            return b""
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 async def _head(raw: aiohttp.ClientResponse, provider: str) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -205,3 +206,44 @@ async def test_a_token_endpoints_odd_answer_is_never_a_500(
     if status == 200:  # the stored expiry is a time every later call can compare with now
         again = await gw.client.get("/v1/proxy/credential/cred-1/y", headers=gw.auth())
         assert again.status == 200 and calls == ["Bearer fresh", "Bearer fresh"]
+
+
+async def test_a_token_endpoint_answer_past_max_json_bytes_fails_the_refresh_at_once(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    """The answer was read whole: an endless one held the refresh, and the call waiting on it, for the
+    token endpoint's 30 s timeout, its bytes piling up in memory. Past ``server.max_json_bytes`` the
+    refresh fails."""
+    stop = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'{"access_token": "')
+        while not stop.is_set():
+            await resp.write(b"a" * 65536)
+            await asyncio.sleep(0.01)  # a server that keeps talking
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/oauth/token", endless)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    base = str(server.make_url("")).rstrip("/")
+    try:
+        gw = await make_gateway(server={"max_json_bytes": 1 << 20})
+        auth = {
+            "type": "oauth2",
+            "access_token": "old",
+            "refresh_token": "r",
+            "token_url": base + "/oauth/token",
+            "client_id": "c",
+            "client_secret": "s",
+            "expires_at": PAST,
+        }
+        await add_credential(gw, base + "/api", auth)
+        started = time.monotonic()
+        resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth())
+        assert resp.status == 502 and (await resp.json())["code"] == "upstream_auth_failed"
+        assert time.monotonic() - started < 10, "the refresh waited for the endless answer"
+    finally:
+        stop.set()
