@@ -1,4 +1,4 @@
-"""Strict JSON for text from outside the gateway: bounded nesting, finite numbers, one value per key.
+"""Strict JSON for text from outside the gateway: bounded nesting, finite numbers, in bodies one value per key.
 
 ``json.loads`` recurses once per level (100,000 ``[`` end in ``RecursionError``) and accepts
 ``NaN``, ``Infinity`` and ``1e400`` (as ``inf``): no limit, record or PostgreSQL ``jsonb`` column can
