@@ -411,6 +411,9 @@ def _sync_options(value: Any) -> Any:
 
 SYNC_OPTIONS = ("poll_interval", "max_share", "base_id", "api_version")
 MAX_POLL_INTERVAL = 86_400  # seconds: a sync polls at least once a day
+# The options the providers put in an upstream path (Airtable's base, Salesforce's API version): checked
+# here with the others, so a stored value this version refuses fails its sync on every read.
+SYNC_OPTION_PATTERNS = {"base_id": r"app[A-Za-z0-9]{3,32}", "api_version": r"v\d{2,3}\.\d"}
 
 
 def _check_sync_options(options: dict[str, str]) -> dict[str, str]:
@@ -419,6 +422,9 @@ def _check_sync_options(options: dict[str, str]) -> dict[str, str]:
             raise ValueError(f"options.{name[:64]}: not a sync option (known: {', '.join(SYNC_OPTIONS)})")
     _number_option(options, "poll_interval", 1, MAX_POLL_INTERVAL, " (seconds)")
     _number_option(options, "max_share", 0, 1, "")
+    for name, pattern in SYNC_OPTION_PATTERNS.items():
+        if name in options and not re.fullmatch(pattern, options[name]):
+            raise ValueError(f"options.{name}: {options[name][:64]!r} is not valid (expected {pattern})")
     return options
 
 

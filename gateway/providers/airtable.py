@@ -24,7 +24,7 @@ class Airtable(Translator):
         return 10
 
     def _path(self, target: Target) -> str:
-        base_id = option(target, "base_id", r"app[A-Za-z0-9]{3,32}")
+        base_id = option(target, "base_id")
         return f"/v0/{base_id}/{quote(target.obj, safe='')}"
 
     def write(self, kind: Kind, items: Sequence[Item], target: Target) -> Call:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
+from gateway.domain.models import SYNC_OPTION_PATTERNS
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -166,9 +167,12 @@ def checked(value: str | None, pattern: str, *, field: str) -> str:
     return value
 
 
-def option(target: Target, name: str, pattern: str, default: str | None = None) -> str:
-    """A sync option (``options.base_id``, ``options.api_version``) checked against ``pattern``."""
-    return checked(target.options.get(name, default), pattern, field=f"sync options.{name}")
+def option(target: Target, name: str, default: str | None = None) -> str:
+    """A sync option (``options.base_id``, ``options.api_version``), or its default; missing is a 400.
+
+    The stored options passed the same pattern (``SYNC_OPTION_PATTERNS``) on their way in and on every
+    read; checked again here, as the path is built from it."""
+    return checked(target.options.get(name, default), SYNC_OPTION_PATTERNS[name], field=f"sync options.{name}")
 
 
 def parse_time(value: Any) -> datetime | None:

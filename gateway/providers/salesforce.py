@@ -80,7 +80,7 @@ class Salesforce(Translator):
         return COLLECTION_SIZE * MAX_COLLECTIONS
 
     def _base(self, target: Target) -> str:
-        return "/services/data/" + option(target, "api_version", r"v\d{2,3}\.\d", DEFAULT_API_VERSION)
+        return "/services/data/" + option(target, "api_version", DEFAULT_API_VERSION)
 
     def _type(self, target: Target) -> str:
         return sobject_type(checked(target.obj, r"[A-Za-z]\w*", field="collection_id"))

@@ -87,8 +87,8 @@ async def test_a_key_named_twice_in_one_object_is_400_naming_it_on_every_json_en
 
 async def test_nesting_within_the_limit_and_brackets_in_strings_pass(make_gateway: GatewayFactory) -> None:
     gw = await _seeded(make_gateway, server={"max_json_depth": 8})
-    options = {"api_version": '[[[[[[[[[[{{{{{{{{{{ \\" [[[[[['}
-    resp = await gw.client.patch("/v1/syncs/sync", json={"options": options}, headers=gw.auth())
+    auth = {"type": "header", "name": "X-Api-Key", "value": '[[[[[[[[[[{{{{{{{{{{ \\" [[[[[['}
+    resp = await gw.client.patch("/v1/credentials/cred", json={"auth": auth}, headers=gw.auth())
     assert resp.status == 200, await resp.text()
     deep: Any = 1
     for _ in range(9):

@@ -24,6 +24,8 @@ OLD = "sync-old"
     [
         ({"max_share": "7", "poll_interval": 5}, "options.max_share"),
         ({"poll_interval": None}, "poll_interval"),
+        ({"api_version": "59.0"}, "options.api_version"),  # checked on every read, not only when used
+        ({"base_id": "appX/../v1"}, "options.base_id"),
         (["poll_interval"], "options"),
     ],
 )

@@ -142,6 +142,11 @@ async def test_bad_syncs_are_refused_naming_the_field(make_gateway: GatewayFacto
         ({"credential_id": "cred-airtable", "collections": [], "options": {"max_share": "x"}}, "max_share"),
         ({"credential_id": "cred-airtable", "collections": [], "options": {"poll_interval": 1e308}}, "poll_interval"),
         ({"credential_id": "cred-airtable", "collections": [], "options": {"poll_intervall": 5}}, "poll_intervall"),
+        ({"credential_id": "cred-airtable", "collections": [], "options": {"base_id": "../x"}}, "options.base_id"),
+        (
+            {"credential_id": "cred-airtable", "collections": [], "options": {"api_version": "59"}},
+            "options.api_version",
+        ),
     ]
     for body, named in cases:
         async with gw.client.post("/v1/syncs", json=body, headers=gw.auth()) as resp:

@@ -23,7 +23,7 @@ class AirtableCapture(Capture):
         return {"phase": "backfill", "offset": None}
 
     def request(self, cursor: Cursor, target: Target) -> Call:
-        base_id = option(target, "base_id", r"app[A-Za-z0-9]{3,32}")
+        base_id = option(target, "base_id")
         offset = [("offset", str(cursor["offset"]))] if cursor.get("offset") else []
         return Call("GET", f"/v0/{base_id}/{quote(target.obj, safe='')}", query=[("pageSize", str(PAGE_SIZE)), *offset])
 

@@ -43,7 +43,7 @@ class SalesforceCapture(Capture):
     def request(self, cursor: Cursor, target: Target) -> Call:
         if cursor.get("next"):
             return Call("GET", str(cursor["next"]))
-        version = option(target, "api_version", r"v\d{2,3}\.\d", DEFAULT_API_VERSION)
+        version = option(target, "api_version", DEFAULT_API_VERSION)
         sobject = sobject_type(checked(target.obj, r"[A-Za-z]\w*", field="collection_id"))
         return Call("GET", f"/services/data/{version}/queryAll", query=[("q", self.soql(sobject, cursor))])
 
