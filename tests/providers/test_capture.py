@@ -13,7 +13,7 @@ from gateway.providers.capture.airtable import AirtableCapture
 from gateway.providers.capture.base import CaptureError, Cursor, Seen
 from gateway.providers.capture.hubspot import HubSpotCapture
 from gateway.providers.capture.salesforce import SalesforceCapture
-from gateway.providers.capture.stripe import StripeCapture, event_types
+from gateway.providers.capture.stripe import MAX_TIES, StripeCapture, event_types
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -193,6 +193,32 @@ def test_stripe_relists_when_its_anchor_event_aged_out() -> None:
     assert st.recover({"phase": "live", "event": "evt_1"}, 400, missing) == st.start(NOW)
     assert st.recover({"phase": "live", "event": None}, 400, missing) is None
     assert st.recover({"phase": "live", "event": "evt_1"}, 400, {"error": {"code": "parameter_invalid"}}) is None
+
+
+def test_stripe_backfill_goes_on_from_a_deleted_cursors_second() -> None:
+    """The list is newest first by ``created`` (seconds), one second's objects may span pages: a deleted
+    ``starting_after`` is replaced by ``created[lte]=<its second>``, less the ids already read at it."""
+    st = StripeCapture()
+    target = Target("customer", {}, "")
+    cursor = {"phase": "backfill", "anchored": True, "event": "evt_1", "after": None}
+    first = [{"id": "cus_5", "created": 20}, {"id": "cus_4", "created": 10}, {"id": "cus_3", "created": 10}]
+    page = st.page(cursor, {"data": first, "has_more": True})
+    assert (page.cursor["after"], page.cursor["at"], page.cursor["ids"]) == ("cus_3", 10, ["cus_3", "cus_4"])
+    missing = {"error": {"type": "invalid_request_error", "code": "resource_missing", "param": "starting_after"}}
+    again = st.recover(page.cursor, 400, missing)
+    assert again is not None and st.request(again, target).query == [("limit", "100"), ("created[lte]", "10")]
+    rest = [{"id": "cus_4", "created": 10}, {"id": "cus_2", "created": 10}, {"id": "cus_1", "created": 9}]
+    tail = st.page(again, {"data": rest, "has_more": False})  # cus_3 is gone
+    assert [s.upstream_id for s in tail.seen] == ["cus_2", "cus_1"] and tail.backfilled == 2
+    unknown = {"error": {"type": "invalid_request_error", "code": "parameter_unknown", "param": "created"}}
+    assert st.recover(again, 400, unknown) == {**again, "lte": None, "at": None, "ids": []}  # from the newest
+    bare = st.page(cursor, {"data": [{"id": "cus_9"}], "has_more": True})  # no created to page from
+    relist = st.recover(bare.cursor, 400, missing)
+    assert bare.cursor["at"] is None and relist is not None
+    assert st.request(relist, target).query == [("limit", "100")]  # from the newest, as before
+    crowd = {**page.cursor, "ids": [f"cus_{i:05d}" for i in range(MAX_TIES)]}  # a bulk import
+    more = st.page(crowd, {"data": [{"id": "cus_x", "created": 10}], "has_more": True})
+    assert len(more.cursor["ids"]) == MAX_TIES  # bounded: any fewer only reads some again
 
 
 def test_airtable_scan_pages_and_restarts_an_expired_offset() -> None:

@@ -5,11 +5,15 @@ before the backfill the newest event of the object (``event_types``) is noted (t
 backfill pages the list endpoint with ``starting_after``, then polling asks
 ``/v1/events?types[]=...&ending_before=<anchor>``, which answers the events just newer than the
 anchor; they are applied oldest first and the newest becomes the anchor. A backfill whose
-``starting_after`` object was deleted between two pages lists again from the newest. With no anchor yet (no
-event in Stripe's 30-day window when the backfill began) a poll that finds more than one page of
-events re-reads the list instead; so does a poll whose anchor aged out of that window (no new event
-for 30 days: Stripe refuses the cursor with ``resource_missing``). A re-read list shows changes, not
-deletes: the list omits deleted objects.
+``starting_after`` object was deleted between two pages goes on from that object's second: the list is
+ordered by ``created``, so ``created[lte]=<its created>`` less the ids already read at that second
+(the cursor keeps them, ``at`` and ``ids``) is exactly what was left to read, whatever order Stripe
+gives records of one second; objects created since the backfill began come from the events anyway. An
+endpoint that takes no ``created`` filter, or a cursor without ``at``, lists again from the newest.
+With no anchor yet (no event in Stripe's 30-day window when the backfill began) a poll that finds
+more than one page of events re-reads the list instead; so does a poll whose anchor aged out of that
+window (no new event for 30 days: Stripe refuses the cursor with ``resource_missing``). A re-read list
+shows changes, not deletes: the list omits deleted objects.
 ``upstream_updated_at`` stays empty: Stripe objects carry no modification time (mutations agree).
 """
 
@@ -19,10 +23,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.providers.base import Call, Target
-from gateway.providers.capture.base import Capture, CaptureError, Cursor, Page, Seen, rows, text
+from gateway.providers.capture.base import Capture, CaptureError, Cursor, Page, Seen, Ties, rows, text
 from gateway.providers.stripe import resource
 
 LIMIT = 100
+# Ids of one second the cursor keeps: skipping fewer than were read only reads some again after a deleted
+# cursor (no event); a bulk import's thousands in one second would otherwise ride along with every page.
+MAX_TIES = 1000
 ACTIONS = ("created", "updated", "deleted")
 # Objects whose changes Stripe reports otherwise (https://docs.stripe.com/api/events/types), as
 # (event prefix, space-separated actions): a subscription's events are ``customer.subscription.*``; the intents,
@@ -80,7 +87,8 @@ class StripeCapture(Capture):
             return Call("GET", "/v1/events", query=[("limit", "1"), *_types(obj)])
         if cursor.get("phase") == "backfill":
             after = [("starting_after", str(cursor["after"]))] if cursor.get("after") else []
-            return Call("GET", f"/v1/{resource(obj)}", query=[("limit", str(LIMIT)), *after])
+            lte = [("created[lte]", str(cursor["lte"]))] if cursor.get("lte") is not None else []
+            return Call("GET", f"/v1/{resource(obj)}", query=[("limit", str(LIMIT)), *after, *lte])
         before = [("ending_before", str(cursor["event"]))] if cursor.get("event") else []
         return Call("GET", "/v1/events", query=[("limit", str(LIMIT)), *_types(obj), *before])
 
@@ -90,9 +98,13 @@ class StripeCapture(Capture):
         if cursor.get("phase") == "backfill" and not cursor.get("anchored"):
             return Page([], {**cursor, "anchored": True, "event": text(data[0], "id") if data else None})
         if cursor.get("phase") == "backfill":
-            seen = [Seen(text(o, "id"), dict(o)) for o in data if not o.get("deleted")]
+            ties = Ties(cursor.get("at"), set(cursor.get("ids") or []))
+            fresh = [o for o in data if ties.fresh(o.get("created"), text(o, "id"))]
+            seen = [Seen(text(o, "id"), dict(o)) for o in fresh if not o.get("deleted")]
+            ties = _read_to(ties, data)
             if more and data:
-                return Page(seen, {**cursor, "after": text(data[-1], "id")}, backfilled=len(seen))
+                after = {"after": text(data[-1], "id"), "at": ties.since, "ids": sorted(ties.ids)[:MAX_TIES]}
+                return Page(seen, {**cursor, **after}, backfilled=len(seen))
             live = {"phase": "live", "event": cursor.get("event")}
             return Page(seen, live, backfilled=len(seen))
         if cursor.get("event") is None and more:  # events older than this page are out of reach: re-list
@@ -104,14 +116,30 @@ class StripeCapture(Capture):
     def recover(self, cursor: Cursor, status: int, body: Any) -> Cursor | None:
         """A cursor Stripe no longer knows (resource_missing). The anchor event is gone (older than 30
         days): note the newest event again and re-list. The backfill's ``starting_after`` object was
-        deleted (while the sync was paused, failing, or its replica killed between two pages): list
-        again from the newest, keeping the anchor; the records read already make no second event."""
+        deleted (while the sync was paused, failing, or its replica killed between two pages): go on
+        from its second (``created[lte]``), or from the newest, keeping the anchor, if there is none to
+        go on from or the list refuses ``created`` (parameter_unknown); records read again make no
+        second event."""
         error = body.get("error") if isinstance(body, dict) else None
         code = error.get("code") if isinstance(error, dict) else None
-        if status not in (400, 404) or code != "resource_missing":
+        phase = cursor.get("phase")
+        if status not in (400, 404):
             return None
-        if cursor.get("phase") == "live" and cursor.get("event"):
+        if code == "resource_missing" and phase == "live" and cursor.get("event"):
             return self.start(datetime.now(UTC))
-        if cursor.get("phase") == "backfill" and cursor.get("after"):
-            return {**cursor, "after": None}
+        if code == "resource_missing" and phase == "backfill" and cursor.get("after"):
+            return {**cursor, "after": None, "lte": cursor.get("at")}
+        if code == "parameter_unknown" and phase == "backfill" and cursor.get("lte") is not None:
+            return {**cursor, "lte": None, "at": None, "ids": []}
         return None
+
+
+def _read_to(ties: Ties, data: list[dict[str, Any]]) -> Ties:
+    """The second of the page's last object and the ids read at it; none to page from when an object
+    has no ``created`` (unix seconds)."""
+    for row in data:
+        created = row.get("created")
+        if not isinstance(created, int) or isinstance(created, bool):
+            return Ties(None)
+        ties.advance(created, text(row, "id"))
+    return ties

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
@@ -105,6 +106,22 @@ def _limit(raw: str) -> int:
     return limit
 
 
+# Stripe's ``created`` filter on lists: ``created[gt]=``, ``[gte]``, ``[lt]``, ``[lte]`` (unix seconds).
+_CREATED = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}
+
+
+def _created_in(rows: list[dict[str, Any]], query: Any) -> list[dict[str, Any]]:
+    for bound, compare in _CREATED.items():
+        raw = query.get(f"created[{bound}]")
+        if raw is None:
+            continue
+        if not raw.isdigit():
+            error = stripe_error(400, f"Invalid integer: {raw}", code="parameter_invalid_integer", param="created")
+            raise Reject(error)
+        rows = [r for r in rows if compare(r["created"], int(raw))]
+    return rows
+
+
 EVENT_RETENTION = 30 * 86400  # seconds: https://docs.stripe.com/api/events ("up to 30 days")
 
 
@@ -133,6 +150,7 @@ async def list_customers(request: web.Request) -> web.Response:
     rows = [c for c in reversed(state.table("customers").values()) if not c.get("deleted")]
     if "email" in request.query:
         rows = [c for c in rows if c.get("email") == request.query["email"]]
+    rows = _created_in(rows, request.query)
     return _listed(rows, request.query, "/v1/customers", "customer")
 
 
