@@ -1,7 +1,7 @@
 """A call's place in the pacing queues, decided at the edge from the request and its API token.
 
-``x-gateway-priority: high | normal | low`` (default ``normal``; anything else is a 400 naming the
-header) asks for a class; the token's ``priority`` caps it (asking for more is served at the
+``x-gateway-priority: high | normal | low`` (default ``normal`` when absent; anything else, empty
+included, is a 400 naming the header) asks for a class; the token's ``priority`` caps it (asking for more is served at the
 token's class, never refused). The tenant is the token's name and the weight the token's
 ``weight``. The result is set as the request's ``current_share`` (pacing/api.py), so every upstream
 call the request makes (one for the proxy, several for a mutation) queues with it, and the response
@@ -26,7 +26,8 @@ APPLIED: web.RequestKey[str] = web.RequestKey("gateway_priority", str)
 def apply_share(request: web.Request) -> Share:
     """Read the header, cap it at the token's class, and make it the share of this request's calls."""
     principal = request[PRINCIPAL]
-    share = _share(single_header(request, HEADER) or "normal", principal.priority, principal.name, principal.weight)
+    asked = single_header(request, HEADER)  # absent is normal; empty is not a class (400)
+    share = _share("normal" if asked is None else asked, principal.priority, principal.name, principal.weight)
     current_share.set(share)
     request[APPLIED] = share.priority
     return share

@@ -19,10 +19,14 @@ async def upstream(aiohttp_server: Any) -> Upstream:
     return await start_upstream(aiohttp_server)
 
 
-async def test_an_unknown_priority_is_a_400_naming_the_header(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+@pytest.mark.parametrize("asked", ["urgent", "", " "])
+async def test_an_unknown_priority_is_a_400_naming_the_header(
+    make_gateway: GatewayFactory, upstream: Upstream, asked: str
+) -> None:
+    """Empty is not absent: an unset template variable must not pass as normal."""
     gw = await make_gateway()
     await add_credential(gw, upstream.url + "/echo")
-    resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers={**gw.auth(), "x-gateway-priority": "urgent"})
+    resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers={**gw.auth(), "x-gateway-priority": asked})
     assert resp.status == 400
     body = await resp.json()
     assert body["code"] == "invalid_request" and "x-gateway-priority" in body["error"]
