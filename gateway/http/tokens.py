@@ -23,10 +23,7 @@ def _name(request: web.Request) -> str:
 async def create_token(request: web.Request) -> web.Response:
     body = await read_json(request, limit=request.app[appkeys.CONFIG].server.max_json_bytes)
     spec = validate(TokenIn, body, what="token")
-    tokens = request.app[appkeys.TOKENS]
-    token = await tokens.create(spec)
-    view = await tokens.view(spec.name)
-    return json_response(TokenCreated(**view.model_dump(), token=token), status=201)
+    return json_response(await request.app[appkeys.TOKENS].issue(spec), status=201)
 
 
 async def list_tokens(request: web.Request) -> web.Response:

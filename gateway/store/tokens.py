@@ -28,7 +28,7 @@ from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.domain.models import TokenIn, TokenView
+from gateway.domain.models import TokenCreated, TokenIn, TokenView
 from gateway.domain.objects import Principal
 from gateway.errors import Conflict, NotFound
 from gateway.lru import LRU
@@ -98,6 +98,11 @@ class Tokens:
 
     async def create(self, spec: TokenIn) -> str:
         """Store a new token and return it; this is the only time it is ever visible."""
+        return (await self.issue(spec)).token
+
+    async def issue(self, spec: TokenIn) -> TokenCreated:
+        """Store a new token; the answer is the row as written (read after the commit, a token revoked
+        meanwhile made the create a 404 although it had been created)."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         values = {
             "name": spec.name,
@@ -111,10 +116,10 @@ class Tokens:
         }
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(insert(t.api_tokens).values(**values))
+                row = (await conn.execute(insert(t.api_tokens).values(**values).returning(*t.api_tokens.c))).one()
         except IntegrityError:
             raise Conflict(f"a token named {spec.name!r} exists; revoke it first") from None
-        return token
+        return TokenCreated(**_view(row).model_dump(), token=token)
 
     async def authenticate(self, token: str) -> Principal | None:
         """The token's principal, or None when unknown, revoked or expired (cached as the module says)."""

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from gateway.http import appkeys
 from tests.conftest import Gateway, GatewayFactory
@@ -131,3 +132,40 @@ async def test_openapi_documents_the_token_api(make_gateway: GatewayFactory) -> 
     assert {"expires_at", "last_used_at", "priority", "weight"} <= set(
         doc["components"]["schemas"]["TokenView"]["properties"]
     )
+
+
+async def test_a_token_revoked_before_the_answer_is_still_answered_201(make_gateway: GatewayFactory) -> None:
+    """The create answers from the row it wrote: a store trigger deletes the token as soon as it is
+    inserted (a revoke landing between the insert and a read-back), and the answer is still the 201."""
+    gw = await make_gateway()
+    engine = gw.app[appkeys.ENGINE]
+    if engine.dialect.name == "postgresql":
+        create = [
+            "CREATE FUNCTION revoke_doomed() RETURNS trigger AS $$ BEGIN "
+            "DELETE FROM api_tokens WHERE name = NEW.name; RETURN NULL; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER revoke_doomed AFTER INSERT ON api_tokens FOR EACH ROW WHEN (NEW.name = 'doomed') "
+            "EXECUTE FUNCTION revoke_doomed()",
+        ]
+        drop = ["DROP TRIGGER revoke_doomed ON api_tokens", "DROP FUNCTION revoke_doomed()"]
+    else:
+        create = [
+            "CREATE TRIGGER revoke_doomed AFTER INSERT ON api_tokens WHEN NEW.name = 'doomed' "
+            "BEGIN DELETE FROM api_tokens WHERE name = NEW.name; END"
+        ]
+        drop = ["DROP TRIGGER revoke_doomed"]
+    async with engine.begin() as conn:
+        for statement in create:
+            await conn.execute(text(statement))
+    try:
+        status, body = await _create(gw, {"name": "doomed", "scopes": ["proxy"], "weight": 4})
+    finally:  # the PostgreSQL database is shared by the whole run
+        async with engine.begin() as conn:
+            for statement in drop:
+                await conn.execute(text(statement))
+    assert status == 201, body
+    assert body["token"].startswith("gw_") and (body["name"], body["scopes"], body["weight"]) == (
+        "doomed",
+        ["proxy"],
+        4,
+    )
+    assert (await gw.client.get("/v1/tokens/doomed", headers=gw.auth())).status == 404
