@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from pydantic import TypeAdapter
+import structlog
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
@@ -15,19 +17,24 @@ from gateway.domain.models import (
     CredentialIn,
     CredentialPatch,
     CredentialView,
+    HttpUrlStr,
     RateLimitOverride,
     TimeoutsOverride,
     masked_auth,
     reveal,
 )
 from gateway.domain.objects import Credential
-from gateway.errors import Conflict, NotFound
+from gateway.errors import Conflict, NotFound, describe_validation_error
 from gateway.store import changes
 from gateway.store import tables as t
 from gateway.store.db import as_utc, utcnow
 from gateway.store.rows import Rows, insert_unique, new_id
 
+log = structlog.get_logger(__name__)
 _AUTH = TypeAdapter[Any](Auth)
+_BASE_URL = TypeAdapter[str](HttpUrlStr)
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 # What changes with every write to a credential's row: the cache compares it to drop stale entries.
 Stamp = tuple[int, Any]
 
@@ -84,7 +91,13 @@ class CredentialRows(Rows):
         """Every credential, decrypted, in one query (the console describes every bucket at once)."""
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(t.credentials).order_by(t.credentials.c.id))).all()
-        return [self._credential(row) for row in rows]
+        readable = []
+        for row in rows:
+            try:
+                readable.append(self._credential(row))
+            except Conflict as exc:  # one row an older version wrote must not hide every other one
+                log.warning("credential_unreadable", credential_id=row.id, error=str(exc))
+        return readable
 
     async def credentials_fingerprint(self) -> tuple[int, Any]:
         """(count, newest ``updated_at``): changes whenever a credential is added, changed or removed,
@@ -94,13 +107,26 @@ class CredentialRows(Rows):
         return int(row[0]), row[1]
 
     def _credential(self, row: Row[Any]) -> Credential:
+        """The row, checked by today's rules: a value an older version stored and this one refuses (a
+        header name, a host, a rule, a token) is a 409 naming its field on each call through the
+        credential, until a PATCH repairs it, where it used to be a 500 on every call (or a call that
+        never ended)."""
+
+        def checked(field: str, parse: Callable[[], T]) -> T:
+            try:
+                return parse()
+            except ValidationError as exc:
+                problem = describe_validation_error(exc, prefix=field)
+                message = f"credential {row.id!r} holds an {problem}; PATCH the credential to repair it"
+                raise Conflict(message, field=field) from None
+
         return Credential(
             id=row.id,
             provider=row.provider,
-            base_url=row.base_url,
-            auth=_AUTH.validate_python(json.loads(self.keyring.open(row.auth_secret))),
-            rate_limit=RateLimitOverride.model_validate(row.rate_limit) if row.rate_limit else None,
-            timeouts=TimeoutsOverride.model_validate(row.timeouts) if row.timeouts else None,
+            base_url=checked("base_url", lambda: _BASE_URL.validate_python(row.base_url)),
+            auth=checked("auth", lambda: _AUTH.validate_python(json.loads(self.keyring.open(row.auth_secret)))),
+            rate_limit=checked("rate_limit", lambda: _optional(RateLimitOverride, row.rate_limit)),
+            timeouts=checked("timeouts", lambda: _optional(TimeoutsOverride, row.timeouts)),
             ca_bundle=row.ca_bundle,
             version=row.version,
         )
@@ -194,6 +220,10 @@ class CredentialRows(Rows):
         if _same_oauth_client(current.auth, body.auth) or reveal(current.auth) == reveal(body.auth):
             patch = patch.model_copy(update={"auth": None})
         await self.patch_credential(body.id, patch)
+
+
+def _optional(model: type[M], stored: dict[str, Any] | None) -> M | None:
+    return model.model_validate(stored) if stored else None
 
 
 def _dump(model: RateLimitOverride | TimeoutsOverride | None) -> dict[str, Any] | None:
