@@ -203,13 +203,16 @@ class CredentialRows(Rows):
         )
 
     async def upsert_credential(self, body: CredentialIn) -> None:
-        """Create or bring in line with the config; OAuth2 tokens refreshed at runtime are kept."""
+        """Create or bring in line with the config; OAuth2 tokens refreshed at runtime are kept (a row
+        this version cannot read takes the config's values whole)."""
         assert body.id is not None
         try:
-            current = await self.credential(body.id)
+            current: Credential | None = await self.credential(body.id)
         except NotFound:
             await self.create_credential(body)
             return
+        except Conflict:
+            current = None
         patch = CredentialPatch(
             base_url=body.base_url,
             auth=body.auth,
@@ -217,7 +220,9 @@ class CredentialRows(Rows):
             timeouts=body.timeouts,
             ca_bundle=body.ca_bundle,
         )
-        if _same_oauth_client(current.auth, body.auth) or reveal(current.auth) == reveal(body.auth):
+        if current is not None and (
+            _same_oauth_client(current.auth, body.auth) or reveal(current.auth) == reveal(body.auth)
+        ):
             patch = patch.model_copy(update={"auth": None})
         await self.patch_credential(body.id, patch)
 

@@ -7,11 +7,12 @@ credential exists neither in the file nor in the store used to pass one and stop
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from gateway.config import Config
-from gateway.errors import ConfigError, NotFound
+from gateway.errors import ConfigError, Conflict, NotFound
 from gateway.store.objects import Objects
 
 T = TypeVar("T")
@@ -23,7 +24,8 @@ async def check_declared(config: Config, objects: Objects | None) -> None:
     providers: dict[str, str] = {str(c.id): c.provider for c in config.credentials}
     if objects is not None:
         for credential in config.credentials:
-            await _stored(objects.credential, str(credential.id))
+            with contextlib.suppress(Conflict):  # a row this version refuses: the upsert rewrites it whole
+                await _stored(objects.credential, str(credential.id))
     for i, sync in enumerate(config.syncs):
         provider = providers.get(sync.credential_id)
         if provider is None and objects is not None:

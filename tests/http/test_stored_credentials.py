@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from gateway.app import create_app
+from gateway.domain.models import TokenIn
 from gateway.http import appkeys
 from gateway.store import tables as t
-from tests.conftest import GatewayFactory
+from gateway.vault.crypto import Keyring
+from tests.conftest import Gateway, GatewayFactory, ServedLikeProduction, make_config
 from tests.upstream.helpers import add_credential, start_upstream
 
 SECRET = "upstream-secret-token"
@@ -55,4 +58,21 @@ async def test_a_stored_value_refused_today_fails_its_own_calls_only(
     async with gw.client.patch("/v1/credentials/old", json=repair, headers=gw.auth()) as resp:
         assert resp.status == 200, await resp.text()
     async with gw.client.get("/v1/proxy/credential/old/x", headers=gw.auth()) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+async def test_a_declared_credential_the_store_holds_unreadable_is_rewritten_from_the_config(
+    make_gateway: GatewayFactory, aiohttp_server: Any, aiohttp_client: Any, store_url: str, keyring: Keyring
+) -> None:
+    """Starting with the credential in the config repairs the row (the start used to read it first)."""
+    upstream = await start_upstream(aiohttp_server)
+    auth = {"type": "bearer", "token": SECRET}
+    declared = {"id": "cfg", "provider": "rest", "base_url": upstream.url + "/echo", "auth": auth}
+    first = await make_gateway(credentials=[declared])
+    async with first.app[appkeys.ENGINE].begin() as conn:
+        await conn.execute(update(t.credentials).where(t.credentials.c.id == "cfg").values(base_url="http://a..b"))
+    app = create_app(make_config(store_url, keyring, credentials=[declared]), keyring=keyring, ops_on_main=True)
+    second = Gateway(await aiohttp_client(ServedLikeProduction(app)), "")
+    second.admin_token = await app[appkeys.TOKENS].create(TokenIn(name="second", scopes=["admin"]))
+    async with second.client.get("/v1/proxy/credential/cfg/x", headers=second.auth()) as resp:
         assert resp.status == 200, await resp.text()
