@@ -17,6 +17,8 @@
 --   P          zset   a credential's max_concurrency leases (permits.lua's format: member = permit
 --                     id, score = expiry in ms): the head of the queue takes one with its slot.
 --   H:r        hash   replica -> its lease expiry (µs); a replica's calls count only while it lives
+--   H:s        hash   replica -> when it was told to poll next (µs): past that by ABSENT, its places
+--                     are passed over (not granted: it could not collect them), in place
 --   H:g:<rep>  hash   member -> "tag,slot,key_1,..": granted calls waiting for their replica to collect
 -- ARGV[1] is the operation, ARGV[2] a fixed now for tests ('' in production: TIME); then:
 --   enter   n, catchup, ahead, replica, lease, then per call: home index, nb, per bucket (index, interval,
@@ -56,6 +58,8 @@ local KEEP_MS = 60000
 local MAX_GRANTS = 1000 -- grants (and dead calls dropped) per script call: keeps each call short
 local PERMIT_POLL = 20000 -- µs: how soon to look again when the head waits for a permit (freed anywhere)
 local BOOK = 64 -- charges per bucket whose debt is kept (a slot given back later than that stays lost)
+local ABSENT = 50000 -- µs a replica may poll later than told before its places are passed over
+local SCAN = 64 -- places per class looked at for one of a replica that polls
 local lease_ms = 0 -- a permit's lease: the replica lease of the script call (renewed like permits.lua's)
 
 local function fmt(x) return string.format('%.0f', x) end
@@ -176,37 +180,70 @@ local function lease_of(h, rep, cache)
   return cache[rep]
 end
 
--- Grant every slot due before now + ahead to the head of the highest non-empty class (scheduler.py's
--- order), charged on the head's own buckets, into the owner's collection hash; calls of replicas
--- whose lease ran out are dropped on the way. Returns the instant the next grant can be made (0:
--- nobody waits).
-local function grant(h, catchup, ahead)
-  local leases = {}
-  for _ = 1, MAX_GRANTS do
-    local c = nil
-    for k = 0, 2 do
-      if depth(h, k) > 0 then c = k break end
-    end
-    if c == nil then return 0 end
-    local head = redis.call('ZRANGE', qkey(h, c), 0, 0, 'WITHSCORES')
-    local member, start = head[1], tonumber(head[2])
-    local rep, arrival = string.match(member, '^%d+|([^|]+)|(%d+)|')
-    if lease_of(h, rep, leases) < now then
-      left(h, c, member)
-    else
-      local bs, pkey, limit = cmsgpack.unpack(redis.call('HGET', bkey(h), member))
-      local slot = math.max(due_of(bs), tonumber(arrival), now - catchup)
-      if slot > now + ahead then return slot - ahead end
-      if not permit_free(pkey, limit) then return now + PERMIT_POLL end -- strict order: the head waits
-      take_permit(pkey, member)
-      local virtual = math.max(tonumber(redis.call('HGET', KEYS[h], 'v' .. c) or '0'), start)
-      redis.call('HSET', KEYS[h], 'v' .. c, fmt(virtual))
-      left(h, c, member)
-      redis.call('HSET', KEYS[h] .. ':g:' .. rep, member, fmt(start) .. ',' .. take(bs, slot))
-      redis.call('PEXPIRE', KEYS[h] .. ':g:' .. rep, KEEP_MS)
+-- Whether replica r polls as told: by the wake it was last told (H:s), give or take ABSENT. The
+-- replica of this script call does.
+local function present(h, r, rep, seen)
+  if r == rep then return true end
+  if seen[r] == nil then seen[r] = tonumber(redis.call('HGET', KEYS[h] .. ':s', r) or '0') end
+  return now <= seen[r] + ABSENT
+end
+
+-- The next place to grant: the first, in the highest non-empty class, of a replica that polls as
+-- told (among the first SCAN of its class: the head alone, unless its replica does not); places of
+-- replicas whose lease ran out are dropped on the way. Returns its class, member and start tag, or
+-- nil and whether anyone waits.
+local function next_place(h, rep, leases, seen)
+  local waiting = false
+  for c = 0, 2 do
+    local first, last = 0, 0
+    while first <= last do
+      local heads = redis.call('ZRANGE', qkey(h, c), first, last, 'WITHSCORES')
+      if #heads == 0 then break end
+      local dropped = 0
+      for i = 1, #heads, 2 do
+        local member = heads[i]
+        local r = string.match(member, '^%d+|([^|]+)|')
+        if lease_of(h, r, leases) < now then
+          left(h, c, member)
+          dropped = dropped + 1 -- the places after it move up one
+        else
+          waiting = true
+          if present(h, r, rep, seen) then return c, member, tonumber(heads[i + 1]) end
+        end
+      end
+      first, last = last + 1 - dropped, SCAN - 1 - dropped
     end
   end
+  return nil, waiting
+end
+
+-- Grant every slot due before now + ahead to the next place (scheduler.py's order, passing over the
+-- places of a replica that has not polled since it was due to: they keep their place, and the
+-- slots go to calls that will be sent), charged on its own buckets, into the owner's collection
+-- hash. Returns the instant the next grant can be made (0: nobody waits).
+local function grant(h, catchup, ahead, rep)
+  local leases, seen = {}, {}
+  for _ = 1, MAX_GRANTS do
+    local c, member, start = next_place(h, rep, leases, seen)
+    if c == nil then return member and now + PERMIT_POLL or 0 end -- member: whether anyone waits
+    local r, arrival = string.match(member, '^%d+|([^|]+)|(%d+)|')
+    local bs, pkey, limit = cmsgpack.unpack(redis.call('HGET', bkey(h), member))
+    local slot = math.max(due_of(bs), tonumber(arrival), now - catchup)
+    if slot > now + ahead then return slot - ahead end
+    if not permit_free(pkey, limit) then return now + PERMIT_POLL end -- strict order: the head waits
+    take_permit(pkey, member)
+    local virtual = math.max(tonumber(redis.call('HGET', KEYS[h], 'v' .. c) or '0'), start)
+    redis.call('HSET', KEYS[h], 'v' .. c, fmt(virtual))
+    left(h, c, member)
+    redis.call('HSET', KEYS[h] .. ':g:' .. r, member, fmt(start) .. ',' .. take(bs, slot))
+    redis.call('PEXPIRE', KEYS[h] .. ':g:' .. r, KEEP_MS)
+  end
   return now
+end
+
+-- The replica of this call will poll by `wake` (0: it has nothing queued here).
+local function told(h, rep, wake)
+  redis.call('HSET', KEYS[h] .. ':s', rep, fmt(math.max(wake, now)))
 end
 
 -- A replica that queues or polls keeps its calls alive for another lease; the queue keys live as
@@ -215,6 +252,7 @@ local function renew(h, rep, lease)
   redis.call('HSET', KEYS[h] .. ':r', rep, fmt(now + lease))
   local ms = math.floor(lease / 1000) + KEEP_MS
   redis.call('PEXPIRE', KEYS[h] .. ':r', ms)
+  redis.call('PEXPIRE', KEYS[h] .. ':s', ms)
   redis.call('PEXPIRE', bkey(h), ms)
   for c = 0, 2 do
     redis.call('PEXPIRE', qkey(h, c), ms)
@@ -241,7 +279,7 @@ local function enter_one(pos, catchup, lookahead, rep)
   local pidx, limit = tonumber(ARGV[pos + 6]), tonumber(ARGV[pos + 7])
   local pkey = pidx > 0 and KEYS[pidx] or ''
   pos = pos + 8
-  grant(h, catchup, lookahead)
+  grant(h, catchup, lookahead, rep)
   -- A late grant rejoining gave its slot back but kept its permit's lease until now (redis.py's
   -- _give_back_and_rejoin), so no call behind it could take that permit in between.
   if place ~= '' and pkey ~= '' then redis.call('ZREM', pkey, place) end
@@ -275,7 +313,9 @@ local function enter_one(pos, catchup, lookahead, rep)
   end
   redis.call('ZADD', qkey(h, c), fmt(start), member)
   redis.call('HSET', bkey(h), member, cmsgpack.pack(bs, pkey, limit))
-  return {2, member, math.max(due - lookahead, now)}, pos
+  local wake = math.max(due - lookahead, now)
+  told(h, rep, wake)
+  return {2, member, wake}, pos
 end
 
 if op == 'enter' then
@@ -299,7 +339,8 @@ elseif op == 'poll' then
       if redis.call('ZSCORE', qkey(h, c), ARGV[i]) then left(h, c, ARGV[i]) break end
     end
   end
-  local wake = grant(h, catchup, ahead)
+  local wake = grant(h, catchup, ahead, rep)
+  told(h, rep, wake)
   local mine = KEYS[h] .. ':g:' .. rep
   local granted = redis.call('HGETALL', mine)
   redis.call('DEL', mine)

@@ -31,13 +31,14 @@
   per tenant); within a replica the calls of a lane take its slots in arrival order whichever place
   each slot was granted to, and a place given back rejoins at its old start tag (``Place``), the
   head again, while the lane's first call waits for the next slot that comes on time.
-- A replica that dies with calls queued: each queue holds a lease per replica (``H:r``), renewed by
-  every enter and poll of that replica (at least every third of ``lease_ttl``). A place is granted
-  only while its replica's lease lives; past it, the script drops that replica's places as they
-  reach the head, without granting them. Until then they are granted normally (each takes one slot
-  from the bucket, which the GCRA counts, so the bound holds), and a grant nobody collects is a
-  lost slot (nobody gives it back). Hence a dead replica's places hold the bucket back for at most
-  one lease TTL, and never break the bound or the order of the others.
+- A replica that stalls or dies with calls queued: each script call tells its replica when to poll
+  next (``H:s``); the places of a replica more than ``ABSENT`` (50 ms) past that are passed over,
+  in place, and the slots go to the next places of replicas that poll (granted to a replica that
+  cannot collect them, they would be lost: nobody gives back a grant it never saw). Each queue also
+  holds a lease per replica (``H:r``), renewed by every enter and poll of that replica (at least
+  every third of ``lease_ttl``); past it, the script drops that replica's places as it meets them.
+  So a stalled or dead replica's places hold nobody back and never break the bound (every grant is
+  a GCRA slot) or the order of the others; a stalled replica's calls are first again once it polls.
 - ``NOSCRIPT`` (Redis restarted or failed over) is the only error retried: the script did not run.
   A timed-out call is never retried, since it may have acted already; it raises ``BackendError`` and
   the pacer applies ``on_backend_error`` (waiting calls fail over to the in-process queue).

@@ -35,9 +35,8 @@ callers of a lane are served in arrival order whatever happens to the places:
   it: a queued place leaves the Redis queue at the next poll, a granted one gives its slot back, one
   still on its way is dropped when it lands. Callers and places stay one to one;
 - a replica that dies takes its lanes with it. Its places stay in the Redis queue, in their order,
-  only while its lease lives (renewed by its polls): they are granted meanwhile (each grant is a
-  GCRA slot, so the bound holds; nobody sends it, so it is lost) and dropped unanswered once the
-  lease lapses. They hold the bucket back for one lease TTL at most (redis.py).
+  only while its lease lives (renewed by its polls), and are passed over once it is 50 ms late for
+  a poll (redis.py): they hold nobody back, and are dropped unanswered once the lease lapses.
 """
 
 from __future__ import annotations

@@ -104,6 +104,30 @@ async def test_a_dead_replicas_queued_calls_hold_the_bucket_back_at_most_one_lea
     await asyncio.gather(*highs, return_exceptions=True)
 
 
+async def test_a_stalled_replicas_places_are_passed_over_at_once(replicas: Any) -> None:
+    """Replica A queues 200 high calls and stops polling (stalled, its lease alive for 30 s); B's 10
+    low calls on 20/s go at the full rate, not behind A's places (granted one by one, nobody to send
+    them: 10 s), and A's places keep theirs."""
+    a, b = await replicas(2)
+    credential = make_credential(rate=20, burst=1, max_wait=600)
+    await a.acquire(credential, "/")
+    highs = [asyncio.ensure_future(a.acquire(credential, "/", share=Share("high", "x"))) for _ in range(200)]
+    deadline = time.monotonic() + 10
+    while (await b.describe(credential))["queued"]["high"] < 150:
+        assert time.monotonic() < deadline, "the high calls never queued"
+        await asyncio.sleep(0.05)
+    assert a._shared is not None
+    for queue in a._shared._queues.values():  # A stalls: its pollers stop, its places stay in Redis
+        await queue.close()
+    started = time.monotonic()
+    await asyncio.gather(*(b.acquire(credential, "/", share=Share("low", "y")) for _ in range(10)))
+    assert time.monotonic() - started <= 10 / 20 + 1.0
+    assert (await b.describe(credential))["queued"]["high"] >= 150
+    for waiter in highs:
+        waiter.cancel()
+    await asyncio.gather(*highs, return_exceptions=True)
+
+
 async def test_concurrency_permits_follow_the_queue_order_across_replicas(replicas: Any) -> None:
     """max_concurrency 1: replica A's low calls wait for the permit C holds; B's high call, queued
     after them, gets it first when C releases it, then the low calls in arrival order."""
