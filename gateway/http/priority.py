@@ -1,9 +1,9 @@
 """A call's place in the pacing queues, decided at the edge from the request and its API token.
 
 ``x-gateway-priority: high | normal | low`` (default ``normal`` when absent; anything else, empty
-included, is a 400 naming the header) asks for a class; the token's ``priority`` caps it (asking for more is served at the
-token's class, never refused). The tenant is the token's name and the weight the token's
-``weight``. The result is set as the request's ``current_share`` (pacing/api.py), so every upstream
+included, is a 400 naming the header) asks for a class; the token's ``priority`` caps it (asking for
+more is served at the token's class, never refused). The tenant is the token's name and the weight
+the token's ``weight``. The result is set as the request's ``current_share`` (pacing/api.py), so every upstream
 call the request makes (one for the proxy, several for a mutation) queues with it, and the response
 says which class was applied.
 """
