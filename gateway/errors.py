@@ -221,6 +221,11 @@ class UpstreamUnavailable(GatewayError):
     code = "upstream_unavailable"
 
 
+class UpstreamAnswerUnreadable(UpstreamUnavailable):
+    """The upstream answered, but its body was cut off, over ``RESULT_LIMIT`` or (a 2xx) not JSON: a
+    write it answered so may have been applied, so a mutation treats it as an unknown outcome."""
+
+
 class UpstreamAuthFailed(GatewayError):
     status = 502
     code = "upstream_auth_failed"

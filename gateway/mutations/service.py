@@ -24,7 +24,7 @@ import structlog
 from multidict import MultiDict
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.domain.models import Event, Record
+from gateway.domain.models import Event, Record, display_name
 from gateway.domain.objects import Consumer, Credential
 from gateway.errors import (
     Conflict,
@@ -33,6 +33,7 @@ from gateway.errors import (
     InternalError,
     InvalidRequest,
     NotFound,
+    UpstreamAnswerUnreadable,
     UpstreamTimeout,
     UpstreamValidationError,
 )
@@ -64,6 +65,8 @@ class UpstreamAnswer(Protocol):
     def body_json(self) -> Any: ...
     @property
     def pause(self) -> float | None: ...
+    @property
+    def readable(self) -> bool: ...
 
 
 class Upstream(Protocol):
@@ -301,7 +304,7 @@ class MutationService:
             )  # fmt: skip
         try:
             answer = await self.send(plan, call)
-        except UpstreamTimeout:
+        except (UpstreamTimeout, UpstreamAnswerUnreadable):  # it may have been applied: recovery finds out
             run.uncertain = True
             raise
         written = plan.translator.written(kind, chunk, answer.body_json)
@@ -382,6 +385,9 @@ class MutationService:
         )
         if not 200 <= answer.status < 300:
             raise plan.translator.error_for(answer.status, answer.headers, answer.body_json, answer.pause)
+        if not answer.readable:  # read as no records, an applied write was lost and a read-back all deletes
+            name = display_name(plan.provider)
+            raise UpstreamAnswerUnreadable(f"Error: {name} API answered {answer.status} with a body that is not JSON")
         return answer
 
     async def _await_consumers(self, run: Run) -> None:

@@ -32,7 +32,8 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MASK = "***"
 _SECRET_HEADERS = re.compile(r"(authorization|cookie|api[-_]?key|token|secret)", re.IGNORECASE)
 _SECRET_FIELDS = re.compile(r"(secret|token|password|code)", re.IGNORECASE)
-Fault = Literal["timeout", "reset", "5xx", "malformed"]
+Fault = Literal["timeout", "reset", "5xx", "malformed", "cut_off", "garbled"]
+_SPOILERS = ("cut_off", "garbled")  # faults that let the request be handled, then spoil its answer
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z0-9-]{2,}$")
 
 
@@ -282,7 +283,7 @@ async def sandbox_middleware(request: web.Request, handler: Handler) -> web.Stre
     fault = state.take_fault()
     if fault == "timeout":
         await asyncio.sleep(state.knobs.hang)
-    elif fault is not None:
+    elif fault is not None and fault not in _SPOILERS:
         return _fault_response(fault, request, state)
     flavor = state.flavor
     key = flavor.limit_key(request)
@@ -295,7 +296,36 @@ async def sandbox_middleware(request: web.Request, handler: Handler) -> web.Stre
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
         response = flavor.route_missing(request)
     response.headers.update(flavor.limit_headers(state, key))
+    if fault in _SPOILERS:
+        return await _spoiled(fault == "cut_off", request, response)
     return response
+
+
+async def _spoiled(cut_off: bool, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """The handled request's answer with half its body: as a whole answer (``garbled``), or announced
+    whole, half sent and the connection reset (``cut_off``). A write it answers was applied."""
+    body = response.body if isinstance(response, web.Response) and isinstance(response.body, bytes) else b""
+    if not cut_off:
+        assert isinstance(response, web.Response)
+        response.body = body[: len(body) // 2]
+        return response
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    stream = web.StreamResponse(status=response.status, headers=headers)
+    stream.content_length = len(body)
+    await stream.prepare(request)
+    await stream.write(body[: len(body) // 2])
+    _reset(request)
+    return stream
+
+
+def _reset(request: web.Request) -> None:
+    """SO_LINGER 0 makes close() send a TCP RST: the client sees "connection reset by peer"."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport else None
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    if transport is not None:
+        transport.abort()
 
 
 def _check_access(request: web.Request, state: SandboxState, key: str) -> None:
@@ -311,13 +341,7 @@ def _check_access(request: web.Request, state: SandboxState, key: str) -> None:
 
 def _fault_response(fault: Fault, request: web.Request, state: SandboxState) -> web.Response:
     if fault == "reset":
-        # SO_LINGER 0 makes close() send a TCP RST: the client sees "connection reset by peer".
-        transport = request.transport
-        sock = transport.get_extra_info("socket") if transport else None
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        if transport is not None:
-            transport.abort()
+        _reset(request)
         return web.Response(status=500)
     if fault == "malformed":
         return web.Response(status=200, text='{"records": [{"id": ', content_type="application/json")

@@ -53,7 +53,7 @@ from gateway.config import Config
 from gateway.domain.models import OAuth2Auth, display_name
 from gateway.domain.objects import Credential
 from gateway.egress import EgressPolicy, ca_bundle_path
-from gateway.errors import InvalidRequest, UpstreamAuthFailed, UpstreamUnavailable
+from gateway.errors import InvalidRequest, UpstreamAnswerUnreadable, UpstreamAuthFailed, UpstreamUnavailable
 from gateway.lru import LRU
 from gateway.observability.metrics import Metrics
 from gateway.observability.recent import CallRates
@@ -444,14 +444,18 @@ class UpstreamClient:
             body = urlencode(form).encode()
             outgoing["Content-Type"] = "application/x-www-form-urlencoded"
         async with self.stream(credential, method, path, query=query, headers=outgoing, body=body) as resp:
-            raw = await resp.read()
+            try:
+                raw = await resp.read()
+            except UpstreamUnavailable as exc:  # cut off or over RESULT_LIMIT: the status came, the body not
+                raise UpstreamAnswerUnreadable(exc.message) from exc
+        parsed, readable = None, True
         try:
             parsed = jsontext.loads(raw, max_depth=self._config.server.max_json_depth) if raw.strip() else None
         except (ValueError, UnicodeDecodeError):
             # An HTML error page from a load balancer, say (the status still tells the story), or JSON no
             # record can hold: nested past server.max_json_depth, NaN, 1e400.
-            parsed = None
-        return UpstreamResult(resp.status, dict(resp.headers), parsed, resp.pacing_wait, resp.pause)
+            readable = False
+        return UpstreamResult(resp.status, dict(resp.headers), parsed, resp.pacing_wait, resp.pause, readable)
 
     async def _post_token_form(self, url: str, form: dict[str, str]) -> tuple[int, Any]:
         """The OAuth2 token endpoint call (unpaced: it is not the API the bucket protects).

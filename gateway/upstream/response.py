@@ -28,6 +28,7 @@ class UpstreamResult:
     body_json: Any
     pacing_wait: float = 0.0
     pause: float | None = None  # seconds the answer paused its bucket (its Retry-After, the penalty, ...)
+    readable: bool = True  # False: a body was sent that is not JSON (``body_json`` is then None)
 
 
 class UpstreamResponse:

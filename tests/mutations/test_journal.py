@@ -239,3 +239,22 @@ async def test_a_write_that_timed_out_is_settled_by_recovery(make_gateway: Gatew
     assert await _stream_ids(env, "insert") == [customer]
     status, answer, _ = await env.run(body, key="k-slow")
     assert status == 200 and [r["upstream_id"] for r in answer["records"]] == [customer]
+
+
+@pytest.mark.parametrize("fault", ["cut_off", "garbled"])
+async def test_a_write_whose_answer_cannot_be_read_is_settled_by_recovery(
+    make_gateway: GatewayFactory, aiohttp_server: Any, fault: str
+) -> None:
+    """Stripe applies a create and its answer is cut off halfway or is not JSON: the outcome is unknown,
+    as after a timeout (502 with "recovery": "pending"), and recovery replays it under the same Stripe
+    key; it used to be closed as not written (the key answered that failure, the stream never saw it)."""
+    env = await _env(make_gateway, aiohttp_server, "stripe")
+    env.sandbox.set_knobs(fault=fault, fault_count=1)
+    body = env.body("create", records=[{"data": env.spec.sample}])
+    status, answer, _ = await env.run(body, key="k-spoiled")
+    assert status == 502 and answer["code"] == "upstream_unavailable" and answer["recovery"] == "pending", answer
+    await poll("recovery emptied the journal", _empty(env), deadline=30)
+    (customer,) = env.sandbox.table("customers")
+    assert await _stream_ids(env, "insert") == [customer]
+    status, answer, _ = await env.run(body, key="k-spoiled")
+    assert status == 200 and [r["upstream_id"] for r in answer["records"]] == [customer]
