@@ -56,9 +56,14 @@ class SyncRows(Rows):
             "progress": {},
             "generation": 0,
         }
-        async with self.engine.begin() as conn:
-            await self._require_credential(conn, body.credential_id, body.collections, body.options)
-            await insert_unique(conn, t.syncs, values, "sync")
+        try:
+            async with self.engine.begin() as conn:
+                await self._require_credential(conn, body.credential_id, body.collections, body.options)
+                await insert_unique(conn, t.syncs, values, "sync")
+        except Conflict:  # the id is taken, or the credential was deleted since the check (its foreign key)
+            async with self.engine.connect() as conn:
+                await self._require_credential(conn, body.credential_id, body.collections, body.options)
+            raise
         return await self.sync_view(str(values["id"]))
 
     async def sync_view(self, sync_id: str) -> SyncView:

@@ -317,6 +317,18 @@ async def test_re_pointing_a_sync_at_a_credential_being_deleted_is_404(
     assert (await resp.json())["field"] == "credential_id"
 
 
+async def test_creating_a_sync_of_a_credential_being_deleted_is_404(
+    pg_url: str, keyring: Keyring, aiohttp_client: Any
+) -> None:
+    """The create checks the credential, then inserts: a delete of it in between made the foreign key
+    refuse the insert, which answered 409 "sync 'new' already exists"; now the 404 naming credential_id."""
+    held = delete(t.credentials).where(t.credentials.c.id == "other")
+    body = {"id": "new", "credential_id": "other"}
+    resp = await _racing(pg_url, keyring, aiohttp_client, [held], "POST", "/v1/syncs", body)
+    assert resp.status == 404, await resp.text()
+    assert (await resp.json())["field"] == "credential_id"
+
+
 @pytest.mark.parametrize("method", ["POST", "PATCH"])
 async def test_a_consumer_bound_to_a_sync_being_deleted_is_404(
     pg_url: str, keyring: Keyring, aiohttp_client: Any, method: str
