@@ -55,3 +55,5 @@ def add_console(app: web.Application, services: Services) -> None:
     ]
     for method, path, handler, name in routes:
         app.router.add_route(method, path, handler, name=f"console.{name}")
+        if method == "GET" and name != "events":  # as the API's GETs (RFC 9110); the live stream never ends
+            app.router.add_route("HEAD", path, handler, name=f"console.{name}")

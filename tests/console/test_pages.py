@@ -233,3 +233,19 @@ async def test_an_open_console_does_not_hold_up_shutdown(signed_in: SignedIn, up
     await asyncio.wait_for(gw.client.server.close(), timeout=20)
     assert asyncio.get_running_loop().time() - started < 5
     assert await asyncio.wait_for(resp.content.read(), timeout=5) == b""  # the stream ended, cleanly
+
+
+async def test_pages_answer_head_as_get(signed_in: SignedIn) -> None:
+    """HEAD was 405 on every console page; now GET's status and headers without a body, behind the same
+    session check. The live stream stays GET only (a HEAD of it would never end)."""
+    gw, _ = signed_in
+    for path in ("/console", "/console/tokens", "/console/credentials/none", "/console/signin"):
+        get = await gw.client.get(path, allow_redirects=False)
+        head = await gw.client.head(path, allow_redirects=False)
+        assert (head.status, head.headers["Content-Type"]) == (get.status, get.headers["Content-Type"]), path
+        assert head.headers["Content-Security-Policy"] == get.headers["Content-Security-Policy"]
+        assert await head.read() == b""
+    assert (await gw.client.head("/console/events")).status == 405
+    gw.client.session.cookie_jar.clear()
+    resp = await gw.client.head("/console/syncs", allow_redirects=False)
+    assert resp.status in (302, 303) and resp.headers["Location"].startswith("/console/signin")
