@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from gateway.domain.objects import Credential
 from gateway.pacing.pacer import GatewayPacer
 from gateway.pacing.redis import LEASE_TTL
 from gateway.pacing.scheduler import Priority, Share
@@ -87,15 +88,7 @@ async def test_a_dead_replicas_queued_calls_hold_the_bucket_back_at_most_one_lea
     """Replica A queues 200 high calls and stops polling (dies); B's low call goes within the lease TTL."""
     a, b = await replicas(2, DEAD_TTL)
     credential = make_credential(rate=5, burst=1, max_wait=600)
-    await a.acquire(credential, "/")
-    highs = [asyncio.ensure_future(a.acquire(credential, "/", share=Share("high", "x"))) for _ in range(200)]
-    deadline = time.monotonic() + 10
-    while (await b.describe(credential))["queued"]["high"] < 150:
-        assert time.monotonic() < deadline, "the high calls never queued"
-        await asyncio.sleep(0.05)
-    assert a._shared is not None
-    for queue in a._shared._queues.values():  # A dies: its pollers stop, its places stay in Redis
-        await queue.close()
+    highs = await _queue_highs_then_stop_polling(a, b, credential)
     started = time.monotonic()
     await b.acquire(credential, "/", share=Share("low", "y"))
     assert time.monotonic() - started <= DEAD_TTL + 1 / 5 + 0.5
@@ -110,15 +103,7 @@ async def test_a_stalled_replicas_places_are_passed_over_at_once(replicas: Any) 
     them: 10 s), and A's places keep theirs."""
     a, b = await replicas(2)
     credential = make_credential(rate=20, burst=1, max_wait=600)
-    await a.acquire(credential, "/")
-    highs = [asyncio.ensure_future(a.acquire(credential, "/", share=Share("high", "x"))) for _ in range(200)]
-    deadline = time.monotonic() + 10
-    while (await b.describe(credential))["queued"]["high"] < 150:
-        assert time.monotonic() < deadline, "the high calls never queued"
-        await asyncio.sleep(0.05)
-    assert a._shared is not None
-    for queue in a._shared._queues.values():  # A stalls: its pollers stop, its places stay in Redis
-        await queue.close()
+    highs = await _queue_highs_then_stop_polling(a, b, credential)
     started = time.monotonic()
     await asyncio.gather(*(b.acquire(credential, "/", share=Share("low", "y")) for _ in range(10)))
     assert time.monotonic() - started <= 10 / 20 + 1.0
@@ -157,3 +142,18 @@ async def _queued(pacer: GatewayPacer, credential: Any, priority: str, n: int) -
     while (await pacer.describe(credential))["queued"][priority] < n:
         assert time.monotonic() < deadline, f"{n} {priority} calls never queued"
         await asyncio.sleep(0.02)
+
+
+async def _queue_highs_then_stop_polling(a: Any, b: Any, credential: Credential) -> list[asyncio.Future[Any]]:
+    """Replica A takes the bucket's slot, queues 200 high calls, and its pollers stop (it dies or
+    stalls: its places stay in Redis); returns A's waiting calls."""
+    await a.acquire(credential, "/")
+    highs = [asyncio.ensure_future(a.acquire(credential, "/", share=Share("high", "x"))) for _ in range(200)]
+    deadline = time.monotonic() + 10
+    while (await b.describe(credential))["queued"]["high"] < 150:
+        assert time.monotonic() < deadline, "the high calls never queued"
+        await asyncio.sleep(0.05)
+    assert a._shared is not None
+    for queue in a._shared._queues.values():
+        await queue.close()
+    return highs

@@ -190,16 +190,7 @@ async def test_a_token_endpoints_odd_answer_is_never_a_500(
     server = await aiohttp_server(app, host="127.0.0.1")
     base = str(server.make_url("")).rstrip("/")
     gw = await make_gateway()
-    auth = {
-        "type": "oauth2",
-        "access_token": "old",
-        "refresh_token": "r",
-        "token_url": base + "/oauth/token",
-        "client_id": "c",
-        "client_secret": "s",
-        "expires_at": PAST,
-    }
-    await add_credential(gw, base + "/api", auth)
+    await add_credential(gw, base + "/api", _expired_oauth2(base + "/oauth/token"))
     resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth())
     assert resp.status == status, await resp.text()
     assert calls == (["Bearer fresh"] if status == 200 else [])
@@ -231,19 +222,23 @@ async def test_a_token_endpoint_answer_past_max_json_bytes_fails_the_refresh_at_
     base = str(server.make_url("")).rstrip("/")
     try:
         gw = await make_gateway(server={"max_json_bytes": 1 << 20})
-        auth = {
-            "type": "oauth2",
-            "access_token": "old",
-            "refresh_token": "r",
-            "token_url": base + "/oauth/token",
-            "client_id": "c",
-            "client_secret": "s",
-            "expires_at": PAST,
-        }
-        await add_credential(gw, base + "/api", auth)
+        await add_credential(gw, base + "/api", _expired_oauth2(base + "/oauth/token"))
         started = time.monotonic()
         resp = await gw.client.get("/v1/proxy/credential/cred-1/x", headers=gw.auth())
         assert resp.status == 502 and (await resp.json())["code"] == "upstream_auth_failed"
         assert time.monotonic() - started < 10, "the refresh waited for the endless answer"
     finally:
         stop.set()
+
+
+def _expired_oauth2(token_url: str) -> dict[str, Any]:
+    """An OAuth2 auth whose access token expired: the next call refreshes it at ``token_url``."""
+    return {
+        "type": "oauth2",
+        "access_token": "old",
+        "refresh_token": "r",
+        "token_url": token_url,
+        "client_id": "c",
+        "client_secret": "s",
+        "expires_at": PAST,
+    }
