@@ -3,8 +3,9 @@
 - Every credential has its own bucket (``cred:<id>``), except Airtable, whose limit is per *base*:
   a call under ``/v0/<base>/...`` uses ``cred:<id>:base:<base>`` (the base id is the first path
   segment after ``/v0/``, whether ``/v0`` is in the credential's ``base_url`` or in the path).
-  Every Airtable call also takes from ``cred:<id>:token``, Airtable's 50/s across all the bases one
-  token reaches, which binds from the eleventh busy base on.
+  Every Airtable call also takes from ``cred:<id>/token``, Airtable's 50/s across all the bases one
+  token reaches, which binds from the eleventh busy base on. The ``/`` is one no id can hold (ids
+  may hold ``:``): credential ``a:token``'s own bucket is not credential ``a``'s token bucket.
 - Each of the limit's ``windows`` is one more bucket beside it (``<key>:w<n>``): same calls, other
   rate, so a call must fit all of them.
 - Each ``rules`` entry whose ``match`` fits the call (methods, and a path glob relative to the base
@@ -128,7 +129,7 @@ def plan(config: Config, credential: Credential, path: str) -> Plan:
         base = airtable_base(credential.base_url, path)
         if base is not None:
             home_key = f"{home_key}:base:{base}"
-        token_wide = (BucketSpec(f"cred:{credential.id}:token", AIRTABLE_TOKEN_LIMIT, tag),)
+        token_wide = (BucketSpec(f"cred:{credential.id}/token", AIRTABLE_TOKEN_LIMIT, tag),)
     buckets = _specs(home_key, limit.limits, tag) + token_wide
     if shared is not None:
         buckets += _specs(f"provider:{credential.provider}", shared.limits, tag)

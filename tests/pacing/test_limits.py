@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -76,3 +77,18 @@ def test_calls_sent_as_late_as_the_lateness_allows_keep_the_bound(rate: float, b
     for extra, within in ((0.0, True), (0.002, False)):
         sent = [max(slot, slots[0] + limit.lateness + extra) for slot in slots]
         assert (bucket.worst_excess(sent, rate=rate, per=1, burst=burst) <= 1e-9) is within
+
+
+def test_the_airtable_token_bucket_is_no_bucket_of_another_credential() -> None:
+    """An id may hold ':': credential 'a:token' (of any provider, any path) must not share a bucket
+    with credential 'a''s token-wide one, or each would pace the other's calls."""
+    limit = {"windows": [{"rate": 100, "per": 60}], "rules": [{"match": {"path": "/**"}, "rate": 2, "per": 1}]}
+
+    def keys(cid: str, provider: str) -> set[str]:
+        cred = dataclasses.replace(credential(provider, "https://api.airtable.com", **limit), id=cid)
+        return {b.key for path in ("/v0/app1/t", "/v0/meta/bases", "/x") for b in route(Config(), cred, path).buckets}
+
+    token = {key for key in keys("a", "airtable") if key.endswith("token")}
+    assert len(token) == 1, token
+    for provider in ("airtable", "rest"):
+        assert not token & keys("a:token", provider), provider
