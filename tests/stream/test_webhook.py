@@ -146,3 +146,41 @@ async def test_an_endless_answer_body_does_not_hold_the_delivery(
         await poll("the batch acknowledged on the 200 alone", acked, 10)
     finally:
         stop.set()
+
+
+async def test_a_2xx_whose_body_trickles_past_the_timeout_still_acknowledges(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    """The status is in before the body: a 200 whose body never ends, too slowly to reach the drain's
+    cap, ran into the delivery timeout while drained and was retried as a failure, over and over."""
+    stop = asyncio.Event()
+    posts = 0
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        nonlocal posts
+        posts += 1
+        await request.read()
+        resp = web.StreamResponse(status=200)
+        await resp.prepare(request)
+        while not stop.is_set():
+            await resp.write(b"x")
+            await asyncio.sleep(0.05)
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/hook", trickle)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    try:
+        gw = await make_gateway()
+        await seed_sync(gw.app)
+        body = {"id": "hooks", "kind": "webhook", "url": str(server.make_url("/hook")), "secret": SECRET, "timeout": 1}
+        assert (await gw.client.post("/v1/consumers", json=body, headers=gw.auth())).status == 201
+        await append(gw.app, [insert("003A")])
+
+        async def acked() -> bool:
+            return bool((await _consumer(gw))["pending"] == 0)
+
+        await poll("the batch acknowledged on the 200 alone", acked, 10)
+        assert posts == 1
+    finally:
+        stop.set()

@@ -49,13 +49,20 @@ def encode(events: Sequence[Event]) -> bytes:
 
 
 async def _drain(resp: aiohttp.ClientResponse) -> None:
-    """Discard the answer's body, at most ``ANSWER_BYTES`` of it (past that the connection is closed)."""
+    """Discard the answer's body, at most ``ANSWER_BYTES`` of it (past that the connection is closed).
+    The status is in already: a body that is cut off, or trickles past the timeout, changes nothing
+    (it made an acknowledged batch a failure, retried for ever)."""
     seen = 0
-    async for chunk in resp.content.iter_chunked(16 * 1024):
-        seen += len(chunk)
-        if seen > ANSWER_BYTES:
-            resp.close()
+    try:
+        async for chunk in resp.content.iter_chunked(16 * 1024):
+            seen += len(chunk)
+            if seen > ANSWER_BYTES:
+                break
+        else:
             return
+    except (TimeoutError, aiohttp.ClientError):
+        pass
+    resp.close()
 
 
 class WebhookSink:
