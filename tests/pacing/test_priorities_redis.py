@@ -144,16 +144,35 @@ async def _queued(pacer: GatewayPacer, credential: Any, priority: str, n: int) -
         await asyncio.sleep(0.02)
 
 
-async def _queue_highs_then_stop_polling(a: Any, b: Any, credential: Credential) -> list[asyncio.Future[Any]]:
-    """Replica A takes the bucket's slot, queues 200 high calls, and its pollers stop (it dies or
+async def _queue_highs_then_stop_polling(
+    a: Any, b: Any, credential: Credential, count: int = 200
+) -> list[asyncio.Future[Any]]:
+    """Replica A takes the bucket's slot, queues ``count`` high calls, and its pollers stop (it dies or
     stalls: its places stay in Redis); returns A's waiting calls."""
     await a.acquire(credential, "/")
-    highs = [asyncio.ensure_future(a.acquire(credential, "/", share=Share("high", "x"))) for _ in range(200)]
+    highs = [asyncio.ensure_future(a.acquire(credential, "/", share=Share("high", "x"))) for _ in range(count)]
     deadline = time.monotonic() + 10
-    while (await b.describe(credential))["queued"]["high"] < 150:
+    while (await b.describe(credential))["queued"]["high"] < count * 3 // 4:
         assert time.monotonic() < deadline, "the high calls never queued"
         await asyncio.sleep(0.05)
     assert a._shared is not None
     for queue in a._shared._queues.values():
         await queue.close()
     return highs
+
+
+async def test_a_dead_replicas_places_ahead_in_the_same_class_hold_the_bucket_back_at_most_one_lease(
+    replicas: Any,
+) -> None:
+    """As above, but B's call is of A's tenant and class, behind A's 1,000 dead places in FIFO order
+    (more than a script call looks at in one go): it still goes within the lease TTL, not a poll (a
+    third of a lease) per 64 of them."""
+    a, b = await replicas(2, DEAD_TTL)
+    credential = make_credential(rate=5, burst=1, max_wait=600)
+    highs = await _queue_highs_then_stop_polling(a, b, credential, 1000)
+    started = time.monotonic()
+    await b.acquire(credential, "/", share=Share("high", "x"))
+    assert time.monotonic() - started <= DEAD_TTL + 1 / 5 + 0.5
+    for waiter in highs:
+        waiter.cancel()
+    await asyncio.gather(*highs, return_exceptions=True)
