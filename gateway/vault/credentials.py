@@ -151,7 +151,8 @@ class OAuth2Refresher:
             log.warning("oauth2_refresh_failed", credential_id=credential.id, reason=exc.__class__.__name__)
             if isinstance(exc, (UpstreamAuthFailed, UpstreamDenied)):  # a denied token_url says so
                 raise
-            raise UpstreamAuthFailed(f"Error: OAuth2 refresh of {credential.id!r} failed") from exc
+            # Not chained: a ValidationError's text holds its input, the token endpoint's answer (a token).
+            raise UpstreamAuthFailed(f"Error: OAuth2 refresh of {credential.id!r} failed") from None
         fresh = self._renewed(auth, token)
         stored = await self._objects.replace_auth(credential.id, expected_version=credential.version, auth=fresh)
         self._count(credential, "success")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from aiohttp import web
 from sqlalchemy import select
 
 from gateway.app import create_app
+from gateway.errors import UpstreamAuthFailed
 from gateway.http import appkeys
 from gateway.store import tables as t
 from gateway.vault.crypto import Keyring
@@ -242,3 +244,24 @@ def _expired_oauth2(token_url: str) -> dict[str, Any]:
         "client_secret": "s",
         "expires_at": PAST,
     }
+
+
+async def test_a_refused_token_answer_is_not_chained_into_the_refresh_error(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    """The ValidationError of a refused token answer quotes its input, the token: the refresh's error
+    does not carry it, so no traceback of it can print the token."""
+
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"access_token": "sekrit-token\r\nX-Evil: 1"})
+
+    app = web.Application()
+    app.router.add_post("/oauth/token", token)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    base = str(server.make_url("")).rstrip("/")
+    gw = await make_gateway()
+    await add_credential(gw, base + "/api", _expired_oauth2(base + "/oauth/token"))
+    credential = await gw.app[appkeys.OBJECTS].credential("cred-1")
+    with pytest.raises(UpstreamAuthFailed) as refused:
+        await gw.app[appkeys.UPSTREAM].oauth2.refresh(credential, stale_token="old")
+    assert "sekrit-token" not in "".join(traceback.format_exception(refused.value))
