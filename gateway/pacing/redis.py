@@ -75,7 +75,7 @@ from gateway.config import PacingConfig
 from gateway.pacing import bucket
 from gateway.pacing.backend import BackendError, Permit, Place, Refused, Reservation
 from gateway.pacing.bucket import US, Charge
-from gateway.pacing.registry import BucketSpec
+from gateway.pacing.registry import BucketSpec, credential_key
 from gateway.pacing.scheduler import PRIORITIES, Share, step
 from gateway.pacing.shared_queue import Entered, Granted, Lane, Polled, Queued, SharedQueue
 
@@ -391,7 +391,7 @@ class RedisBackend:
 
     def permit_key(self, tag: str, credential_id: str) -> str:
         """The lease set of a credential, in the hash slot of its buckets."""
-        return f"{self._prefix}:{{{tag}}}:cred:{credential_id}:permits"
+        return f"{self._prefix}:{{{tag}}}:{credential_key(credential_id)}:permits"
 
     async def renew_permits(self, key: str, permits: Sequence[str], ttl: float) -> set[str]:
         """Extend the leases that still exist to ``ttl`` from now; returns the lapsed ones."""

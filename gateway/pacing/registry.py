@@ -4,8 +4,10 @@
   a call under ``/v0/<base>/...`` uses ``cred:<id>:base:<base>`` (the base id is the first path
   segment after ``/v0/``, whether ``/v0`` is in the credential's ``base_url`` or in the path).
   Every Airtable call also takes from ``cred:<id>/token``, Airtable's 50/s across all the bases one
-  token reaches, which binds from the eleventh busy base on. The ``/`` is one no id can hold (ids
-  may hold ``:``): credential ``a:token``'s own bucket is not credential ``a``'s token bucket.
+  token reaches, which binds from the eleventh busy base on.
+- In every key, a ``:`` of the id is written ``%3A`` (``credential_key``; ids hold no ``%``), so one
+  credential's buckets are never another's: ``cred:a:w1`` is credential ``a``'s first window, and
+  credential ``a:w1``'s own bucket is ``cred:a%3Aw1``.
 - Each of the limit's ``windows`` is one more bucket beside it (``<key>:w<n>``): same calls, other
   rate, so a call must fit all of them.
 - Each ``rules`` entry whose ``match`` fits the call (methods, and a path glob relative to the base
@@ -122,23 +124,29 @@ def plan(config: Config, credential: Credential, path: str) -> Plan:
     """The buckets of ``credential`` (for Airtable, of the base ``path`` is under)."""
     limit = credential_limit(config, credential.provider, credential.rate_limit)
     shared = shared_limit(config, credential.provider)
-    tag = f"provider:{credential.provider}" if shared is not None else f"cred:{credential.id}"
-    home_key = f"cred:{credential.id}"
+    own = credential_key(credential.id)
+    tag = f"provider:{credential.provider}" if shared is not None else own
+    home_key = own
     token_wide: tuple[BucketSpec, ...] = ()
     if credential.provider == "airtable":
         base = airtable_base(credential.base_url, path)
         if base is not None:
             home_key = f"{home_key}:base:{base}"
-        token_wide = (BucketSpec(f"cred:{credential.id}/token", AIRTABLE_TOKEN_LIMIT, tag),)
+        token_wide = (BucketSpec(f"{own}/token", AIRTABLE_TOKEN_LIMIT, tag),)
     buckets = _specs(home_key, limit.limits, tag) + token_wide
     if shared is not None:
         buckets += _specs(f"provider:{credential.provider}", shared.limits, tag)
     rules = tuple(
-        _compile(rule, _specs(f"cred:{credential.id}:rule{n}", limit.rule_limits(rule), tag))
-        for n, rule in enumerate(limit.rules)
+        _compile(rule, _specs(f"{own}:rule{n}", limit.rule_limits(rule), tag)) for n, rule in enumerate(limit.rules)
     )
     plain = Route(buckets, limit, credential.provider, target=buckets[:1])
     return Plan(limit, credential.provider, buckets, rules, plain)
+
+
+def credential_key(credential_id: str) -> str:
+    """``cred:<id>`` with the id's ``:`` written ``%3A``: the suffixes added after it (``:w1``,
+    ``:rule0``, ``:base:<b>``, ``:permits``) can then never spell another credential's key."""
+    return "cred:" + credential_id.replace(":", "%3A")
 
 
 def route(config: Config, credential: Credential, path: str, method: str = "GET") -> Route:

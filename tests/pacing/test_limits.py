@@ -79,16 +79,18 @@ def test_calls_sent_as_late_as_the_lateness_allows_keep_the_bound(rate: float, b
         assert (bucket.worst_excess(sent, rate=rate, per=1, burst=burst) <= 1e-9) is within
 
 
-def test_the_airtable_token_bucket_is_no_bucket_of_another_credential() -> None:
-    """An id may hold ':': credential 'a:token' (of any provider, any path) must not share a bucket
-    with credential 'a''s token-wide one, or each would pace the other's calls."""
+def test_no_bucket_of_one_credential_is_a_bucket_of_another() -> None:
+    """An id may hold ':': credential 'a:w1' (or 'a:rule0', 'a:base:app1', 'a:token') must not share a
+    bucket with credential 'a''s first window (its rule, its base, its token), or each would pace the
+    other's calls; before, every one of these pairs shared one."""
     limit = {"windows": [{"rate": 100, "per": 60}], "rules": [{"match": {"path": "/**"}, "rate": 2, "per": 1}]}
 
     def keys(cid: str, provider: str) -> set[str]:
         cred = dataclasses.replace(credential(provider, "https://api.airtable.com", **limit), id=cid)
         return {b.key for path in ("/v0/app1/t", "/v0/meta/bases", "/x") for b in route(Config(), cred, path).buckets}
 
-    token = {key for key in keys("a", "airtable") if key.endswith("token")}
-    assert len(token) == 1, token
-    for provider in ("airtable", "rest"):
-        assert not token & keys("a:token", provider), provider
+    first = keys("a", "airtable")
+    assert {"cred:a", "cred:a:w1", "cred:a:rule0", "cred:a:base:app1", "cred:a/token"} <= first
+    for other in ("a:w1", "a:rule0", "a:rule0:w1", "a:base:app1", "a:token"):
+        for provider in ("airtable", "rest"):
+            assert not first & keys(other, provider), (other, provider)
