@@ -17,7 +17,7 @@ fetched but not yet committed is re-read after a crash like any other uncommitte
 
 A failed page (an upstream error, an answer that is not a page) marks the sync ``failing`` with
 the error, keeps the cursor, and retries with exponential backoff; the next good page clears it. A
-refusal that says when to ask again (``RateLimited``: the upstream's ``Retry-After``, the provider's
+refusal that says when to ask again (``RateLimited``: the ``Retry-After`` of a 429 or 503, the provider's
 penalty, Salesforce's spent-day hour, or the pacer refusing to queue through a pause) waits exactly
 that long instead: the backoff, grown during a long pause, would add up to ``MAX_BACKOFF`` after it.
 
@@ -46,7 +46,7 @@ from gateway.config import Config
 from gateway.domain.objects import Credential, Sync
 from gateway.errors import GatewayError, InternalError, NotFound, RateLimited
 from gateway.observability.metrics import Metrics
-from gateway.pacing.adaptive import MAX_PAUSE
+from gateway.pacing.adaptive import MAX_PAUSE, is_refusal
 from gateway.pacing.api import Pacer, current_share
 from gateway.pacing.scheduler import Priority
 from gateway.pacing.scheduler import Share as PacingShare
@@ -222,9 +222,7 @@ class SyncPoller:
             if retry is not None:
                 outcome = "ok"
                 return Page([], retry)
-            translator = translator_for(reading.provider)
-            assert translator is not None  # every provider with a capture has a translator
-            raise translator.error_for(answer.status, answer.headers, answer.body_json, answer.pause)
+            raise _refusal(reading.provider, answer)
         finally:
             self.metrics.sync_polls.labels(reading.provider, outcome).inc()
 
@@ -366,6 +364,17 @@ class _Ahead:
 
     def close(self) -> None:
         self._task.cancel()
+
+
+def _refusal(provider: str, answer: UpstreamResult) -> GatewayError:
+    """The provider's error for a non-2xx page; a 503 with ``Retry-After`` is a throttle (``RateLimited``
+    for the pause it asked for), as a 429 is, so the sync asks again only when the pause ends."""
+    translator = translator_for(provider)
+    assert translator is not None  # every provider with a capture has a translator
+    error = translator.error_for(answer.status, answer.headers, answer.body_json, answer.pause)
+    if answer.pause is not None and not isinstance(error, RateLimited) and is_refusal(answer.status, answer.headers):
+        return RateLimited(error.message, retry_after=answer.pause, **error.extra)
+    return error
 
 
 def _backfilling(cursor: Cursor | None) -> bool:

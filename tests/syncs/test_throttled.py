@@ -2,7 +2,7 @@
 
 The backoff grows while a pause lasts (the pacer refuses every call through it), so after a long one
 (Salesforce's spent-day hour, a 429's Retry-After, Airtable's 30 s) the sync waited up to its 5-minute
-maximum more before reading again.
+maximum more before reading again. A 503 with ``Retry-After`` is the same refusal.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from gateway.http import appkeys
@@ -17,10 +18,15 @@ from tests.conftest import GatewayFactory
 from tests.syncs.harness import connect, until
 
 RETRY_AFTER = 4  # seconds; over the credential's max_wait, so the pacer refuses to queue through it
+REFUSALS = {
+    429: {"error": {"type": "invalid_request_error", "code": "rate_limit", "message": "Request rate limit exceeded."}},
+    503: {"error": {"type": "api_error", "message": "The service is temporarily unavailable."}},
+}
 
 
+@pytest.mark.parametrize("status", sorted(REFUSALS))
 async def test_a_throttled_sync_reads_again_when_the_retry_after_ends(
-    make_gateway: GatewayFactory, aiohttp_server: Any
+    make_gateway: GatewayFactory, aiohttp_server: Any, status: int
 ) -> None:
     refused: list[float] = []
 
@@ -28,8 +34,7 @@ async def test_a_throttled_sync_reads_again_when_the_retry_after_ends(
     async def throttle_once(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path == "/v1/customers" and not refused:
             refused.append(asyncio.get_running_loop().time())
-            error = {"type": "invalid_request_error", "code": "rate_limit", "message": "Request rate limit exceeded."}
-            return web.json_response({"error": error}, status=429, headers={"Retry-After": str(RETRY_AFTER)})
+            return web.json_response(REFUSALS[status], status=status, headers={"Retry-After": str(RETRY_AFTER)})
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -46,4 +51,4 @@ async def test_a_throttled_sync_reads_again_when_the_retry_after_ends(
     assert RETRY_AFTER - 0.1 <= asked[0] - refused[0] < RETRY_AFTER + 1.5, asked[0] - refused[0]
     registry = env.gw.app[appkeys.METRICS].registry
     errors = registry.get_sample_value("gateway_sync_polls_total", {"provider": "stripe", "outcome": "error"})
-    assert errors == 1  # the 429 only: no read during the pause for the pacer to refuse
+    assert errors == 1  # the refusal only: no read during the pause for the pacer to refuse
