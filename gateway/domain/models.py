@@ -467,6 +467,10 @@ class SyncView(Strict):
     cursor: dict[str, Any] = Field(description="where reading stands, per collection")
     last_poll_at: datetime | None = None
     lag_seconds: float | None = Field(description="seconds since the sync last had read every change")
+    throttled_until: datetime | None = Field(
+        default=None,
+        description="the upstream's rate limit (or the pacer) refused the last read: the next comes then",
+    )
 
 
 MAX_RETRY_DURATION = 30 * 86400

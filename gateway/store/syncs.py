@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, case, delete, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -146,7 +146,24 @@ class SyncRows(Rows):
             await conn.execute(
                 update(t.syncs)
                 .where(t.syncs.c.id == sync_id)
-                .values(state="failing", last_error=error[:1000], last_poll_at=utcnow())
+                .values(state="failing", last_error=error[:1000], last_poll_at=utcnow(), throttled_until=None)
+            )
+
+    async def set_sync_throttled(self, sync_id: str, until: datetime, reading: str) -> None:
+        """Mark a poll refused by a rate limit: the sync waits until ``until``, and is not failing. A
+        ``failing`` state (an earlier error, no page read since) becomes ``reading``, the state its
+        cursor is in (``backfilling`` or ``live``); any other state is the last page's and stays."""
+        syncs = t.syncs.c
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(t.syncs)
+                .where(syncs.id == sync_id)
+                .values(
+                    state=case((syncs.state == "failing", reading), else_=syncs.state),
+                    last_error=None,
+                    last_poll_at=utcnow(),
+                    throttled_until=until,
+                )
             )
 
     async def pause_sync(self, sync_id: str, paused: bool) -> SyncView:
@@ -212,6 +229,7 @@ async def advance(
         "last_error": None,
         "generation": generation + 1,
         "last_poll_at": utcnow(),
+        "throttled_until": None,
     }
     if caught_up_at is not None:
         values["caught_up_at"] = caught_up_at
@@ -271,7 +289,9 @@ def _sync_view(row: Row[Any]) -> SyncView:
     state = "idle" if not sync.collections else "paused" if sync.paused else sync.state
     if sync.options_error is not None and state != "idle":
         state = "failing"
-    lag = (utcnow() - sync.caught_up_at).total_seconds() if sync.caught_up_at and sync.collections else None
+    now = utcnow()
+    lag = (now - sync.caught_up_at).total_seconds() if sync.caught_up_at and sync.collections else None
+    throttled = as_utc(row.throttled_until)
     return SyncView(
         id=row.id,
         credential_id=row.credential_id,
@@ -285,4 +305,5 @@ def _sync_view(row: Row[Any]) -> SyncView:
         cursor=sync.cursor,
         last_poll_at=sync.last_poll_at,
         lag_seconds=None if lag is None else round(max(lag, 0.0), 3),
+        throttled_until=throttled if throttled and throttled > now and state in ("backfilling", "live") else None,
     )

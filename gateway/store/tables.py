@@ -91,6 +91,7 @@ syncs = Table(
     Column("generation", Integer, nullable=False, default=0),  # bumped by every cursor write: a stale poller's fails
     Column("last_poll_at", DateTime(timezone=True), nullable=True),
     Column("caught_up_at", DateTime(timezone=True), nullable=True),
+    Column("throttled_until", DateTime(timezone=True), nullable=True),  # a refusal's pause: waiting, not failing
 )
 
 api_tokens = Table(

@@ -18,8 +18,9 @@ fetched but not yet committed is re-read after a crash like any other uncommitte
 A failed page (an upstream error, an answer that is not a page) marks the sync ``failing`` with
 the error, keeps the cursor, and retries with exponential backoff; the next good page clears it. A
 refusal that says when to ask again (``RateLimited``: the ``Retry-After`` of a 429 or 503, the provider's
-penalty, Salesforce's spent-day hour, or the pacer refusing to queue through a pause) waits exactly
-that long instead: the backoff, grown during a long pause, would add up to ``MAX_BACKOFF`` after it.
+penalty, Salesforce's spent-day hour, or the pacer refusing to queue through a pause) is no failure:
+the sync stays ``backfilling`` or ``live``, shows ``throttled_until``, and waits exactly that long (the
+backoff, grown during a long pause, would add up to ``MAX_BACKOFF`` after it).
 
 Creates a crash left with an unknown outcome are settled from what the capture appended, in the
 same transactions: after a page that appended something, and after a complete round (``settle``,
@@ -34,7 +35,7 @@ import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import structlog
@@ -143,10 +144,13 @@ class SyncPoller:
             except Superseded:
                 self._scans.clear()
                 continue
+            except RateLimited as exc:
+                await self._throttled(sync, exc)
+                continue
             except (GatewayError, CaptureError, SQLAlchemyError, OSError) as exc:
                 failures += 1
                 await self._failed(sync, exc)
-                await self._sleep(_backoff(failures, exc))
+                await self._sleep(_backoff(failures))
                 continue
             failures = 0
             await self._sleep(option(sync, "poll_interval", DEFAULT_POLL_INTERVAL))
@@ -165,6 +169,15 @@ class SyncPoller:
         log.warning("sync_poll_failed", sync=sync.id, error=message)
         with contextlib.suppress(SQLAlchemyError, OSError):  # if the store failed, the log line is all we have
             await self.objects.set_sync_failing(sync.id, message)
+
+    async def _throttled(self, sync: Sync, exc: RateLimited) -> None:
+        """Wait exactly as long as the refusal said (1 s to a day), shown as ``throttled_until``."""
+        wait = min(max(exc.retry_after, 1.0), MAX_PAUSE)
+        log.info("sync_throttled", sync=sync.id, seconds=round(wait, 3), error=exc.message)
+        reading = _reading_state(sync, sync.cursor)
+        with contextlib.suppress(SQLAlchemyError, OSError):  # if the store failed, the log line is all we have
+            await self.objects.set_sync_throttled(sync.id, utcnow() + timedelta(seconds=wait), reading)
+        await self._sleep(wait)
 
     async def _round(self, sync: Sync) -> None:
         """Read every collection until caught up, then note the round's start as caught up."""
@@ -261,7 +274,7 @@ class SyncPoller:
                 tally.update(s.upstream_id for s in each.seen)
         page = batch[-1][1]
         scan = self._scans.get(reading.collection)
-        state = "backfilling" if any(_backfilling(cursors.get(c)) for c in sync.collections) else "live"
+        state = _reading_state(sync, cursors)
         async with self.stream.transaction() as tx:
             conn = tx.conn
             new = await advance(conn, sync.id, generation, cursor=cursors, progress=progress, state=state)
@@ -377,15 +390,14 @@ def _refusal(provider: str, answer: UpstreamResult) -> GatewayError:
     return error
 
 
-def _backfilling(cursor: Cursor | None) -> bool:
-    return cursor is None or cursor.get("phase") != "live"
+def _reading_state(sync: Sync, cursors: dict[str, Cursor]) -> str:
+    """``backfilling`` until every collection's cursor is live, then ``live``."""
+    backfilling = any(cursors.get(c) is None or cursors[c].get("phase") != "live" for c in sync.collections)
+    return "backfilling" if backfilling else "live"
 
 
-def _backoff(failures: int, exc: Exception | None = None) -> float:
-    """Exponential with jitter, unless the error says when to ask again: then that (1 s to a day,
-    the pacer's longest pause)."""
-    if isinstance(exc, RateLimited):
-        return min(max(exc.retry_after, 1.0), MAX_PAUSE)
+def _backoff(failures: int) -> float:
+    """Exponential with jitter."""
     return float(min(MAX_BACKOFF, 2 ** min(failures, 10)) * random.uniform(0.5, 1.0))
 
 

@@ -196,6 +196,10 @@ async def test_the_sync_buttons_pause_resume_and_backfill(make_gateway: GatewayF
     assert view["state"] == "backfilling" and (await gw.app[appkeys.OBJECTS].sync("contacts")).generation == 1
     missing = await gw.client.post("/console/syncs/nope/pause", data={"csrf": csrf})
     assert missing.status == 404 and "nope" in await missing.text()
+    waits = datetime.now(UTC) + timedelta(minutes=5)  # a rate limit refused its last read: shown with the state
+    await gw.app[appkeys.OBJECTS].set_sync_throttled("contacts", waits, "backfilling")
+    html = await (await gw.client.get("/console/syncs")).text()
+    assert f'backfilling</span> <span class="hint">rate limited, reads again {waits:%Y-%m-%d %H:%M} UTC' in html
 
 
 async def test_the_live_stream_sends_every_credentials_state(signed_in: SignedIn, upstream: Upstream) -> None:
