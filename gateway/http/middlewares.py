@@ -20,7 +20,6 @@ from aiohttp.web_exceptions import HTTPException, HTTPMethodNotAllowed
 from prometheus_client import Counter, Histogram
 
 from gateway.domain.models import ObjectKind
-from gateway.domain.objects import Principal
 from gateway.errors import (
     Forbidden,
     GatewayError,
@@ -32,6 +31,7 @@ from gateway.errors import (
     RequestTimeout,
     Unauthorized,
 )
+from gateway.http.call import CALL, Call
 from gateway.http.endpoints import Handler
 from gateway.http.throttle import AuthThrottle
 from gateway.observability.metrics import ROUTES, Metrics, method_label
@@ -41,13 +41,6 @@ from gateway.store.tokens import Tokens
 
 log = structlog.get_logger(__name__)
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-REQUEST_ID = web.RequestKey("request_id", str)
-PRINCIPAL = web.RequestKey("principal", Principal)
-# Set by the proxy and mutation views so the request log line names the upstream and the pacing wait.
-UPSTREAM_PROVIDER = web.RequestKey("upstream_provider", str)
-PACING_WAIT_MS = web.RequestKey("pacing_wait_ms", float)
-# Set by the same views: the credential the call went to, for the console's ring of recent calls.
-UPSTREAM_CREDENTIAL = web.RequestKey("upstream_credential", str)
 RECORDED_ROUTES = frozenset({"proxy_sync", "proxy_credential", "mutations"})
 
 
@@ -102,14 +95,14 @@ def gateway_middleware(
         sent = request.headers.get("x-request-id", "")
         generated_id = not _SANE_ID.match(sent)
         request_id = new_request_id() if generated_id else sent
-        request[REQUEST_ID] = request_id
+        request[CALL] = call = Call(request_id, generated_id=generated_id)
         # aiohttp runs each request in a task of its own, with a copy of its connection's context: no
         # binding of an earlier request is left to clear (clearing copied the whole context per call).
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         status, priority = 500, ""
         try:
-            response = await _answer(request, handler, authenticate)
+            response = await _answer(request, call, handler, authenticate)
             status, priority = response.status, response.headers.get("x-gateway-priority", "")
             return response
         finally:
@@ -118,14 +111,14 @@ def gateway_middleware(
                 route = route_label(request)
                 count(route, request.method, status, duration)
                 if recent is not None and route in RECORDED_ROUTES:
-                    recent.add(recent_call(request, status, duration, priority))
+                    recent.add(recent_call(request, call, status, duration, priority))
                 request_line(
                     route=route,
                     method=request.method,
                     status=status,
                     duration_ms=round(duration * 1000, 2),
-                    upstream=request.get(UPSTREAM_PROVIDER),
-                    pacing_wait_ms=request.get(PACING_WAIT_MS),
+                    upstream=call.provider,
+                    pacing_wait_ms=call.pacing_wait_ms,
                     request_id=request_id,
                     generated_id=generated_id,
                 )
@@ -136,20 +129,19 @@ def gateway_middleware(
     return middleware
 
 
-def recent_call(request: web.Request, status: int, duration: float, priority: str) -> RecentCall:
+def recent_call(request: web.Request, call: Call, status: int, duration: float, priority: str) -> RecentCall:
     """The console's row for one call: no query string, header, body or secret in it."""
-    principal = request.get(PRINCIPAL)
-    wait = request.get(PACING_WAIT_MS)
+    principal = call.principal
     return RecentCall(
         at=time.time(),
-        request_id=request[REQUEST_ID],
+        request_id=call.request_id,
         token=principal.name if principal is not None else "",
-        credential=request.get(UPSTREAM_CREDENTIAL, ""),
+        credential=call.credential,
         method=method_label(request.method),
         path=request.rel_url.raw_path[:512],
         status=status,
         duration_ms=round(duration * 1000, 1),
-        wait_ms=wait,
+        wait_ms=call.pacing_wait_ms,
         priority=priority,
     )
 
@@ -175,14 +167,14 @@ def _request_counter(metrics: Metrics) -> Callable[[str, str, int, float], None]
 
 
 async def _answer(
-    request: web.Request, handler: Handler, authenticate: Callable[[web.Request], Awaitable[None]]
+    request: web.Request, call: Call, handler: Handler, authenticate: Callable[[web.Request, Call], Awaitable[None]]
 ) -> web.StreamResponse:
     """The one place where errors become the JSON bodies of SPEC.md; nothing else leaks."""
     try:
         if request.version < HttpVersion10:
             raise InvalidRequest("malformed HTTP request: the request line has no HTTP version")
         if request.path.startswith("/v1/"):
-            await authenticate(request)
+            await authenticate(request, call)
         return await handler(request)
     except RequestTimeout as exc:
         # A client dawdling over its body: answer and close, instead of aiohttp lingering up to 10 s
@@ -203,8 +195,13 @@ async def _answer(
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare`` signal: stamp every response, however it was produced."""
-    response.headers["x-request-id"] = request.get(REQUEST_ID) or new_request_id()
+    """``on_response_prepare`` signal: stamp every response, however it was produced (one that never
+    passed the middleware, such as aiohttp's answer to an unparsable request, gets an id of its own)."""
+    try:
+        request_id = request[CALL].request_id
+    except KeyError:  # cheaper than ``request.get``, which goes through ``Mapping.get`` on every hit
+        request_id = new_request_id()
+    response.headers["x-request-id"] = request_id
 
 
 def error_response(exc: GatewayError) -> web.Response:
@@ -241,13 +238,13 @@ def _from_http_exception(exc: HTTPException) -> GatewayError:
 
 def _authenticator(
     tokens: Tokens, scopes: dict[str, str | None], throttle: AuthThrottle, *, trust_forwarded: bool
-) -> Callable[[web.Request], Awaitable[None]]:
+) -> Callable[[web.Request, Call], Awaitable[None]]:
     """Require one bearer token on ``/v1/``; ``scopes`` maps route names to the scope they need.
 
     An address that keeps sending bad or missing tokens is paused by ``throttle`` (429).
     """
 
-    async def authenticate(request: web.Request) -> None:
+    async def authenticate(request: web.Request, call: Call) -> None:
         address = client_address(request, trust_forwarded=trust_forwarded)
         throttle.check(address)
         header = single_header(request, "Authorization") or ""
@@ -263,7 +260,7 @@ def _authenticator(
         needed = scopes.get(request.match_info.route.name or "")
         if needed is not None and not principal.has_scope(needed):
             raise Forbidden(f"this token lacks the {needed!r} scope")
-        request[PRINCIPAL] = principal
+        call.principal = principal
 
     return authenticate
 
@@ -293,5 +290,5 @@ def client_address(request: web.Request, *, trust_forwarded: bool) -> str:
 
 def require_access(request: web.Request, kind: ObjectKind, object_id: str) -> None:
     """403 unless the caller's token may use that object (its ``--only`` list)."""
-    if not request[PRINCIPAL].may_use(kind, object_id):
+    if not request[CALL].caller().may_use(kind, object_id):
         raise Forbidden(f"this token is not allowed to use the {kind} {object_id!r}")

@@ -11,8 +11,9 @@ from aiohttp import web
 from gateway.errors import InvalidRequest, NotFound, validate
 from gateway.http import appkeys
 from gateway.http.bodies import read_json
+from gateway.http.call import CALL
 from gateway.http.endpoints import Endpoint
-from gateway.http.middlewares import PRINCIPAL, UPSTREAM_CREDENTIAL, require_access, single_header
+from gateway.http.middlewares import require_access, single_header
 from gateway.http.priority import apply_share, stamp
 from gateway.mutations.idempotency import KEY_PATTERN, IdempotencyKeys, request_hash
 from gateway.mutations.models import BY_KIND, Mutation, MutationRequest, MutationResponse
@@ -38,7 +39,7 @@ def idempotency_key(request: web.Request) -> str | None:
         return None
     if not re.fullmatch(KEY_PATTERN, value):
         raise InvalidRequest("Idempotency-Key: must be 1 to 160 printable ASCII characters", field="Idempotency-Key")
-    return f"{request[PRINCIPAL].name}:{value}"
+    return f"{request[CALL].caller().name}:{value}"
 
 
 def service(app: web.Application) -> MutationService:
@@ -57,16 +58,17 @@ async def run_mutation(request: web.Request) -> web.Response:
     body = await read_json(request, limit=request.app[appkeys.CONFIG].server.max_json_bytes)
     mutation = parse_mutation(body)
     require_access(request, "sync", mutation.sync_id)
-    apply_share(request)
+    call = request[CALL]
+    apply_share(request, call)
     with contextlib.suppress(NotFound):  # the service answers an unknown sync; this only labels the call
         credential = await request.app[appkeys.UPSTREAM].credentials.for_sync(mutation.sync_id)
-        request[UPSTREAM_CREDENTIAL] = credential.id
+        call.credential = credential.id
     key = idempotency_key(request)
     outcome = await service(request.app).execute(mutation, key=key, fingerprint=request_hash(body))
     response = web.json_response(outcome.body, status=outcome.status)
     if outcome.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    stamp(request, response)
+    stamp(call, response)
     return response
 
 

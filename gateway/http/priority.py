@@ -15,21 +15,21 @@ import functools
 from aiohttp import web
 
 from gateway.errors import InvalidRequest
-from gateway.http.middlewares import PRINCIPAL, single_header
+from gateway.http.call import Call
+from gateway.http.middlewares import single_header
 from gateway.pacing.api import current_share
 from gateway.pacing.scheduler import PRIORITIES, Priority, Share
 
 HEADER = "x-gateway-priority"
-APPLIED: web.RequestKey[str] = web.RequestKey("gateway_priority", str)
 
 
-def apply_share(request: web.Request) -> Share:
+def apply_share(request: web.Request, call: Call) -> Share:
     """Read the header, cap it at the token's class, and make it the share of this request's calls."""
-    principal = request[PRINCIPAL]
+    principal = call.caller()
     asked = single_header(request, HEADER)  # absent is normal; empty is not a class (400)
     share = _share("normal" if asked is None else asked, principal.priority, principal.name, principal.weight)
     current_share.set(share)
-    request[APPLIED] = share.priority
+    call.priority = share.priority
     return share
 
 
@@ -45,8 +45,8 @@ def _share(header: str, ceiling: Priority, tenant: str, weight: float) -> Share:
     return Share(priority=priority, tenant=tenant, weight=weight)
 
 
-def stamp(request: web.Request, response: web.StreamResponse) -> None:
+def stamp(call: Call, response: web.StreamResponse) -> None:
     """Tell the client which class its calls were queued in."""
-    priority = request.get(APPLIED)
+    priority = call.priority
     if priority is not None:
         response.headers[HEADER] = priority

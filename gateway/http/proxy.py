@@ -22,20 +22,16 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.aiohttp_compat import BufferedHeadResponse
+from gateway.config import ServerConfig
 from gateway.domain.objects import Credential
 from gateway.errors import GatewayError, InvalidPath, InvalidRequest, PayloadTooLarge
 from gateway.http import appkeys
+from gateway.http.call import CALL, Call
 from gateway.http.endpoints import Endpoint
-from gateway.http.middlewares import (
-    PACING_WAIT_MS,
-    REQUEST_ID,
-    UPSTREAM_CREDENTIAL,
-    UPSTREAM_PROVIDER,
-    require_access,
-    single_header,
-)
+from gateway.http.middlewares import require_access, single_header
 from gateway.http.priority import apply_share, stamp
 from gateway.upstream.body import REPLAYABLE_BYTES, StreamedBody, read_small
+from gateway.upstream.client import UpstreamClient
 from gateway.upstream.headers import end_to_end
 from gateway.upstream.response import UpstreamResponse
 
@@ -60,13 +56,19 @@ COST_HEADER = "x-gateway-cost"
 async def proxy_sync(request: web.Request) -> web.StreamResponse:
     sync_id = _checked_id(request, "sync_id")
     require_access(request, "sync", sync_id)
-    return await forward(request, await request.app[appkeys.UPSTREAM].credentials.for_sync(sync_id))
+    app = request.app  # read once: each ``request.app`` goes through the match info's ``current_app``
+    client = app[appkeys.UPSTREAM]
+    credential = await client.credentials.for_sync(sync_id)
+    return await forward(request, client, app[appkeys.CONFIG].server, credential)
 
 
 async def proxy_credential(request: web.Request) -> web.StreamResponse:
     credential_id = _checked_id(request, "credential_id")
     require_access(request, "credential", credential_id)
-    return await forward(request, await request.app[appkeys.UPSTREAM].credentials.credential(credential_id))
+    app = request.app
+    client = app[appkeys.UPSTREAM]
+    credential = await client.credentials.credential(credential_id)
+    return await forward(request, client, app[appkeys.CONFIG].server, credential)
 
 
 def _checked_id(request: web.Request, name: str) -> str:
@@ -84,15 +86,17 @@ def _raw_parts(request: web.Request) -> list[str]:
     return parts + [""] * (6 - len(parts))
 
 
-async def forward(request: web.Request, credential: Credential) -> web.StreamResponse:
-    """Relay ``request`` to ``credential``'s upstream and stream the answer back."""
-    client = request.app[appkeys.UPSTREAM]
-    request[UPSTREAM_PROVIDER] = credential.provider
-    apply_share(request)
-    request[UPSTREAM_CREDENTIAL] = credential.id
-    headers = _upstream_headers(request)
-    idle = min(client.timeouts(credential)["read"], request.app[appkeys.CONFIG].server.body_idle_timeout)
-    body = await _body(request, headers, read_timeout=idle)
+async def forward(
+    request: web.Request, client: UpstreamClient, server: ServerConfig, credential: Credential
+) -> web.StreamResponse:
+    """Relay ``request`` to ``credential``'s upstream through ``client`` and stream the answer back."""
+    call = request[CALL]
+    call.provider = credential.provider
+    apply_share(request, call)
+    call.credential = credential.id
+    headers = _upstream_headers(request, call, trusted=server.trust_forwarded)
+    idle = min(client.timeouts(credential)["read"], server.body_idle_timeout)
+    body = await _body(request, server, headers, read_timeout=idle)
     async with client.stream(
         credential,
         request.method,
@@ -102,8 +106,8 @@ async def forward(request: web.Request, credential: Credential) -> web.StreamRes
         body=body,
         cost=_cost(request),
     ) as upstream:
-        request[PACING_WAIT_MS] = round(upstream.pacing_wait * 1000, 1)
-        return await _relay(request, upstream)
+        call.pacing_wait_ms = round(upstream.pacing_wait * 1000, 1)
+        return await _relay(request, call, upstream)
 
 
 def _cost(request: web.Request) -> int | None:
@@ -117,10 +121,9 @@ def _cost(request: web.Request) -> int | None:
     return int(value)
 
 
-def _upstream_headers(request: web.Request) -> CIMultiDict[str]:
+def _upstream_headers(request: web.Request, call: Call, *, trusted: bool) -> CIMultiDict[str]:
     """The client's end-to-end headers plus ours; what the client claims about the path it came by
     (``Forwarded``, ``X-Forwarded-*``, ``X-Real-IP``) only with ``server.trust_forwarded``."""
-    trusted = request.app[appkeys.CONFIG].server.trust_forwarded
     headers = end_to_end(request.headers, drop=_NOT_FORWARDED if trusted else _NOT_FORWARDED + _CLIENT_CLAIMS)
     for name in [name for name in headers if name[:10].lower() == "x-gateway-"]:  # read by the gateway only
         headers.popall(name, None)  # a name repeated in another case is listed twice
@@ -128,11 +131,13 @@ def _upstream_headers(request: web.Request) -> CIMultiDict[str]:
     seen = ", ".join(request.headers.getall("X-Forwarded-For", ())) if trusted else ""
     headers["X-Forwarded-For"] = f"{seen}, {peer}" if seen else peer
     headers["X-Forwarded-Proto"] = request.scheme
-    headers["X-Request-Id"] = request[REQUEST_ID]
+    headers["X-Request-Id"] = call.request_id
     return headers
 
 
-async def _body(request: web.Request, headers: CIMultiDict[str], *, read_timeout: float) -> bytes | StreamedBody | None:
+async def _body(
+    request: web.Request, server: ServerConfig, headers: CIMultiDict[str], *, read_timeout: float
+) -> bytes | StreamedBody | None:
     """No body, the whole body (small, so a 429 can be retried), or the body as it arrives.
 
     Either way the first ``REPLAYABLE_BYTES`` are read *before* pacing: a client dawdling over them
@@ -140,7 +145,6 @@ async def _body(request: web.Request, headers: CIMultiDict[str], *, read_timeout
     call holds its slot, within the client's read budget (upstream/body.py): idle gaps up to
     ``read_timeout``, and ``server.min_body_rate`` bytes/s on average.
     """
-    server = request.app[appkeys.CONFIG].server
     limit, length = server.max_body_bytes, request.content_length
     if limit and length is not None and length > limit:
         raise PayloadTooLarge(f"request body is over the limit of {limit} bytes", limit=limit)
@@ -159,13 +163,13 @@ async def _body(request: web.Request, headers: CIMultiDict[str], *, read_timeout
 SMALL_BODY = 64 * 1024  # bytes: an answer up to this goes out with its head in one write
 
 
-async def _relay(request: web.Request, upstream: UpstreamResponse) -> web.StreamResponse:
+async def _relay(request: web.Request, call: Call, upstream: UpstreamResponse) -> web.StreamResponse:
     length = upstream.headers.get("Content-Length", "")
     small = length.isdigit() and int(length) <= SMALL_BODY
     kind = BufferedHeadResponse if small else web.StreamResponse
     response = kind(status=upstream.status, headers=end_to_end(upstream.headers))
-    response.headers["x-gateway-pacing-wait-ms"] = str(request[PACING_WAIT_MS])
-    stamp(request, response)
+    response.headers["x-gateway-pacing-wait-ms"] = str(call.pacing_wait_ms)
+    stamp(call, response)
     try:
         await response.prepare(request)
         while chunk := await upstream.next_chunk():
