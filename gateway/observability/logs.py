@@ -20,7 +20,7 @@ from typing import Any, Literal
 import structlog
 
 from gateway.lru import LRU
-from gateway.observability.request_log import use_template
+from gateway.observability.request_log import forget_rendered, use_template
 
 MASK = "***"
 _SECRET_KEYS = re.compile(
@@ -61,6 +61,7 @@ def register_secret(value: str) -> None:
         ordered = sorted(_known_secrets, key=len, reverse=True)
         _known_pattern = re.compile("|".join(re.escape(v) for v in ordered))
         _memo.clear()
+        forget_rendered()
 
 
 def redact_text(text: str) -> str:

@@ -10,6 +10,11 @@ client-sent request id, names) still passes through ``redact_text``, whose memo 
 ones a dict hit; only the gateway's own constants (event, level, timestamp) and request ids it
 generated itself skip it, as the chain's ``_GENERATED`` fields do. None of the keys is secret-named.
 
+The parts of the line that repeat from call to call (route, method and upstream, a handful of
+combinations) are rendered and redacted once and kept per template (``_Template.rendered``, bounded);
+``register_secret`` empties them with the redaction memo, so a secret registered later is masked in
+them too.
+
 The template is used only while the configuration ``configure_logging`` installed is the active one
 with JSON output: the console renderer, ``structlog.testing.capture_logs`` or any other
 reconfiguration sends the line through the chain like any other event.
@@ -37,6 +42,11 @@ class _Template:
     tail: str  # ``,"worker":N`` (or nothing) then ``,"level":"info","timestamp":``
     redact: Callable[[str], str]
     write: Callable[[str], None]
+    # (route, method, upstream) -> the line's text before the status and between duration and wait.
+    rendered: dict[tuple[str, str, str | None], tuple[str, str]]
+
+
+_RENDERED = 256  # combinations kept per template; past that (odd methods), lines are rendered in full
 
 
 _template: _Template | None = None
@@ -57,7 +67,14 @@ def use_template(
         _template = None
         return
     tagged = "" if worker is None else f',"worker":{worker}'
-    _template = _Template(tuple(processors), factory, enabled, tagged + ',"level":"info","timestamp":', redact, write)
+    tail = tagged + ',"level":"info","timestamp":'
+    _template = _Template(tuple(processors), factory, enabled, tail, redact, write, {})
+
+
+def forget_rendered() -> None:
+    """Called by ``register_secret``: the kept parts were redacted without the new secret."""
+    if _template is not None:
+        _template.rendered.clear()
 
 
 def request_line(
@@ -91,15 +108,27 @@ def request_line(
         return
     if not template.enabled:
         return
-    redact = template.redact
-    rid = request_id if generated_id else redact(request_id)
-    timestamp = _timestamp()
+    key = (route, method, upstream)
+    parts = template.rendered.get(key)
+    if parts is None:
+        parts = _parts(template, route, method, upstream)
+        if len(template.rendered) < _RENDERED:
+            template.rendered[key] = parts
+    head, middle = parts
+    rid = request_id if generated_id else template.redact(request_id)
     template.write(
-        f'{{"route":{_text(redact(route))},"method":{_text(redact(method))},"status":{status:d},'
-        f'"duration_ms":{duration_ms!r},"upstream":{_optional_text(upstream, redact)},'
-        f'"pacing_wait_ms":{"null" if pacing_wait_ms is None else repr(pacing_wait_ms)},'
-        f'"event":"request","request_id":{_text(rid)}{template.tail}"{timestamp}"}}'
+        f'{head}{status:d},"duration_ms":{duration_ms!r}{middle}'
+        f"{'null' if pacing_wait_ms is None else repr(pacing_wait_ms)},"
+        f'"event":"request","request_id":{encode_basestring_ascii(rid)}{template.tail}"{_timestamp()}"}}'
     )
+
+
+def _parts(template: _Template, route: str, method: str, upstream: str | None) -> tuple[str, str]:
+    """The line's text up to the status, and from the duration to the pacing wait, redacted."""
+    redact = template.redact
+    route_text, method_text = encode_basestring_ascii(redact(route)), encode_basestring_ascii(redact(method))
+    upstream_text = "null" if upstream is None else encode_basestring_ascii(redact(upstream))
+    return f'{{"route":{route_text},"method":{method_text},"status":', f',"upstream":{upstream_text},"pacing_wait_ms":'
 
 
 _second = -1
@@ -117,11 +146,3 @@ def _timestamp() -> str:
     if second != _second:
         _second, _second_text = second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{_second_text}.{int((now - second) * 1_000_000):06d}Z"
-
-
-def _text(value: str) -> str:
-    return encode_basestring_ascii(value)
-
-
-def _optional_text(value: str | None, redact: Callable[[str], str]) -> str:
-    return "null" if value is None else encode_basestring_ascii(redact(value))

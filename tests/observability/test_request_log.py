@@ -63,6 +63,18 @@ def test_no_secret_reaches_the_templated_line(json_logging: None, capsys: pytest
     assert "A" * 40 not in by_method and json.loads(by_method)["method"] == "gw_***"
 
 
+def test_a_secret_registered_later_is_masked_in_the_parts_the_template_keeps(
+    json_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The route, method and upstream are rendered once per combination: registering a secret drops them."""
+    fields = {**FIELDS, "upstream": "upstream-named-like-a-secret"}
+    request_line(**fields, request_id="r", generated_id=True)  # type: ignore[arg-type]
+    assert json.loads(last_line(capsys))["upstream"] == "upstream-named-like-a-secret"
+    register_secret("upstream-named-like-a-secret")
+    request_line(**fields, request_id="r", generated_id=True)  # type: ignore[arg-type]
+    assert json.loads(last_line(capsys))["upstream"] == "***"
+
+
 def test_other_configurations_get_the_line_through_the_chain(json_logging: None) -> None:
     """capture_logs (or any reconfiguration) sees the request event as before."""
     with capture_logs() as events:
