@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,32 @@ def test_invalid_config_names_the_key(tmp_path: Path, toml: str, key: str) -> No
     path.write_text(toml)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(path, environ={})
+
+
+CREDENTIAL = (
+    '[[credentials]]\nid = "c"\nprovider = "rest"\nbase_url = "https://x.test"\n'
+    + 'auth = { type = "bearer", token = "t" }\n'
+)
+HOOK = '[[consumers]]\nid = "h"\nkind = "webhook"\nurl = "https://x.test/h"\nsecret = "whsec_AAAAAAAAAAAAAAAAAAAA"\n'
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "given"),
+    [
+        (CREDENTIAL + 'rate_limit = { rate = "${RATE}", per = 1 }\n', "credentials.0.rate_limit.rate", "a string"),
+        (CREDENTIAL + "timeouts = { connect = true }\n", "credentials.0.timeouts.connect", "a boolean"),
+        (HOOK + 'batch_size = "10"\n', "consumers.0.webhook.batch_size", "a string"),
+        ('[providers.hubspot.rate_limit]\nburst = "5"\n', "providers.hubspot.rate_limit.burst", "a string"),
+    ],
+)
+def test_a_number_written_as_text_or_a_boolean_is_refused_naming_the_key(
+    tmp_path: Path, toml: str, key: str, given: str
+) -> None:
+    """As the management API refuses them: read leniently, "5" was 5 and true was 1."""
+    path = tmp_path / "g.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=re.escape(f"{key}: must be a JSON number, not {given}")):
+        load_config(path, environ={"RATE": "5"})
 
 
 @pytest.mark.parametrize(

@@ -275,6 +275,27 @@ def _mask_param(pair: str) -> str:
     return f"{name}={MASK}" if unquote_plus(name).strip().lower() in _SECRET_PARAMS else pair
 
 
+# --- numbers --------------------------------------------------------------------------------------
+
+_JSON_KINDS = {str: "a string", bool: "a boolean", type(None): "null", list: "an array", tuple: "an array",
+               dict: "an object"}  # fmt: skip
+
+
+def _json_number(value: Any) -> Any:
+    """Only a number where one is due: pydantic's lax mode reads ``"5"`` as 5 and ``true`` as 1, so a
+    template's quoted value or a flag in the wrong field was stored as a limit nobody wrote."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    kind = _JSON_KINDS.get(type(value), type(value).__name__)
+    raise PydanticCustomError("json_number", "must be a JSON number, not {kind}", {"kind": kind})
+
+
+# Numeric fields of what users write (credentials, consumers; the management API and the config): a
+# number, or 400 naming the field. A float given to an int field still goes through pydantic (5.0 is 5).
+Number = Annotated[float, BeforeValidator(_json_number)]
+Integer = Annotated[int, BeforeValidator(_json_number)]
+
+
 # --- limits and timeouts --------------------------------------------------------------------------
 
 
@@ -284,9 +305,9 @@ GLOB_PATTERN = r"^/(\*\*|[^/*]*\*?[^/*]*)(/(\*\*|[^/*]*\*?[^/*]*))*/?$"
 
 # Every bucket's numbers (the credential's, each window's, each rule's) are bounded alike, so that every
 # rate the pacer derives (intervals, waits, Retry-After) stays finite; pacing/limits.py also bounds per / rate.
-Rate = Annotated[float, Field(gt=0, le=1e9)]
-Per = Annotated[float, Field(ge=0.001, le=31_622_400)]
-Burst = Annotated[int, Field(ge=1, le=1_000_000_000)]
+Rate = Annotated[Number, Field(gt=0, le=1e9)]
+Per = Annotated[Number, Field(ge=0.001, le=31_622_400)]
+Burst = Annotated[Integer, Field(ge=1, le=1_000_000_000)]
 
 
 class Window(Strict):
@@ -322,7 +343,7 @@ class Rule(Strict):
     per: Per | None = None
     burst: Burst | None = None
     windows: tuple[Window, ...] = ()
-    cost: int | None = Field(default=None, ge=1, description="tokens a matching call takes from each bucket")
+    cost: Integer | None = Field(default=None, ge=1, description="tokens a matching call takes from each bucket")
 
     @model_validator(mode="after")
     def _complete(self) -> Rule:
@@ -344,16 +365,16 @@ class RateLimitOverride(Strict):
     rate: Rate | None = Field(default=None, description="requests per `per` seconds")
     per: Per | None = Field(default=None, description="window length in seconds")
     burst: Burst | None = Field(default=None, description="tokens available at once")
-    max_wait: float | None = Field(default=None, ge=0, le=3600, description="longest queue wait, seconds")
-    max_concurrency: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_wait: Number | None = Field(default=None, ge=0, le=3600, description="longest queue wait, seconds")
+    max_concurrency: Integer | None = Field(default=None, ge=1, le=1_000_000)
     windows: tuple[Window, ...] | None = Field(default=None, description="more limits on the credential's bucket")
     rules: tuple[Rule, ...] | None = Field(default=None, description="per-endpoint buckets and costs")
 
 
 class TimeoutsOverride(Strict):
-    connect: float | None = Field(default=None, gt=0, le=3600)
-    total: float | None = Field(default=None, ge=0, le=86400, description="0 means no total timeout")
-    read: float | None = Field(default=None, gt=0, le=86400, description="longest gap between body chunks")
+    connect: Number | None = Field(default=None, gt=0, le=3600)
+    total: Number | None = Field(default=None, ge=0, le=86400, description="0 means no total timeout")
+    read: Number | None = Field(default=None, gt=0, le=86400, description="longest gap between body chunks")
 
 
 # --- credentials, syncs, consumers -----------------------------------------------------------------
@@ -484,19 +505,19 @@ class _ConsumerBase(Strict):
 
 class PullConsumerIn(_ConsumerBase):
     kind: Literal["pull"]
-    visibility_timeout: float = Field(default=30, gt=0, le=43200)
+    visibility_timeout: Number = Field(default=30, gt=0, le=43200)
 
 
 class WebhookConsumerIn(_ConsumerBase):
     kind: Literal["webhook"]
     url: HttpUrlStr
     secret: SecretStr
-    batch_size: int = Field(default=10, ge=1, le=1000)
-    timeout: float = Field(default=10, gt=0, le=300)
-    max_retry_duration: float = Field(
+    batch_size: Integer = Field(default=10, ge=1, le=1000)
+    timeout: Number = Field(default=10, gt=0, le=300)
+    max_retry_duration: Number = Field(
         default=86400, gt=0, le=MAX_RETRY_DURATION, description="caps the retry backoff at a tenth of it"
     )
-    max_backoff: float = Field(default=60, ge=1, le=3600, description="longest seconds between two retries")
+    max_backoff: Number = Field(default=60, ge=1, le=3600, description="longest seconds between two retries")
 
     @field_validator("secret")
     @classmethod
@@ -516,7 +537,7 @@ class PostgresConsumerIn(_ConsumerBase):
     kind: Literal["postgres"]
     dsn: SecretStr
     table_prefix: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,30}$")] = "gateway_"
-    batch_size: int = Field(default=100, ge=1, le=5000)
+    batch_size: Integer = Field(default=100, ge=1, le=5000)
 
     @field_validator("dsn")
     @classmethod
@@ -553,13 +574,13 @@ class ConsumerPatch(Strict):
 
     sync_id: ObjectId | None = None
     collections: list[CollectionId] | None = Field(default=None, max_length=MAX_LIST)
-    visibility_timeout: float | None = Field(default=None, gt=0, le=43200)
+    visibility_timeout: Number | None = Field(default=None, gt=0, le=43200)
     url: HttpUrlStr | None = None
     secret: SecretStr | None = None
-    batch_size: int | None = Field(default=None, ge=1, le=5000)
-    timeout: float | None = Field(default=None, gt=0, le=300)
-    max_retry_duration: float | None = Field(default=None, gt=0, le=MAX_RETRY_DURATION)
-    max_backoff: float | None = Field(default=None, ge=1, le=3600)
+    batch_size: Integer | None = Field(default=None, ge=1, le=5000)
+    timeout: Number | None = Field(default=None, gt=0, le=300)
+    max_retry_duration: Number | None = Field(default=None, gt=0, le=MAX_RETRY_DURATION)
+    max_backoff: Number | None = Field(default=None, ge=1, le=3600)
     dsn: SecretStr | None = None
     table_prefix: str | None = None
 

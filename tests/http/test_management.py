@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, insert, select, text
+from sqlalchemy import delete, insert, select, text, update
 
 from gateway.app import create_app
 from gateway.config import StoreConfig
@@ -141,6 +141,66 @@ async def test_bad_credential_bodies_name_the_field(
     assert error["code"] == "invalid_request"
     assert field in error["error"]
     assert "sk_test_supersecret123" not in await resp.text()
+
+
+HOOK = {"id": "hook", "kind": "webhook", "url": "https://example.com/hook", "secret": "whsec_" + "A" * 20}
+# Every numeric field of a credential or consumer, given as a numeric string or a boolean (lax pydantic
+# read "5" as 5 and true as 1): (method, path, body, the field named).
+NOT_NUMBERS = [
+    ("POST", "/v1/credentials", {**STRIPE, "rate_limit": {"rate": "5", "per": 1}}, "rate_limit.rate"),
+    ("POST", "/v1/credentials", {**STRIPE, "rate_limit": {"rate": 5, "per": True}}, "rate_limit.per"),
+    ("POST", "/v1/credentials", {**STRIPE, "rate_limit": {"rate": 5, "per": 1, "burst": "5"}}, "rate_limit.burst"),
+    ("POST", "/v1/credentials", {**STRIPE, "rate_limit": {"max_wait": "1.5"}}, "rate_limit.max_wait"),
+    ("POST", "/v1/credentials", {**STRIPE, "rate_limit": {"max_concurrency": True}}, "rate_limit.max_concurrency"),
+    ("POST", "/v1/credentials", {**STRIPE, "rate_limit": {"windows": [{"rate": 1, "per": "60"}]}},
+     "rate_limit.windows.0.per"),
+    ("POST", "/v1/credentials", {**STRIPE, "rate_limit": {"rules": [{"match": {"path": "/a"}, "cost": "2"}]}},
+     "rate_limit.rules.0.cost"),
+    ("POST", "/v1/credentials", {**STRIPE, "timeouts": {"connect": "10"}}, "timeouts.connect"),
+    ("PATCH", "/v1/credentials/credential-stripe", {"timeouts": {"total": False}}, "timeouts.total"),
+    ("PATCH", "/v1/credentials/credential-stripe", {"rate_limit": {"rate": "1e3", "per": 1}}, "rate_limit.rate"),
+    ("POST", "/v1/consumers", {"id": "pull", "kind": "pull", "visibility_timeout": "30"}, "pull.visibility_timeout"),
+    ("POST", "/v1/consumers", {**HOOK, "batch_size": "10"}, "webhook.batch_size"),
+    ("POST", "/v1/consumers", {**HOOK, "max_retry_duration": True}, "webhook.max_retry_duration"),
+    ("PATCH", "/v1/consumers/hook", {"timeout": "5"}, "timeout"),
+    ("PATCH", "/v1/consumers/hook", {"max_backoff": True}, "max_backoff"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), NOT_NUMBERS)
+async def test_a_number_given_as_a_string_or_a_boolean_is_400_naming_the_field(
+    make_gateway: GatewayFactory, method: str, path: str, body: dict[str, Any], field: str
+) -> None:
+    gw = await make_gateway()
+    for where, made in (("/v1/credentials", STRIPE), ("/v1/consumers", HOOK)):
+        assert (await gw.client.post(where, json=made, headers=gw.auth())).status == 201
+    before = [await (await gw.client.get(f"{where}/{made['id']}", headers=gw.auth())).json() for where, made in
+              (("/v1/credentials", STRIPE), ("/v1/consumers", HOOK))]  # fmt: skip
+    resp = await gw.client.request(method, path, json={**body, "id": "new"} if method == "POST" else body,
+                                   headers=gw.auth())  # fmt: skip
+    assert resp.status == 400, await resp.text()
+    error = await resp.json()
+    assert (error["code"], error["fields"]) == ("invalid_request", [field])
+    assert f"{field}: must be a JSON number" in error["error"]
+    after = [await (await gw.client.get(f"{where}/{made['id']}", headers=gw.auth())).json() for where, made in
+             (("/v1/credentials", STRIPE), ("/v1/consumers", HOOK))]  # fmt: skip
+    assert after == before  # nothing written
+
+
+async def test_numbers_stored_by_an_older_version_still_load(make_gateway: GatewayFactory) -> None:
+    """Older versions stored what they validated, so numbers (ints in float fields, floats such as 5.0 in
+    int fields): those load and are shown as before."""
+    gw = await make_gateway()
+    assert (await gw.client.post("/v1/credentials", json=STRIPE, headers=gw.auth())).status == 201
+    stored = {"rate_limit": {"rate": 5, "per": 1.0, "burst": 5.0, "max_concurrency": 2.0}, "timeouts": {"total": 0}}
+    async with gw.app[appkeys.ENGINE].begin() as conn:
+        await conn.execute(update(t.credentials).where(t.credentials.c.id == STRIPE["id"]).values(stored))
+    for path in ("/v1/credentials/credential-stripe", "/v1/credentials"):
+        assert (await gw.client.get(path, headers=gw.auth())).status == 200
+    shown = await (await gw.client.get("/v1/credentials/credential-stripe", headers=gw.auth())).json()
+    assert {k: v for k, v in shown["rate_limit"].items() if v is not None} == {
+        "rate": 5, "per": 1, "burst": 5, "max_concurrency": 2}  # fmt: skip
+    assert shown["timeouts"]["total"] == 0
 
 
 async def test_malformed_json_and_empty_bodies_are_400(make_gateway: GatewayFactory) -> None:
