@@ -171,22 +171,20 @@ class SyncRows(Rows):
         return await self.sync_view(sync_id)
 
     async def backfill_sync(self, sync_id: str) -> SyncView:
-        """Read every record again from the start (unchanged ones make no event); resumes a paused sync."""
-        async with self.engine.begin() as conn:
-            row = await self._row_in(conn, t.syncs, sync_id, "sync")
-            await conn.execute(
-                update(t.syncs)
-                .where(t.syncs.c.id == sync_id)
-                .values(
-                    cursor={},
-                    progress={},
-                    state="backfilling",
-                    last_error=None,
-                    paused=False,
-                    generation=row.generation + 1,
-                    updated_at=utcnow(),
-                )
-            )
+        """Read every record again from the start (unchanged ones make no event); resumes a paused sync.
+
+        The generation is bumped in the statement (not read first and written plus one): a poller's
+        page committed in between would otherwise leave the generation that poller holds, and its
+        next page would write its cursor over this reset."""
+        values: dict[str, Any] = {
+            "cursor": {},
+            "progress": {},
+            "state": "backfilling",
+            "last_error": None,
+            "paused": False,
+            "generation": t.syncs.c.generation + 1,
+        }
+        await self._update(t.syncs, sync_id, "sync", values)
         return await self.sync_view(sync_id)
 
     async def upsert_sync(self, body: SyncIn) -> None:
