@@ -102,27 +102,34 @@ class ConsumerRows(Rows):
         return [self._consumer(row) for row in rows]
 
     async def patch_consumer(self, consumer_id: str, patch: ConsumerPatch) -> ConsumerView:
-        current = await self.consumer(consumer_id)
-        merged: dict[str, Any] = {
-            "id": current.id,
-            "kind": current.kind,
-            "sync_id": current.sync_id,
-            "collections": list(current.collections) if current.collections is not None else None,
-            **current.settings,
-        }
-        merged.update({k: v for k, v in reveal(patch).items() if k in patch.model_fields_set})
-        try:
-            body = _CONSUMER.validate_python(merged)  # the same rules as on create, fields of its kind only
-        except ValidationError as exc:
-            raise invalid_request(exc) from None
-        settings, secret = self._split_settings(reveal(body))
-        changes = {
-            "sync_id": settings.pop("sync_id"),
-            "collections": settings.pop("collections"),
-            "settings": {k: v for k, v in settings.items() if k not in ("id", "kind")},
-            "settings_secret": secret,
-        }
+        """Merge ``patch`` into the stored consumer, checked as a create of the result.
+
+        The row is touched first, so it is this transaction's until the commit (PostgreSQL's row lock,
+        SQLite's one writer): the merge starts from the latest settings, and another PATCH committed
+        meanwhile is not overwritten by an older copy of them (it was when they were read before)."""
+        patched = {k: v for k, v in reveal(patch).items() if k in patch.model_fields_set}
         async with self.engine.begin() as conn:
+            await update_one(conn, t.consumers, consumer_id, "consumer", {})
+            current = self._consumer(await self._row_in(conn, t.consumers, consumer_id, "consumer"))
+            merged: dict[str, Any] = {
+                "id": current.id,
+                "kind": current.kind,
+                "sync_id": current.sync_id,
+                "collections": list(current.collections) if current.collections is not None else None,
+                **current.settings,
+                **patched,
+            }
+            try:
+                body = _CONSUMER.validate_python(merged)  # the same rules as on create, fields of its kind only
+            except ValidationError as exc:
+                raise invalid_request(exc) from None
+            settings, secret = self._split_settings(reveal(body))
+            changes = {
+                "sync_id": settings.pop("sync_id"),
+                "collections": settings.pop("collections"),
+                "settings": {k: v for k, v in settings.items() if k not in ("id", "kind")},
+                "settings_secret": secret,
+            }
             await update_one(conn, t.consumers, consumer_id, "consumer", changes)
             if changes["sync_id"] != current.sync_id:  # as on create: 404
                 await _hold_sync(conn, changes["sync_id"])

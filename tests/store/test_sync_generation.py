@@ -8,11 +8,7 @@ was lost. Here the poller commits through a second engine (another replica) at e
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.util import await_only
 
 from gateway.config import StoreConfig
 from gateway.domain.models import CredentialIn, SyncIn
@@ -20,6 +16,7 @@ from gateway.store.db import create_engine
 from gateway.store.objects import Objects
 from gateway.store.syncs import advance
 from gateway.vault.crypto import Keyring
+from tests.store.race import before_first
 
 COLLECTION = "stripe:customer"
 READ = {COLLECTION: {"phase": "live", "event": "evt_1"}}  # a poller's cursor after a page
@@ -39,13 +36,7 @@ async def test_a_backfill_supersedes_a_page_committed_while_it_ran(store_url: st
         body = {"id": "c", "provider": "stripe", "base_url": "https://api.stripe.com", "auth": auth}
         await objects.create_credential(CredentialIn.model_validate(body))
         await objects.create_sync(SyncIn(id="s", credential_id="c", collections=[COLLECTION]))
-        committed: list[int | None] = []
-
-        def page_first(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-            if statement.startswith("UPDATE syncs") and not committed:  # the backfill's write, not yet sent
-                committed.append(await_only(_page(replica, 0)))
-
-        event.listen(engine.sync_engine, "before_cursor_execute", page_first)
+        committed = before_first(engine, "UPDATE syncs", lambda: _page(replica, 0))  # the backfill's write
         await objects.backfill_sync("s")
         assert committed == [1]
         assert await _page(replica, 1) is None  # the poller's next page is refused: it must re-read
