@@ -3,6 +3,14 @@
 ``open_store`` turns the user's URL (``sqlite:///./gateway.db``, ``postgresql://user@host/db``) into
 the async driver's URL, applies SQLite's pragmas (WAL, a busy timeout, foreign keys) and checks that
 the schema is at Alembic's head, migrating it when configured to.
+
+Read-then-write: on SQLite the driver opens a transaction only at its first write, and PostgreSQL reads
+at read committed, so on neither store does a value read earlier in ``engine.begin()`` hold at the
+write. Writes are therefore one statement that computes from the row (``generation + 1``, an upsert),
+conditional on what was read (compare-and-set on a generation, a lease, a version), or made after
+touching the row, which holds it until the commit (``patch_consumer``). ``BEGIN IMMEDIATE`` on SQLite
+is not used: SQLAlchemy begins a transaction for reads too, so every read would take the one write
+lock, and a task reading on one connection while it writes on another would wait out the busy timeout.
 """
 
 from __future__ import annotations
