@@ -53,14 +53,10 @@ def new_request_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
-def route_label(request: web.Request) -> str:
-    """The bounded ``route`` label: the part of the route name before the first dot."""
-    return _route_label(request.match_info.route.name or "")
-
-
 @functools.lru_cache(maxsize=512)
-def _route_label(name: str) -> str:
-    """Per route name (the app's own, a bounded set): split and checked once, not on every call."""
+def route_label(name: str) -> str:
+    """The bounded ``route`` label of a route name: the part before the first dot. Per route name (the
+    app's own, a bounded set): split and checked once, not on every call."""
     label = name.split(".", 1)[0]
     return label if label in ROUTES else "other"
 
@@ -96,22 +92,23 @@ def gateway_middleware(
         generated_id = not _SANE_ID.match(sent)
         request_id = new_request_id() if generated_id else sent
         request[CALL] = call = Call(request_id, generated_id=generated_id)
+        route_name = request.match_info.route.name or ""  # read once, for the scope and the label
         # aiohttp runs each request in a task of its own, with a copy of its connection's context: no
         # binding of an earlier request is left to clear (clearing copied the whole context per call).
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         status, priority = 500, ""
         try:
-            response = await _answer(request, call, handler, authenticate)
+            response = await _answer(request, call, route_name, handler, authenticate)
             status, priority = response.status, response.headers.get("x-gateway-priority", "")
             return response
         finally:
             try:
                 duration = time.perf_counter() - started
-                route = route_label(request)
-                count(route, request.method, status, duration)
+                route, method = route_label(route_name), method_label(request.method)
+                count(route, method, status, duration)
                 if recent is not None and route in RECORDED_ROUTES:
-                    recent.add(recent_call(request, call, status, duration, priority))
+                    recent.add(recent_call(request, call, method, status, duration, priority))
                 request_line(
                     route=route,
                     method=request.method,
@@ -129,15 +126,18 @@ def gateway_middleware(
     return middleware
 
 
-def recent_call(request: web.Request, call: Call, status: int, duration: float, priority: str) -> RecentCall:
-    """The console's row for one call: no query string, header, body or secret in it."""
+def recent_call(
+    request: web.Request, call: Call, method: str, status: int, duration: float, priority: str
+) -> RecentCall:
+    """The console's row for one call (``method``: its bounded label): no query string, header, body or
+    secret in it."""
     principal = call.principal
     return RecentCall(
         at=time.time(),
         request_id=call.request_id,
         token=principal.name if principal is not None else "",
         credential=call.credential,
-        method=method_label(request.method),
+        method=method,
         path=request.rel_url.raw_path[:512],
         status=status,
         duration_ms=round(duration * 1000, 1),
@@ -153,7 +153,8 @@ def _request_counter(metrics: Metrics) -> Callable[[str, str, int, float], None]
     histograms: dict[str, Histogram] = {}
 
     def count(route: str, method: str, status: int, duration: float) -> None:
-        key = (route, method_label(method), status)
+        """``method``: the bounded label."""
+        key = (route, method, status)
         counter = counters.get(key)
         if counter is None:
             counter = counters[key] = metrics.http_requests.labels(key[0], key[1], str(status))
@@ -167,14 +168,18 @@ def _request_counter(metrics: Metrics) -> Callable[[str, str, int, float], None]
 
 
 async def _answer(
-    request: web.Request, call: Call, handler: Handler, authenticate: Callable[[web.Request, Call], Awaitable[None]]
+    request: web.Request,
+    call: Call,
+    route_name: str,
+    handler: Handler,
+    authenticate: Callable[[web.Request, Call, str], Awaitable[None]],
 ) -> web.StreamResponse:
     """The one place where errors become the JSON bodies of SPEC.md; nothing else leaks."""
     try:
         if request.version < HttpVersion10:
             raise InvalidRequest("malformed HTTP request: the request line has no HTTP version")
         if request.path.startswith("/v1/"):
-            await authenticate(request, call)
+            await authenticate(request, call, route_name)
         return await handler(request)
     except RequestTimeout as exc:
         # A client dawdling over its body: answer and close, instead of aiohttp lingering up to 10 s
@@ -238,13 +243,13 @@ def _from_http_exception(exc: HTTPException) -> GatewayError:
 
 def _authenticator(
     tokens: Tokens, scopes: dict[str, str | None], throttle: AuthThrottle, *, trust_forwarded: bool
-) -> Callable[[web.Request, Call], Awaitable[None]]:
+) -> Callable[[web.Request, Call, str], Awaitable[None]]:
     """Require one bearer token on ``/v1/``; ``scopes`` maps route names to the scope they need.
 
     An address that keeps sending bad or missing tokens is paused by ``throttle`` (429).
     """
 
-    async def authenticate(request: web.Request, call: Call) -> None:
+    async def authenticate(request: web.Request, call: Call, route_name: str) -> None:
         address = client_address(request, trust_forwarded=trust_forwarded)
         throttle.check(address)
         header = single_header(request, "Authorization") or ""
@@ -257,7 +262,7 @@ def _authenticator(
             throttle.failed(address)
             raise Unauthorized("invalid or revoked token")
         throttle.succeeded(address)
-        needed = scopes.get(request.match_info.route.name or "")
+        needed = scopes.get(route_name)
         if needed is not None and not principal.has_scope(needed):
             raise Forbidden(f"this token lacks the {needed!r} scope")
         call.principal = principal

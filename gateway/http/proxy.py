@@ -50,32 +50,36 @@ _CLIENT_CLAIMS = (
     "X-Forwarded-Port",
     "X-Real-IP",
 )
+_NOT_FORWARDED_UNTRUSTED = _NOT_FORWARDED + _CLIENT_CLAIMS
+_OURS = "x-gateway-"  # the gateway's own request headers, read by the gateway only
 COST_HEADER = "x-gateway-cost"
 
 
 async def proxy_sync(request: web.Request) -> web.StreamResponse:
-    sync_id = _checked_id(request, "sync_id")
+    parts = _raw_parts(request)
+    sync_id = _checked_id(request, "sync_id", parts[4])
     require_access(request, "sync", sync_id)
     app = request.app  # read once: each ``request.app`` goes through the match info's ``current_app``
     client = app[appkeys.UPSTREAM]
     credential = await client.credentials.for_sync(sync_id)
-    return await forward(request, client, app[appkeys.CONFIG].server, credential)
+    return await forward(request, client, app[appkeys.CONFIG].server, credential, path=parts[5])
 
 
 async def proxy_credential(request: web.Request) -> web.StreamResponse:
-    credential_id = _checked_id(request, "credential_id")
+    parts = _raw_parts(request)
+    credential_id = _checked_id(request, "credential_id", parts[4])
     require_access(request, "credential", credential_id)
     app = request.app
     client = app[appkeys.UPSTREAM]
     credential = await client.credentials.credential(credential_id)
-    return await forward(request, client, app[appkeys.CONFIG].server, credential)
+    return await forward(request, client, app[appkeys.CONFIG].server, credential, path=parts[5])
 
 
-def _checked_id(request: web.Request, name: str) -> str:
+def _checked_id(request: web.Request, name: str, raw: str) -> str:
     """The id as routed, refused when it holds an encoded slash (``a%2Fb``, which aiohttp routes as the
-    id ``a/b``) or the raw segment decodes differently."""
+    id ``a/b``) or its raw segment ``raw`` decodes differently."""
     object_id = request.match_info[name]
-    if "/" in object_id or unquote(_raw_parts(request)[4]) != object_id:
+    if "/" in object_id or unquote(raw) != object_id:
         raise InvalidPath(f"{name}: encoded slashes are not allowed in ids", field=name)
     return object_id
 
@@ -87,9 +91,10 @@ def _raw_parts(request: web.Request) -> list[str]:
 
 
 async def forward(
-    request: web.Request, client: UpstreamClient, server: ServerConfig, credential: Credential
+    request: web.Request, client: UpstreamClient, server: ServerConfig, credential: Credential, *, path: str
 ) -> web.StreamResponse:
-    """Relay ``request`` to ``credential``'s upstream through ``client`` and stream the answer back."""
+    """Relay ``request`` to ``path`` (as the client sent it) under ``credential``'s upstream through
+    ``client``, and stream the answer back."""
     call = request[CALL]
     call.provider = credential.provider
     apply_share(request, call)
@@ -100,7 +105,7 @@ async def forward(
     async with client.stream(
         credential,
         request.method,
-        _raw_parts(request)[5],
+        path,
         query=request.rel_url.raw_query_string,
         headers=headers,
         body=body,
@@ -124,9 +129,8 @@ def _cost(request: web.Request) -> int | None:
 def _upstream_headers(request: web.Request, call: Call, *, trusted: bool) -> CIMultiDict[str]:
     """The client's end-to-end headers plus ours; what the client claims about the path it came by
     (``Forwarded``, ``X-Forwarded-*``, ``X-Real-IP``) only with ``server.trust_forwarded``."""
-    headers = end_to_end(request.headers, drop=_NOT_FORWARDED if trusted else _NOT_FORWARDED + _CLIENT_CLAIMS)
-    for name in [name for name in headers if name[:10].lower() == "x-gateway-"]:  # read by the gateway only
-        headers.popall(name, None)  # a name repeated in another case is listed twice
+    drop = _NOT_FORWARDED if trusted else _NOT_FORWARDED_UNTRUSTED
+    headers = end_to_end(request.headers, drop=drop, drop_prefix=_OURS)
     peer = request.remote or "unknown"
     seen = ", ".join(request.headers.getall("X-Forwarded-For", ())) if trusted else ""
     headers["X-Forwarded-For"] = f"{seen}, {peer}" if seen else peer

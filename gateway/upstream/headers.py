@@ -15,8 +15,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.domain.models import HOP_BY_HOP
 
 
-def end_to_end(headers: CIMultiDict[str] | CIMultiDictProxy[str], *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
-    """A copy of ``headers`` without hop-by-hop ones, those ``Connection`` names, and ``drop``.
+def end_to_end(
+    headers: CIMultiDict[str] | CIMultiDictProxy[str], *, drop: Iterable[str] = (), drop_prefix: str = ""
+) -> CIMultiDict[str]:
+    """A copy of ``headers`` without hop-by-hop ones, those ``Connection`` names, ``drop``, and the names
+    starting with ``drop_prefix`` (lower case; checked in the same pass, not in a second one).
 
     A name repeated in another case (``X-A`` then ``x-a``) keeps its first spelling: aiohttp's client
     tells repeats apart case-sensitively and would keep only the last value of such a pair, while
@@ -30,7 +33,7 @@ def end_to_end(headers: CIMultiDict[str] | CIMultiDictProxy[str], *, drop: Itera
     kept = []
     for name, value in headers.items():
         lowered = name.lower()
-        if lowered not in unwanted:
+        if lowered not in unwanted and not (drop_prefix and lowered.startswith(drop_prefix)):
             kept.append((spelling.setdefault(lowered, name), value))
     return CIMultiDict(kept)
 
