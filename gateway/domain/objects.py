@@ -22,6 +22,24 @@ from gateway.domain.models import (
 from gateway.errors import InvalidRequest
 
 
+class Memo:
+    """What the layers that send a call derive from one credential object, kept on that object.
+
+    The upstream client keeps its prepared request here (auth injection, timeouts, TLS, parsed base
+    URL), the pacer the credential's bucket plan and its provider's answers: a proxied call reaches
+    all of it from the credential the cache handed out, with no lookup of its own, and with 10,000
+    credentials it touches one credential's memory rather than an entry in each layer's cache. A
+    changed or deleted credential is a new object (or none), so what was derived from the old one
+    goes with it; each layer also checks that its slot was derived from its current config (a reload).
+    """
+
+    __slots__ = ("pacing", "upstream")
+
+    def __init__(self) -> None:
+        self.pacing: Any = None  # gateway.pacing.pacer: the plan, for the config it was made from
+        self.upstream: Any = None  # gateway.upstream.client: the prepared request, likewise
+
+
 @dataclass(frozen=True)
 class Credential:
     """A credential with its auth decrypted: handed to the upstream client, never serialized."""
@@ -34,6 +52,8 @@ class Credential:
     timeouts: TimeoutsOverride | None
     ca_bundle: str | None
     version: int
+    # Not part of the credential: never compared, hashed, shown, nor carried over by ``replace``.
+    memo: Memo = field(default_factory=Memo, init=False, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return f"Credential(id={self.id!r}, provider={self.provider!r}, auth_type={self.auth.type!r})"

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 from prometheus_client import Histogram
@@ -86,9 +86,11 @@ class GatewayPacer:
         self._shared: RedisBackend | None = None
         self._degraded = False
         self._probe: asyncio.Task[None] | None = None
-        # Per credential (and Airtable base), as many as the upstream client's credential cache holds.
+        # Airtable's plans per credential and base (the base comes from the call's path), and the route
+        # each Airtable credential last used (``describe``): as many as the credential cache holds.
+        # Other credentials keep their one plan on the credential object (``_route``).
         size = config.upstream.credential_cache_size
-        self._routes: LRU[str, Route] = LRU(size)  # the route each credential last used (``describe``)
+        self._routes: LRU[str, Route] = LRU(size)
         self._plans: LRU[tuple[str, str, RateLimitOverride | None, str | None], Plan] = LRU(size)
         self._rule_locks: KeyLocks[str] = KeyLocks()  # per rule bucket with calls in it (credentials x rules)
         self._queued: Counter[tuple[str, str]] = Counter()  # (home bucket, priority) -> calls waiting
@@ -110,7 +112,7 @@ class GatewayPacer:
     def reconfigure(self, config: Config) -> None:
         """Take new provider limits (a reload); the backend keeps running, so ``pacing.*`` is not reread."""
         self._config = config.model_copy(update={"pacing": self._config.pacing})
-        self._plans.clear()
+        self._plans.clear()  # the plans kept on credential objects name the config they were made from
 
     async def close(self) -> None:
         if self._probe is not None:
@@ -137,7 +139,8 @@ class GatewayPacer:
         call = self._route(credential, path, method)
         if cost is not None:
             call = _with_cost(call, cost)
-        self._routes.put(credential.id, call)
+        if credential.provider == "airtable":  # a home bucket per base: ``describe`` shows the one used last
+            self._routes.put(credential.id, call)
         budget = call.limit.max_wait if max_wait is None else max_wait
         started = time.monotonic()
         if call.rule_buckets:
@@ -163,7 +166,7 @@ class GatewayPacer:
         method: str = "GET",
         body: bytes | None = None,
     ) -> float | None:
-        answers = self._answers(credential.provider)
+        answers = self._planned(credential).answers
         if status in (429, 503) or status in answers.throttle_statuses:
             self._metrics.upstream_throttled.labels(credential.provider).inc()
         pause = adaptive.pause_for(answers, status, headers, time.time(), body)
@@ -183,19 +186,17 @@ class GatewayPacer:
         return seconds
 
     def reads_body(self, credential: Credential, status: int) -> bool:
-        return adaptive.reads_body(self._answers(credential.provider), status)
-
-    def _answers(self, provider: str) -> Answers:
-        entry = self._config.catalog.get(provider) or self._config.catalog["rest"]
-        return entry.definition.answers
+        return adaptive.reads_body(self._planned(credential).answers, status)
 
     def limit(self, credential: Credential) -> EffectiveLimit:
         """The credential's limit as pacing applies it now (catalog, config and override; a reload's too)."""
         return self._route(credential, "").limit
 
     async def describe(self, credential: Credential) -> dict[str, Any]:
-        """The bucket this credential last used (or would use) with its live state."""
-        call = self._routes.get(credential.id) or self._route(credential, "")
+        """The bucket this credential last used (or would use) with its live state: one bucket per
+        credential but for Airtable's, one per base."""
+        call = self._routes.peek(credential.id) if credential.provider == "airtable" else None
+        call = call or self._route(credential, "")
         try:
             state = await self._with_backend(lambda backend: backend.describe(call.home))
         except BackendUnavailable:
@@ -219,14 +220,27 @@ class GatewayPacer:
         return True if self._shared is None else await self._shared.ping()
 
     def _route(self, credential: Credential, path: str, method: str = "GET") -> Route:
-        """``registry.plan``, remembered per credential limits (and Airtable base): it is on every call."""
-        base = airtable_base(credential.base_url, path) if credential.provider == "airtable" else None
+        """The call's route, from the credential's plan (``registry.plan``): it is on every call."""
+        if credential.provider != "airtable":
+            return self._planned(credential).plan.route(method, path)
+        base = airtable_base(credential.base_url, path)
         key = (credential.id, credential.provider, credential.rate_limit, base)
         known = self._plans.get(key)
         if known is None:
             known = plan(self._config, credential, path)
             self._plans.put(key, known)
         return known.route(method, path)
+
+    def _planned(self, credential: Credential) -> _Planned:
+        """What pacing derives from this credential object, kept on it (``Credential.memo``) and made
+        again after a reload: its plan (an Airtable credential's plan per base is in ``_plans``) and
+        its provider's answers."""
+        planned: _Planned | None = credential.memo.pacing
+        if planned is None or planned.config is not self._config:
+            config = self._config
+            entry = config.catalog.get(credential.provider) or config.catalog["rest"]
+            planned = credential.memo.pacing = _Planned(config, plan(config, credential, ""), entry.definition.answers)
+        return planned
 
     # --- waiting ------------------------------------------------------------------------------------
 
@@ -447,6 +461,12 @@ class GatewayPacer:
             await asyncio.sleep(PROBE_INTERVAL)
         self._degraded = False
         log.info("pacing_backend_recovered")
+
+
+class _Planned(NamedTuple):
+    config: Config
+    plan: Plan  # an Airtable credential's calls use the one of their base instead (``_route``)
+    answers: Answers
 
 
 def _shared_order(call: Route) -> tuple[BucketSpec, ...]:

@@ -54,7 +54,6 @@ from gateway.domain.models import OAuth2Auth, display_name
 from gateway.domain.objects import Credential
 from gateway.egress import EgressPolicy, ca_bundle_path
 from gateway.errors import InvalidRequest, UpstreamAnswerUnreadable, UpstreamAuthFailed, UpstreamUnavailable
-from gateway.lru import LRU
 from gateway.observability.metrics import Metrics
 from gateway.observability.recent import CallRates
 from gateway.pacing import adaptive
@@ -74,12 +73,15 @@ Body = bytes | StreamedBody | None
 
 @dataclass(frozen=True)
 class Prepared:
-    """What the send path needs of one credential object, computed once per object.
+    """What the send path needs of one credential object, computed once per object and kept on it
+    (``Credential.memo``).
 
-    The credential cache hands out the same object for a second, so this turns the per-call work
-    (auth header building, timeout merging, ``ClientTimeout``, the TLS context) into a dict hit.
+    The credential cache hands out the same object until the credential changes, so this turns the
+    per-call work (auth header building, timeout merging, ``ClientTimeout``, the TLS context) into an
+    attribute read. A changed credential is a new object, prepared anew.
     """
 
+    config: Config  # the config it was prepared with: after a reload it is prepared again
     injection: auth.Injection
     timeouts: dict[str, float]
     client_timeout: aiohttp.ClientTimeout
@@ -173,9 +175,6 @@ class UpstreamClient:
         self._pacer = pacer
         self._session: aiohttp.ClientSession | None = None
         self._ssl: dict[str, ssl.SSLContext] = {}
-        # id(credential) -> (credential, prepared); the credential is kept so its id is not reused.
-        # As many as the credential cache holds, so a cached credential's prepared request stays too.
-        self._prepared: LRU[int, tuple[Credential, Prepared]] = LRU(config.upstream.credential_cache_size)
         self._counted: dict[tuple[str, int | str], tuple[Counter, Histogram]] = {}
         self.egress = EgressPolicy.from_config(config)
         self.oauth2 = OAuth2Refresher(objects, metrics, self._post_token_form)
@@ -198,7 +197,6 @@ class UpstreamClient:
     def reconfigure(self, config: Config) -> None:
         """Take new provider timeouts (a reload): prepared requests are rebuilt on their next use."""
         self._config = config
-        self._prepared.clear()
 
     async def close(self) -> None:
         await self.credentials.close()
@@ -212,12 +210,14 @@ class UpstreamClient:
         return self._session
 
     def prepared(self, credential: Credential) -> Prepared:
-        """The cached ``Prepared`` of this credential object (bounded like the credential cache)."""
-        hit = self._prepared.get(id(credential))
-        if hit is not None and hit[0] is credential:
-            return hit[1]
+        """The ``Prepared`` of this credential object, kept on it: as many as there are credential
+        objects (the credential cache bounds them), each gone with its object."""
+        prepared: Prepared | None = credential.memo.upstream
+        if prepared is not None and prepared.config is self._config:
+            return prepared
         limits = self._merged_timeouts(credential)
-        prepared = Prepared(
+        prepared = credential.memo.upstream = Prepared(
+            config=self._config,
             injection=auth.inject(credential.auth),
             timeouts=limits,
             client_timeout=aiohttp.ClientTimeout(
@@ -226,7 +226,6 @@ class UpstreamClient:
             ssl=self._ssl_context(credential),
             base=paths.Base(credential.base_url),
         )
-        self._prepared.put(id(credential), (credential, prepared))
         return prepared
 
     def timeouts(self, credential: Credential) -> dict[str, float]:
