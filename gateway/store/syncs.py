@@ -31,7 +31,7 @@ from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.store import tables as t
 from gateway.store.changes import bump
 from gateway.store.db import as_utc, utcnow
-from gateway.store.rows import Rows, insert_unique, new_id
+from gateway.store.rows import Rows, insert_unique, new_id, update_one
 
 _OPTIONS: TypeAdapter[dict[str, str]] = TypeAdapter(SyncOptions)
 # Raises InvalidRequest naming the field when ``provider`` cannot read one of the collections.
@@ -83,21 +83,28 @@ class SyncRows(Rows):
         return sync_of(await self._row(t.syncs, sync_id, "sync"))
 
     async def patch_sync(self, sync_id: str, patch: SyncPatch) -> SyncView:
-        current = await self.sync(sync_id)
+        """Apply ``patch`` once the credential, collections and options it leaves are checked together.
+
+        The row is touched first, so it is this transaction's until the commit (PostgreSQL's row lock,
+        SQLite's one writer): the check sees the latest sync, and a PATCH committed meanwhile (another
+        credential, other collections) cannot make up with this one a pair that neither check allowed."""
         changes = {k: v for k, v in patch.model_dump(exclude_unset=True).items() if v is not None}
-        if current.options_error is not None and "options" not in changes:
-            raise InvalidRequest(current.options_error, field="options")
-        async with self.engine.begin() as conn:
-            await self._require_credential(
-                conn,
-                changes.get("credential_id", current.credential_id),
-                changes.get("collections", list(current.collections)),
-                changes.get("options", current.options),
-            )
         if "collections" in changes:
             changes["collections"] = _check_collections(changes["collections"])
         try:
-            await self._update(t.syncs, sync_id, "sync", changes, counted="syncs")
+            async with self.engine.begin() as conn:
+                await update_one(conn, t.syncs, sync_id, "sync", {})
+                current = sync_of(await self._row_in(conn, t.syncs, sync_id, "sync"))
+                if current.options_error is not None and "options" not in changes:
+                    raise InvalidRequest(current.options_error, field="options")
+                await self._require_credential(
+                    conn,
+                    changes.get("credential_id", current.credential_id),
+                    changes.get("collections", list(current.collections)),
+                    changes.get("options", current.options),
+                )
+                await update_one(conn, t.syncs, sync_id, "sync", changes)
+                await bump(conn, "syncs")
         except IntegrityError:  # the credential was deleted since the check: its foreign key is the real guard
             raise NotFound(f"credential {changes['credential_id']!r} not found", field="credential_id") from None
         return await self.sync_view(sync_id)
