@@ -65,9 +65,14 @@ def pause_for(
     ``body``: the answer's first bytes, given when ``reads_body`` said so."""
     throttled = status in answers.throttle_statuses or status == 503
     if not throttled and body is None:
+        # Most answers report no limit: nothing to parse (every proxied call asks). A plain loop: a
+        # generator under ``any`` was a call per header.
         names = _limit_headers(answers)
-        if not any(name.lower() in names for name in headers):
-            return None  # most answers: no limit reported, nothing to parse (every proxied call asks)
+        for name in headers:
+            if name.lower() in names:
+                break
+        else:
+            return None
     lowered = {name.lower(): value for name, value in headers.items()}
     if throttled:
         seconds = retry_after(lowered.get(answers.retry_after.lower()), now, unit=answers.retry_after_unit)

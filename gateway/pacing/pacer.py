@@ -50,20 +50,17 @@ GUARD_HORIZON = 3600.0
 
 
 class GrantedPermit:
-    """A slot that was granted; ``release`` gives back the concurrency permit (idempotent)."""
+    """A slot that was granted; ``release`` gives back the concurrency permit (idempotent).
+
+    ``waited`` and ``max_wait`` are plain attributes, not properties: the client reads them on every
+    call, and nothing assigns them but ``__init__``."""
+
+    __slots__ = ("_release", "max_wait", "waited")
 
     def __init__(self, waited: float, release: Callable[[], None] | None, max_wait: float) -> None:
-        self._waited = waited
+        self.waited = waited
         self._release = release
-        self._max_wait = max_wait
-
-    @property
-    def waited(self) -> float:
-        return self._waited
-
-    @property
-    def max_wait(self) -> float:
-        return self._max_wait
+        self.max_wait = max_wait
 
     def release(self) -> None:
         release, self._release = self._release, None
