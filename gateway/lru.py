@@ -1,11 +1,12 @@
 """A dict bounded to a number of entries that forgets the least recently used one first.
 
 The one bounded cache of the code base: the hot path's per-credential caches (decrypted credentials,
-prepared requests, pacing plans), the console's call series, the log's redaction memo, the API token
-caches and the bad-token table. The per-credential ones are sized above the working set: clearing a
-full dict at once, as they used to, turned a working set just over the bound into a miss on nearly
-every call. Eviction one entry at a time, oldest use first, degrades gently instead. A plain dict
-keeps insertion order, so a hit moves its key to the end.
+whose objects carry what calls derive from them; an Airtable credential's pacing plans per base), the
+console's call series, the log's redaction memo, the API token caches and the bad-token table. The
+per-credential ones are sized above the working set: clearing a full dict at once, as they used to,
+turned a working set just over the bound into a miss on nearly every call. Eviction one entry at a
+time, oldest use first, degrades gently instead. A plain dict keeps insertion order, so a hit moves its
+key to the end.
 """
 
 from __future__ import annotations
