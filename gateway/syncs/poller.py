@@ -182,7 +182,6 @@ class SyncPoller:
     async def _round(self, sync: Sync) -> None:
         """Read every collection until caught up, then note the round's start as caught up."""
         started = utcnow()
-        credential = await self.objects.credential(sync.credential_id)
         cursors = {c: sync.cursor[c] for c in sync.collections if c in sync.cursor}
         progress = {c: n for c, n in sync.progress.items() if c in sync.collections}
         generation = sync.generation
@@ -190,7 +189,7 @@ class SyncPoller:
             cursor = cursors.get(reading.collection) or reading.capture.start(started)
 
             def fetch(cursor: Cursor, reading: Reading = reading) -> Awaitable[Page]:
-                return self._fetch(sync, credential, reading, cursor)
+                return self._fetch(sync, reading, cursor)
 
             pages = _Ahead(fetch, cursor)
             try:
@@ -220,8 +219,12 @@ class SyncPoller:
                 for reading in readings(sync):
                     await self.settle(conn, sync.id, reading.collection, complete_since=started)
 
-    async def _fetch(self, sync: Sync, credential: Credential, reading: Reading, cursor: Cursor) -> Page:
-        """One page through the upstream client; a refusal becomes the provider's error."""
+    async def _fetch(self, sync: Sync, reading: Reading, cursor: Cursor) -> Page:
+        """One page through the upstream client; a refusal becomes the provider's error.
+
+        The credential is the client's cached one, per page: a change (a rotated key, another base URL or
+        limit) reaches a round (a whole backfill is one) within the cache's bound, as it reaches any call."""
+        credential = await self.client.credentials.credential(sync.credential_id)
         call = reading.capture.request(cursor, reading.target)
         await self._space(sync, credential)
         outcome = "error"
