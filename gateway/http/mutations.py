@@ -62,7 +62,7 @@ async def run_mutation(request: web.Request) -> web.Response:
     apply_share(request, call)
     with contextlib.suppress(NotFound):  # the service answers an unknown sync; this only labels the call
         credential = await request.app[appkeys.UPSTREAM].credentials.for_sync(mutation.sync_id)
-        call.credential = credential.id
+        call.credential, call.provider = credential.id, credential.provider
     key = idempotency_key(request)
     outcome = await service(request.app).execute(mutation, key=key, fingerprint=request_hash(body))
     response = web.json_response(outcome.body, status=outcome.status)

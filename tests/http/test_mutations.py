@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from pydantic import TypeAdapter
+from structlog.testing import capture_logs
 
 from gateway.domain.models import ConsumerIn
 from gateway.http import appkeys
@@ -321,3 +322,12 @@ async def test_bad_bodies_name_the_field(
     status, answer, _ = await env.run(body)
     assert status == 400 and answer["code"] == "invalid_request" and field in answer["error"]
     assert env.sandbox.requests == []
+
+
+async def test_the_request_line_names_the_upstream(make_gateway: GatewayFactory, aiohttp_server: Any) -> None:
+    """A mutation's request line names the provider it wrote to, as a proxied call's does."""
+    env = await connect(await make_gateway(), aiohttp_server, "stripe")
+    with capture_logs() as events:
+        await env.create(SPECS["stripe"].sample)
+    line = next(e for e in events if e["event"] == "request" and e["route"] == "mutations")
+    assert (line["status"], line["upstream"]) == (200, "stripe")
