@@ -17,7 +17,7 @@ from gateway.http.middlewares import require_access, single_header
 from gateway.http.priority import apply_share, stamp
 from gateway.mutations.idempotency import KEY_PATTERN, IdempotencyKeys, request_hash
 from gateway.mutations.models import BY_KIND, Mutation, MutationRequest, MutationResponse
-from gateway.mutations.service import MutationService
+from gateway.mutations.service import PACING_WAITS, MutationService
 
 
 def parse_mutation(body: Any) -> Mutation:
@@ -64,7 +64,14 @@ async def run_mutation(request: web.Request) -> web.Response:
         credential = await request.app[appkeys.UPSTREAM].credentials.for_sync(mutation.sync_id)
         call.credential, call.provider = credential.id, credential.provider
     key = idempotency_key(request)
-    outcome = await service(request.app).execute(mutation, key=key, fingerprint=request_hash(body))
+    waits: list[float] = []
+    reset = PACING_WAITS.set(waits)
+    try:
+        outcome = await service(request.app).execute(mutation, key=key, fingerprint=request_hash(body))
+    finally:
+        PACING_WAITS.reset(reset)
+        if waits:  # none when replayed, or refused before any upstream call
+            call.pacing_wait_ms = round(sum(waits) * 1000, 1)
     response = web.json_response(outcome.body, status=outcome.status)
     if outcome.replayed:
         response.headers["Idempotent-Replayed"] = "true"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -64,9 +65,16 @@ class UpstreamAnswer(Protocol):
     @property
     def body_json(self) -> Any: ...
     @property
+    def pacing_wait(self) -> float: ...
+    @property
     def pause(self) -> float | None: ...
     @property
     def readable(self) -> bool: ...
+
+
+# The pacing waits (seconds) of the upstream calls a request's mutation made, for its request line and
+# console row; set by the HTTP view in the request's task, None elsewhere (recovery, tests).
+PACING_WAITS: ContextVar[list[float] | None] = ContextVar("mutation_pacing_waits", default=None)
 
 
 class Upstream(Protocol):
@@ -383,6 +391,9 @@ class MutationService:
             query=_multi(call.query),
             headers=call.headers,
         )
+        waits = PACING_WAITS.get()
+        if waits is not None:
+            waits.append(answer.pacing_wait)
         if not 200 <= answer.status < 300:
             raise plan.translator.error_for(answer.status, answer.headers, answer.body_json, answer.pause)
         if not answer.readable:  # read as no records, an applied write was lost and a read-back all deletes

@@ -325,9 +325,11 @@ async def test_bad_bodies_name_the_field(
 
 
 async def test_the_request_line_names_the_upstream(make_gateway: GatewayFactory, aiohttp_server: Any) -> None:
-    """A mutation's request line names the provider it wrote to, as a proxied call's does."""
+    """A mutation's request line names the provider it wrote to and the time its calls waited in the pacer,
+    as a proxied call's does."""
     env = await connect(await make_gateway(), aiohttp_server, "stripe")
     with capture_logs() as events:
         await env.create(SPECS["stripe"].sample)
     line = next(e for e in events if e["event"] == "request" and e["route"] == "mutations")
     assert (line["status"], line["upstream"]) == (200, "stripe")
+    assert isinstance(line["pacing_wait_ms"], float)
