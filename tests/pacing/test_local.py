@@ -12,6 +12,7 @@ import pytest
 from gateway.errors import RateLimited
 from gateway.observability.metrics import Metrics
 from gateway.pacing.bucket import worst_excess
+from gateway.pacing.registry import AIRTABLE_TOKEN_LIMIT
 from tests.pacing.conftest import CountingUpstream, make_credential, paced_calls, warm_up
 from tests.support import scrape
 
@@ -179,9 +180,11 @@ AIRTABLE_BASES_UNLIMITED = {"airtable": {"rate_limit": {"rate": 1000}}}  # each 
 
 async def _spread_over_airtable_bases(pacer: Any) -> None:
     """60 calls at once (max_wait 0) over 12 bases: about the token's 50 granted (the bucket keeps a
-    few ms of headroom; 51 if the loop took 20 ms), the rest refused."""
+    few ms of headroom), at most 50 and what the token's bucket refilled while the calls were made
+    (50/s: on Redis under load the 60 round trips take 100 ms and more), the rest refused."""
     credential = make_credential(provider="airtable")
     granted = refused = 0
+    started = time.monotonic()
     for n in range(60):
         try:
             permit = await pacer.acquire(credential, f"/v0/app{n % 12:03d}/t", max_wait=0)
@@ -190,5 +193,6 @@ async def _spread_over_airtable_bases(pacer: Any) -> None:
         else:
             permit.release()
             granted += 1
-    assert 45 <= granted <= 51
+    refilled = (time.monotonic() - started) * AIRTABLE_TOKEN_LIMIT.rate / AIRTABLE_TOKEN_LIMIT.per
+    assert 45 <= granted <= 51 + refilled
     assert granted + refused == 60
