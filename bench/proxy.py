@@ -48,6 +48,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -564,8 +565,13 @@ def settled_rss(pid: int) -> int:
     return min(samples)
 
 
-def run_credentials(count: int, seconds: int) -> dict[str, Any]:
-    """One gateway, ``count`` credentials: the one-credential row, the spread row and the memory figures."""
+def run_credentials(count: int, seconds: int, rounds: int = 1) -> dict[str, Any]:
+    """One gateway, ``count`` credentials: the one-credential row, the spread rows and the memory figures.
+
+    With ``rounds`` > 1 the three rows run that many times, their order rotated each round, and the
+    ratios are the medians of each round's own ratios: a shared machine's load moves one row by tens
+    of percent from one minute to the next, but rows measured a few seconds apart see the same load.
+    """
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -587,29 +593,44 @@ def run_credentials(count: int, seconds: int) -> dict[str, Any]:
         for name, target in (("credentials", SPREAD_OVER_CREDENTIALS), ("urls", SPREAD_OVER_URLS)):
             lua = SPREAD_LUA.format(n=count, token=gw.token, target=target.format(path=SCALE_PATH))
             scripts[name].write_text(lua)
-        one, urls, spread = (
-            measure(target, 50, seconds)
-            for target in (
-                Target("1 credential", f"{base}/v1/proxy/credential/scale-1{SCALE_PATH}", auth, pid),
-                Target(f"1 credential, {count} URLs", base + "/", {}, pid, scripts["urls"]),
-                Target(f"{count} credentials", base + "/", {}, pid, scripts["credentials"]),
-            )
-        )
-        for row in (one, urls, spread):
+        targets = [
+            Target("1 credential", f"{base}/v1/proxy/credential/scale-1{SCALE_PATH}", auth, pid),
+            Target(f"1 credential, {count} URLs", base + "/", {}, pid, scripts["urls"]),
+            Target(f"{count} credentials", base + "/", {}, pid, scripts["credentials"]),
+        ]
+        measured: list[list[dict[str, Any]]] = []  # per round: one, urls, spread
+        for turn in range(rounds):
+            order = targets[turn % 3 :] + targets[: turn % 3]
+            by_name = {target.name: measure(target, 50, seconds) for target in order}
+            measured.append([by_name[target.name] for target in targets])
+        for row in (row for round_rows in measured for row in round_rows):
             if row["non_2xx"]:
                 raise RuntimeError(f"{row['path']}: {row['non_2xx']} answers were not 2xx: the row measured errors")
         end_rss = rss_kib(pid)
+    per_round = [
+        {
+            "throughput_ratio": spread["rps"] / one["rps"],
+            "cpu_ratio": spread["cpu_us"] / one["cpu_us"],
+            "cpu_ratio_same_urls": spread["cpu_us"] / urls["cpu_us"],  # credentials apart from distinct URLs
+        }
+        for one, urls, spread in measured
+    ]
     return {
         "credentials": count,
         "created_per_s": count / created_in,
-        "rows": [one, urls, spread],  # c=50 each
+        "rows": [_median_row([r[i] for r in measured]) for i in range(3)],  # c=50 each
+        "rounds": per_round,
         "rss_kib_per_idle_credential": (idle_rss - start_rss) / count,
         "rss_kib_per_active_bucket": (active_rss - idle_rss) / count,
         "rss_mib_at_end": end_rss / 1024,
-        "throughput_ratio": spread["rps"] / one["rps"],
-        "cpu_ratio": spread["cpu_us"] / one["cpu_us"],
-        "cpu_ratio_same_urls": spread["cpu_us"] / urls["cpu_us"],  # credentials apart from distinct URLs
+        **{key: statistics.median(r[key] for r in per_round) for key in per_round[0]},
     }
+
+
+def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row's figures over the rounds: the median of each."""
+    numbers = ("rps", "cpu_us", "p50_ms", "p99_ms", "requests", "non_2xx")
+    return {**rows[0], **{key: statistics.median(row[key] for row in rows) for key in numbers}}
 
 
 def print_credentials(result: dict[str, Any]) -> None:
@@ -618,6 +639,13 @@ def print_credentials(result: dict[str, Any]) -> None:
         print(
             f"{row['path']:<28} {row['rps']:>8.0f} {row['cpu_us']:>11.0f} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}"
         )
+    if len(result["rounds"]) > 1:
+        for turn, ratios in enumerate(result["rounds"], 1):
+            print(
+                f"round {turn}: throughput {ratios['throughput_ratio']:.2f}x, CPU per request "
+                f"{ratios['cpu_ratio']:.2f}x ({ratios['cpu_ratio_same_urls']:.2f}x against the URLs row)"
+            )
+        print("(rows above and ratios below: medians over the rounds)")
     print(
         f"\n{result['credentials']} credentials vs 1: throughput {result['throughput_ratio']:.2f}x, "
         f"CPU per request {result['cpu_ratio']:.2f}x ({result['cpu_ratio_same_urls']:.2f}x against "
@@ -694,6 +722,9 @@ def main() -> None:
     parser.add_argument("--small-only", action="store_true", help="skip the 1 GiB transfers")
     parser.add_argument("--quick", action="store_true", help="sandbox upstream, 1 s rows, 32 MiB transfers (CI)")
     parser.add_argument("--credentials", type=int, help="the credential-scaling scenario with N credentials")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="--credentials: rounds of the three rows, order rotated (ratios: medians)"
+    )
     ns = parser.parse_args()
     if ns.credentials:
         return scale_main(ns)
@@ -717,7 +748,7 @@ def main() -> None:
 def scale_main(ns: argparse.Namespace) -> None:
     """``--credentials N``: ``--quick`` runs N = 1,000 for 2 s a row and checks the throughput ratio."""
     count, seconds = (min(ns.credentials, 1000), 2) if ns.quick else (ns.credentials, ns.seconds)
-    result = run_credentials(count, seconds)
+    result = run_credentials(count, seconds, 1 if ns.quick else ns.rounds)
     print_credentials(result)
     if ns.json:
         ns.json.write_text(json.dumps(result, indent=2))
