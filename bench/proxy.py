@@ -456,7 +456,11 @@ def upstream_server(kind: str, workdir: Path) -> Iterator[Server]:
             yield Server(url, proc.pid)
 
 
-def small_gets(seconds: int, workdir: Path, kind: str, workers: int, pg_url: str | None) -> list[dict[str, Any]]:
+def small_gets(
+    seconds: int, workdir: Path, kind: str, workers: int, pg_url: str | None, rounds: int = 1
+) -> list[dict[str, Any]]:
+    """Each row at c=1 and c=50; with ``rounds`` > 1, every row that many times (order rotated) and
+    each figure, the ratios to the bare relay's row of the same round included, the median."""
     path = "/bytes/64?length=1"  # nginx ignores the query; the sandbox then answers with a Content-Length
     with ExitStack() as stack:
         upstream = stack.enter_context(upstream_server(kind, workdir))
@@ -478,8 +482,15 @@ def small_gets(seconds: int, workdir: Path, kind: str, workers: int, pg_url: str
             upstream_port = int(upstream.url.rsplit(":", 1)[1])
             pid = stack.enter_context(nginx(workdir, f"proxy-{nginx_port}", nginx_port, upstream_port, NGINX_PROXY))
             targets.append(Target("nginx", f"http://127.0.0.1:{nginx_port}{path}", {}, pid))
-        rows = [{"upstream": kind, **measure(t, c, seconds)} for c in (1, 50) for t in targets]
-    compare_to_bare(rows)
+        rows = []
+        for c in (1, 50):
+            measured = []  # per round, every target at this c (order rotated), with its ratios to bare
+            for turn in range(rounds):
+                order = targets[turn % len(targets) :] + targets[: turn % len(targets)]
+                by_name = {t.name: {"upstream": kind, **measure(t, c, seconds)} for t in order}
+                measured.append([by_name[t.name] for t in targets])
+                compare_to_bare(measured[-1])
+            rows += [_median_row([round_rows[i] for round_rows in measured]) for i in range(len(targets))]
     return rows
 
 
@@ -628,8 +639,8 @@ def run_credentials(count: int, seconds: int, rounds: int = 1) -> dict[str, Any]
 
 
 def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """One row's figures over the rounds: the median of each."""
-    numbers = ("rps", "cpu_us", "p50_ms", "p99_ms", "requests", "non_2xx")
+    """One row's figures over the rounds: the median of each number (the ratios to bare included)."""
+    numbers = [key for key, value in rows[0].items() if isinstance(value, (int, float)) and key != "c"]
     return {**rows[0], **{key: statistics.median(row[key] for row in rows) for key in numbers}}
 
 
@@ -657,7 +668,7 @@ def print_credentials(result: dict[str, Any]) -> None:
 
 
 def run(
-    seconds: int, *, upstreams: list[str], workers: int, small_only: bool = False, size: int = GIB
+    seconds: int, *, upstreams: list[str], workers: int, small_only: bool = False, size: int = GIB, rounds: int = 1
 ) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed for the latency rows: apt-get install wrk")
@@ -670,7 +681,7 @@ def run(
         (workdir / "tmp").mkdir()
         pg_url = stack.enter_context(postgres_database()) if workers > 1 and redis_reachable() else None
         for kind in upstreams:
-            results["small_gets"] += small_gets(seconds, workdir, kind, workers, pg_url)
+            results["small_gets"] += small_gets(seconds, workdir, kind, workers, pg_url, rounds)
         if not small_only:
             with upstream_server("sandbox", workdir) as upstream, gateway(workdir, upstream.url) as gw:
                 results["transfers"] = asyncio.run(big_transfers(gw.url, gw.token, gw.proc.pid, size=size))
@@ -723,7 +734,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="sandbox upstream, 1 s rows, 32 MiB transfers (CI)")
     parser.add_argument("--credentials", type=int, help="the credential-scaling scenario with N credentials")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="--credentials: rounds of the three rows, order rotated (ratios: medians)"
+        "--rounds",
+        type=int,
+        help="times each row runs, order rotated; figures and ratios are medians (default: 1, --credentials 3)",
     )
     ns = parser.parse_args()
     if ns.credentials:
@@ -736,7 +749,10 @@ def main() -> None:
         return serve_bare(int(ns.args[0]), ns.args[1])
     upstreams = ["nginx", "sandbox"] if ns.upstream == "both" else [ns.upstream]
     size = 32 * MIB if ns.quick else GIB
-    results = run(ns.seconds, upstreams=upstreams, workers=ns.workers, small_only=ns.small_only, size=size)
+    rounds = 1 if ns.quick else ns.rounds or 1
+    results = run(
+        ns.seconds, upstreams=upstreams, workers=ns.workers, small_only=ns.small_only, size=size, rounds=rounds
+    )
     print_table(results)
     if ns.json:
         ns.json.write_text(json.dumps(results, indent=2))
@@ -748,7 +764,7 @@ def main() -> None:
 def scale_main(ns: argparse.Namespace) -> None:
     """``--credentials N``: ``--quick`` runs N = 1,000 for 2 s a row and checks the throughput ratio."""
     count, seconds = (min(ns.credentials, 1000), 2) if ns.quick else (ns.credentials, ns.seconds)
-    result = run_credentials(count, seconds, 1 if ns.quick else ns.rounds)
+    result = run_credentials(count, seconds, 1 if ns.quick else ns.rounds or 3)
     print_credentials(result)
     if ns.json:
         ns.json.write_text(json.dumps(result, indent=2))
