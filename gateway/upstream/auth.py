@@ -9,9 +9,13 @@ token; refreshing it is ``vault.credentials``' job.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from gateway.domain.models import Auth
+from pydantic import SecretStr
+
+from gateway.domain.models import MASK, Auth
 
 
 @dataclass(frozen=True)
@@ -35,3 +39,27 @@ def inject(auth: Auth) -> Injection:
     if auth.type == "query":
         return Injection(query={auth.name: auth.value.get_secret_value()})
     return Injection(headers={"Authorization": f"Bearer {auth.access_token.get_secret_value()}"})
+
+
+def secrets(auth: Auth) -> tuple[str, ...]:
+    """Every value of ``auth`` an upstream could quote back (its secret fields and what ``inject`` sends,
+    as a Basic header's base64), longest first so that a value inside another is masked with it."""
+    values = {value.get_secret_value() for value in dict(auth).values() if isinstance(value, SecretStr)}
+    injection = inject(auth)
+    values.update(injection.headers.values(), injection.query.values())
+    return tuple(sorted(filter(None, values), key=len, reverse=True))
+
+
+def scrubbed(value: Any, hidden: Sequence[str]) -> Any:
+    """Parsed JSON with each of ``hidden`` replaced by ``***`` in every string (keys too): an upstream's
+    error text may quote the key it was sent (a 401 naming the bad API key), and that text becomes a
+    sync's ``last_error``, a mutation's error body and log lines, where the log's patterns cannot know it."""
+    if isinstance(value, str):
+        for secret in hidden:
+            value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, list):
+        return [scrubbed(item, hidden) for item in value]
+    if isinstance(value, dict):
+        return {scrubbed(key, hidden): scrubbed(item, hidden) for key, item in value.items()}
+    return value

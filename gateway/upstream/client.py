@@ -454,6 +454,8 @@ class UpstreamClient:
             # An HTML error page from a load balancer, say (the status still tells the story), or JSON no
             # record can hold: nested past server.max_json_depth, NaN, 1e400.
             readable = False
+        if not 200 <= resp.status < 300:  # error text becomes messages: never with the credential's secrets
+            parsed = auth.scrubbed(parsed, auth.secrets(credential.auth))
         return UpstreamResult(resp.status, dict(resp.headers), parsed, resp.pacing_wait, resp.pause, readable)
 
     async def _post_token_form(self, url: str, form: dict[str, str]) -> tuple[int, Any]:

@@ -2,15 +2,18 @@
 
 PostgreSQL's text refuses NUL and UTF-8 cannot hold a lone surrogate: an upstream error message with
 one failed the write of the sync's ``last_error`` (the sync showed no error at all), and a record id
-with one failed every commit of its page with the store's own error.
+with one failed every commit of its page with the store's own error. An upstream quoting the key it was
+sent (as Stripe's 401 does) must not put the credential's secret into either answer or any log line.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from gateway.http import appkeys
 from tests.conftest import Gateway, GatewayFactory
@@ -80,3 +83,33 @@ async def test_a_lone_surrogate_in_an_error_is_stored_replaced(make_gateway: Gat
             assert resp.status == 201, await resp.text()
     await objects.set_sync_failing(SYNC, "odd \ud800 and \x00 text")
     assert (await objects.sync(SYNC)).last_error == "odd \ufffd and \ufffd text"
+
+
+async def test_an_upstream_quoting_the_key_it_was_sent_never_shows_it(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    """The key and the whole Authorization header, quoted in a 401's message: masked in the sync's
+    ``last_error``, in a mutation's error body and in every log event (before the log's own patterns)."""
+    header = "Basic " + base64.b64encode(SPECS["stripe"].auth["username"].encode() + b":").decode()
+    leaks = (SPECS["stripe"].auth["username"], header.removeprefix("Basic "))
+
+    async def quote(request: web.Request) -> web.Response:
+        sent = request.headers["Authorization"]
+        key = base64.b64decode(sent.removeprefix("Basic ")).decode().rstrip(":")
+        message = f"Invalid API Key provided: {key} (Authorization: {sent})"
+        return web.json_response({"error": {"type": "invalid_request_error", "message": message}}, status=401)
+
+    with capture_logs() as events:
+        gw = await _sync_reading(make_gateway, aiohttp_server, quote)
+        last_error = await _error_when_failing(gw)
+        body = {"kind": "create", "sync_id": SYNC, "collection_id": "stripe:customer", "records": [{"data": {}}]}
+        headers = gw.auth(await gw.token("writer", ["mutations"]))
+        async with gw.client.post("/v1/mutations/run", json=body, headers=headers) as resp:
+            status, answer = resp.status, await resp.text()
+    expected = "Error: Stripe rejected the credential: `Invalid API Key provided: *** (Authorization: ***)`"
+    assert last_error == expected
+    assert status == 502 and expected in answer, answer
+    assert any(expected in str(event) for event in events), "the poller logs the failure"
+    for leak in leaks:
+        assert leak not in last_error and leak not in answer
+        assert not [event for event in events if leak in str(event)]
