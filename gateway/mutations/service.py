@@ -48,6 +48,7 @@ from gateway.store.objects import Objects
 from gateway.stream.events import RecordChange, append_changes, last_known
 from gateway.stream.service import Stream
 from gateway.upstream.cache import CredentialCache
+from gateway.upstream.response import refusal
 
 log = structlog.get_logger(__name__)
 _ACTIONS: dict[str, Literal["insert", "update", "delete"]] = {
@@ -395,7 +396,7 @@ class MutationService:
         if waits is not None:
             waits.append(answer.pacing_wait)
         if not 200 <= answer.status < 300:
-            raise plan.translator.error_for(answer.status, answer.headers, answer.body_json, answer.pause)
+            raise refusal(plan.translator, answer)
         if not answer.readable:  # read as no records, an applied write was lost and a read-back all deletes
             name = display_name(plan.provider)
             raise UpstreamAnswerUnreadable(f"Error: {name} API answered {answer.status} with a body that is not JSON")

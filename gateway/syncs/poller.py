@@ -47,7 +47,7 @@ from gateway.config import Config
 from gateway.domain.objects import Credential, Sync
 from gateway.errors import GatewayError, InternalError, NotFound, RateLimited
 from gateway.observability.metrics import Metrics
-from gateway.pacing.adaptive import MAX_PAUSE, is_refusal
+from gateway.pacing.adaptive import MAX_PAUSE
 from gateway.pacing.api import Pacer, current_share
 from gateway.pacing.scheduler import Priority
 from gateway.pacing.scheduler import Share as PacingShare
@@ -63,7 +63,7 @@ from gateway.stream.service import Stream
 from gateway.syncs import reconcile
 from gateway.syncs.share import DEFAULT_MAX_SHARE, Share, crowded
 from gateway.upstream.client import UpstreamClient
-from gateway.upstream.response import UpstreamResult
+from gateway.upstream.response import UpstreamResult, refusal
 
 log = structlog.get_logger(__name__)
 DEFAULT_POLL_INTERVAL = 10.0
@@ -383,14 +383,10 @@ class _Ahead:
 
 
 def _refusal(provider: str, answer: UpstreamResult) -> GatewayError:
-    """The provider's error for a non-2xx page; a 503 with ``Retry-After`` is a throttle (``RateLimited``
-    for the pause it asked for), as a 429 is, so the sync asks again only when the pause ends."""
+    """The provider's error for a non-2xx page (``upstream.response.refusal``)."""
     translator = translator_for(provider)
     assert translator is not None  # every provider with a capture has a translator
-    error = translator.error_for(answer.status, answer.headers, answer.body_json, answer.pause)
-    if answer.pause is not None and not isinstance(error, RateLimited) and is_refusal(answer.status, answer.headers):
-        return RateLimited(error.message, retry_after=answer.pause, **error.extra)
-    return error
+    return refusal(translator, answer)
 
 
 def _reading_state(sync: Sync, cursors: dict[str, Cursor]) -> str:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from multidict import CIMultiDictProxy
 
 from gateway.domain.models import display_name
 from gateway.egress import EgressDenied
-from gateway.errors import GatewayError, UpstreamDenied, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import GatewayError, RateLimited, UpstreamDenied, UpstreamTimeout, UpstreamUnavailable
+from gateway.pacing.adaptive import is_refusal
+from gateway.providers.base import Translator
 
 RESULT_LIMIT = 64 * 1024 * 1024  # request_json bodies are parsed whole; bigger ones are not JSON APIs
 CHUNK = 256 * 1024
@@ -29,6 +31,29 @@ class UpstreamResult:
     pacing_wait: float = 0.0
     pause: float | None = None  # seconds the answer paused its bucket (its Retry-After, the penalty, ...)
     readable: bool = True  # False: a body was sent that is not JSON (``body_json`` is then None)
+
+
+class Answer(Protocol):
+    """What ``refusal`` reads of an answer (an ``UpstreamResult``, or the mutation service's view of one)."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def body_json(self) -> Any: ...
+    @property
+    def pause(self) -> float | None: ...
+
+
+def refusal(translator: Translator, answer: Answer) -> GatewayError:
+    """The provider's error for a non-2xx answer (a sync's page or a mutation's call); a 503 with
+    ``Retry-After`` that paused the bucket is a throttle (``RateLimited`` for the pause it asked for), as a
+    429 is, so the caller asks again only when the pause ends."""
+    error = translator.error_for(answer.status, answer.headers, answer.body_json, answer.pause)
+    if answer.pause is not None and not isinstance(error, RateLimited) and is_refusal(answer.status, answer.headers):
+        return RateLimited(error.message, retry_after=answer.pause, **error.extra)
+    return error
 
 
 class UpstreamResponse:

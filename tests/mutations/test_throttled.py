@@ -66,3 +66,20 @@ async def test_retry_after_as_an_http_date_is_honoured(make_gateway: GatewayFact
     status, answer, headers = await _run(await make_gateway(), "stripe", str(server.make_url("")).rstrip("/"))
     assert status == 429, answer
     assert 15 <= int(headers["Retry-After"]) <= 21, headers
+
+
+async def test_a_503_with_retry_after_beyond_max_wait_is_rate_limited(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    """A 503 asking for 30 s refused the call as a 429 does: the caller is told 429 and 30 s, as a sync is."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        body = {"error": {"message": "Service busy, come back later.", "type": "api_error"}}
+        return web.json_response(body, status=503, headers={"Retry-After": "30"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    server = await aiohttp_server(app)
+    status, answer, headers = await _run(await make_gateway(), "stripe", str(server.make_url("")).rstrip("/"))
+    assert status == 429 and answer["code"] == "rate_limited", answer
+    assert 29 <= int(headers["Retry-After"]) <= 30, headers
