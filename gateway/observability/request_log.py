@@ -11,7 +11,9 @@ ones a dict hit; only the gateway's own constants (event, level, timestamp) and 
 generated itself skip it, as the chain's ``_GENERATED`` fields do. None of the keys is secret-named.
 
 The parts of the line that repeat from call to call (route, method and upstream, a handful of
-combinations) are rendered and redacted once and kept per template (``_Template.rendered``, bounded);
+combinations) are rendered and redacted once and kept per template (``_Template.rendered``, bounded),
+for the standard methods only (the metrics' label set): a client can send any made-up method, and
+those would fill the places the next ones need; their lines are rendered in full every time.
 ``register_secret`` empties them with the redaction memo, so a secret registered later is masked in
 them too.
 
@@ -31,6 +33,8 @@ from typing import Any
 
 import structlog
 
+from gateway.observability.metrics import METHODS
+
 log = structlog.get_logger(__name__)
 
 
@@ -46,7 +50,7 @@ class _Template:
     rendered: dict[tuple[str, str, str | None], tuple[str, str]]
 
 
-_RENDERED = 256  # combinations kept per template; past that (odd methods), lines are rendered in full
+_RENDERED = 256  # combinations kept per template (routes x standard methods x upstreams); past that, rendered in full
 
 
 _template: _Template | None = None
@@ -112,7 +116,7 @@ def request_line(
     parts = template.rendered.get(key)
     if parts is None:
         parts = _parts(template, route, method, upstream)
-        if len(template.rendered) < _RENDERED:
+        if method in METHODS and len(template.rendered) < _RENDERED:
             template.rendered[key] = parts
     head, middle = parts
     rid = request_id if generated_id else template.redact(request_id)

@@ -9,6 +9,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from gateway.observability import request_log
 from gateway.observability.logs import configure_logging, register_secret
 from gateway.observability.request_log import request_line
 
@@ -89,3 +90,18 @@ def test_a_level_above_info_writes_no_request_line(capsys: pytest.CaptureFixture
     finally:
         structlog.reset_defaults()
     assert capsys.readouterr().err == ""
+
+
+def test_made_up_methods_do_not_fill_the_kept_parts(json_logging: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """Anyone can send ``FOO1``: only the standard methods are kept, so 300 made-up ones leave room for a
+    GET's parts (they filled all 256 places before), and every line is still the chain's line."""
+    lines = []
+    for method in [f"FOO{n}" for n in range(300)] + ["GET"]:
+        request_line(**{**FIELDS, "method": method}, request_id="r", generated_id=False)  # type: ignore[arg-type]
+        lines.append(json.loads(last_line(capsys)))
+    assert request_log._template is not None
+    assert list(request_log._template.rendered) == [("proxy_credential", "GET", "rest")]
+    structlog.contextvars.bind_contextvars(request_id="r")
+    for line in (lines[-2], lines[-1]):
+        structlog.get_logger("t").info("request", **{**FIELDS, "method": line["method"]})
+        assert {**line, "timestamp": ""} == {**json.loads(last_line(capsys)), "timestamp": ""}
