@@ -165,7 +165,7 @@ async def test_a_provider_wide_bucket_is_shared_by_its_credentials(make_pacer: A
 
 async def test_airtable_calls_share_the_token_wide_limit_across_bases(make_pacer: Any) -> None:
     """Airtable allows 50/s per token whatever the bases: with each base's own bucket out of the way,
-    60 calls at once over 12 bases get about the token's burst of 50 and the rest are refused."""
+    calls over 12 bases get the token's burst of 50, then its rate, and the rest are refused."""
     await _spread_over_airtable_bases(await make_pacer(providers=AIRTABLE_BASES_UNLIMITED))
 
 
@@ -179,20 +179,26 @@ AIRTABLE_BASES_UNLIMITED = {"airtable": {"rate_limit": {"rate": 1000}}}  # each 
 
 
 async def _spread_over_airtable_bases(pacer: Any) -> None:
-    """60 calls at once (max_wait 0) over 12 bases: about the token's 50 granted (the bucket keeps a
-    few ms of headroom), at most 50 and what the token's bucket refilled while the calls were made
-    (50/s: on Redis under load the 60 round trips take 100 ms and more), the rest refused."""
+    """200 calls one after another (max_wait 0) over 12 bases: the token's 50 at first, then about
+    one per 20 ms, the rest refused. No run of granted calls exceeds the token's burst plus its 50/s
+    over the time from the first one's send to the last one's answer (a bound the calls' own times
+    give, so a loaded machine's slow round trips loosen it only as the bucket refilled); without the
+    token-wide bucket all 200 are granted, over the bound unless they took 3 s."""
     credential = make_credential(provider="airtable")
-    granted = refused = 0
-    started = time.monotonic()
-    for n in range(60):
+    limit = AIRTABLE_TOKEN_LIMIT
+    granted: list[tuple[float, float]] = []  # (sent, answered) of each granted call
+    for n in range(200):
+        sent = time.monotonic()
         try:
             permit = await pacer.acquire(credential, f"/v0/app{n % 12:03d}/t", max_wait=0)
         except RateLimited:
-            refused += 1
-        else:
-            permit.release()
-            granted += 1
-    refilled = (time.monotonic() - started) * AIRTABLE_TOKEN_LIMIT.rate / AIRTABLE_TOKEN_LIMIT.per
-    assert 45 <= granted <= 51 + refilled
-    assert granted + refused == 60
+            continue
+        permit.release()
+        granted.append((sent, time.monotonic()))
+    assert len(granted) >= 45  # the burst, less the bucket's few ms of headroom
+    worst = max(
+        j - i + 1 - (granted[j][1] - granted[i][0]) * limit.rate / limit.per
+        for i in range(len(granted))
+        for j in range(i, len(granted))
+    )
+    assert worst <= limit.burst + 1, (worst, len(granted))
