@@ -41,12 +41,14 @@ def inject(auth: Auth) -> Injection:
     return Injection(headers={"Authorization": f"Bearer {auth.access_token.get_secret_value()}"})
 
 
-def secrets(auth: Auth) -> tuple[str, ...]:
-    """Every value of ``auth`` an upstream could quote back (its secret fields and what ``inject`` sends,
-    as a Basic header's base64), longest first so that a value inside another is masked with it."""
-    values = {value.get_secret_value() for value in dict(auth).values() if isinstance(value, SecretStr)}
-    injection = inject(auth)
-    values.update(injection.headers.values(), injection.query.values())
+def secrets(*auths: Auth) -> tuple[str, ...]:
+    """Every value of ``auths`` an upstream could quote back (their secret fields and what ``inject``
+    sends, as a Basic header's base64), longest first so that a value inside another is masked with it."""
+    values: set[str] = set()
+    for auth in auths:
+        values.update(value.get_secret_value() for value in dict(auth).values() if isinstance(value, SecretStr))
+        injection = inject(auth)
+        values.update(injection.headers.values(), injection.query.values())
     return tuple(sorted(filter(None, values), key=len, reverse=True))
 
 

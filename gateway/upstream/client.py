@@ -297,6 +297,7 @@ class UpstreamClient:
                 attempt.close()
                 raise
             if not again:
+                exchange.credential = current  # as refreshed on the way: its token is what the upstream saw
                 return attempt, waited
             attempt.close()
 
@@ -442,7 +443,8 @@ class UpstreamClient:
         elif form is not None:
             body = urlencode(form).encode()
             outgoing["Content-Type"] = "application/x-www-form-urlencoded"
-        async with self.stream(credential, method, path, query=query, headers=outgoing, body=body) as resp:
+        exchange = self.stream(credential, method, path, query=query, headers=outgoing, body=body)
+        async with exchange as resp:
             try:
                 raw = await resp.read()
             except UpstreamUnavailable as exc:  # cut off or over RESULT_LIMIT: the status came, the body not
@@ -455,7 +457,7 @@ class UpstreamClient:
             # record can hold: nested past server.max_json_depth, NaN, 1e400.
             readable = False
         if not 200 <= resp.status < 300:  # error text becomes messages: never with the credential's secrets
-            parsed = auth.scrubbed(parsed, auth.secrets(credential.auth))
+            parsed = auth.scrubbed(parsed, auth.secrets(credential.auth, exchange.credential.auth))
         return UpstreamResult(resp.status, dict(resp.headers), parsed, resp.pacing_wait, resp.pause, readable)
 
     async def _post_token_form(self, url: str, form: dict[str, str]) -> tuple[int, Any]:
