@@ -490,7 +490,11 @@ def small_gets(
                 by_name = {t.name: {"upstream": kind, **measure(t, c, seconds)} for t in order}
                 measured.append([by_name[t.name] for t in targets])
                 compare_to_bare(measured[-1])
-            rows += [_median_row([round_rows[i] for round_rows in measured]) for i in range(len(targets))]
+            for i in range(len(targets)):
+                row = _median_row([round_rows[i] for round_rows in measured])
+                if rounds > 1 and "cpu_vs_bare" in row:  # each round's own ratio, to see the spread
+                    row["cpu_vs_bare_rounds"] = [round_rows[i]["cpu_vs_bare"] for round_rows in measured]
+                rows.append(row)
     return rows
 
 
@@ -710,6 +714,10 @@ def print_table(results: dict[str, Any]) -> None:
             f"{_optional(row, 'added_p99_ms', '+.3f'):>8}"
         )
     print("(+p50/+p99: added latency over the bare relay at c=1)")
+    for row in results["small_gets"]:
+        if row["path"] != BARE and "cpu_vs_bare_rounds" in row:
+            spread = ", ".join(f"{ratio:.2f}" for ratio in row["cpu_vs_bare_rounds"])
+            print(f"{row['upstream']} {row['path']} c={row['c']}: CPU x bare per round {spread} (median above)")
     if results["transfers"]:
         print()
         print(f"{'transfer':<42} {'MiB/s':>8} {'RSS growth MiB':>15}")
