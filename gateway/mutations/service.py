@@ -48,7 +48,7 @@ from gateway.store.objects import Objects
 from gateway.stream.events import RecordChange, append_changes, last_known
 from gateway.stream.service import Stream
 from gateway.upstream.cache import CredentialCache
-from gateway.upstream.response import refusal
+from gateway.upstream.response import Answer, refusal
 
 log = structlog.get_logger(__name__)
 _ACTIONS: dict[str, Literal["insert", "update", "delete"]] = {
@@ -58,17 +58,11 @@ _ACTIONS: dict[str, Literal["insert", "update", "delete"]] = {
 }
 
 
-class UpstreamAnswer(Protocol):
-    @property
-    def status(self) -> int: ...
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-    @property
-    def body_json(self) -> Any: ...
+class UpstreamAnswer(Answer, Protocol):
+    """What the service reads of an upstream answer: what ``refusal`` reads, and the wait and readability."""
+
     @property
     def pacing_wait(self) -> float: ...
-    @property
-    def pause(self) -> float | None: ...
     @property
     def readable(self) -> bool: ...
 
